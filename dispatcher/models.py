@@ -1,0 +1,118 @@
+"""Tables of the application: contacts, campaigns and their deliveries."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from suppression.models import Base, BigId, utcnow
+
+__all__ = ["Base", "Campaign", "CampaignStatus", "Contact", "ContactTag", "Delivery",
+           "DeliveryStatus"]
+
+
+class Contact(Base):
+    """A person who gave us their address: where and when it came from, and what we know."""
+
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"), unique=True)
+    submitted_address: Mapped[str] = mapped_column(String(320))
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    source: Mapped[str] = mapped_column(String(200))
+    collected_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ContactTag(Base):
+    """A label staff can target (a genre licensed, a customer segment)."""
+
+    __tablename__ = "contact_tags"
+
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+    __table_args__ = (Index("ix_contact_tags_tag", "tag"),)
+
+
+class CampaignStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    PAUSED = "paused"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+    __table_args__ = (Index("ix_campaigns_status_scheduled_at", "status", "scheduled_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(500))
+    template: Mapped[str] = mapped_column(String(100))
+    purpose: Mapped[str] = mapped_column(String(32))
+    audience: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.DRAFT.value)
+    scheduled_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        DeliveryStatus.SENT,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.SUPPRESSED,
+        DeliveryStatus.CANCELLED,
+        DeliveryStatus.UNKNOWN,
+    }
+)
+
+
+class Delivery(Base):
+    """One message of one campaign to one contact: at most one, ever."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "contact_id"),
+        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        Index("ix_deliveries_address_status", "address_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    # Copied from the contact at fan-out so the gate and unsubscribe need no join.
+    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED.value)
+    skip_reason: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

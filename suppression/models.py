@@ -1,0 +1,190 @@
+"""Tables of the policy core. ``Base`` here is the one declarative base of the project."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on both backends (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC was expected")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Scope(enum.StrEnum):
+    """What a consent or a suppression is about."""
+
+    MARKETING = "marketing"
+    AFFILIATES = "affiliates"
+
+
+class ConsentStatus(enum.StrEnum):
+    OPTED_IN = "opted_in"
+    OPTED_OUT = "opted_out"
+
+
+class Reason(enum.StrEnum):
+    """Why an address is suppressed."""
+
+    UNSUBSCRIBE = "unsubscribe"
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    MANUAL = "manual"
+    POSTAL_REQUEST = "postal_request"
+    LEGAL = "legal"
+
+
+GLOBAL_SCOPE = "global"
+
+
+def affiliate_scope(affiliate_id: int) -> str:
+    """Suppression scope that keeps one address out of one affiliate's lists."""
+    return f"affiliate:{affiliate_id}"
+
+
+class Address(Base):
+    """One canonical e-mail address. Consent, suppressions and contacts all point here."""
+
+    __tablename__ = "addresses"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address: Mapped[str] = mapped_column(String(254), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Consent(Base):
+    """The consent ledger: every change is a row; nothing here is updated or deleted."""
+
+    __tablename__ = "consents"
+    __table_args__ = (Index("ix_consents_address_scope", "address_id", "scope", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"))
+    scope: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(200))
+    occurred_at: Mapped[datetime]
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str | None] = mapped_column(String(200))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    policy_version: Mapped[str | None] = mapped_column(String(64))
+
+
+class ConsentState(Base):
+    """The latest ledger row per (address, scope), kept in step by ``consent.record_consent``.
+
+    The gate reads this by primary key, so its cost does not grow with the ledger's history.
+    """
+
+    __tablename__ = "consent_states"
+
+    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    consent_id: Mapped[int] = mapped_column(ForeignKey("consents.id"))
+    occurred_at: Mapped[datetime]
+
+
+class Suppression(Base):
+    """An address kept from mail of a scope (or all mail: scope ``global``), with the reason.
+
+    A lifted suppression keeps its row, with who lifted it, when and why.
+    """
+
+    __tablename__ = "suppressions"
+    __table_args__ = (
+        Index(
+            "uq_suppressions_active",
+            "address_id",
+            "scope",
+            "reason",
+            unique=True,
+            sqlite_where=text("lifted_at IS NULL"),
+            postgresql_where=text("lifted_at IS NULL"),
+        ),
+        Index("ix_suppressions_created_at", "created_at"),
+        Index("ix_suppressions_lifted_at", "lifted_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"))
+    scope: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    lifted_at: Mapped[datetime | None]
+    lifted_by: Mapped[str | None] = mapped_column(String(200))
+    lift_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Event(Base):
+    """Audit trail: every change of an address's state and every recipient-facing hit."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_kind_at", "kind", "occurred_at"),
+        Index("ix_events_address", "address_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64))
+    address_id: Mapped[int | None] = mapped_column(ForeignKey("addresses.id"))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    outcome: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

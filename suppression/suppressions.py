@@ -1,0 +1,152 @@
+"""The suppression list: the one place where an address's sendability changes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from suppression.events import Hit, record_event
+from suppression.models import GLOBAL_SCOPE, Address, Reason, Scope, Suppression, utcnow
+from suppression.sql import insert_for
+
+# Suppressions a recipient may lift by re-subscribing. Everything else needs staff.
+RECIPIENT_LIFTABLE = frozenset({Reason.UNSUBSCRIBE})
+
+
+class SuppressionError(ValueError):
+    """A staff request about the suppression list that cannot be carried out, and why."""
+
+
+@dataclass(frozen=True)
+class Added:
+    suppression_id: int
+    created: bool
+
+
+def valid_scope(scope: str) -> str:
+    allowed = {GLOBAL_SCOPE, *(str(s) for s in Scope)}
+    if scope in allowed or (scope.startswith("affiliate:") and scope[10:].isdigit()):
+        return scope
+    raise SuppressionError(
+        f"unknown scope {scope!r}: use one of {', '.join(sorted(allowed))} or affiliate:<id>"
+    )
+
+
+def valid_reason(reason: str) -> Reason:
+    try:
+        return Reason(reason)
+    except ValueError:
+        names = ", ".join(r.value for r in Reason)
+        raise SuppressionError(f"unknown reason {reason!r}: use one of {names}") from None
+
+
+def add_suppression(
+    session: Session,
+    address_id: int,
+    *,
+    scope: str,
+    reason: Reason,
+    source: str,
+    note: str | None = None,
+    actor: str | None = None,
+    hit: Hit | None = None,
+) -> Added:
+    """Suppress ``address_id`` for ``scope`` (idempotent per active scope and reason)."""
+    scope = valid_scope(scope)
+    stmt = (
+        insert_for(session, Suppression)
+        .values(
+            address_id=address_id,
+            scope=scope,
+            reason=str(reason),
+            source=source,
+            note=note,
+            created_by=actor,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(
+            index_elements=["address_id", "scope", "reason"],
+            index_where=Suppression.lifted_at.is_(None),
+        )
+        .returning(Suppression.id)
+    )
+    new_id = session.execute(stmt).scalar_one_or_none()
+    if new_id is None:
+        existing = session.scalar(
+            select(Suppression.id).where(
+                Suppression.address_id == address_id,
+                Suppression.scope == scope,
+                Suppression.reason == str(reason),
+                Suppression.lifted_at.is_(None),
+            )
+        )
+        assert existing is not None
+        return Added(existing, created=False)
+    record_event(
+        session,
+        "suppression_added",
+        address_id=address_id,
+        actor=actor,
+        hit=hit,
+        outcome=str(reason),
+        scope=scope,
+        source=source,
+    )
+    return Added(new_id, created=True)
+
+
+def active_suppressions(session: Session, address_id: int) -> list[Suppression]:
+    stmt = (
+        select(Suppression)
+        .where(Suppression.address_id == address_id, Suppression.lifted_at.is_(None))
+        .order_by(Suppression.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def lift_suppressions(
+    session: Session,
+    address_id: int,
+    *,
+    why: str,
+    actor: str,
+    reasons: Iterable[Reason] | None = None,
+    hit: Hit | None = None,
+) -> int:
+    """Lift active suppressions of ``address_id`` (of ``reasons``, or all); returns how many.
+
+    Staff must say why; the rows stay, marked lifted, and an event records it.
+    """
+    if not why or not why.strip():
+        raise SuppressionError("say why the suppression is lifted (--reason)")
+    stmt = (
+        update(Suppression)
+        .where(Suppression.address_id == address_id, Suppression.lifted_at.is_(None))
+        .values(lifted_at=utcnow(), lifted_by=actor, lift_reason=why.strip())
+    )
+    if reasons is not None:
+        stmt = stmt.where(Suppression.reason.in_([str(r) for r in reasons]))
+    count = session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
+    if count:
+        record_event(
+            session, "suppression_lifted", address_id=address_id, actor=actor, hit=hit,
+            outcome="lifted", count=count, why=why.strip(),
+        )
+    return count
+
+
+def list_suppressions(
+    session: Session, *, include_lifted: bool = False, limit: int | None = None
+) -> list[tuple[str, Suppression]]:
+    stmt = select(Address.address, Suppression).join(
+        Address, Address.id == Suppression.address_id
+    )
+    if not include_lifted:
+        stmt = stmt.where(Suppression.lifted_at.is_(None))
+    stmt = stmt.order_by(Suppression.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [(addr, sup) for addr, sup in session.execute(stmt).tuples()]

@@ -1,0 +1,145 @@
+"""The one place that signs and verifies tokens.
+
+Each purpose has its own salt, so a token made for one purpose never verifies for another.
+Keys are a list, newest first: the first signs, every one verifies, so a link keeps working
+while its key stays in the rotation list. Payloads carry ids, never an address: a token is
+readable by whoever holds the link.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from itsdangerous import (
+    BadData,
+    BadSignature,
+    SignatureExpired,
+    URLSafeSerializer,
+    URLSafeTimedSerializer,
+)
+
+_FORMAT = 1
+_MAX_TOKEN_LENGTH = 512
+
+
+class TokenOutcome(enum.StrEnum):
+    VALID = "valid"
+    MALFORMED = "malformed"
+    TAMPERED = "tampered"
+    UNKNOWN_KEY = "unknown_key"
+    EXPIRED = "expired"
+    UNKNOWN_SUBJECT = "unknown_subject"
+
+
+class BadToken(Exception):
+    """A link that does not verify. Its message is safe to show to whoever followed it."""
+
+    def __init__(self, outcome: TokenOutcome, message: str = "this link is not valid") -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class LinkPurpose(enum.StrEnum):
+    UNSUBSCRIBE = "unsubscribe"
+    PREFERENCES = "preferences"
+    AFFILIATE_DOWNLOAD = "affiliate-download"
+
+
+@dataclass(frozen=True)
+class LinkSubject:
+    """Whom a recipient link is about: the address row, and the campaign that carried it."""
+
+    address_id: int
+    campaign_id: int | None
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+
+
+class TokenSigner:
+    """Signs and verifies every token the product hands out."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        keys = [k for k in keys if k]
+        if not keys:
+            raise ValueError("no signing key configured (DISPATCHER_SECRET_KEYS)")
+        if any(len(k) < 16 for k in keys):
+            raise ValueError("every signing key must be at least 16 characters long")
+        self._keys = list(keys)
+        self._kids = {key_id(k) for k in keys}
+        self._newest_kid = key_id(keys[0])
+        # itsdangerous signs with the last key and verifies with all of them.
+        self._verify_order = list(reversed(self._keys))
+
+    def _serializer(self, purpose: LinkPurpose) -> URLSafeSerializer:
+        return URLSafeSerializer(self._verify_order, salt=f"dispatcher.{purpose.value}")
+
+    def _timed(self, purpose: LinkPurpose) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(self._verify_order, salt=f"dispatcher.{purpose.value}")
+
+    # Recipient links: they never expire by time, only by key rotation.
+    def sign_link(
+        self, purpose: LinkPurpose, address_id: int, campaign_id: int | None = None
+    ) -> str:
+        payload = [_FORMAT, self._newest_kid, int(address_id), campaign_id]
+        return str(self._serializer(purpose).dumps(payload))
+
+    def read_link(self, purpose: LinkPurpose, token: str) -> LinkSubject:
+        """Verify a recipient link; raises :class:`BadToken` with the outcome when it fails."""
+        serializer = self._serializer(purpose)
+        payload = self._loads(serializer, token)
+        if (
+            not isinstance(payload, list)
+            or len(payload) != 4
+            or payload[0] != _FORMAT
+            or not isinstance(payload[2], int)
+            or isinstance(payload[2], bool)
+            or not (payload[3] is None or isinstance(payload[3], int))
+        ):
+            raise BadToken(TokenOutcome.MALFORMED)
+        return LinkSubject(address_id=payload[2], campaign_id=payload[3])
+
+    # Expiring tokens (affiliate downloads).
+    def sign_timed(self, purpose: LinkPurpose, payload: dict[str, Any]) -> str:
+        return str(self._timed(purpose).dumps({"kid": self._newest_kid, **payload}))
+
+    def read_timed(self, purpose: LinkPurpose, token: str, max_age_seconds: int) -> dict[str, Any]:
+        payload = self._loads(self._timed(purpose), token, max_age=max_age_seconds)
+        if not isinstance(payload, dict):
+            raise BadToken(TokenOutcome.MALFORMED)
+        payload.pop("kid", None)
+        return payload
+
+    def _loads(self, serializer: Any, token: str, **kwargs: Any) -> Any:
+        if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH:
+            raise BadToken(TokenOutcome.MALFORMED)
+        try:
+            return serializer.loads(token, **kwargs)
+        except SignatureExpired:
+            raise BadToken(TokenOutcome.EXPIRED, "this link has expired") from None
+        except BadSignature as exc:
+            raise BadToken(self._why_bad(serializer, exc)) from None
+        except (BadData, ValueError, TypeError, UnicodeError):
+            raise BadToken(TokenOutcome.MALFORMED) from None
+
+    def _why_bad(self, serializer: Any, exc: BadSignature) -> TokenOutcome:
+        """Tell a token signed by a key we do not hold from one whose content was altered."""
+        raw = getattr(exc, "payload", None)
+        if raw is None:
+            return TokenOutcome.MALFORMED
+        try:
+            payload = serializer.load_payload(raw)
+        except (BadData, ValueError, TypeError, UnicodeError):
+            return TokenOutcome.MALFORMED
+        try:
+            kid = payload[1] if isinstance(payload, list) else payload.get("kid")
+        except (AttributeError, IndexError, TypeError):
+            return TokenOutcome.TAMPERED
+        if isinstance(kid, str) and kid not in self._kids:
+            return TokenOutcome.UNKNOWN_KEY
+        return TokenOutcome.TAMPERED

@@ -1,0 +1,153 @@
+"""Unsubscribe and re-subscribe: what a recipient's own click may change, and nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from suppression.address import mask_address
+from suppression.consent import record_consent
+from suppression.events import Hit, record_event
+from suppression.models import Address, ConsentStatus, Reason, Scope, utcnow
+from suppression.suppressions import (
+    RECIPIENT_LIFTABLE,
+    active_suppressions,
+    add_suppression,
+    lift_suppressions,
+)
+from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
+
+# Called inside the unsubscribe's transaction with (session, address_id): stops mail to that
+# address that is queued but not yet claimed, and returns how many messages it stopped. The
+# dispatcher supplies it; this package knows no delivery table.
+StopQueued = Callable[[Session, int], int]
+
+
+class CannotResubscribe(Exception):
+    """The address is suppressed for a reason only staff may lift; the message says so."""
+
+
+@dataclass(frozen=True)
+class UnsubscribeResult:
+    address_id: int
+    masked_address: str
+    campaign_id: int | None
+    newly_suppressed: bool
+    stopped: int
+
+
+def resolve_link(
+    session: Session, signer: TokenSigner, purpose: LinkPurpose, token: str
+) -> tuple[LinkSubject, Address]:
+    """Verify a recipient link and load its address; :class:`BadToken` when either fails.
+
+    An unknown address gets the same error as a forged token, so a link reveals nothing.
+    """
+    subject = signer.read_link(purpose, token)
+    address = session.get(Address, subject.address_id)
+    if address is None:
+        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
+    return subject, address
+
+
+def apply_unsubscribe(
+    session: Session,
+    signer: TokenSigner,
+    token: str,
+    *,
+    stop_queued: StopQueued,
+    hit: Hit,
+    source: str = "unsubscribe_link",
+) -> UnsubscribeResult:
+    """Verify ``token`` and unsubscribe its address from marketing, at once.
+
+    In the caller's transaction: a marketing ``unsubscribe`` suppression, an opt-out in the
+    consent ledger, queued deliveries stopped, an audit event. Repeating it changes nothing
+    more. A bad token raises :class:`BadToken` before anything is written.
+    """
+    subject, address = resolve_link(session, signer, LinkPurpose.UNSUBSCRIBE, token)
+    added = add_suppression(
+        session,
+        address.id,
+        scope=str(Scope.MARKETING),
+        reason=Reason.UNSUBSCRIBE,
+        source=source,
+        hit=hit,
+        note=f"campaign {subject.campaign_id}" if subject.campaign_id else None,
+    )
+    record_consent(
+        session,
+        address.id,
+        Scope.MARKETING,
+        ConsentStatus.OPTED_OUT,
+        source=source,
+        occurred_at=utcnow(),
+        hit=hit,
+    )
+    stopped = stop_queued(session, address.id)
+    record_event(
+        session,
+        "unsubscribed",
+        address_id=address.id,
+        hit=hit,
+        outcome="suppressed" if added.created else "already_suppressed",
+        campaign_id=subject.campaign_id,
+        stopped=stopped,
+        source=source,
+    )
+    return UnsubscribeResult(
+        address_id=address.id,
+        masked_address=mask_address(address.address),
+        campaign_id=subject.campaign_id,
+        newly_suppressed=added.created,
+        stopped=stopped,
+    )
+
+
+def staff_only_suppressions(session: Session, address_id: int) -> list[str]:
+    """Reasons of active suppressions that a recipient cannot lift by re-subscribing."""
+    return sorted(
+        {s.reason for s in active_suppressions(session, address_id)}
+        - {str(r) for r in RECIPIENT_LIFTABLE}
+    )
+
+
+def resubscribe(
+    session: Session,
+    address_id: int,
+    *,
+    hit: Hit,
+    source: str = "preferences",
+) -> None:
+    """The recipient asks for marketing again: lift only their own unsubscribe, opt back in.
+
+    Raises :class:`CannotResubscribe`, changing nothing, while any suppression that only staff
+    may lift (bounce, complaint, postal request, legal, manual) is active.
+    """
+    blocking = staff_only_suppressions(session, address_id)
+    if blocking:
+        raise CannotResubscribe(
+            "this address cannot be re-subscribed here because it was suppressed for: "
+            + ", ".join(r.replace("_", " ") for r in blocking)
+            + ". Please contact us to change this."
+        )
+    lift_suppressions(
+        session,
+        address_id,
+        why="re-subscribed by the recipient",
+        actor="recipient",
+        reasons=RECIPIENT_LIFTABLE,
+        hit=hit,
+    )
+    record_consent(
+        session,
+        address_id,
+        Scope.MARKETING,
+        ConsentStatus.OPTED_IN,
+        source=source,
+        occurred_at=utcnow(),
+        recipient_action=True,
+        hit=hit,
+    )

@@ -1,0 +1,73 @@
+"""Fixtures every test may use: settings in a temporary home, a migrated database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.db import make_engine, make_sessionmaker, upgrade
+from dispatcher.settings import Settings, load_settings
+
+TEST_KEYS = "test-signing-key-newest-0001,test-signing-key-older-0000"
+
+
+def settings_for(home: Path, **overrides: str) -> Settings:
+    """Embedded settings rooted at ``home``; ``overrides`` are DISPATCHER_* variables."""
+    env = {
+        "DISPATCHER_HOME": str(home),
+        "DISPATCHER_SECRET_KEYS": TEST_KEYS,
+        "DISPATCHER_BASE_URL": "http://127.0.0.1:8025",
+    }
+    env.update({f"DISPATCHER_{k.upper()}": v for k, v in overrides.items()})
+    return load_settings(env)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DISPATCHER_* variable of the developer's shell leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("DISPATCHER_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def _migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated with Alembic per test session; each test gets a copy."""
+    home = tmp_path_factory.mktemp("template")
+    upgrade(settings_for(home))
+    return home / "dispatcher.db"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, _migrated_template: Path) -> Settings:
+    home = tmp_path / "var"
+    home.mkdir()
+    shutil.copy(_migrated_template, home / "dispatcher.db")
+    return settings_for(home)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work is rolled back after the test."""
+    with session_factory() as session:
+        session.begin()
+        yield session
+        session.rollback()

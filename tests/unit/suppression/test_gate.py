@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dispatcher.models import Contact
+from suppression.gate import NOT_ASKED, OPTED_OUT, Purpose, blocking_reason
+from suppression.models import ConsentStatus, Reason
+from suppression.suppressions import lift_suppressions
+from tests.factories import make_contact
+
+
+def reason_for(session: Session, contact: Contact, purpose: Purpose) -> str | None:
+    stmt = select(blocking_reason(Contact.address_id, purpose)).where(Contact.id == contact.id)
+    return session.execute(stmt).scalar_one()
+
+
+def test_opted_in_unsuppressed_contact_passes_marketing(session: Session) -> None:
+    contact = make_contact(session, "ok@example.com")
+    assert reason_for(session, contact, Purpose.MARKETING) is None
+
+
+def test_marketing_needs_opt_in(session: Session) -> None:
+    never = make_contact(session, "never@example.com", marketing=None)
+    out = make_contact(session, "out@example.com", marketing=ConsentStatus.OPTED_OUT)
+    assert reason_for(session, never, Purpose.MARKETING) == NOT_ASKED
+    assert reason_for(session, out, Purpose.MARKETING) == OPTED_OUT
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+@pytest.mark.parametrize("scope", ["global", "marketing"])
+def test_every_suppression_blocks_marketing(session: Session, reason: Reason, scope: str) -> None:
+    contact = make_contact(session, "s@example.com", suppressed=reason, suppression_scope=scope)
+    assert reason_for(session, contact, Purpose.MARKETING) == reason.value
+
+
+def test_affiliates_scope_does_not_block_marketing(session: Session) -> None:
+    contact = make_contact(
+        session, "a@example.com", suppressed=Reason.MANUAL, suppression_scope="affiliates"
+    )
+    assert reason_for(session, contact, Purpose.MARKETING) is None
+
+
+def test_lifted_suppression_no_longer_blocks(session: Session) -> None:
+    contact = make_contact(session, "l@example.com", suppressed=Reason.HARD_BOUNCE)
+    lift_suppressions(session, contact.address_id, why="mailbox fixed", actor="staff")
+    assert reason_for(session, contact, Purpose.MARKETING) is None
+
+
+@pytest.mark.parametrize(
+    ("reason", "blocks"),
+    [
+        (Reason.UNSUBSCRIBE, False),
+        (Reason.HARD_BOUNCE, True),
+        (Reason.COMPLAINT, True),
+        (Reason.POSTAL_REQUEST, True),
+        (Reason.LEGAL, True),
+        (Reason.MANUAL, False),
+    ],
+)
+def test_service_notice_ignores_consent_and_unsubscribe_only(
+    session: Session, reason: Reason, blocks: bool
+) -> None:
+    contact = make_contact(
+        session, "n@example.com", marketing=ConsentStatus.OPTED_OUT, suppressed=reason
+    )
+    expected = reason.value if blocks else None
+    assert reason_for(session, contact, Purpose.SERVICE_NOTICE) == expected
+
+
+def test_global_manual_suppression_blocks_service_notice(session: Session) -> None:
+    contact = make_contact(
+        session, "m@example.com", suppressed=Reason.MANUAL, suppression_scope="global"
+    )
+    assert reason_for(session, contact, Purpose.SERVICE_NOTICE) == "manual"
