@@ -54,9 +54,18 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from dispatcher.cli import affiliates, campaigns, contacts, database, services, suppress
+    from dispatcher.cli import (
+        affiliates,
+        campaigns,
+        contacts,
+        database,
+        services,
+        stats,
+        suppress,
+        web,
+    )
 
-    for module in (database, contacts, suppress, campaigns, affiliates, services):
+    for module in (database, contacts, suppress, campaigns, affiliates, stats, services, web):
         for command in getattr(module, "COMMANDS", ()):
             main.add_command(command)
 
