@@ -1,7 +1,212 @@
-"""Commands of this group are registered in ``COMMANDS``."""
+"""``dispatcher campaign``: create, preview, schedule, pause, resume, cancel, report."""
 
 from __future__ import annotations
 
+import getpass
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from dispatcher.campaigns import (
+    CampaignError,
+    CampaignReport,
+    campaign_report,
+    cancel_campaign,
+    create_campaign,
+    get_campaign,
+    list_campaigns,
+    pause_campaign,
+    requeue_unknown,
+    resume_campaign,
+    schedule_campaign,
+)
+from dispatcher.cli import AppContext, pass_app
+from dispatcher.db import session_scope
+from dispatcher.preview import preview_message
+from dispatcher.rendering import list_templates
+from suppression.address import InvalidAddress
+
+ACTOR = click.option("--actor", default=getpass.getuser, show_default="your user name",
+                     help="who is asking (recorded in the audit trail)")
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@click.group("campaign")
+def campaign() -> None:
+    """Create, schedule and follow marketing campaigns and service notices."""
+
+
+@campaign.command("create")
+@click.option("--name", required=True)
+@click.option("--subject", required=True, help="may use {{ first_name }} and the like")
+@click.option("--template", required=True, help="a folder of templates/email/")
+@click.option("--purpose", type=click.Choice(["marketing", "service_notice"]),
+              default="marketing", show_default=True,
+              help="marketing needs opt-in; service_notice is for changes to terms")
+@click.option("--audience", default=None, help=(
+    "who gets it: empty for every contact; terms joined by ',' (all must hold): "
+    "'tag:jazz', 'genre=jazz', 'genre!=jazz'; '|' inside a term for either"))
+@ACTOR
+@pass_app
+def create(app: AppContext, name: str, subject: str, template: str, purpose: str,
+           audience: str | None, actor: str) -> None:
+    """Create a draft campaign (checked now, and again when scheduled)."""
+    try:
+        with session_scope(app.sessions) as session:
+            row = create_campaign(session, app.settings, name=name, subject=subject,
+                                  template=template, purpose=purpose, audience=audience,
+                                  actor=actor)
+            campaign_id = row.id
+    except CampaignError as exc:
+        raise _fail(exc) from None
+    click.echo(f"campaign {campaign_id} created (draft)")
+
+
+@campaign.command("templates")
+@pass_app
+def templates(app: AppContext) -> None:
+    """List the e-mail templates campaigns can use."""
+    for name in list_templates(app.settings):
+        click.echo(name)
+
+
+@campaign.command("preview")
+@click.argument("campaign_id", type=int)
+@click.option("--to", "to_address", required=True, help="a contact's address (or any address)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the message (.eml) here instead of standard output")
+@pass_app
+def preview(app: AppContext, campaign_id: int, to_address: str, out: Path | None) -> None:
+    """Render one message of the campaign as it would be sent; sends nothing."""
+    try:
+        with session_scope(app.sessions) as session:
+            message = preview_message(session, app.settings, campaign_id, to_address)
+    except (CampaignError, InvalidAddress) as exc:
+        raise _fail(exc) from None
+    if out is None:
+        click.echo(message.decode("utf-8", errors="replace"))
+    else:
+        out.write_bytes(message)
+        click.echo(f"written to {out}")
+
+
+@campaign.command("schedule")
+@click.argument("campaign_id", type=int)
+@click.option("--at", "at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z"]),
+              default=None, help="ISO time with zone, e.g. 2026-12-01T09:00:00+00:00; now if absent")
+@ACTOR
+@pass_app
+def schedule(app: AppContext, campaign_id: int, at: datetime | None, actor: str) -> None:
+    """Schedule a draft; the beat starts it when due (a worker must be running)."""
+    try:
+        with session_scope(app.sessions) as session:
+            row = schedule_campaign(session, app.settings, campaign_id, at=at, actor=actor)
+            when = row.scheduled_at
+    except CampaignError as exc:
+        raise _fail(exc) from None
+    click.echo(f"campaign {campaign_id} scheduled for {when:%Y-%m-%d %H:%M:%S %Z}")
+
+
+def _simple(action: str, help_text: str) -> click.Command:
+    @click.command(action, help=help_text)
+    @click.argument("campaign_id", type=int)
+    @ACTOR
+    @pass_app
+    def command(app: AppContext, campaign_id: int, actor: str) -> None:
+        try:
+            with session_scope(app.sessions) as session:
+                if action == "cancel":
+                    n = cancel_campaign(session, campaign_id, actor=actor)
+                    message = f"campaign {campaign_id} cancelled; {n} queued messages dropped"
+                elif action == "pause":
+                    pause_campaign(session, campaign_id, actor=actor)
+                    message = f"campaign {campaign_id} paused after the batches in flight"
+                elif action == "resume":
+                    resume_campaign(session, campaign_id, actor=actor)
+                    message = f"campaign {campaign_id} resumed"
+                else:
+                    n = requeue_unknown(session, campaign_id, actor=actor)
+                    message = f"campaign {campaign_id}: {n} messages of unknown outcome queued again"
+        except CampaignError as exc:
+            raise _fail(exc) from None
+        click.echo(message)
+
+    return command
+
+
+campaign.add_command(_simple("cancel", "Stop a campaign; queued messages are dropped."))
+campaign.add_command(_simple("pause", "Stop claiming new batches until resumed."))
+campaign.add_command(_simple("resume", "Go on with a paused campaign."))
+campaign.add_command(_simple(
+    "resend-unknown",
+    "Queue again the messages whose outcome a crash hid (they may arrive twice)."))
+
+
+@campaign.command("list")
+@pass_app
+def list_(app: AppContext) -> None:
+    """Every campaign with its status."""
+    with session_scope(app.sessions) as session:
+        rows = list_campaigns(session)
+        click.echo(f"{'id':>5}  {'status':<10} {'purpose':<15} {'template':<18} name")
+        for row in rows:
+            click.echo(f"{row.id:>5}  {row.status:<10} {row.purpose:<15} {row.template:<18} "
+                       f"{row.name}")
+
+
+def print_report(report: CampaignReport) -> None:
+    click.echo(f"campaign {report.id} {report.name!r}: {report.status} ({report.purpose})")
+    click.echo(f"  {'deliveries':<24}{report.total:>8}")
+    for status, count in report.by_status.items():
+        click.echo(f"    {status:<22}{count:>8}")
+    if report.by_reason:
+        click.echo("  skipped or failed, by reason")
+        for reason, count in report.by_reason.items():
+            click.echo(f"    {reason:<22}{count:>8}")
+
+
+@campaign.command("status")
+@click.argument("campaign_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable counts")
+@click.option("--watch", is_flag=True, help="show a progress bar until the campaign is done")
+@pass_app
+def status(app: AppContext, campaign_id: int, as_json: bool, watch: bool) -> None:
+    """Counts per delivery status and per suppression reason."""
+    try:
+        with session_scope(app.sessions) as session:
+            report = campaign_report(session, campaign_id)
+            if watch:
+                get_campaign(session, campaign_id)
+    except CampaignError as exc:
+        raise _fail(exc) from None
+    if watch:
+        report = _watch(app, campaign_id, report)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_report(report)
+
+
+def _watch(app: AppContext, campaign_id: int, report: CampaignReport) -> CampaignReport:
+    with click.progressbar(length=max(report.total, 1), label="sending",
+                           show_pos=True) as bar:
+        done = 0
+        while report.status in ("scheduled", "sending") or report.pending:
+            time.sleep(0.5)
+            with session_scope(app.sessions) as session:
+                report = campaign_report(session, campaign_id)
+            bar.length = max(report.total, 1)
+            bar.update(report.total - report.pending - done)
+            done = report.total - report.pending
+            if report.status in ("paused", "cancelled", "done") and not report.pending:
+                break
+    return report
+
+
+COMMANDS = [campaign]

@@ -1,0 +1,129 @@
+"""Fan-out: a due campaign's audience becomes delivery rows, then batches of row ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from sqlalchemy import literal, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.audience import audience_filter
+from dispatcher.db import session_scope
+from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
+from suppression.events import record_event
+from suppression.models import utcnow
+from suppression.sql import insert_for
+
+
+def due_campaigns(session: Session, now: datetime | None = None) -> list[int]:
+    """Ids of scheduled campaigns whose time has come."""
+    stmt = (
+        select(Campaign.id)
+        .where(
+            Campaign.status == CampaignStatus.SCHEDULED,
+            Campaign.scheduled_at <= (now or utcnow()),
+        )
+        .order_by(Campaign.scheduled_at, Campaign.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def start_campaign(session: Session, campaign_id: int, now: datetime | None = None) -> bool:
+    """``scheduled`` → ``sending`` when due, in one statement (a second caller gets False)."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Campaign)
+        .where(
+            Campaign.id == campaign_id,
+            Campaign.status == CampaignStatus.SCHEDULED,
+            Campaign.scheduled_at <= now,
+        )
+        .values(status=CampaignStatus.SENDING.value, started_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def create_deliveries(session: Session, campaign: Campaign) -> int:
+    """One queued row per contact of the audience, set-based; existing rows are kept as they
+    are, so running it again adds nothing. Returns how many rows were added."""
+    now = utcnow()
+    audience = (
+        select(
+            literal(campaign.id),
+            Contact.id,
+            Contact.address_id,
+            literal(DeliveryStatus.QUEUED.value),
+            literal(0),
+            literal(now, type_=Delivery.__table__.c.created_at.type),
+        )
+        .where(audience_filter(campaign.audience))
+        .order_by(Contact.id)
+    )
+    stmt = (
+        insert_for(session, Delivery)
+        .from_select(
+            ["campaign_id", "contact_id", "address_id", "status", "attempts", "created_at"],
+            audience,
+        )
+        .on_conflict_do_nothing(index_elements=["campaign_id", "contact_id"])
+    )
+    return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+
+
+def fan_out(
+    sessions: sessionmaker[Session], campaign_id: int, batch_size: int
+) -> Iterator[tuple[int, int]]:
+    """Start a due campaign and yield ``(first_id, last_id)`` of each batch of queued rows.
+
+    The delivery rows are committed before the first batch is yielded, so a task published for
+    a batch always finds its rows. Rows are read in keyset pages of ``batch_size`` ids: memory
+    does not grow with the audience. Safe to run again: rows are not duplicated, and a batch
+    published twice is claimed once.
+    """
+    with session_scope(sessions) as session:
+        start_campaign(session, campaign_id)
+        campaign = session.get(Campaign, campaign_id)
+        if campaign is None or campaign.status != CampaignStatus.SENDING:
+            return
+        added = create_deliveries(session, campaign)
+        record_event(session, "campaign_fanned_out", campaign_id=campaign_id, added=added)
+    last = 0
+    while True:
+        with sessions() as session:
+            ids = list(
+                session.scalars(
+                    select(Delivery.id)
+                    .where(
+                        Delivery.campaign_id == campaign_id,
+                        Delivery.status == DeliveryStatus.QUEUED,
+                        Delivery.id > last,
+                    )
+                    .order_by(Delivery.id)
+                    .limit(batch_size)
+                )
+            )
+        if not ids:
+            break
+        yield ids[0], ids[-1]
+        last = ids[-1]
+    with session_scope(sessions) as session:
+        finish_if_done(session, campaign_id)
+
+
+def finish_if_done(session: Session, campaign_id: int) -> bool:
+    """Mark a sending campaign done once none of its rows is queued or sending."""
+    pending = (
+        select(Delivery.id)
+        .where(
+            Delivery.campaign_id == campaign_id,
+            Delivery.status.in_([DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value]),
+        )
+        .exists()
+    )
+    result = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING, ~pending)
+        .values(status=CampaignStatus.DONE.value, finished_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

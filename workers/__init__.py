@@ -1,0 +1,8 @@
+"""Celery entry points: the app, the beat schedule, thin tasks, and the top-level CLI.
+
+``celery -A workers worker`` finds the app here.
+"""
+
+from workers.app import app
+
+__all__ = ["app"]

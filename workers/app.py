@@ -1,0 +1,62 @@
+"""The one Celery app, configured lazily from the dispatcher settings.
+
+Importing this module connects to nothing and reads no environment; the configuration is
+built the first time Celery needs it (``add_defaults`` with a callable).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from dispatcher.settings import Settings, load_settings
+
+QUEUE = "dispatch"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings chosen for a mail queue (README, "Celery settings", says why)."""
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Redis redelivers an unacknowledged task after this; it must exceed the longest
+        # batch, or a slow batch is handed to a second worker while the first still sends.
+        transport_options["visibility_timeout"] = 3600
+    if settings.broker_url.startswith("sqla+"):
+        transport_options["polling_interval"] = 0.2
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport_options,
+        "task_default_queue": QUEUE,
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A batch is acknowledged only after it finished; a worker lost mid-batch gives the
+        # task back to the queue, and our claim tokens keep the redelivery from sending twice.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One batch reserved at a time per process: a dying worker holds back little.
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": 900,
+        "task_soft_time_limit": 840,
+        "worker_hijack_root_logger": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "beat_schedule": {
+            "start-due-campaigns": {
+                "task": "workers.tasks.start_due_campaigns",
+                "schedule": settings.beat_interval_seconds,
+            },
+            "recover-stalled-campaigns": {
+                "task": "workers.tasks.recover_stalled",
+                "schedule": max(30.0, settings.beat_interval_seconds * 6),
+            },
+        },
+    }
+    config.update(settings.celery)
+    return config
+
+
+app = Celery("workers", include=["workers.tasks"])
+app.add_defaults(lambda: celery_config(load_settings()))

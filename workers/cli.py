@@ -1,0 +1,55 @@
+"""The ``dispatcher`` console command: staff commands plus worker, beat and demo.
+
+It lives in the top layer because it starts Celery processes; the staff commands themselves
+are in :mod:`dispatcher.cli`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from dispatcher.cli import AppContext, main, pass_app
+from workers.demo import demo
+
+
+def _celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers", *args]
+
+
+@main.command("worker", context_settings={"ignore_unknown_options": True})
+@click.option("--concurrency", "-c", type=int, default=None, help="processes or threads")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork",
+              show_default=True)
+@click.option("--beat", "-B", is_flag=True, help="also run the scheduler in this worker")
+@click.option("--loglevel", default="info", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def worker(app: AppContext, concurrency: int | None, pool: str, beat: bool, loglevel: str,
+           celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker with the project's app (extra arguments go to celery)."""
+    argv = _celery_argv("worker", f"--pool={pool}", f"--loglevel={loglevel}")
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    if beat:
+        argv += ["--beat", f"--schedule={app.settings.home / 'celerybeat-schedule'}"]
+    os.execv(sys.executable, [*argv, *celery_args])
+
+
+@main.command("beat", context_settings={"ignore_unknown_options": True})
+@click.option("--loglevel", default="info", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def beat(app: AppContext, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Run the scheduler that starts due campaigns (one per deployment)."""
+    schedule = app.settings.home / "celerybeat-schedule"
+    app.settings.home.mkdir(parents=True, exist_ok=True)
+    argv = _celery_argv("beat", f"--loglevel={loglevel}", f"--schedule={schedule}")
+    os.execv(sys.executable, [*argv, *celery_args])
+
+
+main.add_command(demo)
+
+__all__ = ["main"]

@@ -1,0 +1,122 @@
+"""Starting and stopping a real Celery worker process (the demo and the tests use it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+
+
+class WorkerFailed(RuntimeError):
+    """The worker did not become ready or died; the message holds the end of its log."""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1,
+               what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; TimeoutError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """``celery -A workers worker`` as a child process, logging to ``log_path``."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        pool: str = "threads",
+        concurrency: int = 2,
+        beat: bool = True,
+        loglevel: str = "info",
+        queues: str | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.name = f"w{uuid.uuid4().hex[:8]}@%h"
+        home = Path(self.env.get("DISPATCHER_HOME", "var"))
+        self.argv = [
+            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+            f"--hostname={self.name}", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", *extra,
+        ]
+        if queues:
+            self.argv.append(f"--queues={queues}")
+        if beat:
+            self.argv += ["--beat", f"--schedule={home / f'beat-{uuid.uuid4().hex[:6]}'}"]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_until(self._ready, ready_timeout, what="worker ready")
+        except TimeoutError:
+            self.kill()
+            raise WorkerFailed(f"worker did not start:\n{self.log_tail()}") from None
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise WorkerFailed(f"worker exited with {self.process.returncode}:\n"
+                               f"{self.log_tail()}")
+        return b" ready." in self.log_path.read_bytes()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown (SIGTERM): the tasks in hand finish first."""
+        if not self.alive:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process it started: a crash, not a shutdown."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(10)
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

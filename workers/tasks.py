@@ -1,0 +1,75 @@
+"""Celery tasks. Each receives ids, calls one service function, and is safe to run twice."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import OperationalError
+
+from dispatcher.db import session_scope
+from dispatcher.fanout import due_campaigns, fan_out
+from dispatcher.recovery import stalled_campaigns
+from dispatcher.sending import describe, send_batch
+from dispatcher.transports import TransientSendError
+from workers.app import app
+from workers.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="workers.tasks.start_due_campaigns")
+def start_due_campaigns() -> list[int]:
+    """Beat: publish a fan-out for every scheduled campaign whose time has come."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        due = due_campaigns(session)
+    for campaign_id in due:
+        fan_out_campaign.delay(campaign_id)
+    return due
+
+
+@app.task(
+    name="workers.tasks.fan_out_campaign",
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=20,
+)
+def fan_out_campaign(campaign_id: int) -> int:
+    """Create the campaign's delivery rows, then publish one ``send_batch`` per batch.
+
+    ``fan_out`` commits the rows before yielding the first batch (enqueue after commit).
+    """
+    rt = runtime()
+    count = 0
+    for first_id, last_id in fan_out(rt.sessions, campaign_id, rt.settings.batch_size):
+        send_batch_task.delay(campaign_id, first_id, last_id)
+        count += 1
+    return count
+
+
+@app.task(
+    name="workers.tasks.send_batch",
+    autoretry_for=(TransientSendError, OperationalError),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=12,
+)
+def send_batch_task(campaign_id: int, first_id: int, last_id: int) -> dict[str, int]:
+    rt = runtime()
+    result = send_batch(rt.settings, rt.sessions, rt.signer, campaign_id, first_id, last_id)
+    return describe(result)
+
+
+@app.task(name="workers.tasks.recover_stalled")
+def recover_stalled() -> list[int]:
+    """Beat: re-queue campaigns whose batches were lost (published before a crash, retries
+    exhausted). Re-publishing is safe: a batch is claimed once."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        stalled = stalled_campaigns(session)
+    for campaign_id in stalled:
+        fan_out_campaign.delay(campaign_id)
+    return stalled
