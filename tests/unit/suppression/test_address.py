@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from suppression.address import InvalidAddress, address_digest, canonical_address, mask_address
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("ann@example.com", "ann@example.com"),
+        ("  Ann.Smith@Example.COM \t", "ann.smith@example.com"),
+        ("user@BÜCHER.de", "user@xn--bcher-kva.de"),
+        ("user@xn--bcher-kva.de", "user@xn--bcher-kva.de"),
+        ("Straße@example.com", "strasse@example.com"),
+    ],
+)
+def test_canonical_form(raw: str, canonical: str) -> None:
+    assert canonical_address(raw) == canonical
+
+
+def test_unicode_and_punycode_domains_are_one_address() -> None:
+    assert canonical_address("a@bücher.de") == canonical_address("A@XN--BCHER-KVA.DE")
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("no-at-sign", "@-sign"),
+        ("a@b", "period"),
+        ("a@@example.com", ""),
+        ("a@example.com\r\nBcc: victim@example.com", "line break"),
+        ("a\x00@example.com", "NUL"),
+        ("x" * 250 + "@example.com", ""),
+    ],
+)
+def test_invalid_addresses_are_rejected_with_a_reason(raw: str, why: str) -> None:
+    with pytest.raises(InvalidAddress) as caught:
+        canonical_address(raw)
+    assert why in str(caught.value)
+    assert str(caught.value)
+
+
+def test_mask_hides_most_of_the_address() -> None:
+    assert mask_address("ann.smith@example.com") == "a***@e***.com"
+    assert "ann.smith" not in mask_address("ann.smith@example.com")
+
+
+def test_digest_is_sha256_of_canonical_form() -> None:
+    assert address_digest("ann@example.com") == (
+        "71d4f55f72fa128dfb468a1a3901507c804b74316488744d769d7f4b16696476"
+    )
