@@ -24,7 +24,8 @@ class CampaignError(ValueError):
 
 def campaign_view(campaign: Campaign) -> CampaignView:
     return CampaignView(
-        id=campaign.id, name=campaign.name, subject=campaign.subject, purpose=campaign.purpose
+        id=campaign.id, name=campaign.name, subject=campaign.subject, purpose=campaign.purpose,
+        template=campaign.template,
     )
 
 
@@ -229,7 +230,7 @@ def campaign_report(session: Session, campaign_id: int) -> CampaignReport:
         select(Delivery.status, func.count())
         .where(Delivery.campaign_id == campaign_id)
         .group_by(Delivery.status)
-    ).tuples():
+    ):
         by_status[status] = count
     by_reason = {
         reason: count
@@ -238,7 +239,7 @@ def campaign_report(session: Session, campaign_id: int) -> CampaignReport:
             .where(Delivery.campaign_id == campaign_id, Delivery.skip_reason.is_not(None))
             .group_by(Delivery.skip_reason)
             .order_by(Delivery.skip_reason)
-        ).tuples()
+        )
     }
     return CampaignReport(
         id=campaign.id,

@@ -165,7 +165,7 @@ def claim_batch(
             Delivery.status == DeliveryStatus.SENDING,
         )
         .order_by(Delivery.id)
-    ).tuples()
+    )
     return [ClaimedRow(*row) for row in rows], skipped
 
 

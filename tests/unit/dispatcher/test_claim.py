@@ -29,7 +29,7 @@ def rows(session: Session, campaign: Campaign) -> dict[str, tuple[str, str | Non
         select(Address.address, Delivery.status, Delivery.skip_reason)
         .join(Address, Address.id == Delivery.address_id)
         .where(Delivery.campaign_id == campaign.id)
-    ).tuples()
+    )
     return {a: (s, r) for a, s, r in result}
 
 
