@@ -72,19 +72,22 @@ def create_deliveries(session: Session, campaign: Campaign) -> int:
 
 
 def fan_out(
-    sessions: sessionmaker[Session], campaign_id: int, batch_size: int
+    sessions: sessionmaker[Session], campaign_id: int, batch_size: int, *, resume: bool = False
 ) -> Iterator[tuple[int, int]]:
     """Start a due campaign and yield ``(first_id, last_id)`` of each batch of queued rows.
 
     The delivery rows are committed before the first batch is yielded, so a task published for
     a batch always finds its rows. Rows are read in keyset pages of ``batch_size`` ids: memory
     does not grow with the audience. Safe to run again: rows are not duplicated, and a batch
-    published twice is claimed once.
+    published twice is claimed once. Only the call that started the campaign publishes its
+    batches, unless ``resume`` (recovery of a campaign whose tasks were lost) says otherwise.
     """
     with session_scope(sessions) as session:
-        start_campaign(session, campaign_id)
+        started = start_campaign(session, campaign_id)
         campaign = session.get(Campaign, campaign_id)
         if campaign is None or campaign.status != CampaignStatus.SENDING:
+            return
+        if not started and not resume:
             return
         added = create_deliveries(session, campaign)
         record_event(session, "campaign_fanned_out", campaign_id=campaign_id, added=added)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from email import policy
 from email.charset import QP, Charset
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
@@ -10,6 +11,8 @@ from email.utils import formataddr, formatdate, parseaddr
 
 from dispatcher.rendering import RenderedMessage
 
+# SMTP wants CRLF line ends; smtplib does not convert them in a bytes message.
+_CRLF = policy.compat32.clone(linesep="\r\n")
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
 _UTF8_QP.header_encoding = QP
@@ -69,4 +72,4 @@ def build_message(
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.attach(_text_part(rendered.text, "plain"))
     message.attach(_text_part(rendered.html, "html"))
-    return message.as_bytes()
+    return message.as_bytes(policy=_CRLF)

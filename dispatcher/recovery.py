@@ -7,27 +7,38 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from dispatcher.fanout import finish_if_done
 from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from suppression.models import utcnow
 
-# Longer than the task time limit: a row still ``sending`` after this has no live sender.
-STUCK_SENDING = timedelta(minutes=20)
-# A sending campaign with queued rows and no activity for this long lost its batches.
-STALLED = timedelta(minutes=10)
 
 
-def stalled_campaigns(session: Session) -> list[int]:
-    """Ids of sending campaigns to fan out again; marks long-stuck claims ``unknown``."""
+def expire_dead_claims(session: Session, lease_seconds: float) -> list[int]:
+    """Rows whose sender stopped renewing its claim: their outcome is unknown. Marks them
+    so (never resent automatically) and closes campaigns that had nothing else left.
+    Returns the campaigns touched."""
     now = utcnow()
-    session.execute(
+    touched = list(session.scalars(
         update(Delivery)
         .where(
             Delivery.status == DeliveryStatus.SENDING,
-            Delivery.claimed_at < now - STUCK_SENDING,
+            Delivery.claimed_at < now - timedelta(seconds=lease_seconds),
         )
         .values(status=DeliveryStatus.UNKNOWN.value, skip_reason="outcome_hidden_by_crash",
                 finished_at=now)
-    )
+        .returning(Delivery.campaign_id)
+    ))
+    campaigns = sorted(set(touched))
+    for campaign_id in campaigns:
+        finish_if_done(session, campaign_id)
+    return campaigns
+
+
+def stalled_campaigns(session: Session, lease_seconds: float, stall_seconds: float) -> list[int]:
+    """Ids of sending campaigns whose batches were lost, to fan out again (after marking
+    dead claims ``unknown``)."""
+    now = utcnow()
+    expire_dead_claims(session, lease_seconds)
     last_activity = (
         select(func.max(func.coalesce(Delivery.finished_at, Delivery.claimed_at,
                                       Delivery.created_at)))
@@ -42,6 +53,6 @@ def stalled_campaigns(session: Session) -> list[int]:
     stmt = select(Campaign.id).where(
         Campaign.status == CampaignStatus.SENDING,
         has_queued,
-        last_activity < now - STALLED,
+        last_activity < now - timedelta(seconds=stall_seconds),
     )
     return list(session.scalars(stmt))

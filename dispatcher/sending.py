@@ -21,6 +21,7 @@ import logging
 import random
 import time
 import uuid
+from datetime import timedelta
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
@@ -96,8 +97,9 @@ def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
 
 
 def orphan_stale_claims(session: Session, campaign_id: int, first_id: int, last_id: int,
-                        claim_token: str) -> int:
-    """Rows of this batch left ``sending`` by an execution that died: outcome unknown."""
+                        claim_token: str, lease_seconds: float) -> int:
+    """Rows of this batch left ``sending`` by an execution that stopped renewing its claim
+    (it died): their outcome is unknown. A live claim is left to its owner."""
     result = session.execute(
         update(Delivery)
         .where(
@@ -105,6 +107,7 @@ def orphan_stale_claims(session: Session, campaign_id: int, first_id: int, last_
             Delivery.id.between(first_id, last_id),
             Delivery.status == DeliveryStatus.SENDING,
             Delivery.claim_token != claim_token,
+            Delivery.claimed_at < utcnow() - timedelta(seconds=lease_seconds),
         )
         .values(status=DeliveryStatus.UNKNOWN.value, skip_reason="outcome_hidden_by_crash",
                 finished_at=utcnow())
@@ -215,8 +218,10 @@ def _deliver(
     transport: Transport,
     result: BatchResult,
     before_send: Callable[[ClaimedRow], None] | None,
+    renew: Callable[[], None],
 ) -> None:
     for index, row in enumerate(rows):
+        renew()
         try:
             message = factory.build(row)
         except (HeaderInjection, TemplateProblem) as exc:
@@ -229,7 +234,7 @@ def _deliver(
             transport.send(factory.sender_address, row.address, message)
         except PermanentSendError as exc:
             result.failed[row.delivery_id] = f"refused by the mail server: {exc}"
-            if exc.code >= 500:
+            if exc.recipient_refused:
                 result.bounced[row.delivery_id] = row.address_id
         except UncertainSendError:
             result.unknown.append(row.delivery_id)
@@ -240,6 +245,29 @@ def _deliver(
             result.released.append(row.delivery_id)
         else:
             result.sent.append(row.delivery_id)
+
+
+class _Lease:
+    """Renews this execution's claim while it sends, so nobody takes its rows for dead."""
+
+    def __init__(self, sessions: sessionmaker[Session], claim_token: str,
+                 lease_seconds: float) -> None:
+        self.sessions = sessions
+        self.claim_token = claim_token
+        self.every = lease_seconds / 4
+        self.last = time.monotonic()
+
+    def renew(self) -> None:
+        if time.monotonic() - self.last < self.every:
+            return
+        with session_scope(self.sessions) as session:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.claim_token == self.claim_token,
+                       Delivery.status == DeliveryStatus.SENDING)
+                .values(claimed_at=utcnow())
+            )
+        self.last = time.monotonic()
 
 
 def _record(session: Session, campaign_id: int, claim_token: str, result: BatchResult) -> None:
@@ -329,7 +357,7 @@ def send_batch(
             log.warning("batch for unknown campaign %s dropped", campaign_id)
             return result
         result.orphaned = orphan_stale_claims(session, campaign_id, first_id, last_id,
-                                              claim_token)
+                                              claim_token, settings.claim_lease_seconds)
         rows, result.skipped = claim_batch(session, campaign, first_id, last_id, claim_token)
         result.claimed = len(rows)
         session.expunge(campaign)
@@ -337,7 +365,8 @@ def send_batch(
         factory = MessageFactory(settings, campaign, signer)
         try:
             with open_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
-                _deliver(rows, factory, tr, result, before_send)
+                _deliver(rows, factory, tr, result, before_send,
+                         _Lease(sessions, claim_token, settings.claim_lease_seconds).renew)
         except TransientSendError:
             # Opening or closing the connection failed: what was not sent goes back.
             done = set(result.sent) | set(result.failed) | set(result.unknown)

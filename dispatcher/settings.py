@@ -39,6 +39,11 @@ class Settings:
     batch_size: int = 200
     beat_interval_seconds: float = 5.0
     smtp_timeout_seconds: float = 30.0
+    # A claimed row whose sender has not renewed its claim for this long is presumed dead
+    # with the row's outcome unknown; the sender renews every quarter of it.
+    claim_lease_seconds: float = 120.0
+    # A sending campaign with queued rows and no activity for this long has lost its tasks.
+    stall_seconds: float = 600.0
     # Throttling; 0 means no limit.
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
@@ -59,6 +64,8 @@ _INT_FIELDS = {"batch_size"}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
+    "claim_lease_seconds",
+    "stall_seconds",
     "rate_per_second",
     "domain_rate_per_second",
 }

@@ -35,12 +35,18 @@ class TransientSendError(SendError):
 
 
 class PermanentSendError(SendError):
-    """The server refused this message or recipient for good (SMTP 5xx)."""
+    """The server refused this message or recipient for good (SMTP 5xx).
 
-    def __init__(self, message: str, *, code: int, recipient: str) -> None:
+    ``recipient_refused``: the refusal named the mailbox (at RCPT TO), a hard bounce; a
+    refusal of the message itself (at DATA) says nothing about the address.
+    """
+
+    def __init__(self, message: str, *, code: int, recipient: str,
+                 recipient_refused: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.recipient = recipient
+        self.recipient_refused = recipient_refused
 
 
 class UncertainSendError(SendError):
@@ -163,7 +169,8 @@ class SMTPTransport:
             raise TransientSendError(message, connection_lost=True)
         if 400 <= code < 500:
             raise TransientSendError(message, connection_lost=False)
-        raise PermanentSendError(message, code=code, recipient=recipient)
+        raise PermanentSendError(message, code=code, recipient=recipient,
+                                 recipient_refused=stage == "RCPT TO")
 
     def _reset(self, conn: smtplib.SMTP) -> None:
         try:

@@ -22,8 +22,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis redelivers an unacknowledged task after this; it must exceed the longest
         # batch, or a slow batch is handed to a second worker while the first still sends.
         transport_options["visibility_timeout"] = 3600
-    if settings.broker_url.startswith("sqla+"):
-        transport_options["polling_interval"] = 0.2
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
@@ -50,7 +48,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
             "recover-stalled-campaigns": {
                 "task": "workers.tasks.recover_stalled",
-                "schedule": max(30.0, settings.beat_interval_seconds * 6),
+                "schedule": max(1.0, min(30.0, settings.claim_lease_seconds / 2)),
             },
         },
     }

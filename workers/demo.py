@@ -62,7 +62,7 @@ def demo(app: AppContext, timeout: float) -> None:
     with session_scope(app.sessions) as session:
         campaign = create_campaign(
             session, settings, name="December new releases",
-            subject="{{ first_name or 'Hello' }}, new tracks for your next project",
+            subject="New tracks for your next project, {{ greeting_name }}",
             template="new-releases", actor="demo",
         )
         schedule_campaign(session, settings, campaign.id, actor="demo")

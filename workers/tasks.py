@@ -36,14 +36,15 @@ def start_due_campaigns() -> list[int]:
     retry_jitter=True,
     max_retries=20,
 )
-def fan_out_campaign(campaign_id: int) -> int:
+def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
     """Create the campaign's delivery rows, then publish one ``send_batch`` per batch.
 
     ``fan_out`` commits the rows before yielding the first batch (enqueue after commit).
     """
     rt = runtime()
     count = 0
-    for first_id, last_id in fan_out(rt.sessions, campaign_id, rt.settings.batch_size):
+    batches = fan_out(rt.sessions, campaign_id, rt.settings.batch_size, resume=resume)
+    for first_id, last_id in batches:
         send_batch_task.delay(campaign_id, first_id, last_id)
         count += 1
     return count
@@ -69,7 +70,8 @@ def recover_stalled() -> list[int]:
     exhausted). Re-publishing is safe: a batch is claimed once."""
     rt = runtime()
     with session_scope(rt.sessions) as session:
-        stalled = stalled_campaigns(session)
+        stalled = stalled_campaigns(session, rt.settings.claim_lease_seconds,
+                                    rt.settings.stall_seconds)
     for campaign_id in stalled:
-        fan_out_campaign.delay(campaign_id)
+        fan_out_campaign.delay(campaign_id, resume=True)
     return stalled

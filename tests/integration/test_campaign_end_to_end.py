@@ -55,7 +55,7 @@ def run_campaign(backend: Backend, name: str) -> int:
     sessions = make_sessionmaker(make_engine(backend.settings.database_url))
     with session_scope(sessions) as session:
         campaign = create_campaign(session, backend.settings, name=name,
-                                   subject="{{ first_name or 'Hi' }}, new tracks",
+                                   subject="{{ greeting_name }}, new tracks",
                                    template="new-releases")
         schedule_campaign(session, backend.settings, campaign.id)
         campaign_id = campaign.id

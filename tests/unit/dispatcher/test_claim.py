@@ -99,7 +99,10 @@ def test_rows_left_sending_by_a_dead_execution_become_unknown_not_resent(
     make_contact(session, "in@example.com")
     campaign = sending_campaign(session)
     claim_batch(session, campaign, 0, 10**9, "dead-worker")
-    orphaned = orphan_stale_claims(session, campaign.id, 0, 10**9, "redelivered")
+    # Within the lease the claim is presumed alive: left to its owner.
+    assert orphan_stale_claims(session, campaign.id, 0, 10**9, "redelivered", 60) == 0
+    assert rows(session, campaign)["in@example.com"] == ("sending", None)
+    orphaned = orphan_stale_claims(session, campaign.id, 0, 10**9, "redelivered", -1)
     claimed, _ = claim_batch(session, campaign, 0, 10**9, "redelivered")
     assert orphaned == 1 and claimed == []
     assert rows(session, campaign)["in@example.com"] == ("unknown", "outcome_hidden_by_crash")
