@@ -149,4 +149,4 @@ def list_suppressions(
     stmt = stmt.order_by(Suppression.id)
     if limit is not None:
         stmt = stmt.limit(limit)
-    return [(addr, sup) for addr, sup in session.execute(stmt).tuples()]
+    return [(addr, sup) for addr, sup in session.execute(stmt)]
