@@ -116,3 +116,15 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class RateLimit(Base):
+    """Shared send pacing: the earliest time (epoch seconds) the next message under ``key``
+    may go. Workers reserve slots here with one upsert per batch, so limits hold across any
+    number of workers and machines."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    next_at: Mapped[float]
+    last_cost: Mapped[float] = mapped_column(default=0.0)

@@ -31,6 +31,7 @@ from sqlalchemy import and_, case, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher import throttle
 from dispatcher.campaigns import campaign_view
 from dispatcher.db import session_scope
 from dispatcher.fanout import finish_if_done
@@ -219,9 +220,16 @@ def _deliver(
     result: BatchResult,
     before_send: Callable[[ClaimedRow], None] | None,
     renew: Callable[[], None],
+    send_times: list[float],
 ) -> None:
     for index, row in enumerate(rows):
-        renew()
+        try:
+            renew()
+        except OperationalError:
+            # The database is away: send nothing more until it is back (fail closed).
+            result.released.extend(r.delivery_id for r in rows[index:])
+            return
+        throttle.wait_until(send_times[index])
         try:
             message = factory.build(row)
         except (HeaderInjection, TemplateProblem) as exc:
@@ -254,7 +262,8 @@ class _Lease:
                  lease_seconds: float) -> None:
         self.sessions = sessions
         self.claim_token = claim_token
-        self.every = lease_seconds / 4
+        # Often enough that losing the database stops sending within seconds.
+        self.every = min(lease_seconds / 4, 2.0)
         self.last = time.monotonic()
 
     def renew(self) -> None:
@@ -360,13 +369,17 @@ def send_batch(
                                               claim_token, settings.claim_lease_seconds)
         rows, result.skipped = claim_batch(session, campaign, first_id, last_id, claim_token)
         result.claimed = len(rows)
+        send_times = throttle.schedule(
+            session, [r.address for r in rows],
+            throttle.Limits(settings.rate_per_second, settings.domain_rate_per_second),
+        )
         session.expunge(campaign)
     if rows:
         factory = MessageFactory(settings, campaign, signer)
         try:
             with open_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
-                _deliver(rows, factory, tr, result, before_send,
-                         _Lease(sessions, claim_token, settings.claim_lease_seconds).renew)
+                lease = _Lease(sessions, claim_token, settings.claim_lease_seconds)
+                _deliver(rows, factory, tr, result, before_send, lease.renew, send_times)
         except TransientSendError:
             # Opening or closing the connection failed: what was not sent goes back.
             done = set(result.sent) | set(result.failed) | set(result.unknown)
