@@ -6,8 +6,9 @@ import email
 import email.policy
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
@@ -23,6 +24,7 @@ class Received:
     mail_from: str
     recipients: list[str]
     data: bytes
+    at: float = field(default_factory=time.time)
 
     @property
     def message(self) -> EmailMessage:

@@ -1,0 +1,256 @@
+"""Faults injected for real: killed workers, a restarted broker, a vanished database, SMTP
+errors, unsubscribes racing a campaign. Each is bounded in time and talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dispatcher.campaigns import (
+    campaign_report,
+    cancel_campaign,
+    pause_campaign,
+    requeue_unknown,
+    resume_campaign,
+)
+from dispatcher.db import session_scope
+from dispatcher.deliveries import stop_queued
+from dispatcher.models import Delivery
+from suppression.events import Hit
+from suppression.models import Address, Suppression
+from suppression.tokens import LinkPurpose, TokenSigner
+from suppression.unsubscribe import apply_unsubscribe
+from tests.integration.faults import (
+    assert_invariants,
+    count_status,
+    populate,
+    sessions_for,
+    start_campaign,
+    status,
+    wait_done,
+    wait_for,
+)
+from tests.support.backends import Backend, make_backend, require
+from tests.support.smtp_sink import SmtpSink
+from tests.support.tcp_proxy import TcpProxy
+from workers.process import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def rabbit(tmp_path: Path) -> Iterator[Backend]:
+    with make_backend("postgres-rabbitmq", tmp_path / "var") as backend:
+        yield backend
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Backend]:
+    with make_backend("sqlite", tmp_path / "var") as backend:
+        yield backend
+
+
+def worker(backend: Backend, sink: SmtpSink, log: Path, **env: str) -> WorkerProcess:
+    settings = {"mail_url": sink.url, "batch_size": "50", "claim_lease_seconds": "4",
+                "stall_seconds": "5", **env}
+    return WorkerProcess(backend.env(**settings), log, pool="threads", concurrency=2)
+
+
+def test_two_workers_never_claim_the_same_row(rabbit: Backend, smtp_sink: SmtpSink,
+                                              tmp_path: Path) -> None:
+    eligible = populate(rabbit.settings, 1000)
+    with worker(rabbit, smtp_sink, tmp_path / "a.log", batch_size="20"), \
+            worker(rabbit, smtp_sink, tmp_path / "b.log", batch_size="20"):
+        campaign_id = start_campaign(rabbit.settings)
+        wait_done(rabbit.settings, campaign_id, 120)
+    counts = assert_invariants(rabbit.settings, campaign_id, smtp_sink, eligible)
+    assert counts["sent"] == len(eligible) and counts["unknown"] == 0
+
+
+def test_worker_killed_mid_campaign(rabbit: Backend, smtp_sink: SmtpSink,
+                                    tmp_path: Path) -> None:
+    eligible = populate(rabbit.settings, 3000)
+    first = worker(rabbit, smtp_sink, tmp_path / "a.log").start()
+    campaign_id = start_campaign(rabbit.settings)
+    smtp_sink.wait_for_count(300, timeout=60)
+    first.kill()  # SIGKILL to the worker and its children: a crash, not a shutdown
+    killed_at = len(smtp_sink.received())
+    with worker(rabbit, smtp_sink, tmp_path / "b.log"):
+        wait_done(rabbit.settings, campaign_id, 180)
+    counts = assert_invariants(rabbit.settings, campaign_id, smtp_sink, eligible)
+    assert killed_at < len(eligible), "the kill came too late to test anything"
+    assert counts["sent"] + counts["unknown"] == len(eligible)
+    print(f"\nworker killed after {killed_at} messages: {dict(counts)}")
+
+    # Staff may send the unknown ones again, explicitly.
+    if counts["unknown"]:
+        with session_scope(sessions_for(rabbit.settings)) as session:
+            assert campaign_report(session, campaign_id).by_status["unknown"] == counts["unknown"]
+            assert requeue_unknown(session, campaign_id, actor="staff") == counts["unknown"]
+        with worker(rabbit, smtp_sink, tmp_path / "c.log"):
+            wait_done(rabbit.settings, campaign_id, 60)
+        assert count_status(rabbit.settings, campaign_id, "unknown") == 0
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+def test_broker_restarted_mid_campaign(rabbit: Backend, smtp_sink: SmtpSink,
+                                       tmp_path: Path) -> None:
+    require("rabbitmq")
+    eligible = populate(rabbit.settings, 2000)
+    with worker(rabbit, smtp_sink, tmp_path / "a.log"):
+        campaign_id = start_campaign(rabbit.settings)
+        smtp_sink.wait_for_count(200, timeout=60)
+        try:
+            _rabbitmqctl("stop_app")
+            stopped_at = len(smtp_sink.received())
+        finally:
+            _rabbitmqctl("start_app")
+        wait_done(rabbit.settings, campaign_id, 180)
+    counts = assert_invariants(rabbit.settings, campaign_id, smtp_sink, eligible)
+    assert stopped_at < len(eligible)
+    assert counts["sent"] + counts["unknown"] == len(eligible)
+    print(f"\nbroker stopped after {stopped_at} messages: {dict(counts)}")
+
+
+def test_database_gone_mid_campaign_sends_nothing_until_it_returns(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    require("postgresql", "rabbitmq")
+    proxy = TcpProxy("127.0.0.1", 5432)
+    try:
+        with make_backend("postgres-rabbitmq", tmp_path / "var") as backend:
+            eligible = populate(backend.settings, 2000)
+            via_proxy = backend.settings.database_url.replace(":5432/", f":{proxy.port}/")
+            with worker(backend, smtp_sink, tmp_path / "w.log", database_url=via_proxy):
+                campaign_id = start_campaign(backend.settings)
+                smtp_sink.wait_for_count(200, timeout=60)
+                proxy.cut()
+                # Sending stops within the claim-renewal interval (2 s) plus one message.
+                grace_end = time.monotonic() + 3
+                wait_for(lambda: time.monotonic() > grace_end, 10, "grace period")
+                during = len(smtp_sink.received())
+                outage_end = time.monotonic() + 5
+                wait_for(lambda: time.monotonic() > outage_end, 10, "outage")
+                assert len(smtp_sink.received()) == during, "mail left while the DB was gone"
+                proxy.restore()
+                wait_done(backend.settings, campaign_id, 180)
+            counts = assert_invariants(backend.settings, campaign_id, smtp_sink, eligible)
+            assert counts["sent"] + counts["unknown"] == len(eligible)
+            print(f"\nDB cut after {during} messages: {dict(counts)}")
+    finally:
+        proxy.close()
+
+
+def test_smtp_faults(embedded: Backend, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    eligible = populate(embedded.settings, 120)
+    bounce = sorted(eligible)[3]
+    smtp_sink.reject(bounce, "550 5.1.1 mailbox unavailable")
+    smtp_sink.tempfail_next(5, "451 4.3.0 try again later")
+    smtp_sink.drop_connection_after_data(1)
+    with worker(embedded, smtp_sink, tmp_path / "w.log", batch_size="30"):
+        campaign_id = start_campaign(embedded.settings)
+        wait_done(embedded.settings, campaign_id, 120)
+    counts = assert_invariants(embedded.settings, campaign_id, smtp_sink, eligible)
+    assert counts["failed"] == 1 and counts["unknown"] == 1
+    assert counts["sent"] == len(eligible) - 2
+    with session_scope(sessions_for(embedded.settings)) as session:
+        reasons = session.execute(
+            select(Suppression.reason, Suppression.scope)
+            .join(Address, Address.id == Suppression.address_id)
+            .where(Address.address == bounce)).all()
+        assert ("hard_bounce", "global") in reasons
+        failed = session.scalar(select(Delivery.error).where(Delivery.status == "failed"))
+        assert failed is not None and "550" in failed
+
+
+def test_pause_resume_and_cancel_take_effect_within_a_batch(
+    embedded: Backend, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    eligible = populate(embedded.settings, 600)
+    with worker(embedded, smtp_sink, tmp_path / "w.log", batch_size="20",
+                rate_per_second="100"):
+        campaign_id = start_campaign(embedded.settings)
+        smtp_sink.wait_for_count(40, timeout=60)
+        with session_scope(sessions_for(embedded.settings)) as session:
+            pause_campaign(session, campaign_id, actor="staff")
+        at_pause = len(smtp_sink.received())
+        # Two threads may each finish the batch they hold: at most 2 x 20 more.
+        wait_for(lambda: count_status(embedded.settings, campaign_id, "sending") == 0, 30,
+                 "batches in flight finished")
+        after = len(smtp_sink.received())
+        assert after - at_pause <= 40
+        assert status(embedded.settings, campaign_id) == "paused"
+        with session_scope(sessions_for(embedded.settings)) as session:
+            resume_campaign(session, campaign_id, actor="staff")
+        wait_for(lambda: len(smtp_sink.received()) >= after + 40, 60, "sending resumed")
+        with session_scope(sessions_for(embedded.settings)) as session:
+            dropped = cancel_campaign(session, campaign_id, actor="staff")
+        at_cancel = len(smtp_sink.received())
+        wait_for(lambda: count_status(embedded.settings, campaign_id, "sending") == 0, 30,
+                 "batches in flight finished")
+        assert len(smtp_sink.received()) - at_cancel <= 40
+    counts = assert_invariants(embedded.settings, campaign_id, smtp_sink, eligible)
+    assert dropped > 0 and counts["cancelled"] >= dropped
+    print(f"\npaused at {at_pause} (+{after - at_pause} in flight), cancelled at {at_cancel}: "
+          f"{dict(counts)}")
+
+
+def test_unsubscribes_racing_a_campaign(rabbit: Backend, smtp_sink: SmtpSink,
+                                        tmp_path: Path) -> None:
+    """Nothing reaches an address later than the batch already claimed when its unsubscribe
+    committed. Prints the measured bound."""
+    eligible = sorted(populate(rabbit.settings, 2000))
+    signer = TokenSigner(rabbit.settings.secret_keys)
+    sessions = sessions_for(rabbit.settings)
+    with session_scope(sessions) as session:
+        ids = dict(session.execute(select(Address.address, Address.id)).all())
+    targets = random.Random(7).sample(eligible, 150)
+    committed: dict[str, float] = {}
+
+    def unsubscribe_while_sending() -> None:
+        for address in targets:
+            token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, ids[address], None)
+            with session_scope(sessions) as session:
+                apply_unsubscribe(session, signer, token, stop_queued=stop_queued,
+                                  hit=Hit(ip="127.0.0.1", user_agent="race-test"))
+            committed[address] = time.time()
+            time.sleep(0.02)  # pacing the load generator, not waiting for an outcome
+
+    with worker(rabbit, smtp_sink, tmp_path / "w.log", batch_size="50"):
+        campaign_id = start_campaign(rabbit.settings)
+        smtp_sink.wait_for_count(50, timeout=60)
+        racer = threading.Thread(target=unsubscribe_while_sending)
+        racer.start()
+        racer.join(120)
+        wait_done(rabbit.settings, campaign_id, 180)
+
+    with session_scope(sessions) as session:
+        claimed_at = {
+            a: c.timestamp() for a, c in session.execute(
+                select(Address.address, Delivery.claimed_at)
+                .join(Address, Address.id == Delivery.address_id)
+                .where(Delivery.campaign_id == campaign_id, Delivery.claimed_at.is_not(None)))
+        }
+    late = []
+    for message in smtp_sink.received():
+        for address in message.recipients:
+            if address in committed and message.at > committed[address]:
+                late.append((address, message.at - committed[address]))
+                # Allowed only for a message its batch claimed before the unsubscribe.
+                assert claimed_at[address] <= committed[address], address
+    assert_invariants(rabbit.settings, campaign_id, smtp_sink, set(eligible))
+    worst = max((d for _, d in late), default=0.0)
+    print(f"\n{len(committed)} unsubscribes during sending; {len(late)} messages arrived after "
+          f"their unsubscribe committed, all claimed before it (batch in flight); "
+          f"latest {worst * 1000:.0f} ms after the commit")
