@@ -35,6 +35,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # One batch reserved at a time per process: a dying worker holds back little.
         "worker_prefetch_multiplier": 1,
+        # After a broker reconnect Celery lowers the prefetch count and restores it on each
+        # ack; with RabbitMQ's per-consumer QoS the restore never reaches the new consumer
+        # and the worker stalls (celery/celery#9512). Our prefetch is 1 per process anyway.
+        "worker_enable_prefetch_count_reduction": False,
         "task_time_limit": 900,
         "task_soft_time_limit": 840,
         "worker_hijack_root_logger": False,
