@@ -1,27 +1,36 @@
-"""Delivery rows: stopping, claiming and recording them."""
+"""Delivery rows: stopping the queued ones when an address's state changes."""
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dispatcher.models import Delivery, DeliveryStatus
+from dispatcher.models import Campaign, Delivery, DeliveryStatus
+from suppression.gate import Purpose, blocking_reason
 from suppression.models import utcnow
 
 
 def stop_queued(session: Session, address_id: int) -> int:
-    """Cancel every queued (not yet claimed) delivery to ``address_id``; returns how many.
+    """Cancel the queued (not yet claimed) deliveries to ``address_id`` that the gate now
+    refuses; returns how many. The gate decides, so an unsubscribe stops marketing but not a
+    queued service notice, while a postal request stops both.
 
-    Passed to :func:`suppression.unsubscribe.apply_unsubscribe` so the stop commits in the
-    same transaction as the suppression.
+    Passed to :func:`suppression.unsubscribe.apply_unsubscribe` and called by staff
+    suppressions, so the stop commits in the same transaction as the suppression.
     """
-    stmt = (
-        update(Delivery)
-        .where(Delivery.address_id == address_id, Delivery.status == DeliveryStatus.QUEUED)
-        .values(
-            status=DeliveryStatus.CANCELLED,
-            skip_reason="unsubscribe",
-            finished_at=utcnow(),
+    stopped = 0
+    for purpose in Purpose:
+        reason = blocking_reason(Delivery.address_id, purpose)
+        result = session.execute(
+            update(Delivery)
+            .where(
+                Delivery.address_id == address_id,
+                Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.campaign_id.in_(select(Campaign.id).where(Campaign.purpose == purpose)),
+                reason.is_not(None),
+            )
+            .values(status=DeliveryStatus.CANCELLED.value, skip_reason=reason,
+                    finished_at=utcnow())
         )
-    )
-    return session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
+        stopped += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return stopped

@@ -24,3 +24,17 @@ def find_address(session: Session, raw: str) -> Address | None:
     """The row for ``raw``'s canonical form, or None. Raises ``InvalidAddress``."""
     canonical = canonical_address(raw)
     return session.scalar(select(Address).where(Address.address == canonical))
+
+
+def ensure_addresses(session: Session, canonical: list[str]) -> dict[str, int]:
+    """Ids for already canonical addresses, creating the missing rows: two statements."""
+    unique = sorted(set(canonical))
+    if not unique:
+        return {}
+    session.execute(
+        insert_for(session, Address)
+        .values([{"address": a} for a in unique])
+        .on_conflict_do_nothing()
+    )
+    rows = session.execute(select(Address.address, Address.id).where(Address.address.in_(unique)))
+    return {address: address_id for address, address_id in rows}

@@ -73,7 +73,7 @@ def demo(app: AppContext, timeout: float) -> None:
     env = {**os.environ, "DISPATCHER_HOME": str(settings.home),
            "DISPATCHER_BEAT_INTERVAL_SECONDS": "0.5"}
     worker = WorkerProcess(env, settings.home / "logs" / "worker.log", pool="threads",
-                           concurrency=2, beat=True, loglevel="warning")
+                           concurrency=2, beat=True, loglevel="info")
     click.echo("4. starting a Celery worker (with beat) on the embedded SQLite broker ...")
     try:
         with worker:

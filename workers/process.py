@@ -30,7 +30,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
 
 
 class WorkerProcess:
-    """``celery -A workers worker`` as a child process, logging to ``log_path``."""
+    """``celery -A workers worker`` as a child process, logging to ``log_path``.
+
+    Readiness is read from the log (Celery's "ready." line), so ``loglevel`` must be info
+    or more verbose.
+    """
 
     def __init__(
         self,

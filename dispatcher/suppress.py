@@ -1,0 +1,105 @@
+"""Staff actions on the suppression list: by hand, in bulk, and lifting with a reason.
+
+A suppression that stops marketing also stops queued deliveries to that address at once.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.contacts import ImportFileError, RowError
+from dispatcher.db import session_scope
+from dispatcher.deliveries import stop_queued
+from suppression.address import InvalidAddress
+from suppression.models import GLOBAL_SCOPE, Reason, Scope
+from suppression.registry import ensure_address, find_address
+from suppression.suppressions import (
+    Added,
+    SuppressionError,
+    add_suppression,
+    lift_suppressions,
+    valid_reason,
+    valid_scope,
+)
+
+# What a hand-made suppression covers unless staff say otherwise: a recipient's own
+# unsubscribe is about marketing; everything else means "no mail at all".
+DEFAULT_SCOPE = {Reason.UNSUBSCRIBE: str(Scope.MARKETING)}
+
+
+def default_scope(reason: Reason) -> str:
+    return DEFAULT_SCOPE.get(reason, GLOBAL_SCOPE)
+
+
+def suppress_address(session: Session, address: str, *, reason: str, scope: str | None = None,
+                     note: str | None = None, actor: str | None = None,
+                     source: str = "staff") -> Added:
+    """Suppress ``address`` (raises InvalidAddress or SuppressionError, changing nothing)."""
+    checked = valid_reason(reason)
+    scope = valid_scope(scope or default_scope(checked))
+    address_id = ensure_address(session, address)
+    added = add_suppression(session, address_id, scope=scope, reason=checked, source=source,
+                            note=note, actor=actor)
+    if scope in (GLOBAL_SCOPE, str(Scope.MARKETING)):
+        stop_queued(session, address_id)
+    return added
+
+
+def lift_address(session: Session, address: str, *, why: str, actor: str,
+                 only: str | None = None) -> int:
+    """Staff override: lift the address's active suppressions (or those of one reason)."""
+    row = find_address(session, address)
+    reasons = [valid_reason(only)] if only else None
+    if row is None:
+        raise SuppressionError(f"{address!r} is not on the suppression list")
+    count = lift_suppressions(session, row.id, why=why, actor=actor, reasons=reasons)
+    if count == 0:
+        raise SuppressionError(f"{address!r} has no active suppression"
+                               + (f" for {only}" if only else ""))
+    return count
+
+
+@dataclass
+class SuppressImportReport:
+    created: int = 0
+    existing: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+
+def import_suppressions(sessions: sessionmaker[Session], path: Path | str, *,
+                        actor: str | None = None) -> SuppressImportReport:
+    """Bulk suppressions from CSV (``email,reason[,scope][,note]``); bad rows reported."""
+    report = SuppressImportReport()
+    try:
+        handle = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
+    with handle, session_scope(sessions) as session:
+        reader = csv.DictReader(handle)
+        missing = {"email", "reason"} - set(reader.fieldnames or [])
+        if missing:
+            raise ImportFileError(f"the header lacks {', '.join(sorted(missing))}")
+        for record in reader:
+            try:
+                with session.begin_nested():
+                    added = suppress_address(
+                        session, record["email"] or "", reason=(record["reason"] or "").strip(),
+                        scope=(record.get("scope") or "").strip() or None,
+                        note=(record.get("note") or "").strip() or None, actor=actor,
+                        source=f"import:{Path(path).name}",
+                    )
+            except InvalidAddress as exc:
+                report.errors.append(RowError(reader.line_num, "email", str(exc)))
+                continue
+            except SuppressionError as exc:
+                report.errors.append(RowError(reader.line_num, "reason", str(exc)))
+                continue
+            if added.created:
+                report.created += 1
+            else:
+                report.existing += 1
+    return report
