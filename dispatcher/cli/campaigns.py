@@ -87,8 +87,10 @@ def preview(app: AppContext, campaign_id: int, to_address: str, out: Path | None
     try:
         with session_scope(app.sessions) as session:
             message = preview_message(session, app.settings, campaign_id, to_address)
-    except (CampaignError, InvalidAddress) as exc:
+    except CampaignError as exc:
         raise _fail(exc) from None
+    except InvalidAddress as exc:
+        raise click.ClickException(f"--to {to_address!r}: {exc}") from None
     if out is None:
         click.echo(message.decode("utf-8", errors="replace"))
     else:
