@@ -47,6 +47,7 @@ class LinkPurpose(enum.StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     PREFERENCES = "preferences"
     AFFILIATE_DOWNLOAD = "affiliate-download"
+    FORM = "form"  # CSRF: a form's proof that it came from our own page
 
 
 @dataclass(frozen=True)

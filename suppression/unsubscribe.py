@@ -68,6 +68,20 @@ def apply_unsubscribe(
     more. A bad token raises :class:`BadToken` before anything is written.
     """
     subject, address = resolve_link(session, signer, LinkPurpose.UNSUBSCRIBE, token)
+    return unsubscribe_address(session, address, stop_queued=stop_queued, hit=hit,
+                               source=source, campaign_id=subject.campaign_id)
+
+
+def unsubscribe_address(
+    session: Session,
+    address: Address,
+    *,
+    stop_queued: StopQueued,
+    hit: Hit,
+    source: str,
+    campaign_id: int | None = None,
+) -> UnsubscribeResult:
+    """The recipient's own opt-out from marketing (the caller verified their link)."""
     added = add_suppression(
         session,
         address.id,
@@ -75,7 +89,7 @@ def apply_unsubscribe(
         reason=Reason.UNSUBSCRIBE,
         source=source,
         hit=hit,
-        note=f"campaign {subject.campaign_id}" if subject.campaign_id else None,
+        note=f"campaign {campaign_id}" if campaign_id else None,
     )
     record_consent(
         session,
@@ -93,14 +107,14 @@ def apply_unsubscribe(
         address_id=address.id,
         hit=hit,
         outcome="suppressed" if added.created else "already_suppressed",
-        campaign_id=subject.campaign_id,
+        campaign_id=campaign_id,
         stopped=stopped,
         source=source,
     )
     return UnsubscribeResult(
         address_id=address.id,
         masked_address=mask_address(address.address),
-        campaign_id=subject.campaign_id,
+        campaign_id=campaign_id,
         newly_suppressed=added.created,
         stopped=stopped,
     )

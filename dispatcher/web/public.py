@@ -1,7 +1,217 @@
-"""Recipient pages: unsubscribe, RFC 8058 one-click, preference center."""
+"""Recipient pages: unsubscribe (a GET never changes anything), RFC 8058 one-click,
+and the preference center. Every hit is recorded with time, IP, user agent and outcome."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import hashlib
+from typing import Any
+
+from flask import Blueprint, Response, current_app, render_template, request
+from sqlalchemy.orm import Session
+
+from dispatcher.db import session_scope
+from dispatcher.deliveries import stop_queued
+from dispatcher.models import Campaign
+from dispatcher.settings import Settings
+from suppression.address import mask_address
+from suppression.consent import current_consent, record_consent
+from suppression.events import Hit, record_event
+from suppression.models import Address, ConsentStatus, Scope, utcnow
+from suppression.suppressions import active_suppressions
+from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
+from suppression.unsubscribe import (
+    CannotResubscribe,
+    resolve_link,
+    resubscribe,
+    staff_only_suppressions,
+    unsubscribe_address,
+)
 
 bp = Blueprint("public", __name__)
+
+FORM_MAX_AGE = 6 * 3600
+
+
+def _settings() -> Settings:
+    settings = current_app.config["DISPATCHER_SETTINGS"]
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _signer() -> TokenSigner:
+    return TokenSigner(_settings().secret_keys)
+
+
+def _hit() -> Hit:
+    return Hit(ip=request.remote_addr, user_agent=request.headers.get("User-Agent", "")[:512])
+
+
+def _form_token(link_token: str) -> str:
+    """CSRF: proof that a form was served by our page for this very link."""
+    digest = hashlib.sha256(link_token.encode()).hexdigest()[:32]
+    return _signer().sign_timed(LinkPurpose.FORM, {"l": digest})
+
+
+def _form_ok(link_token: str) -> bool:
+    try:
+        payload = _signer().read_timed(LinkPurpose.FORM, request.form.get("csrf", ""),
+                                       FORM_MAX_AGE)
+    except BadToken:
+        return False
+    return payload.get("l") == hashlib.sha256(link_token.encode()).hexdigest()[:32]
+
+
+def _record_hit(session: Session, route: str, outcome: str, action: str,
+                address_id: int | None = None) -> None:
+    record_event(session, "web_hit", address_id=address_id, hit=_hit(), outcome=outcome,
+                 route=route, action=action, method=request.method)
+
+
+def _invalid(route: str, exc: BadToken) -> tuple[str, int]:
+    """The same page for every bad link, whether or not the address exists."""
+    with session_scope(current_app.extensions["dispatcher.sessions"]) as session:
+        _record_hit(session, route, exc.outcome.value, "refused")
+    return render_template("invalid.html", settings=_settings()), 400
+
+
+def _campaign_name(session: Session, subject: LinkSubject) -> str | None:
+    if subject.campaign_id is None:
+        return None
+    campaign = session.get(Campaign, subject.campaign_id)
+    return campaign.name if campaign is not None else None
+
+
+def _page(session: Session, template: str, address: Address, subject: LinkSubject,
+          **extra: Any) -> str:
+    signer = _signer()
+    pref_token = signer.sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
+    return render_template(
+        template,
+        settings=_settings(),
+        masked=mask_address(address.address),
+        campaign_name=_campaign_name(session, subject),
+        preferences_url=f"/preferences/{pref_token}",
+        **extra,
+    )
+
+
+def _unsubscribed(session: Session, address_id: int) -> bool:
+    return any(s.reason == "unsubscribe" for s in active_suppressions(session, address_id))
+
+
+@bp.get("/u/<token>")
+def unsubscribe_page(token: str) -> Any:
+    """Who is being unsubscribed, from what, and one button. Changes nothing."""
+    sessions = current_app.extensions["dispatcher.sessions"]
+    try:
+        with session_scope(sessions) as session:
+            subject, address = resolve_link(session, _signer(), LinkPurpose.UNSUBSCRIBE, token)
+            _record_hit(session, "unsubscribe", TokenOutcome.VALID.value, "shown", address.id)
+            return _page(session, "unsubscribe.html", address, subject,
+                         form_token=_form_token(token),
+                         already=_unsubscribed(session, address.id))
+    except BadToken as exc:
+        return _invalid("unsubscribe", exc)
+
+
+@bp.post("/u/<token>")
+def unsubscribe(token: str) -> Any:
+    """RFC 8058 one-click (body ``List-Unsubscribe=One-Click``: no cookie, no page), or the
+    button of our own page (with its form token)."""
+    one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    sessions = current_app.extensions["dispatcher.sessions"]
+    try:
+        with session_scope(sessions) as session:
+            subject, address = resolve_link(session, _signer(), LinkPurpose.UNSUBSCRIBE, token)
+            if not one_click and not _form_ok(token):
+                _record_hit(session, "unsubscribe", TokenOutcome.VALID.value,
+                            "refused_form_token", address.id)
+                return render_template("expired_form.html", settings=_settings(),
+                                       again=f"/u/{token}"), 400
+            result = unsubscribe_address(
+                session, address, stop_queued=stop_queued, hit=_hit(),
+                source="one_click" if one_click else "unsubscribe_page",
+                campaign_id=subject.campaign_id,
+            )
+            _record_hit(session, "unsubscribe", TokenOutcome.VALID.value,
+                        "unsubscribed" if result.newly_suppressed else "already_unsubscribed",
+                        address.id)
+            if one_click:
+                return Response("Unsubscribed.\n", status=200, mimetype="text/plain")
+            pref = _signer().sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
+            return _page(session, "unsubscribed.html", address, subject,
+                         form_token=_form_token(pref))
+    except BadToken as exc:
+        return _invalid("unsubscribe", exc)
+
+
+def _preferences_view(session: Session, token: str, address: Address, subject: LinkSubject,
+                      message: str | None = None, status: int = 200) -> tuple[str, int]:
+    states = {scope: current_consent(session, address.id, scope) for scope in Scope}
+    opted = {scope.value: (s is not None and s.status == ConsentStatus.OPTED_IN)
+             for scope, s in states.items()}
+    if _unsubscribed(session, address.id):
+        opted["marketing"] = False
+    blocked = staff_only_suppressions(session, address.id)
+    return _page(session, "preferences.html", address, subject, opted=opted,
+                 blocked=[b.replace("_", " ") for b in blocked], message=message,
+                 form_token=_form_token(token), action=f"/preferences/{token}"), status
+
+
+@bp.get("/preferences/<token>")
+def preferences_page(token: str) -> Any:
+    sessions = current_app.extensions["dispatcher.sessions"]
+    try:
+        with session_scope(sessions) as session:
+            subject, address = resolve_link(session, _signer(), LinkPurpose.PREFERENCES, token)
+            _record_hit(session, "preferences", TokenOutcome.VALID.value, "shown", address.id)
+            return _preferences_view(session, token, address, subject)
+    except BadToken as exc:
+        return _invalid("preferences", exc)
+
+
+@bp.post("/preferences/<token>")
+def preferences(token: str) -> Any:
+    """Change consent per scope; written to the ledger (source ``preferences``, time, IP)."""
+    sessions = current_app.extensions["dispatcher.sessions"]
+    want_marketing = request.form.get("marketing") == "yes"
+    want_affiliates = request.form.get("affiliates") == "yes"
+    try:
+        with session_scope(sessions) as session:
+            subject, address = resolve_link(session, _signer(), LinkPurpose.PREFERENCES, token)
+            if not _form_ok(token):
+                _record_hit(session, "preferences", TokenOutcome.VALID.value,
+                            "refused_form_token", address.id)
+                return render_template("expired_form.html", settings=_settings(),
+                                       again=f"/preferences/{token}"), 400
+            state = current_consent(session, address.id, Scope.MARKETING)
+            marketing_now = (state is not None and state.status == ConsentStatus.OPTED_IN
+                             and not _unsubscribed(session, address.id))
+            message = "Your preferences are saved."
+            if want_marketing and not marketing_now:
+                try:
+                    with session.begin_nested():
+                        resubscribe(session, address.id, hit=_hit(), source="preferences")
+                except CannotResubscribe as exc:
+                    _record_hit(session, "preferences", TokenOutcome.VALID.value,
+                                "resubscribe_refused", address.id)
+                    return _preferences_view(session, token, address, subject, str(exc), 409)
+            elif not want_marketing and marketing_now:
+                unsubscribe_address(session, address, stop_queued=stop_queued, hit=_hit(),
+                                    source="preferences", campaign_id=subject.campaign_id)
+            if request.form.get("only") == "marketing":  # the re-subscribe button
+                _record_hit(session, "preferences", TokenOutcome.VALID.value, "resubscribed",
+                            address.id)
+                return _preferences_view(session, token, address, subject,
+                                         "You are subscribed again.")
+            affiliates = current_consent(session, address.id, Scope.AFFILIATES)
+            wanted = ConsentStatus.OPTED_IN if want_affiliates else ConsentStatus.OPTED_OUT
+            if (affiliates is None and want_affiliates) or (
+                    affiliates is not None and affiliates.status != wanted):
+                record_consent(session, address.id, Scope.AFFILIATES, wanted,
+                               source="preferences", occurred_at=utcnow(),
+                               recipient_action=True, hit=_hit())
+            _record_hit(session, "preferences", TokenOutcome.VALID.value, "saved", address.id)
+            return _preferences_view(session, token, address, subject, message)
+    except BadToken as exc:
+        return _invalid("preferences", exc)
