@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 
 from dispatcher.settings import Settings, load_settings
+from workers.broker import use_fast_sqlalchemy_transport
 
 QUEUE = "dispatch"
 
@@ -18,6 +19,8 @@ QUEUE = "dispatch"
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings chosen for a mail queue (README, "Celery settings", says why)."""
     transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith("sqla+"):
+        use_fast_sqlalchemy_transport()
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Redis redelivers an unacknowledged task after this; it must exceed the longest
         # batch, or a slow batch is handed to a second worker while the first still sends.
