@@ -1,0 +1,129 @@
+"""A recipient, in headless Chromium, follows the link in a received message."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.campaigns import create_campaign, schedule_campaign
+from dispatcher.db import session_scope
+from dispatcher.fanout import fan_out
+from dispatcher.sending import send_batch
+from dispatcher.settings import Settings
+from suppression.consent import current_consent
+from suppression.models import Reason, Scope
+from suppression.suppressions import active_suppressions, add_suppression
+from suppression.tokens import TokenSigner
+from tests.factories import make_contact
+from tests.support.smtp_sink import SmtpSink
+from tests.support.web_server import free_port, serve
+
+pytestmark = pytest.mark.browser
+
+
+def send_campaign(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    with session_scope(sessions) as session:
+        campaign = create_campaign(session, settings, name="Winter releases",
+                                   subject="{{ greeting_name }}, new tracks",
+                                   template="new-releases")
+        schedule_campaign(session, settings, campaign.id)
+        campaign_id = campaign.id
+    signer = TokenSigner(settings.secret_keys)
+    for first, last in fan_out(sessions, campaign_id, 100):
+        send_batch(settings, sessions, signer, campaign_id, first, last)
+
+
+def link_in_body(sink: SmtpSink, address: str, path: str) -> str:
+    message = next(m.message for m in sink.received() if address in m.recipients)
+    html = message.get_body(("html",)).get_content()
+    return re.search(rf'href="(http[^"]+/{path}/[^"]+)"', html).group(1)
+
+
+def state(sessions: sessionmaker[Session], address_id: int) -> tuple:
+    with session_scope(sessions) as session:
+        marketing = current_consent(session, address_id, Scope.MARKETING)
+        affiliates = current_consent(session, address_id, Scope.AFFILIATES)
+        return ([s.reason for s in active_suppressions(session, address_id)],
+                marketing.status if marketing else None,
+                affiliates.status if affiliates else None)
+
+
+def test_unsubscribe_resubscribe_and_preferences_by_clicking(
+    browser, settings: Settings, session_factory, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    port = free_port()
+    local = settings.replace(base_url=f"http://127.0.0.1:{port}", mail_url=smtp_sink.url)
+    with session_scope(session_factory) as session:
+        ann = make_contact(session, "ann@example.com", first_name="Ann").address_id
+    send_campaign(local, session_factory)
+    url = link_in_body(smtp_sink, "ann@example.com", "u")
+
+    with serve(local, port):
+        page = browser.new_page()
+        page.goto(url)
+        assert page.locator("h1").inner_text() == "Unsubscribe from our marketing e-mail"
+        assert "a***@e***.com" in page.content() and "ann@example.com" not in page.content()
+        page.screenshot(path=str(tmp_path / "1-confirm.png"))
+        assert state(session_factory, ann) == ([], "opted_in", None)  # opening changed nothing
+
+        page.get_by_role("button", name="Unsubscribe").click()
+        page.wait_for_selector("text=You are unsubscribed")
+        page.screenshot(path=str(tmp_path / "2-unsubscribed.png"))
+        assert state(session_factory, ann) == (["unsubscribe"], "opted_out", None)
+
+        page.get_by_role("button", name="Subscribe again").click()
+        page.wait_for_selector("#message")
+        page.screenshot(path=str(tmp_path / "3-resubscribed.png"))
+        assert state(session_factory, ann) == ([], "opted_in", None)
+
+        page.get_by_label("Yes, affiliates may contact me").check()
+        page.get_by_role("button", name="Save preferences").click()
+        page.wait_for_selector("text=Your preferences are saved.")
+        page.get_by_label("No marketing e-mail").check()
+        page.get_by_role("button", name="Save preferences").click()
+        page.wait_for_selector("text=Your preferences are saved.")
+        page.screenshot(path=str(tmp_path / "4-preferences.png"))
+        assert state(session_factory, ann) == (["unsubscribe"], "opted_out", "opted_in")
+        page.close()
+    assert (tmp_path / "4-preferences.png").stat().st_size > 0
+
+
+def test_bounced_address_is_told_plainly_it_cannot_resubscribe(
+    browser, settings: Settings, session_factory, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    port = free_port()
+    local = settings.replace(base_url=f"http://127.0.0.1:{port}", mail_url=smtp_sink.url)
+    with session_scope(session_factory) as session:
+        bob = make_contact(session, "bob@example.com", first_name="Bob").address_id
+    send_campaign(local, session_factory)
+    url = link_in_body(smtp_sink, "bob@example.com", "preferences")
+    with session_scope(session_factory) as session:
+        # Bob unsubscribed once; later his mailbox bounced.
+        add_suppression(session, bob, scope="marketing", reason=Reason.UNSUBSCRIBE,
+                        source="link")
+        add_suppression(session, bob, scope="global", reason=Reason.HARD_BOUNCE, source="smtp")
+    with serve(local, port):
+        page = browser.new_page()
+        page.goto(url)
+        assert "cannot be subscribed to marketing here" in page.locator("#blocked").inner_text()
+        page.get_by_label("Yes, send me news about music and products").check()
+        page.get_by_role("button", name="Save preferences").click()
+        page.wait_for_selector("text=cannot be re-subscribed here")
+        page.screenshot(path=str(tmp_path / "blocked.png"))
+        page.close()
+    assert state(session_factory, bob)[0] == ["unsubscribe", "hard_bounce"]
+
+
+def test_a_tampered_link_shows_the_invalid_page(
+    browser, settings: Settings, tmp_path: Path
+) -> None:
+    with serve(settings) as base:
+        page = browser.new_page()
+        response = page.goto(f"{base}/u/WzEsImRlYWRiZWVmIiwxLDFd.forged-signature")
+        assert response.status == 400
+        assert page.locator("h1").inner_text() == "This link is not valid"
+        page.screenshot(path=str(tmp_path / "invalid.png"))
+        page.close()
