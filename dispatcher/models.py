@@ -6,13 +6,13 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from suppression.models import Base, BigId, utcnow
 
-__all__ = ["Base", "Campaign", "CampaignStatus", "Contact", "ContactTag", "Delivery",
-           "DeliveryStatus"]
+__all__ = ["Affiliate", "AffiliateRelease", "Base", "Campaign", "CampaignStatus", "Contact",
+           "ContactTag", "Delivery", "DeliveryStatus", "RateLimit"]
 
 
 class Contact(Base):
@@ -128,3 +128,35 @@ class RateLimit(Base):
     key: Mapped[str] = mapped_column(String(300), primary_key=True)
     next_at: Mapped[float]
     last_cost: Mapped[float] = mapped_column(default=0.0)
+
+
+class Affiliate(Base):
+    """An affiliated company that may receive opted-in contacts, limited to its fields."""
+
+    __tablename__ = "affiliates"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    contact_email: Mapped[str] = mapped_column(String(254))
+    fields: Mapped[list[str]] = mapped_column(JSON, default=list)
+    credential_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    disabled_at: Mapped[datetime | None]
+
+
+class AffiliateRelease(Base):
+    """Every list or feed released to an affiliate: who asked, how many rows, what hash."""
+
+    __tablename__ = "affiliate_releases"
+    __table_args__ = (Index("ix_affiliate_releases_affiliate", "affiliate_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    affiliate_id: Mapped[int] = mapped_column(ForeignKey("affiliates.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # export | feed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requested_by: Mapped[str | None] = mapped_column(String(200))
+    row_count: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str | None] = mapped_column(Text)
+    since: Mapped[datetime | None]

@@ -83,11 +83,12 @@ class BatchResult:
 
 
 # Rendering is prepared once per campaign per process (CSS inlining is the costly part).
-_prepared: dict[tuple[int, str], PreparedCampaign] = {}
+_prepared: dict[tuple[str, ...], PreparedCampaign] = {}
 
 
 def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
-    key = (campaign.id, str(settings.templates_dir))
+    key = (settings.database_url, str(campaign.id), campaign.subject, campaign.template,
+           campaign.purpose, str(settings.templates_dir), settings.base_url)
     prepared = _prepared.get(key)
     if prepared is None:
         if len(_prepared) > 32:

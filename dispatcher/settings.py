@@ -44,6 +44,10 @@ class Settings:
     claim_lease_seconds: float = 120.0
     # A sending campaign with queued rows and no activity for this long has lost its tasks.
     stall_seconds: float = 600.0
+    # How long an affiliate's signed download link works.
+    affiliate_link_seconds: float = 7 * 24 * 3600.0
+    # Aggregate statistics withhold any count below this.
+    stats_min_cell: int = 5
     # Throttling; 0 means no limit.
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
@@ -60,12 +64,13 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_INT_FIELDS = {"batch_size"}
+_INT_FIELDS = {"batch_size", "stats_min_cell"}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
     "claim_lease_seconds",
     "stall_seconds",
+    "affiliate_link_seconds",
     "rate_per_second",
     "domain_rate_per_second",
 }

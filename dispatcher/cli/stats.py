@@ -1,7 +1,52 @@
-"""Commands of this group are registered in ``COMMANDS``."""
+"""``dispatcher stats``: aggregate counts that may be shared (small cells withheld)."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+
 import click
 
-COMMANDS: list[click.Command] = []
+from dispatcher.cli import AppContext, pass_app
+from dispatcher.db import session_scope
+from dispatcher.stats import report
+
+
+@click.command("stats")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("--k", type=int, default=None, help="withhold counts below this "
+              "(default: the stats_min_cell setting, 5)")
+@pass_app
+def stats(app: AppContext, fmt: str, k: int | None) -> None:
+    """Counts per campaign, day and outcome, and opt-in / unsubscribe rates.
+
+    Nothing in it identifies a person; counts below k are withheld (shown as <k).
+    """
+    k = k if k is not None else app.settings.stats_min_cell
+    if k < 1:
+        raise click.ClickException("--k must be at least 1")
+    with session_scope(app.sessions) as session:
+        data = report(session, k)
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\r\n")
+        writer.writerow(["campaign", "day", "outcome", "count"])
+        for cell in data["deliveries"]:
+            writer.writerow([cell["campaign"], cell["day"], cell["outcome"],
+                             cell["count"] if cell["count"] is not None else f"<{k}"])
+        return
+    for key, value in data["summary"].items():
+        click.echo(f"{key:<30}{'<' + str(k) if value is None else value}")
+    click.echo("")
+    click.echo(f"{'campaign':<32}{'day':<12}{'outcome':<28}{'count':>7}")
+    for cell in data["deliveries"]:
+        count = f"<{k}" if cell["count"] is None else str(cell["count"])
+        click.echo(f"{cell['campaign'][:31]:<32}{cell['day']:<12}{cell['outcome']:<28}"
+                   f"{count:>7}")
+
+
+COMMANDS = [stats]
