@@ -62,8 +62,10 @@ def valid_fields(text: str) -> list[str]:
         raise AffiliateError("--fields names no field (e.g. email,first_name,genre)")
     for field in fields:
         if field not in CONTACT_FIELDS and not _ATTRIBUTE.match(field):
-            raise AffiliateError(f"field {field!r} cannot be shared: use {', '.join(CONTACT_FIELDS)}"
-                                 " or an attribute name imported with the contacts")
+            raise AffiliateError(
+                f"field {field!r} cannot be shared: use {', '.join(CONTACT_FIELDS)}"
+                " or an attribute name imported with the contacts"
+            )
         if field in ("id", "contact_id", "address_id"):
             raise AffiliateError("ids are never shared with affiliates")
     if len(set(fields)) != len(fields):
@@ -78,12 +80,14 @@ def get_affiliate(session: Session, name: str) -> Affiliate:
     return affiliate
 
 
-def add_affiliate(session: Session, name: str, *, contact: str, fields: str,
-                  actor: str | None) -> tuple[Affiliate, str]:
+def add_affiliate(
+    session: Session, name: str, *, contact: str, fields: str, actor: str | None
+) -> tuple[Affiliate, str]:
     """A new affiliate and its credential (shown once; only its hash is kept)."""
     if not _NAME.match(name):
-        raise AffiliateError(f"affiliate name {name!r}: use 2-64 lower-case letters, digits, "
-                             "'-' or '_'")
+        raise AffiliateError(
+            f"affiliate name {name!r}: use 2-64 lower-case letters, digits, '-' or '_'"
+        )
     if session.scalar(select(Affiliate.id).where(Affiliate.name == name)) is not None:
         raise AffiliateError(f"an affiliate named {name!r} exists already")
     try:
@@ -91,8 +95,13 @@ def add_affiliate(session: Session, name: str, *, contact: str, fields: str,
     except InvalidAddress as exc:
         raise AffiliateError(f"--contact {contact!r}: {exc}") from None
     credential = secrets.token_urlsafe(24)
-    affiliate = Affiliate(name=name, contact_email=contact_email, fields=valid_fields(fields),
-                          credential_hash=generate_password_hash(credential), created_by=actor)
+    affiliate = Affiliate(
+        name=name,
+        contact_email=contact_email,
+        fields=valid_fields(fields),
+        credential_hash=generate_password_hash(credential),
+        created_by=actor,
+    )
     session.add(affiliate)
     session.flush()
     record_event(session, "affiliate_added", actor=actor, affiliate_id=affiliate.id)
@@ -122,8 +131,11 @@ _DUMMY_HASH = generate_password_hash(secrets.token_urlsafe(16))
 
 
 def eligible_count(session: Session, affiliate: Affiliate) -> int:
-    stmt = select(func.count()).select_from(Contact).where(
-        affiliate_shareable(Contact.address_id, affiliate.id))
+    stmt = (
+        select(func.count())
+        .select_from(Contact)
+        .where(affiliate_shareable(Contact.address_id, affiliate.id))
+    )
     return int(session.scalar(stmt) or 0)
 
 
@@ -138,8 +150,9 @@ def export_rows(session: Session, affiliate: Affiliate) -> Iterator[list[str]]:
     )
     for address, first, last, attributes in session.execute(stmt):
         known = {"email": address, "first_name": first or "", "last_name": last or ""}
-        yield [known[f] if f in known else str((attributes or {}).get(f, ""))
-               for f in affiliate.fields]
+        yield [
+            known[f] if f in known else str((attributes or {}).get(f, "")) for f in affiliate.fields
+        ]
 
 
 class _HashingWriter(io.TextIOBase):
@@ -154,9 +167,15 @@ class _HashingWriter(io.TextIOBase):
         return len(text)
 
 
-def export(sessions: sessionmaker[Session], settings: Settings, name: str, *,
-           actor: str | None, out: Path | None = None,
-           progress: Callable[[int], None] | None = None) -> Release:
+def export(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    name: str,
+    *,
+    actor: str | None,
+    out: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Release:
     """Write the affiliate's list as CSV (RFC 4180, UTF-8), audit it, sign a download URL."""
     with session_scope(sessions) as session:
         affiliate = get_affiliate(session, name)
@@ -170,7 +189,7 @@ def export(sessions: sessionmaker[Session], settings: Settings, name: str, *,
     rows = 0
     with sessions() as session, open(path, "wb") as raw:
         affiliate = session.get_one(Affiliate, affiliate_id)
-        writer_target = _HashingWriter(raw)  # type: ignore[arg-type]
+        writer_target = _HashingWriter(raw)
         writer = csv.writer(writer_target, lineterminator="\r\n")
         writer.writerow(fields)
         for row in export_rows(session, affiliate):
@@ -183,34 +202,56 @@ def export(sessions: sessionmaker[Session], settings: Settings, name: str, *,
         digest = writer_target.digest.hexdigest()
     path.chmod(0o600)
     with session_scope(sessions) as session:
-        release = AffiliateRelease(affiliate_id=affiliate_id, kind="export", requested_by=actor,
-                                   row_count=rows, sha256=digest, path=str(path))
+        release = AffiliateRelease(
+            affiliate_id=affiliate_id,
+            kind="export",
+            requested_by=actor,
+            row_count=rows,
+            sha256=digest,
+            path=str(path),
+        )
         session.add(release)
         session.flush()
-        record_event(session, "affiliate_export", actor=actor, outcome="written",
-                     affiliate_id=affiliate_id, release_id=release.id, rows=rows, sha256=digest)
+        record_event(
+            session,
+            "affiliate_export",
+            actor=actor,
+            outcome="written",
+            affiliate_id=affiliate_id,
+            release_id=release.id,
+            rows=rows,
+            sha256=digest,
+        )
         release_id = release.id
     token = TokenSigner(settings.secret_keys).sign_timed(
-        LinkPurpose.AFFILIATE_DOWNLOAD, {"r": release_id, "a": affiliate_id})
+        LinkPurpose.AFFILIATE_DOWNLOAD, {"r": release_id, "a": affiliate_id}
+    )
     url = f"{settings.base_url}/affiliates/download/{token}"
     return Release(release_id, path, rows, digest, url)
 
 
 def last_export_at(session: Session, affiliate_id: int) -> datetime | None:
-    return session.scalar(select(func.max(AffiliateRelease.created_at)).where(
-        AffiliateRelease.affiliate_id == affiliate_id, AffiliateRelease.kind == "export"))
+    return session.scalar(
+        select(func.max(AffiliateRelease.created_at)).where(
+            AffiliateRelease.affiliate_id == affiliate_id, AffiliateRelease.kind == "export"
+        )
+    )
 
 
-def withdrawn_digests(session: Session, affiliate: Affiliate, since: datetime | None
-                      ) -> list[str]:
+def withdrawn_digests(session: Session, affiliate: Affiliate, since: datetime | None) -> list[str]:
     """SHA-256 of every address suppressed for this affiliate, or that withdrew marketing or
     affiliate consent, since ``since`` (everything when None)."""
-    scopes = [GLOBAL_SCOPE, str(Scope.MARKETING), str(Scope.AFFILIATES),
-              affiliate_scope(affiliate.id)]
+    scopes = [
+        GLOBAL_SCOPE,
+        str(Scope.MARKETING),
+        str(Scope.AFFILIATES),
+        affiliate_scope(affiliate.id),
+    ]
     suppressed = select(Suppression.address_id).where(Suppression.scope.in_(scopes))
     withdrew = select(Consent.address_id).where(
         Consent.status == ConsentStatus.OPTED_OUT,
-        or_(Consent.scope == str(Scope.MARKETING), Consent.scope == str(Scope.AFFILIATES)))
+        or_(Consent.scope == str(Scope.MARKETING), Consent.scope == str(Scope.AFFILIATES)),
+    )
     if since is not None:
         suppressed = suppressed.where(Suppression.created_at >= since)
         withdrew = withdrew.where(Consent.recorded_at >= since)
@@ -219,19 +260,40 @@ def withdrawn_digests(session: Session, affiliate: Affiliate, since: datetime | 
     return sorted(address_digest(a) for a in addresses)
 
 
-def feed(session: Session, affiliate: Affiliate, *, since: datetime | None, actor: str | None,
-         hit: Hit | None = None) -> tuple[list[str], datetime | None]:
+def feed(
+    session: Session,
+    affiliate: Affiliate,
+    *,
+    since: datetime | None,
+    actor: str | None,
+    hit: Hit | None = None,
+) -> tuple[list[str], datetime | None]:
     """The digests to purge since ``since`` (default: the affiliate's last export), recorded
     as a release."""
     start = since if since is not None else last_export_at(session, affiliate.id)
     digests = withdrawn_digests(session, affiliate, start)
     body = "".join(f"{d}\n" for d in digests).encode()
     digest = hashlib.sha256(body).hexdigest()
-    release = AffiliateRelease(affiliate_id=affiliate.id, kind="feed", requested_by=actor,
-                               row_count=len(digests), sha256=digest, since=start)
+    release = AffiliateRelease(
+        affiliate_id=affiliate.id,
+        kind="feed",
+        requested_by=actor,
+        row_count=len(digests),
+        sha256=digest,
+        since=start,
+    )
     session.add(release)
     session.flush()
-    record_event(session, "affiliate_feed", actor=actor, hit=hit, outcome="served",
-                 affiliate_id=affiliate.id, release_id=release.id, rows=len(digests),
-                 sha256=digest, since=start.isoformat() if start else None)
+    record_event(
+        session,
+        "affiliate_feed",
+        actor=actor,
+        hit=hit,
+        outcome="served",
+        affiliate_id=affiliate.id,
+        release_id=release.id,
+        rows=len(digests),
+        sha256=digest,
+        since=start.isoformat() if start else None,
+    )
     return digests, start

@@ -39,9 +39,7 @@ def _term(text: str) -> ColumnElement[bool]:
             if op == "=":
                 return field == value.lower()
             return or_(field.is_(None), field != value.lower())
-    raise AudienceError(
-        f"term {text!r} is not understood: use tag:NAME, KEY=VALUE or KEY!=VALUE"
-    )
+    raise AudienceError(f"term {text!r} is not understood: use tag:NAME, KEY=VALUE or KEY!=VALUE")
 
 
 def audience_filter(expression: str | None) -> ColumnElement[bool]:

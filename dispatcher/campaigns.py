@@ -24,7 +24,10 @@ class CampaignError(ValueError):
 
 def campaign_view(campaign: Campaign) -> CampaignView:
     return CampaignView(
-        id=campaign.id, name=campaign.name, subject=campaign.subject, purpose=campaign.purpose,
+        id=campaign.id,
+        name=campaign.name,
+        subject=campaign.subject,
+        purpose=campaign.purpose,
         template=campaign.template,
     )
 
@@ -113,7 +116,10 @@ def schedule_campaign(
     campaign.status = CampaignStatus.SCHEDULED.value
     campaign.scheduled_at = at or utcnow()
     record_event(
-        session, "campaign_scheduled", actor=actor, campaign_id=campaign_id,
+        session,
+        "campaign_scheduled",
+        actor=actor,
+        campaign_id=campaign_id,
         at=campaign.scheduled_at.isoformat(),
     )
     return campaign
@@ -132,11 +138,15 @@ def cancel_campaign(session: Session, campaign_id: int, *, actor: str | None = N
     dropped = session.execute(
         update(Delivery)
         .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.QUEUED)
-        .values(status=DeliveryStatus.CANCELLED.value, skip_reason="campaign_cancelled",
-                finished_at=utcnow())
+        .values(
+            status=DeliveryStatus.CANCELLED.value,
+            skip_reason="campaign_cancelled",
+            finished_at=utcnow(),
+        )
     ).rowcount  # type: ignore[attr-defined]
-    record_event(session, "campaign_cancelled", actor=actor, campaign_id=campaign_id,
-                 dropped=dropped)
+    record_event(
+        session, "campaign_cancelled", actor=actor, campaign_id=campaign_id, dropped=dropped
+    )
     return int(dropped or 0)
 
 
@@ -171,15 +181,17 @@ def requeue_unknown(session: Session, campaign_id: int, *, actor: str | None = N
     count = session.execute(
         update(Delivery)
         .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.UNKNOWN)
-        .values(status=DeliveryStatus.QUEUED.value, claim_token=None, skip_reason=None,
-                finished_at=None)
+        .values(
+            status=DeliveryStatus.QUEUED.value, claim_token=None, skip_reason=None, finished_at=None
+        )
     ).rowcount  # type: ignore[attr-defined]
     if count:
         campaign.status = CampaignStatus.SCHEDULED.value
         campaign.scheduled_at = utcnow()
         campaign.finished_at = None
-    record_event(session, "campaign_unknown_requeued", actor=actor, campaign_id=campaign_id,
-                 count=count)
+    record_event(
+        session, "campaign_unknown_requeued", actor=actor, campaign_id=campaign_id, count=count
+    )
     return int(count or 0)
 
 
@@ -233,7 +245,7 @@ def campaign_report(session: Session, campaign_id: int) -> CampaignReport:
     ):
         by_status[status] = count
     by_reason = {
-        reason: count
+        str(reason): count
         for reason, count in session.execute(
             select(Delivery.skip_reason, func.count())
             .where(Delivery.campaign_id == campaign_id, Delivery.skip_reason.is_not(None))

@@ -29,8 +29,16 @@ from suppression.registry import ensure_addresses
 from suppression.sql import insert_for
 
 REQUIRED_COLUMNS = ("email",)
-KNOWN_COLUMNS = ("email", "first_name", "last_name", "marketing_consent", "affiliates_consent",
-                 "consent_source", "consent_at", "tags")
+KNOWN_COLUMNS = (
+    "email",
+    "first_name",
+    "last_name",
+    "marketing_consent",
+    "affiliates_consent",
+    "consent_source",
+    "consent_at",
+    "tags",
+)
 CONSENT_COLUMNS = {"marketing_consent": Scope.MARKETING, "affiliates_consent": Scope.AFFILIATES}
 _YES = {"yes", "y", "true", "1", "opted_in", "opt_in", "in"}
 _NO = {"no", "n", "false", "0", "opted_out", "opt_out", "out"}
@@ -117,8 +125,9 @@ def _text(value: str | None, name: str) -> str | None:
     return value or None
 
 
-def _parse(line: int, record: dict[str, str | None], extra: list[str],
-           errors: list[RowError]) -> _Row | None:
+def _parse(
+    line: int, record: dict[str, str | None], extra: list[str], errors: list[RowError]
+) -> _Row | None:
     def fail(field_name: str, reason: str) -> None:
         errors.append(RowError(line, field_name, reason))
 
@@ -152,8 +161,7 @@ def _parse(line: int, record: dict[str, str | None], extra: list[str],
         fail("consent_at", str(exc))
         bad = True
         consent_at = None
-    tags = frozenset(t.strip().lower() for t in (record.get("tags") or "").split(";")
-                     if t.strip())
+    tags = frozenset(t.strip().lower() for t in (record.get("tags") or "").split(";") if t.strip())
     attributes = {}
     for key in extra:
         try:
@@ -166,8 +174,18 @@ def _parse(line: int, record: dict[str, str | None], extra: list[str],
             attributes[key] = value
     if bad:
         return None
-    return _Row(line, address, raw.strip(), names["first_name"], names["last_name"], consents,
-                names["consent_source"], consent_at, tags, attributes)
+    return _Row(
+        line,
+        address,
+        raw.strip(),
+        names["first_name"],
+        names["last_name"],
+        consents,
+        names["consent_source"],
+        consent_at,
+        tags,
+        attributes,
+    )
 
 
 def _rows(handle: IO[str], errors: list[RowError]) -> Iterator[tuple[_Row | None, int]]:
@@ -178,8 +196,9 @@ def _rows(handle: IO[str], errors: list[RowError]) -> Iterator[tuple[_Row | None
     reader.fieldnames = header
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise ImportFileError(f"the header lacks the column(s) {', '.join(missing)} "
-                              f"(found: {', '.join(header)})")
+        raise ImportFileError(
+            f"the header lacks the column(s) {', '.join(missing)} (found: {', '.join(header)})"
+        )
     dupes = {h for h in header if header.count(h) > 1}
     if dupes:
         raise ImportFileError(f"the header names {', '.join(sorted(dupes))} twice")
@@ -193,17 +212,27 @@ def _rows(handle: IO[str], errors: list[RowError]) -> Iterator[tuple[_Row | None
         yield _parse(line, record, extra, errors), line
 
 
-def _apply(session: Session, rows: list[_Row], report: ImportReport, *, source: str,
-           actor: str | None, policy_version: str | None) -> None:
+def _apply(
+    session: Session,
+    rows: list[_Row],
+    report: ImportReport,
+    *,
+    source: str,
+    actor: str | None,
+    policy_version: str | None,
+) -> None:
     ids = ensure_addresses(session, [r.address for r in rows])
     existing = {
-        c.address_id: c for c in session.scalars(
-            select(Contact).where(Contact.address_id.in_(list(ids.values()))))
+        c.address_id: c
+        for c in session.scalars(select(Contact).where(Contact.address_id.in_(list(ids.values()))))
     }
     tags = {
-        (cid, tag) for cid, tag in session.execute(
-            select(ContactTag.contact_id, ContactTag.tag)
-            .where(ContactTag.contact_id.in_([c.id for c in existing.values()])))
+        (cid, tag)
+        for cid, tag in session.execute(
+            select(ContactTag.contact_id, ContactTag.tag).where(
+                ContactTag.contact_id.in_([c.id for c in existing.values()])
+            )
+        )
     }
     now = utcnow()
     created: list[Contact] = []
@@ -213,9 +242,12 @@ def _apply(session: Session, rows: list[_Row], report: ImportReport, *, source: 
         changed = False
         if contact is None:
             contact = Contact(
-                address_id=address_id, submitted_address=row.submitted,
-                first_name=row.first_name, last_name=row.last_name,
-                attributes=row.attributes, source=row.consent_source or source,
+                address_id=address_id,
+                submitted_address=row.submitted,
+                first_name=row.first_name,
+                last_name=row.last_name,
+                attributes=row.attributes,
+                source=row.consent_source or source,
                 collected_at=row.consent_at or now,
             )
             session.add(contact)
@@ -231,9 +263,14 @@ def _apply(session: Session, rows: list[_Row], report: ImportReport, *, source: 
                 changed = True
         for scope, status in row.consents.items():
             outcome = record_consent(
-                session, address_id, scope, status,
-                source=row.consent_source or source, occurred_at=row.consent_at or now,
-                actor=actor, policy_version=policy_version,
+                session,
+                address_id,
+                scope,
+                status,
+                source=row.consent_source or source,
+                occurred_at=row.consent_at or now,
+                actor=actor,
+                policy_version=policy_version,
             )
             report.consent[f"{scope}:{outcome}"] += 1
             changed = changed or outcome == "recorded"
@@ -247,12 +284,12 @@ def _apply(session: Session, rows: list[_Row], report: ImportReport, *, source: 
     by_address = {**{c.address_id: c for c in created}, **existing}
     new_tags = [
         {"contact_id": by_address[ids[r.address]].id, "tag": tag}
-        for r in rows for tag in sorted(r.tags)
+        for r in rows
+        for tag in sorted(r.tags)
         if (by_address[ids[r.address]].id, tag) not in tags
     ]
     if new_tags:
-        session.execute(insert_for(session, ContactTag).values(new_tags)
-                        .on_conflict_do_nothing())
+        session.execute(insert_for(session, ContactTag).values(new_tags).on_conflict_do_nothing())
 
 
 def import_contacts(
@@ -282,14 +319,21 @@ def import_contacts(
             if row is not None:
                 first = seen.setdefault(row.address, line)
                 if first != line:
-                    report.errors.append(RowError(line, "email", f"the same address as line "
-                                                                 f"{first}; skipped"))
+                    report.errors.append(
+                        RowError(line, "email", f"the same address as line {first}; skipped")
+                    )
                 else:
                     chunk.append(row)
             if len(chunk) >= chunk_size:
                 with session_scope(sessions) as session:
-                    _apply(session, chunk, report, source=source, actor=actor,
-                           policy_version=policy_version)
+                    _apply(
+                        session,
+                        chunk,
+                        report,
+                        source=source,
+                        actor=actor,
+                        policy_version=policy_version,
+                    )
                 chunk = []
                 if progress is not None:
                     position = raw.tell()
@@ -297,8 +341,14 @@ def import_contacts(
                     last_pos = position
         if chunk:
             with session_scope(sessions) as session:
-                _apply(session, chunk, report, source=source, actor=actor,
-                       policy_version=policy_version)
+                _apply(
+                    session,
+                    chunk,
+                    report,
+                    source=source,
+                    actor=actor,
+                    policy_version=policy_version,
+                )
         if progress is not None:
             progress(raw.tell() - last_pos)
     return report
@@ -314,6 +364,7 @@ def _check_utf8(raw: IO[bytes]) -> None:
             line += block.count(b"\n")
         incremental.decode(b"", final=True)
     except UnicodeDecodeError:
-        raise ImportFileError(f"the file is not UTF-8 (near line {line}); save it as "
-                              "UTF-8 CSV and import again") from None
+        raise ImportFileError(
+            f"the file is not UTF-8 (near line {line}); save it as UTF-8 CSV and import again"
+        ) from None
     raw.seek(0)

@@ -29,8 +29,7 @@ def stop_queued(session: Session, address_id: int) -> int:
                 Delivery.campaign_id.in_(select(Campaign.id).where(Campaign.purpose == purpose)),
                 reason.is_not(None),
             )
-            .values(status=DeliveryStatus.CANCELLED.value, skip_reason=reason,
-                    finished_at=utcnow())
+            .values(status=DeliveryStatus.CANCELLED.value, skip_reason=reason, finished_at=utcnow())
         )
         stopped += int(result.rowcount or 0)  # type: ignore[attr-defined]
     return stopped

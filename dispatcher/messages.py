@@ -60,7 +60,7 @@ def build_message(
     sender_name, sender_address = parseaddr(_clean("From", sender))
     message["From"] = formataddr((sender_name, sender_address))
     message["To"] = formataddr((name, address), charset="utf-8") if name else address
-    message["Subject"] = Header(subject, "utf-8") if not subject.isascii() else subject
+    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
     message["Date"] = formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = _clean("Message-ID", message_id)
     if list_unsubscribe_url:

@@ -11,8 +11,18 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from suppression.models import Base, BigId, utcnow
 
-__all__ = ["Affiliate", "AffiliateRelease", "Base", "Campaign", "CampaignStatus", "Contact",
-           "ContactTag", "Delivery", "DeliveryStatus", "RateLimit"]
+__all__ = [
+    "Affiliate",
+    "AffiliateRelease",
+    "Base",
+    "Campaign",
+    "CampaignStatus",
+    "Contact",
+    "ContactTag",
+    "Delivery",
+    "DeliveryStatus",
+    "RateLimit",
+]
 
 
 class Contact(Base):

@@ -12,22 +12,26 @@ from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from suppression.models import utcnow
 
 
-
 def expire_dead_claims(session: Session, lease_seconds: float) -> list[int]:
     """Rows whose sender stopped renewing its claim: their outcome is unknown. Marks them
     so (never resent automatically) and closes campaigns that had nothing else left.
     Returns the campaigns touched."""
     now = utcnow()
-    touched = list(session.scalars(
-        update(Delivery)
-        .where(
-            Delivery.status == DeliveryStatus.SENDING,
-            Delivery.claimed_at < now - timedelta(seconds=lease_seconds),
+    touched = list(
+        session.scalars(
+            update(Delivery)
+            .where(
+                Delivery.status == DeliveryStatus.SENDING,
+                Delivery.claimed_at < now - timedelta(seconds=lease_seconds),
+            )
+            .values(
+                status=DeliveryStatus.UNKNOWN.value,
+                skip_reason="outcome_hidden_by_crash",
+                finished_at=now,
+            )
+            .returning(Delivery.campaign_id)
         )
-        .values(status=DeliveryStatus.UNKNOWN.value, skip_reason="outcome_hidden_by_crash",
-                finished_at=now)
-        .returning(Delivery.campaign_id)
-    ))
+    )
     campaigns = sorted(set(touched))
     for campaign_id in campaigns:
         finish_if_done(session, campaign_id)
@@ -40,8 +44,9 @@ def stalled_campaigns(session: Session, lease_seconds: float, stall_seconds: flo
     now = utcnow()
     expire_dead_claims(session, lease_seconds)
     last_activity = (
-        select(func.max(func.coalesce(Delivery.finished_at, Delivery.claimed_at,
-                                      Delivery.created_at)))
+        select(
+            func.max(func.coalesce(Delivery.finished_at, Delivery.claimed_at, Delivery.created_at))
+        )
         .where(Delivery.campaign_id == Campaign.id)
         .scalar_subquery()
     )

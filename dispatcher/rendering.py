@@ -39,8 +39,13 @@ log = logging.getLogger(__name__)
 
 PARTS = ("body.html", "body.txt")
 META = "template.toml"
-RECIPIENT_FIELDS = ("first_name", "last_name", "greeting_name", "unsubscribe_url",
-                    "preferences_url")
+RECIPIENT_FIELDS = (
+    "first_name",
+    "last_name",
+    "greeting_name",
+    "unsubscribe_url",
+    "preferences_url",
+)
 
 
 class TemplateProblem(Exception):
@@ -76,10 +81,18 @@ class RenderedMessage:
 
 
 SAMPLE_RECIPIENTS = (
-    Recipient("Zoë <b>&amp;\"O'Brien\"</b>", "Łukasz & Søn", "https://example.invalid/u/SAMPLE.tok",
-              "https://example.invalid/preferences/SAMPLE.tok"),
-    Recipient(None, None, "https://example.invalid/u/other?a=1&b=2",
-              "https://example.invalid/preferences/other"),
+    Recipient(
+        'Zoë <b>&amp;"O\'Brien"</b>',
+        "Łukasz & Søn",
+        "https://example.invalid/u/SAMPLE.tok",
+        "https://example.invalid/preferences/SAMPLE.tok",
+    ),
+    Recipient(
+        None,
+        None,
+        "https://example.invalid/u/other?a=1&b=2",
+        "https://example.invalid/preferences/other",
+    ),
 )
 
 
@@ -98,7 +111,8 @@ def list_templates(settings: Settings) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name for p in root.iterdir()
+        p.name
+        for p in root.iterdir()
         if p.is_dir() and not p.name.startswith("_") and (p / META).exists()
     )
 
@@ -115,8 +129,9 @@ def template_purpose(settings: Settings, name: str) -> str:
         raise TemplateProblem(f"template {name!r}: {META} is not valid TOML: {exc}") from None
     purpose = meta.get("purpose")
     if purpose not in ("marketing", "service_notice"):
-        raise TemplateProblem(f"template {name!r}: {META} must say purpose = \"marketing\" "
-                              "or \"service_notice\"")
+        raise TemplateProblem(
+            f'template {name!r}: {META} must say purpose = "marketing" or "service_notice"'
+        )
     return str(purpose)
 
 
@@ -167,23 +182,27 @@ class _Renderer:
                 return self.env.from_string(template).render({**self.context, **values})
             return self.env.get_template(template).render({**self.context, **values})
         except UndefinedError as exc:
-            raise TemplateProblem(f"{file}: {exc.message} (a variable the template may not use)"
-                                  ) from None
+            raise TemplateProblem(
+                f"{file}: {exc.message} (a variable the template may not use)"
+            ) from None
         except TemplateSyntaxError as exc:
-            raise TemplateProblem(f"{exc.filename or file} line {exc.lineno}: {exc.message}"
-                                  ) from None
+            raise TemplateProblem(
+                f"{exc.filename or file} line {exc.lineno}: {exc.message}"
+            ) from None
         except TemplateNotFound as exc:
             raise TemplateProblem(f"{file}: template file {exc.name} is missing") from None
         except TemplateError as exc:
             raise TemplateProblem(f"{file}: {exc}") from None
 
 
-def _render_full(renderer: _Renderer, paths: dict[str, str], subject_source: str,
-                 values: dict[str, Any]) -> RenderedMessage:
+def _render_full(
+    renderer: _Renderer, paths: dict[str, str], subject_source: str, values: dict[str, Any]
+) -> RenderedMessage:
     subject = renderer.render(subject_source, values, file="subject")
     text = renderer.render(paths["body.txt"], {**values, "subject": subject}, file="body.txt")
-    html = renderer.render(paths["body.html"], {**values, "subject": Markup.escape(subject)},
-                           file="body.html")
+    html = renderer.render(
+        paths["body.html"], {**values, "subject": Markup.escape(subject)}, file="body.html"
+    )
     return RenderedMessage(subject=subject.strip(), text=text, html=_inline_css(html))
 
 
@@ -217,10 +236,10 @@ def _cut(rendered: str, pattern: re.Pattern[str], html: bool) -> _Segments:
     parts: list[str | tuple[str, str]] = []
     position = 0
     for match in pattern.finditer(rendered):
-        parts.append(rendered[position:match.start()])
+        parts.append(rendered[position : match.start()])
         escaping = "raw"
         if html:
-            before = rendered[:match.start()]
+            before = rendered[: match.start()]
             escaping = "attr" if before.rfind("<") > before.rfind(">") else "text"
         parts.append((RECIPIENT_FIELDS[int(match.group(1))], escaping))
         position = match.end()
@@ -231,8 +250,13 @@ def _cut(rendered: str, pattern: re.Pattern[str], html: bool) -> _Segments:
 class PreparedCampaign:
     """A campaign ready to render recipient after recipient."""
 
-    def __init__(self, renderer: _Renderer, paths: dict[str, str], subject_source: str,
-                 fast: tuple[_Segments, _Segments, _Segments] | None) -> None:
+    def __init__(
+        self,
+        renderer: _Renderer,
+        paths: dict[str, str],
+        subject_source: str,
+        fast: tuple[_Segments, _Segments, _Segments] | None,
+    ) -> None:
         self._renderer = renderer
         self._paths = paths
         self._subject_source = subject_source
@@ -247,8 +271,9 @@ class PreparedCampaign:
         if self._fast is None:
             return _render_full(self._renderer, self._paths, self._subject_source, values)
         subject, text, html = self._fast
-        return RenderedMessage(subject=subject.fill(values).strip(), text=text.fill(values),
-                               html=html.fill(values))
+        return RenderedMessage(
+            subject=subject.fill(values).strip(), text=text.fill(values), html=html.fill(values)
+        )
 
     def render_full(self, recipient: Recipient) -> RenderedMessage:
         """The reference: everything rendered and inlined for this one recipient."""
@@ -286,8 +311,11 @@ def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCamp
     prepared = PreparedCampaign(renderer, paths, subject_source, fast)
     for sample in SAMPLE_RECIPIENTS:
         if prepared.render(sample) != prepared.render_full(sample):
-            log.warning("campaign %s: template %r needs a full render per recipient "
-                        "(slower)", campaign.id, name)
+            log.warning(
+                "campaign %s: template %r needs a full render per recipient (slower)",
+                campaign.id,
+                name,
+            )
             return PreparedCampaign(renderer, paths, subject_source, None)
     return prepared
 
@@ -302,8 +330,9 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> None:
     name = campaign.template
     declared = template_purpose(settings, name)
     if declared != campaign.purpose:
-        raise TemplateProblem(f"template {name!r} is for {declared} mail, but the campaign "
-                              f"is {campaign.purpose}")
+        raise TemplateProblem(
+            f"template {name!r} is for {declared} mail, but the campaign is {campaign.purpose}"
+        )
     prepared = prepare_campaign(settings, campaign)
     for sample in SAMPLE_RECIPIENTS:
         message = prepared.render_full(sample)
@@ -318,8 +347,12 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> None:
             if part == "body.html":
                 unsubscribe = unsubscribe.replace("&", "&amp;")
             if unsubscribe not in body:
-                raise TemplateProblem(f"template {name!r}: {part} lacks the unsubscribe link "
-                                      "({{ unsubscribe_url }}), which marketing mail must carry")
+                raise TemplateProblem(
+                    f"template {name!r}: {part} lacks the unsubscribe link "
+                    "({{ unsubscribe_url }}), which marketing mail must carry"
+                )
             if settings.postal_address not in body:
-                raise TemplateProblem(f"template {name!r}: {part} lacks the postal address "
-                                      "({{ postal_address }}), which marketing mail must carry")
+                raise TemplateProblem(
+                    f"template {name!r}: {part} lacks the postal address "
+                    "({{ postal_address }}), which marketing mail must carry"
+                )

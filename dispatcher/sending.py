@@ -21,9 +21,9 @@ import logging
 import random
 import time
 import uuid
-from datetime import timedelta
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.utils import parseaddr
 from typing import Any
 
@@ -87,8 +87,15 @@ _prepared: dict[tuple[str, ...], PreparedCampaign] = {}
 
 
 def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
-    key = (settings.database_url, str(campaign.id), campaign.subject, campaign.template,
-           campaign.purpose, str(settings.templates_dir), settings.base_url)
+    key = (
+        settings.database_url,
+        str(campaign.id),
+        campaign.subject,
+        campaign.template,
+        campaign.purpose,
+        str(settings.templates_dir),
+        settings.base_url,
+    )
     prepared = _prepared.get(key)
     if prepared is None:
         if len(_prepared) > 32:
@@ -98,8 +105,14 @@ def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
     return prepared
 
 
-def orphan_stale_claims(session: Session, campaign_id: int, first_id: int, last_id: int,
-                        claim_token: str, lease_seconds: float) -> int:
+def orphan_stale_claims(
+    session: Session,
+    campaign_id: int,
+    first_id: int,
+    last_id: int,
+    claim_token: str,
+    lease_seconds: float,
+) -> int:
     """Rows of this batch left ``sending`` by an execution that stopped renewing its claim
     (it died): their outcome is unknown. A live claim is left to its owner."""
     result = session.execute(
@@ -111,8 +124,11 @@ def orphan_stale_claims(session: Session, campaign_id: int, first_id: int, last_
             Delivery.claim_token != claim_token,
             Delivery.claimed_at < utcnow() - timedelta(seconds=lease_seconds),
         )
-        .values(status=DeliveryStatus.UNKNOWN.value, skip_reason="outcome_hidden_by_crash",
-                finished_at=utcnow())
+        .values(
+            status=DeliveryStatus.UNKNOWN.value,
+            skip_reason="outcome_hidden_by_crash",
+            finished_at=utcnow(),
+        )
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -160,8 +176,12 @@ def claim_batch(
         return [], skipped
     rows = session.execute(
         select(
-            Delivery.id, Delivery.contact_id, Delivery.address_id, Address.address,
-            Contact.first_name, Contact.last_name,
+            Delivery.id,
+            Delivery.contact_id,
+            Delivery.address_id,
+            Address.address,
+            Contact.first_name,
+            Contact.last_name,
         )
         .join(Contact, Contact.id == Delivery.contact_id)
         .join(Address, Address.id == Delivery.address_id)
@@ -259,8 +279,9 @@ def _deliver(
 class _Lease:
     """Renews this execution's claim while it sends, so nobody takes its rows for dead."""
 
-    def __init__(self, sessions: sessionmaker[Session], claim_token: str,
-                 lease_seconds: float) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], claim_token: str, lease_seconds: float
+    ) -> None:
         self.sessions = sessions
         self.claim_token = claim_token
         # Often enough that losing the database stops sending within seconds.
@@ -273,8 +294,10 @@ class _Lease:
         with session_scope(self.sessions) as session:
             session.execute(
                 update(Delivery)
-                .where(Delivery.claim_token == self.claim_token,
-                       Delivery.status == DeliveryStatus.SENDING)
+                .where(
+                    Delivery.claim_token == self.claim_token,
+                    Delivery.status == DeliveryStatus.SENDING,
+                )
                 .values(claimed_at=utcnow())
             )
         self.last = time.monotonic()
@@ -293,8 +316,9 @@ def _record(session: Session, campaign_id: int, claim_token: str, result: BatchR
         session.execute(
             update(Delivery)
             .where(mine, Delivery.id.in_(result.unknown))
-            .values(status=DeliveryStatus.UNKNOWN.value, skip_reason="connection_lost",
-                    finished_at=now)
+            .values(
+                status=DeliveryStatus.UNKNOWN.value, skip_reason="connection_lost", finished_at=now
+            )
         )
     if result.released:
         session.execute(
@@ -321,7 +345,10 @@ def _record(session: Session, campaign_id: int, claim_token: str, result: BatchR
         )
     for address_id in set(result.bounced.values()):
         add_suppression(
-            session, address_id, scope="global", reason=Reason.HARD_BOUNCE,
+            session,
+            address_id,
+            scope="global",
+            reason=Reason.HARD_BOUNCE,
             source=f"smtp:campaign:{campaign_id}",
         )
     finish_if_done(session, campaign_id)
@@ -366,12 +393,14 @@ def send_batch(
         if campaign is None:
             log.warning("batch for unknown campaign %s dropped", campaign_id)
             return result
-        result.orphaned = orphan_stale_claims(session, campaign_id, first_id, last_id,
-                                              claim_token, settings.claim_lease_seconds)
+        result.orphaned = orphan_stale_claims(
+            session, campaign_id, first_id, last_id, claim_token, settings.claim_lease_seconds
+        )
         rows, result.skipped = claim_batch(session, campaign, first_id, last_id, claim_token)
         result.claimed = len(rows)
         send_times = throttle.schedule(
-            session, [r.address for r in rows],
+            session,
+            [r.address for r in rows],
             throttle.Limits(settings.rate_per_second, settings.domain_rate_per_second),
         )
         session.expunge(campaign)
@@ -389,8 +418,16 @@ def send_batch(
     log.info(
         "campaign %s batch %s-%s: claimed %s, skipped %s, sent %s, failed %s, released %s, "
         "unknown %s, orphaned %s",
-        campaign_id, first_id, last_id, result.claimed, result.skipped, len(result.sent),
-        len(result.failed), len(result.released), len(result.unknown), result.orphaned,
+        campaign_id,
+        first_id,
+        last_id,
+        result.claimed,
+        result.skipped,
+        len(result.sent),
+        len(result.failed),
+        len(result.released),
+        len(result.unknown),
+        result.orphaned,
     )
     if result.released:
         raise RetryLater(f"{len(result.released)} messages put back in the queue")

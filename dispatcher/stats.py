@@ -27,8 +27,12 @@ class Cell:
     count: int | None  # None: withheld
 
     def as_dict(self) -> dict[str, Any]:
-        return {"campaign": self.campaign, "day": self.day, "outcome": self.outcome,
-                "count": self.count}
+        return {
+            "campaign": self.campaign,
+            "day": self.day,
+            "outcome": self.outcome,
+            "count": self.count,
+        }
 
 
 def delivery_cells(session: Session, k: int) -> list[Cell]:
@@ -42,8 +46,11 @@ def delivery_cells(session: Session, k: int) -> list[Cell]:
     ).all()
     groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for name, campaign_id, when, status, reason, count in rows:
-        label = status if status in ("sent", "queued", "sending") or not reason \
+        label = (
+            status
+            if status in ("sent", "queued", "sending") or not reason
             else f"{status}:{reason}"
+        )
         cell = Cell(f"{campaign_id}:{name}", str(when), label, int(count))
         groups[(cell.campaign, cell.day)].append(cell)
     cells: list[Cell] = []
@@ -71,18 +78,28 @@ def _rate(numerator: int, denominator: int, k: int) -> float | None:
 
 def consent_summary(session: Session, k: int) -> dict[str, Any]:
     contacts = int(session.scalar(select(func.count()).select_from(Contact)) or 0)
-    states = dict(session.execute(
-        select(ConsentState.status, func.count())
-        .join(Contact, Contact.address_id == ConsentState.address_id)
-        .where(ConsentState.scope == str(Scope.MARKETING))
-        .group_by(ConsentState.status)).all())
+    states = dict(
+        session.execute(
+            select(ConsentState.status, func.count())
+            .join(Contact, Contact.address_id == ConsentState.address_id)
+            .where(ConsentState.scope == str(Scope.MARKETING))
+            .group_by(ConsentState.status)
+        ).all()
+    )
     opted_in = int(states.get("opted_in", 0))
     opted_out = int(states.get("opted_out", 0))
-    unsubscribes = int(session.scalar(
-        select(func.count()).select_from(Event).where(Event.kind == "unsubscribed",
-                                                       Event.outcome == "suppressed")) or 0)
-    sent = int(session.scalar(
-        select(func.count()).select_from(Delivery).where(Delivery.status == "sent")) or 0)
+    unsubscribes = int(
+        session.scalar(
+            select(func.count())
+            .select_from(Event)
+            .where(Event.kind == "unsubscribed", Event.outcome == "suppressed")
+        )
+        or 0
+    )
+    sent = int(
+        session.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "sent"))
+        or 0
+    )
 
     def shown(n: int) -> int | None:
         return n if n >= k else None
@@ -102,5 +119,7 @@ def consent_summary(session: Session, k: int) -> dict[str, Any]:
 def report(session: Session, k: int) -> dict[str, Any]:
     if k < 1:
         raise ValueError("k must be at least 1")
-    return {"summary": consent_summary(session, k),
-            "deliveries": [c.as_dict() for c in delivery_cells(session, k)]}
+    return {
+        "summary": consent_summary(session, k),
+        "deliveries": [c.as_dict() for c in delivery_cells(session, k)],
+    }

@@ -35,22 +35,31 @@ def default_scope(reason: Reason) -> str:
     return DEFAULT_SCOPE.get(reason, GLOBAL_SCOPE)
 
 
-def suppress_address(session: Session, address: str, *, reason: str, scope: str | None = None,
-                     note: str | None = None, actor: str | None = None,
-                     source: str = "staff") -> Added:
+def suppress_address(
+    session: Session,
+    address: str,
+    *,
+    reason: str,
+    scope: str | None = None,
+    note: str | None = None,
+    actor: str | None = None,
+    source: str = "staff",
+) -> Added:
     """Suppress ``address`` (raises InvalidAddress or SuppressionError, changing nothing)."""
     checked = valid_reason(reason)
     scope = valid_scope(scope or default_scope(checked))
     address_id = ensure_address(session, address)
-    added = add_suppression(session, address_id, scope=scope, reason=checked, source=source,
-                            note=note, actor=actor)
+    added = add_suppression(
+        session, address_id, scope=scope, reason=checked, source=source, note=note, actor=actor
+    )
     if scope in (GLOBAL_SCOPE, str(Scope.MARKETING)):
         stop_queued(session, address_id)
     return added
 
 
-def lift_address(session: Session, address: str, *, why: str, actor: str,
-                 only: str | None = None) -> int:
+def lift_address(
+    session: Session, address: str, *, why: str, actor: str, only: str | None = None
+) -> int:
     """Staff override: lift the address's active suppressions (or those of one reason)."""
     row = find_address(session, address)
     reasons = [valid_reason(only)] if only else None
@@ -58,8 +67,9 @@ def lift_address(session: Session, address: str, *, why: str, actor: str,
         raise SuppressionError(f"{address!r} is not on the suppression list")
     count = lift_suppressions(session, row.id, why=why, actor=actor, reasons=reasons)
     if count == 0:
-        raise SuppressionError(f"{address!r} has no active suppression"
-                               + (f" for {only}" if only else ""))
+        raise SuppressionError(
+            f"{address!r} has no active suppression" + (f" for {only}" if only else "")
+        )
     return count
 
 
@@ -70,8 +80,9 @@ class SuppressImportReport:
     errors: list[RowError] = field(default_factory=list)
 
 
-def import_suppressions(sessions: sessionmaker[Session], path: Path | str, *,
-                        actor: str | None = None) -> SuppressImportReport:
+def import_suppressions(
+    sessions: sessionmaker[Session], path: Path | str, *, actor: str | None = None
+) -> SuppressImportReport:
     """Bulk suppressions from CSV (``email,reason[,scope][,note]``); bad rows reported."""
     report = SuppressImportReport()
     try:
@@ -87,9 +98,12 @@ def import_suppressions(sessions: sessionmaker[Session], path: Path | str, *,
             try:
                 with session.begin_nested():
                     added = suppress_address(
-                        session, record["email"] or "", reason=(record["reason"] or "").strip(),
+                        session,
+                        record["email"] or "",
+                        reason=(record["reason"] or "").strip(),
                         scope=(record.get("scope") or "").strip() or None,
-                        note=(record.get("note") or "").strip() or None, actor=actor,
+                        note=(record.get("note") or "").strip() or None,
+                        actor=actor,
                         source=f"import:{Path(path).name}",
                     )
             except InvalidAddress as exc:

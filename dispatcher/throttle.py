@@ -56,8 +56,9 @@ def reserve(session: Session, costs: dict[str, float], now: float) -> dict[str, 
     return {key: next_at - cost for key, next_at, cost in session.execute(stmt)}
 
 
-def schedule(session: Session, addresses: Sequence[str], limits: Limits,
-             now: float | None = None) -> list[float]:
+def schedule(
+    session: Session, addresses: Sequence[str], limits: Limits, now: float | None = None
+) -> list[float]:
     """For each address, in order, the earliest time (epoch seconds) it may be sent."""
     now = time.time() if now is None else now
     if not limits.active or not addresses:

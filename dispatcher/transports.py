@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -41,8 +40,9 @@ class PermanentSendError(SendError):
     refusal of the message itself (at DATA) says nothing about the address.
     """
 
-    def __init__(self, message: str, *, code: int, recipient: str,
-                 recipient_refused: bool = False) -> None:
+    def __init__(
+        self, message: str, *, code: int, recipient: str, recipient_refused: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.recipient = recipient
@@ -94,8 +94,17 @@ class MaildirTransport:
 class SMTPTransport:
     """One SMTP connection for a batch: opened on first send, reused, closed with QUIT."""
 
-    def __init__(self, host: str, port: int, *, implicit_tls: bool, starttls: bool,
-                 username: str | None, password: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        implicit_tls: bool,
+        starttls: bool,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+    ) -> None:
         self.host, self.port = host, port
         self.implicit_tls, self.starttls = implicit_tls, starttls
         self.username, self.password = username, password
@@ -108,8 +117,9 @@ class SMTPTransport:
         try:
             conn: smtplib.SMTP
             if self.implicit_tls:
-                conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                        context=ssl.create_default_context())
+                conn = smtplib.SMTP_SSL(
+                    self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+                )
             else:
                 conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
             conn.ehlo()
@@ -121,8 +131,9 @@ class SMTPTransport:
         except smtplib.SMTPAuthenticationError as exc:
             raise TransientSendError(f"SMTP login refused ({exc.smtp_code})") from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise TransientSendError(f"cannot connect to SMTP {self.host}:{self.port}: "
-                                     f"{exc}") from None
+            raise TransientSendError(
+                f"cannot connect to SMTP {self.host}:{self.port}: {exc}"
+            ) from None
         self._conn = conn
         return conn
 
@@ -147,7 +158,7 @@ class SMTPTransport:
             code, reply = conn.data(message)
             if code != 250:
                 self._refused(conn, code, reply, recipient, stage="DATA")
-        except (smtplib.SMTPServerDisconnected, OSError, socket.timeout) as exc:
+        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             if phase == "data":
                 raise UncertainSendError(f"connection lost during DATA: {exc}") from None
@@ -156,8 +167,9 @@ class SMTPTransport:
             self._reset(conn)
             self._classify(exc.smtp_code, exc.smtp_error, recipient, "DATA")
 
-    def _refused(self, conn: smtplib.SMTP, code: int, reply: bytes, recipient: str,
-                 stage: str) -> None:
+    def _refused(
+        self, conn: smtplib.SMTP, code: int, reply: bytes, recipient: str, stage: str
+    ) -> None:
         self._reset(conn)
         self._classify(code, reply, recipient, stage)
 
@@ -169,8 +181,9 @@ class SMTPTransport:
             raise TransientSendError(message, connection_lost=True)
         if 400 <= code < 500:
             raise TransientSendError(message, connection_lost=False)
-        raise PermanentSendError(message, code=code, recipient=recipient,
-                                 recipient_refused=stage == "RCPT TO")
+        raise PermanentSendError(
+            message, code=code, recipient=recipient, recipient_refused=stage == "RCPT TO"
+        )
 
     def _reset(self, conn: smtplib.SMTP) -> None:
         try:
@@ -212,8 +225,9 @@ def open_transport(mail_url: str, *, timeout: float = 30.0) -> Iterator[Transpor
     if scheme == "maildir":
         path = mail_url.removeprefix("maildir://")
         if not path.startswith("/"):
-            raise ValueError("DISPATCHER_MAIL_URL maildir:// needs an absolute path "
-                             "(maildir:///var/outbox)")
+            raise ValueError(
+                "DISPATCHER_MAIL_URL maildir:// needs an absolute path (maildir:///var/outbox)"
+            )
         yield MaildirTransport(Path(path))
         return
     if scheme in ("smtp", "smtps"):

@@ -71,4 +71,6 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         session.begin()
         yield session
         session.rollback()
+
+
 from tests.support.smtp_sink import smtp_sink  # noqa: E402,F401  (fixture for every test)

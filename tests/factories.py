@@ -40,9 +40,7 @@ def make_contact(
     session.add(contact)
     for scope, status in ((Scope.MARKETING, marketing), (Scope.AFFILIATES, affiliates)):
         if status is not None:
-            record_consent(
-                session, address_id, scope, status, source="test", occurred_at=T0
-            )
+            record_consent(session, address_id, scope, status, source="test", occurred_at=T0)
     if suppressed is not None:
         add_suppression(
             session, address_id, scope=suppression_scope, reason=suppressed, source="test"
@@ -52,8 +50,13 @@ def make_contact(
 
 
 def bulk_contacts(
-    session: Session, count: int, *, domain: str = "example.com", prefix: str = "r",
-    not_opted_in_every: int = 0, suppressed_every: int = 0,
+    session: Session,
+    count: int,
+    *,
+    domain: str = "example.com",
+    prefix: str = "r",
+    not_opted_in_every: int = 0,
+    suppressed_every: int = 0,
 ) -> set[str]:
     """``count`` contacts inserted set-wise (fast for thousands); every ``not_opted_in_every``
     th has no consent and every ``suppressed_every``-th a global suppression. Returns the
@@ -64,14 +67,28 @@ def bulk_contacts(
 
     addresses = [f"{prefix}{i:06d}@{domain}" for i in range(count)]
     session.execute(insert(Address), [{"address": a, "created_at": T0} for a in addresses])
-    ids = dict(session.execute(select(Address.address, Address.id)
-                               .where(Address.address.in_(addresses))).all())
-    session.execute(insert(Contact), [
-        {"address_id": ids[a], "submitted_address": a, "first_name": f"N{i}",
-         "last_name": "Bulk", "attributes": {}, "source": "bulk", "collected_at": T0,
-         "created_at": T0, "updated_at": T0}
-        for i, a in enumerate(addresses)
-    ])
+    ids = dict(
+        session.execute(
+            select(Address.address, Address.id).where(Address.address.in_(addresses))
+        ).all()
+    )
+    session.execute(
+        insert(Contact),
+        [
+            {
+                "address_id": ids[a],
+                "submitted_address": a,
+                "first_name": f"N{i}",
+                "last_name": "Bulk",
+                "attributes": {},
+                "source": "bulk",
+                "collected_at": T0,
+                "created_at": T0,
+                "updated_at": T0,
+            }
+            for i, a in enumerate(addresses)
+        ],
+    )
     eligible: set[str] = set()
     consenting = []
     for i, a in enumerate(addresses):
@@ -81,21 +98,53 @@ def bulk_contacts(
         if suppressed_every and i % suppressed_every == 2:
             continue
         eligible.add(a)
-    session.execute(insert(Consent), [
-        {"address_id": ids[a], "scope": "marketing", "status": "opted_in", "source": "bulk",
-         "occurred_at": T0, "recorded_at": T0} for a in consenting
-    ])
-    consent_ids = dict(session.execute(
-        select(Consent.address_id, Consent.id).where(Consent.source == "bulk")).all())
-    session.execute(insert(ConsentState), [
-        {"address_id": ids[a], "scope": "marketing", "status": "opted_in",
-         "consent_id": consent_ids[ids[a]], "occurred_at": T0} for a in consenting
-    ])
-    suppressed = [a for i, a in enumerate(addresses)
-                  if suppressed_every and i % suppressed_every == 2]
+    session.execute(
+        insert(Consent),
+        [
+            {
+                "address_id": ids[a],
+                "scope": "marketing",
+                "status": "opted_in",
+                "source": "bulk",
+                "occurred_at": T0,
+                "recorded_at": T0,
+            }
+            for a in consenting
+        ],
+    )
+    consent_ids = dict(
+        session.execute(
+            select(Consent.address_id, Consent.id).where(Consent.source == "bulk")
+        ).all()
+    )
+    session.execute(
+        insert(ConsentState),
+        [
+            {
+                "address_id": ids[a],
+                "scope": "marketing",
+                "status": "opted_in",
+                "consent_id": consent_ids[ids[a]],
+                "occurred_at": T0,
+            }
+            for a in consenting
+        ],
+    )
+    suppressed = [
+        a for i, a in enumerate(addresses) if suppressed_every and i % suppressed_every == 2
+    ]
     if suppressed:
-        session.execute(insert(Suppression), [
-            {"address_id": ids[a], "scope": "global", "reason": "complaint", "source": "bulk",
-             "created_at": T0} for a in suppressed
-        ])
+        session.execute(
+            insert(Suppression),
+            [
+                {
+                    "address_id": ids[a],
+                    "scope": "global",
+                    "reason": "complaint",
+                    "source": "bulk",
+                    "created_at": T0,
+                }
+                for a in suppressed
+            ],
+        )
     return eligible

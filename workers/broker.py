@@ -13,7 +13,7 @@ from kombu.transport.sqlalchemy import Transport as _SQLAlchemyTransport
 POLLING_INTERVAL = 0.05
 
 
-class Transport(_SQLAlchemyTransport):  # type: ignore[misc]
+class Transport(_SQLAlchemyTransport):
     polling_interval = POLLING_INTERVAL
 
 

@@ -21,14 +21,24 @@ def _celery_argv(*args: str) -> list[str]:
 
 @main.command("worker", context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=int, default=None, help="processes or threads")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork",
-              show_default=True)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+)
 @click.option("--beat", "-B", is_flag=True, help="also run the scheduler in this worker")
 @click.option("--loglevel", default="info", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_app
-def worker(app: AppContext, concurrency: int | None, pool: str, beat: bool, loglevel: str,
-           celery_args: tuple[str, ...]) -> None:
+def worker(
+    app: AppContext,
+    concurrency: int | None,
+    pool: str,
+    beat: bool,
+    loglevel: str,
+    celery_args: tuple[str, ...],
+) -> None:
     """Run a Celery worker with the project's app (extra arguments go to celery)."""
     argv = _celery_argv("worker", f"--pool={pool}", f"--loglevel={loglevel}")
     if concurrency:

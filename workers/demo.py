@@ -14,9 +14,9 @@ from dispatcher.cli import AppContext, pass_app
 from dispatcher.cli.campaigns import print_report
 from dispatcher.contacts import import_contacts
 from dispatcher.db import session_scope, upgrade
-from dispatcher.settings import PROJECT_ROOT, KEY_FILE_NAME
+from dispatcher.settings import KEY_FILE_NAME, PROJECT_ROOT
 from dispatcher.suppress import import_suppressions
-from workers.process import WorkerProcess, WorkerFailed, wait_until
+from workers.process import WorkerFailed, WorkerProcess, wait_until
 
 DEMO_DATA = PROJECT_ROOT / "dispatcher" / "demo"
 FRESH = ("dispatcher.db", "broker.db", "outbox", "logs")
@@ -51,8 +51,13 @@ def demo(app: AppContext, timeout: float) -> None:
     click.echo(f"1. fresh embedded database under {settings.home}")
     upgrade(settings)
 
-    report = import_contacts(app.sessions, DEMO_DATA / "contacts.csv", source="demo import",
-                             actor="demo", policy_version=settings.policy_version)
+    report = import_contacts(
+        app.sessions,
+        DEMO_DATA / "contacts.csv",
+        source="demo import",
+        actor="demo",
+        policy_version=settings.policy_version,
+    )
     click.echo(f"2. contacts: {report.created} imported, {report.invalid} invalid rows refused:")
     for error in report.errors:
         click.echo(f"     line {error.line}: {error.field}: {error.reason}")
@@ -61,25 +66,40 @@ def demo(app: AppContext, timeout: float) -> None:
 
     with session_scope(app.sessions) as session:
         campaign = create_campaign(
-            session, settings, name="December new releases",
+            session,
+            settings,
+            name="December new releases",
             subject="New tracks for your next project, {{ greeting_name }}",
-            template="new-releases", actor="demo",
+            template="new-releases",
+            actor="demo",
         )
         schedule_campaign(session, settings, campaign.id, actor="demo")
         campaign_id = campaign.id
-    click.echo(f"3. campaign {campaign_id} created from templates/email/new-releases, "
-               "scheduled now")
+    click.echo(
+        f"3. campaign {campaign_id} created from templates/email/new-releases, scheduled now"
+    )
 
-    env = {**os.environ, "DISPATCHER_HOME": str(settings.home),
-           "DISPATCHER_BEAT_INTERVAL_SECONDS": "0.5"}
-    worker = WorkerProcess(env, settings.home / "logs" / "worker.log", pool="threads",
-                           concurrency=2, beat=True, loglevel="info")
+    env = {
+        **os.environ,
+        "DISPATCHER_HOME": str(settings.home),
+        "DISPATCHER_BEAT_INTERVAL_SECONDS": "0.5",
+    }
+    worker = WorkerProcess(
+        env,
+        settings.home / "logs" / "worker.log",
+        pool="threads",
+        concurrency=2,
+        beat=True,
+        loglevel="info",
+    )
     click.echo("4. starting a Celery worker (with beat) on the embedded SQLite broker ...")
     try:
         with worker:
+
             def finished() -> bool:
                 with session_scope(app.sessions) as session:
                     return campaign_report(session, campaign_id).status == "done"
+
             wait_until(finished, timeout, interval=0.3, what="campaign done")
     except (TimeoutError, WorkerFailed) as exc:
         raise click.ClickException(f"{exc}\nworker log: {worker.log_path}") from None
@@ -90,7 +110,11 @@ def demo(app: AppContext, timeout: float) -> None:
     print_report(result)
     outbox = settings.outbox
     count = len(list((outbox / "new").iterdir())) if outbox and (outbox / "new").exists() else 0
-    click.echo(f"\n{count} messages in the outbox: {outbox}/new "
-               f"(finished in {time.monotonic() - started:.1f}s)")
-    click.echo("Open one with any mail client, or: dispatcher campaign preview "
-               f"{campaign_id} --to <address>")
+    click.echo(
+        f"\n{count} messages in the outbox: {outbox}/new "
+        f"(finished in {time.monotonic() - started:.1f}s)"
+    )
+    click.echo(
+        "Open one with any mail client, or: dispatcher campaign preview "
+        f"{campaign_id} --to <address>"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,8 +18,9 @@ class WorkerFailed(RuntimeError):
     """The worker did not become ready or died; the message holds the end of its log."""
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1,
-               what: str = "condition") -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, interval: float = 0.1, what: str = "condition"
+) -> None:
     """Poll ``condition`` until it holds; TimeoutError naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -53,10 +55,20 @@ class WorkerProcess:
         self.name = f"w{uuid.uuid4().hex[:8]}@%h"
         home = Path(self.env.get("DISPATCHER_HOME", "var"))
         self.argv = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker",
-            f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
-            f"--hostname={self.name}", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", *extra,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+            f"--hostname={self.name}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            *extra,
         ]
         if queues:
             self.argv.append(f"--queues={queues}")
@@ -68,8 +80,12 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         try:
@@ -82,8 +98,7 @@ class WorkerProcess:
     def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise WorkerFailed(f"worker exited with {self.process.returncode}:\n"
-                               f"{self.log_tail()}")
+            raise WorkerFailed(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
         return b" ready." in self.log_path.read_bytes()
 
     def log_tail(self, lines: int = 40) -> str:
@@ -112,15 +127,17 @@ class WorkerProcess:
         """SIGKILL the worker and every process it started: a crash, not a shutdown."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(10)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

@@ -70,8 +70,9 @@ def recover_stalled() -> list[int]:
     exhausted). Re-publishing is safe: a batch is claimed once."""
     rt = runtime()
     with session_scope(rt.sessions) as session:
-        stalled = stalled_campaigns(session, rt.settings.claim_lease_seconds,
-                                    rt.settings.stall_seconds)
+        stalled = stalled_campaigns(
+            session, rt.settings.claim_lease_seconds, rt.settings.stall_seconds
+        )
     for campaign_id in stalled:
         fan_out_campaign.delay(campaign_id, resume=True)
     return stalled

@@ -75,4 +75,3 @@ _register()
 
 def echo_error(message: str) -> None:
     click.secho(message, fg="red", err=True)
-

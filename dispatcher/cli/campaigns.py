@@ -29,8 +29,12 @@ from dispatcher.preview import preview_message
 from dispatcher.rendering import list_templates
 from suppression.address import InvalidAddress
 
-ACTOR = click.option("--actor", default=getpass.getuser, show_default="your user name",
-                     help="who is asking (recorded in the audit trail)")
+ACTOR = click.option(
+    "--actor",
+    default=getpass.getuser,
+    show_default="your user name",
+    help="who is asking (recorded in the audit trail)",
+)
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -46,22 +50,45 @@ def campaign() -> None:
 @click.option("--name", required=True)
 @click.option("--subject", required=True, help="may use {{ first_name }} and the like")
 @click.option("--template", required=True, help="a folder of templates/email/")
-@click.option("--purpose", type=click.Choice(["marketing", "service_notice"]),
-              default="marketing", show_default=True,
-              help="marketing needs opt-in; service_notice is for changes to terms")
-@click.option("--audience", default=None, help=(
-    "who gets it: empty for every contact; terms joined by ',' (all must hold): "
-    "'tag:jazz', 'genre=jazz', 'genre!=jazz'; '|' inside a term for either"))
+@click.option(
+    "--purpose",
+    type=click.Choice(["marketing", "service_notice"]),
+    default="marketing",
+    show_default=True,
+    help="marketing needs opt-in; service_notice is for changes to terms",
+)
+@click.option(
+    "--audience",
+    default=None,
+    help=(
+        "who gets it: empty for every contact; terms joined by ',' (all must hold): "
+        "'tag:jazz', 'genre=jazz', 'genre!=jazz'; '|' inside a term for either"
+    ),
+)
 @ACTOR
 @pass_app
-def create(app: AppContext, name: str, subject: str, template: str, purpose: str,
-           audience: str | None, actor: str) -> None:
+def create(
+    app: AppContext,
+    name: str,
+    subject: str,
+    template: str,
+    purpose: str,
+    audience: str | None,
+    actor: str,
+) -> None:
     """Create a draft campaign (checked now, and again when scheduled)."""
     try:
         with session_scope(app.sessions) as session:
-            row = create_campaign(session, app.settings, name=name, subject=subject,
-                                  template=template, purpose=purpose, audience=audience,
-                                  actor=actor)
+            row = create_campaign(
+                session,
+                app.settings,
+                name=name,
+                subject=subject,
+                template=template,
+                purpose=purpose,
+                audience=audience,
+                actor=actor,
+            )
             campaign_id = row.id
     except CampaignError as exc:
         raise _fail(exc) from None
@@ -79,8 +106,12 @@ def templates(app: AppContext) -> None:
 @campaign.command("preview")
 @click.argument("campaign_id", type=int)
 @click.option("--to", "to_address", required=True, help="a contact's address (or any address)")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="write the message (.eml) here instead of standard output")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write the message (.eml) here instead of standard output",
+)
 @pass_app
 def preview(app: AppContext, campaign_id: int, to_address: str, out: Path | None) -> None:
     """Render one message of the campaign as it would be sent; sends nothing."""
@@ -100,8 +131,13 @@ def preview(app: AppContext, campaign_id: int, to_address: str, out: Path | None
 
 @campaign.command("schedule")
 @click.argument("campaign_id", type=int)
-@click.option("--at", "at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z"]),
-              default=None, help="ISO time with zone, e.g. 2026-12-01T09:00:00+00:00; now if absent")
+@click.option(
+    "--at",
+    "at",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z"]),
+    default=None,
+    help="ISO time with zone, e.g. 2026-12-01T09:00:00+00:00; now if absent",
+)
 @ACTOR
 @pass_app
 def schedule(app: AppContext, campaign_id: int, at: datetime | None, actor: str) -> None:
@@ -134,7 +170,9 @@ def _simple(action: str, help_text: str) -> click.Command:
                     message = f"campaign {campaign_id} resumed"
                 else:
                     n = requeue_unknown(session, campaign_id, actor=actor)
-                    message = f"campaign {campaign_id}: {n} messages of unknown outcome queued again"
+                    message = (
+                        f"campaign {campaign_id}: {n} messages of unknown outcome queued again"
+                    )
         except CampaignError as exc:
             raise _fail(exc) from None
         click.echo(message)
@@ -145,9 +183,12 @@ def _simple(action: str, help_text: str) -> click.Command:
 campaign.add_command(_simple("cancel", "Stop a campaign; queued messages are dropped."))
 campaign.add_command(_simple("pause", "Stop claiming new batches until resumed."))
 campaign.add_command(_simple("resume", "Go on with a paused campaign."))
-campaign.add_command(_simple(
-    "resend-unknown",
-    "Queue again the messages whose outcome a crash hid (they may arrive twice)."))
+campaign.add_command(
+    _simple(
+        "resend-unknown",
+        "Queue again the messages whose outcome a crash hid (they may arrive twice).",
+    )
+)
 
 
 @campaign.command("list")
@@ -158,8 +199,9 @@ def list_(app: AppContext) -> None:
         rows = list_campaigns(session)
         click.echo(f"{'id':>5}  {'status':<10} {'purpose':<15} {'template':<18} name")
         for row in rows:
-            click.echo(f"{row.id:>5}  {row.status:<10} {row.purpose:<15} {row.template:<18} "
-                       f"{row.name}")
+            click.echo(
+                f"{row.id:>5}  {row.status:<10} {row.purpose:<15} {row.template:<18} {row.name}"
+            )
 
 
 def print_report(report: CampaignReport) -> None:
@@ -196,8 +238,7 @@ def status(app: AppContext, campaign_id: int, as_json: bool, watch: bool) -> Non
 
 
 def _watch(app: AppContext, campaign_id: int, report: CampaignReport) -> CampaignReport:
-    with click.progressbar(length=max(report.total, 1), label="sending",
-                           show_pos=True) as bar:
+    with click.progressbar(length=max(report.total, 1), label="sending", show_pos=True) as bar:
         done = 0
         while report.status in ("scheduled", "sending") or report.pending:
             time.sleep(0.5)

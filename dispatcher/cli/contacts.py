@@ -18,8 +18,12 @@ def contacts() -> None:
 
 @contacts.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--source", default=None, help="where these addresses came from "
-              "(default: the file name; a consent_source column wins per row)")
+@click.option(
+    "--source",
+    default=None,
+    help="where these addresses came from "
+    "(default: the file name; a consent_source column wins per row)",
+)
 @click.option("--actor", default=getpass.getuser, show_default="your user name")
 @pass_app
 def import_(app: AppContext, file: Path, source: str | None, actor: str) -> None:
@@ -32,17 +36,23 @@ def import_(app: AppContext, file: Path, source: str | None, actor: str) -> None
     when any row was invalid. Importing again changes nothing, and never turns an opt-out
     back into an opt-in.
     """
-    with click.progressbar(length=file.stat().st_size, label="importing",
-                           file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=file.stat().st_size, label="importing") as bar:
         try:
-            report = import_contacts(app.sessions, file, source=source or f"import:{file.name}",
-                                     actor=actor, policy_version=app.settings.policy_version,
-                                     progress=bar.update)
+            report = import_contacts(
+                app.sessions,
+                file,
+                source=source or f"import:{file.name}",
+                actor=actor,
+                policy_version=app.settings.policy_version,
+                progress=bar.update,
+            )
         except ImportFileError as exc:
             raise click.ClickException(f"{file}: {exc}; nothing was imported") from None
-    click.echo(f"rows read {report.read:>8}\n  created {report.created:>8}\n"
-               f"  updated {report.updated:>8}\n  unchanged {report.unchanged:>6}\n"
-               f"  invalid {report.invalid:>8}")
+    click.echo(
+        f"rows read {report.read:>8}\n  created {report.created:>8}\n"
+        f"  updated {report.updated:>8}\n  unchanged {report.unchanged:>6}\n"
+        f"  invalid {report.invalid:>8}"
+    )
     kept = sum(n for k, n in report.consent.items() if k.endswith(":kept_opt_out"))
     if kept:
         click.echo(f"  {kept} opt-outs kept (an import cannot opt anyone back in)")

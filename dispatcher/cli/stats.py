@@ -14,10 +14,19 @@ from dispatcher.stats import report
 
 
 @click.command("stats")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
-@click.option("--k", type=int, default=None, help="withhold counts below this "
-              "(default: the stats_min_cell setting, 5)")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--k",
+    type=int,
+    default=None,
+    help="withhold counts below this (default: the stats_min_cell setting, 5)",
+)
 @pass_app
 def stats(app: AppContext, fmt: str, k: int | None) -> None:
     """Counts per campaign, day and outcome, and opt-in / unsubscribe rates.
@@ -36,8 +45,14 @@ def stats(app: AppContext, fmt: str, k: int | None) -> None:
         writer = csv.writer(sys.stdout, lineterminator="\r\n")
         writer.writerow(["campaign", "day", "outcome", "count"])
         for cell in data["deliveries"]:
-            writer.writerow([cell["campaign"], cell["day"], cell["outcome"],
-                             cell["count"] if cell["count"] is not None else f"<{k}"])
+            writer.writerow(
+                [
+                    cell["campaign"],
+                    cell["day"],
+                    cell["outcome"],
+                    cell["count"] if cell["count"] is not None else f"<{k}",
+                ]
+            )
         return
     for key, value in data["summary"].items():
         click.echo(f"{key:<30}{'<' + str(k) if value is None else value}")
@@ -45,8 +60,7 @@ def stats(app: AppContext, fmt: str, k: int | None) -> None:
     click.echo(f"{'campaign':<32}{'day':<12}{'outcome':<28}{'count':>7}")
     for cell in data["deliveries"]:
         count = f"<{k}" if cell["count"] is None else str(cell["count"])
-        click.echo(f"{cell['campaign'][:31]:<32}{cell['day']:<12}{cell['outcome']:<28}"
-                   f"{count:>7}")
+        click.echo(f"{cell['campaign'][:31]:<32}{cell['day']:<12}{cell['outcome']:<28}{count:>7}")
 
 
 COMMANDS = [stats]

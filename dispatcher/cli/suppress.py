@@ -16,8 +16,12 @@ from suppression.address import InvalidAddress
 from suppression.models import Reason
 from suppression.suppressions import SuppressionError, list_suppressions
 
-ACTOR = click.option("--actor", default=getpass.getuser, show_default="your user name",
-                     help="who is asking (recorded)")
+ACTOR = click.option(
+    "--actor",
+    default=getpass.getuser,
+    show_default="your user name",
+    help="who is asking (recorded)",
+)
 REASONS = click.Choice([r.value for r in Reason])
 
 
@@ -29,18 +33,24 @@ def suppress() -> None:
 @suppress.command("add")
 @click.argument("address")
 @click.option("--reason", type=REASONS, required=True)
-@click.option("--scope", default=None, help="global, marketing, affiliates or affiliate:<id> "
-              "(default: marketing for unsubscribe, global otherwise)")
+@click.option(
+    "--scope",
+    default=None,
+    help="global, marketing, affiliates or affiliate:<id> "
+    "(default: marketing for unsubscribe, global otherwise)",
+)
 @click.option("--note", default=None, help="e.g. the letter's date and reference")
 @ACTOR
 @pass_app
-def add(app: AppContext, address: str, reason: str, scope: str | None, note: str | None,
-        actor: str) -> None:
+def add(
+    app: AppContext, address: str, reason: str, scope: str | None, note: str | None, actor: str
+) -> None:
     """Suppress ADDRESS; queued mail it may no longer receive is stopped at once."""
     try:
         with session_scope(app.sessions) as session:
-            added = suppress_address(session, address, reason=reason, scope=scope, note=note,
-                                     actor=actor)
+            added = suppress_address(
+                session, address, reason=reason, scope=scope, note=note, actor=actor
+            )
     except (InvalidAddress, SuppressionError) as exc:
         raise click.ClickException(f"{address!r}: {exc}") from None
     click.echo("suppressed" if added.created else "already suppressed for that reason")
@@ -54,20 +64,32 @@ def list_(app: AppContext, include_lifted: bool, as_json: bool) -> None:
     """Active suppressions (with --all, lifted ones too)."""
     with session_scope(app.sessions) as session:
         rows = [
-            {"address": address, "scope": s.scope, "reason": s.reason, "source": s.source,
-             "note": s.note, "created_at": s.created_at.isoformat(), "created_by": s.created_by,
-             "lifted_at": s.lifted_at.isoformat() if s.lifted_at else None,
-             "lift_reason": s.lift_reason}
+            {
+                "address": address,
+                "scope": s.scope,
+                "reason": s.reason,
+                "source": s.source,
+                "note": s.note,
+                "created_at": s.created_at.isoformat(),
+                "created_by": s.created_by,
+                "lifted_at": s.lifted_at.isoformat() if s.lifted_at else None,
+                "lift_reason": s.lift_reason,
+            }
             for address, s in list_suppressions(session, include_lifted=include_lifted)
         ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        lifted = f"  lifted {row['lifted_at'][:10]}: {row['lift_reason']}" if row["lifted_at"] \
+        lifted = (
+            f"  lifted {str(row['lifted_at'])[:10]}: {row['lift_reason']}"
+            if row["lifted_at"]
             else ""
-        click.echo(f"{row['address']:<40} {row['reason']:<15} {row['scope']:<12} "
-                   f"{row['created_at'][:10]}{lifted}")
+        )
+        click.echo(
+            f"{row['address']:<40} {row['reason']:<15} {row['scope']:<12} "
+            f"{str(row['created_at'])[:10]}{lifted}"
+        )
     click.echo(f"{len(rows)} suppression(s)", err=True)
 
 
@@ -97,8 +119,9 @@ def import_(app: AppContext, file: Path, actor: str) -> None:
         report = import_suppressions(app.sessions, file, actor=actor)
     except ImportFileError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
-    click.echo(f"{report.created} added, {report.existing} already there, "
-               f"{len(report.errors)} invalid")
+    click.echo(
+        f"{report.created} added, {report.existing} already there, {len(report.errors)} invalid"
+    )
     for error in report.errors:
         click.echo(f"line {error.line}: {error.field}: {error.reason}", err=True)
     if report.errors:

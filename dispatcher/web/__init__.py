@@ -30,8 +30,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app for ``settings`` (read from the environment when not given)."""
     settings = settings or load_settings()
     web = settings.templates_dir / "web"
-    app = Flask(__name__, template_folder=str(web), static_folder=str(web / "static"),
-                static_url_path="/static")
+    app = Flask(
+        __name__,
+        template_folder=str(web),
+        static_folder=str(web / "static"),
+        static_url_path="/static",
+    )
     app.config["DISPATCHER_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["MAX_FORM_MEMORY_SIZE"] = MAX_BODY_BYTES
@@ -51,7 +55,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[str, int]:
-        return render_template("error.html", code=exc.code, title=exc.name,
-                               settings=settings), exc.code or 500
+        return render_template(
+            "error.html", code=exc.code, title=exc.name, settings=settings
+        ), exc.code or 500
 
     return app

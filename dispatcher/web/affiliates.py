@@ -55,7 +55,8 @@ def download(token: str) -> Response:
     with session_scope(sessions) as session:
         try:
             payload = TokenSigner(settings.secret_keys).read_timed(
-                LinkPurpose.AFFILIATE_DOWNLOAD, token, int(settings.affiliate_link_seconds))
+                LinkPurpose.AFFILIATE_DOWNLOAD, token, int(settings.affiliate_link_seconds)
+            )
         except BadToken as exc:
             _audit(session, "affiliate_download", exc.outcome.value)
             return _refuse(403, f"This download link is not valid ({exc}). Ask for a new one.")
@@ -64,20 +65,46 @@ def download(token: str) -> Response:
             _audit(session, "affiliate_download", "bad_credential", release_id=payload.get("r"))
             return _refuse(401, "Sign in with your affiliate name and credential.")
         release = session.get(AffiliateRelease, payload.get("r"))
-        if (release is None or release.kind != "export" or release.affiliate_id != affiliate.id
-                or payload.get("a") != affiliate.id or release.path is None):
-            _audit(session, "affiliate_download", "other_affiliate",
-                   affiliate_id=affiliate.id, release_id=payload.get("r"))
+        if (
+            release is None
+            or release.kind != "export"
+            or release.affiliate_id != affiliate.id
+            or payload.get("a") != affiliate.id
+            or release.path is None
+        ):
+            _audit(
+                session,
+                "affiliate_download",
+                "other_affiliate",
+                affiliate_id=affiliate.id,
+                release_id=payload.get("r"),
+            )
             return _refuse(403, "This download is not yours.")
         path = Path(release.path)
         if not path.is_file():
-            _audit(session, "affiliate_download", "file_gone", affiliate_id=affiliate.id,
-                   release_id=release.id)
+            _audit(
+                session,
+                "affiliate_download",
+                "file_gone",
+                affiliate_id=affiliate.id,
+                release_id=release.id,
+            )
             return _refuse(410, "This export is no longer kept. Ask for a new one.")
-        _audit(session, "affiliate_download", "served", affiliate_id=affiliate.id,
-               release_id=release.id, rows=release.row_count, sha256=release.sha256)
-    response = send_file(path, mimetype="text/csv", as_attachment=True,
-                         download_name=f"{affiliate.name}-{release.id}.csv")
+        _audit(
+            session,
+            "affiliate_download",
+            "served",
+            affiliate_id=affiliate.id,
+            release_id=release.id,
+            rows=release.row_count,
+            sha256=release.sha256,
+        )
+    response = send_file(
+        path,
+        mimetype="text/csv",
+        as_attachment=True,
+        download_name=f"{affiliate.name}-{release.id}.csv",
+    )
     response.headers["X-Content-SHA256"] = release.sha256
     return response
 

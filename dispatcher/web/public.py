@@ -54,17 +54,25 @@ def _form_token(link_token: str) -> str:
 
 def _form_ok(link_token: str) -> bool:
     try:
-        payload = _signer().read_timed(LinkPurpose.FORM, request.form.get("csrf", ""),
-                                       FORM_MAX_AGE)
+        payload = _signer().read_timed(LinkPurpose.FORM, request.form.get("csrf", ""), FORM_MAX_AGE)
     except BadToken:
         return False
     return payload.get("l") == hashlib.sha256(link_token.encode()).hexdigest()[:32]
 
 
-def _record_hit(session: Session, route: str, outcome: str, action: str,
-                address_id: int | None = None) -> None:
-    record_event(session, "web_hit", address_id=address_id, hit=_hit(), outcome=outcome,
-                 route=route, action=action, method=request.method)
+def _record_hit(
+    session: Session, route: str, outcome: str, action: str, address_id: int | None = None
+) -> None:
+    record_event(
+        session,
+        "web_hit",
+        address_id=address_id,
+        hit=_hit(),
+        outcome=outcome,
+        route=route,
+        action=action,
+        method=request.method,
+    )
 
 
 def _invalid(route: str, exc: BadToken) -> tuple[str, int]:
@@ -81,8 +89,9 @@ def _campaign_name(session: Session, subject: LinkSubject) -> str | None:
     return campaign.name if campaign is not None else None
 
 
-def _page(session: Session, template: str, address: Address, subject: LinkSubject,
-          **extra: Any) -> str:
+def _page(
+    session: Session, template: str, address: Address, subject: LinkSubject, **extra: Any
+) -> str:
     signer = _signer()
     pref_token = signer.sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
     return render_template(
@@ -107,9 +116,14 @@ def unsubscribe_page(token: str) -> Any:
         with session_scope(sessions) as session:
             subject, address = resolve_link(session, _signer(), LinkPurpose.UNSUBSCRIBE, token)
             _record_hit(session, "unsubscribe", TokenOutcome.VALID.value, "shown", address.id)
-            return _page(session, "unsubscribe.html", address, subject,
-                         form_token=_form_token(token),
-                         already=_unsubscribed(session, address.id))
+            return _page(
+                session,
+                "unsubscribe.html",
+                address,
+                subject,
+                form_token=_form_token(token),
+                already=_unsubscribed(session, address.id),
+            )
     except BadToken as exc:
         return _invalid("unsubscribe", exc)
 
@@ -124,38 +138,68 @@ def unsubscribe(token: str) -> Any:
         with session_scope(sessions) as session:
             subject, address = resolve_link(session, _signer(), LinkPurpose.UNSUBSCRIBE, token)
             if not one_click and not _form_ok(token):
-                _record_hit(session, "unsubscribe", TokenOutcome.VALID.value,
-                            "refused_form_token", address.id)
-                return render_template("expired_form.html", settings=_settings(),
-                                       again=f"/u/{token}"), 400
+                _record_hit(
+                    session,
+                    "unsubscribe",
+                    TokenOutcome.VALID.value,
+                    "refused_form_token",
+                    address.id,
+                )
+                return render_template(
+                    "expired_form.html", settings=_settings(), again=f"/u/{token}"
+                ), 400
             result = unsubscribe_address(
-                session, address, stop_queued=stop_queued, hit=_hit(),
+                session,
+                address,
+                stop_queued=stop_queued,
+                hit=_hit(),
                 source="one_click" if one_click else "unsubscribe_page",
                 campaign_id=subject.campaign_id,
             )
-            _record_hit(session, "unsubscribe", TokenOutcome.VALID.value,
-                        "unsubscribed" if result.newly_suppressed else "already_unsubscribed",
-                        address.id)
+            _record_hit(
+                session,
+                "unsubscribe",
+                TokenOutcome.VALID.value,
+                "unsubscribed" if result.newly_suppressed else "already_unsubscribed",
+                address.id,
+            )
             if one_click:
                 return Response("Unsubscribed.\n", status=200, mimetype="text/plain")
             pref = _signer().sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
-            return _page(session, "unsubscribed.html", address, subject,
-                         form_token=_form_token(pref))
+            return _page(
+                session, "unsubscribed.html", address, subject, form_token=_form_token(pref)
+            )
     except BadToken as exc:
         return _invalid("unsubscribe", exc)
 
 
-def _preferences_view(session: Session, token: str, address: Address, subject: LinkSubject,
-                      message: str | None = None, status: int = 200) -> tuple[str, int]:
+def _preferences_view(
+    session: Session,
+    token: str,
+    address: Address,
+    subject: LinkSubject,
+    message: str | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
     states = {scope: current_consent(session, address.id, scope) for scope in Scope}
-    opted = {scope.value: (s is not None and s.status == ConsentStatus.OPTED_IN)
-             for scope, s in states.items()}
+    opted = {
+        scope.value: (s is not None and s.status == ConsentStatus.OPTED_IN)
+        for scope, s in states.items()
+    }
     if _unsubscribed(session, address.id):
         opted["marketing"] = False
     blocked = staff_only_suppressions(session, address.id)
-    return _page(session, "preferences.html", address, subject, opted=opted,
-                 blocked=[b.replace("_", " ") for b in blocked], message=message,
-                 form_token=_form_token(token), action=f"/preferences/{token}"), status
+    return _page(
+        session,
+        "preferences.html",
+        address,
+        subject,
+        opted=opted,
+        blocked=[b.replace("_", " ") for b in blocked],
+        message=message,
+        form_token=_form_token(token),
+        action=f"/preferences/{token}",
+    ), status
 
 
 @bp.get("/preferences/<token>")
@@ -180,37 +224,67 @@ def preferences(token: str) -> Any:
         with session_scope(sessions) as session:
             subject, address = resolve_link(session, _signer(), LinkPurpose.PREFERENCES, token)
             if not _form_ok(token):
-                _record_hit(session, "preferences", TokenOutcome.VALID.value,
-                            "refused_form_token", address.id)
-                return render_template("expired_form.html", settings=_settings(),
-                                       again=f"/preferences/{token}"), 400
+                _record_hit(
+                    session,
+                    "preferences",
+                    TokenOutcome.VALID.value,
+                    "refused_form_token",
+                    address.id,
+                )
+                return render_template(
+                    "expired_form.html", settings=_settings(), again=f"/preferences/{token}"
+                ), 400
             state = current_consent(session, address.id, Scope.MARKETING)
-            marketing_now = (state is not None and state.status == ConsentStatus.OPTED_IN
-                             and not _unsubscribed(session, address.id))
+            marketing_now = (
+                state is not None
+                and state.status == ConsentStatus.OPTED_IN
+                and not _unsubscribed(session, address.id)
+            )
             message = "Your preferences are saved."
             if want_marketing and not marketing_now:
                 try:
                     with session.begin_nested():
                         resubscribe(session, address.id, hit=_hit(), source="preferences")
                 except CannotResubscribe as exc:
-                    _record_hit(session, "preferences", TokenOutcome.VALID.value,
-                                "resubscribe_refused", address.id)
+                    _record_hit(
+                        session,
+                        "preferences",
+                        TokenOutcome.VALID.value,
+                        "resubscribe_refused",
+                        address.id,
+                    )
                     return _preferences_view(session, token, address, subject, str(exc), 409)
             elif not want_marketing and marketing_now:
-                unsubscribe_address(session, address, stop_queued=stop_queued, hit=_hit(),
-                                    source="preferences", campaign_id=subject.campaign_id)
+                unsubscribe_address(
+                    session,
+                    address,
+                    stop_queued=stop_queued,
+                    hit=_hit(),
+                    source="preferences",
+                    campaign_id=subject.campaign_id,
+                )
             if request.form.get("only") == "marketing":  # the re-subscribe button
-                _record_hit(session, "preferences", TokenOutcome.VALID.value, "resubscribed",
-                            address.id)
-                return _preferences_view(session, token, address, subject,
-                                         "You are subscribed again.")
+                _record_hit(
+                    session, "preferences", TokenOutcome.VALID.value, "resubscribed", address.id
+                )
+                return _preferences_view(
+                    session, token, address, subject, "You are subscribed again."
+                )
             affiliates = current_consent(session, address.id, Scope.AFFILIATES)
             wanted = ConsentStatus.OPTED_IN if want_affiliates else ConsentStatus.OPTED_OUT
             if (affiliates is None and want_affiliates) or (
-                    affiliates is not None and affiliates.status != wanted):
-                record_consent(session, address.id, Scope.AFFILIATES, wanted,
-                               source="preferences", occurred_at=utcnow(),
-                               recipient_action=True, hit=_hit())
+                affiliates is not None and affiliates.status != wanted
+            ):
+                record_consent(
+                    session,
+                    address.id,
+                    Scope.AFFILIATES,
+                    wanted,
+                    source="preferences",
+                    occurred_at=utcnow(),
+                    recipient_action=True,
+                    hit=_hit(),
+                )
             _record_hit(session, "preferences", TokenOutcome.VALID.value, "saved", address.id)
             return _preferences_view(session, token, address, subject, message)
     except BadToken as exc:

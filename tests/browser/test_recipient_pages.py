@@ -26,9 +26,13 @@ pytestmark = pytest.mark.browser
 
 def send_campaign(settings: Settings, sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as session:
-        campaign = create_campaign(session, settings, name="Winter releases",
-                                   subject="{{ greeting_name }}, new tracks",
-                                   template="new-releases")
+        campaign = create_campaign(
+            session,
+            settings,
+            name="Winter releases",
+            subject="{{ greeting_name }}, new tracks",
+            template="new-releases",
+        )
         schedule_campaign(session, settings, campaign.id)
         campaign_id = campaign.id
     signer = TokenSigner(settings.secret_keys)
@@ -46,9 +50,11 @@ def state(sessions: sessionmaker[Session], address_id: int) -> tuple:
     with session_scope(sessions) as session:
         marketing = current_consent(session, address_id, Scope.MARKETING)
         affiliates = current_consent(session, address_id, Scope.AFFILIATES)
-        return ([s.reason for s in active_suppressions(session, address_id)],
-                marketing.status if marketing else None,
-                affiliates.status if affiliates else None)
+        return (
+            [s.reason for s in active_suppressions(session, address_id)],
+            marketing.status if marketing else None,
+            affiliates.status if affiliates else None,
+        )
 
 
 def test_unsubscribe_resubscribe_and_preferences_by_clicking(
@@ -102,8 +108,7 @@ def test_bounced_address_is_told_plainly_it_cannot_resubscribe(
     url = link_in_body(smtp_sink, "bob@example.com", "preferences")
     with session_scope(session_factory) as session:
         # Bob unsubscribed once; later his mailbox bounced.
-        add_suppression(session, bob, scope="marketing", reason=Reason.UNSUBSCRIBE,
-                        source="link")
+        add_suppression(session, bob, scope="marketing", reason=Reason.UNSUBSCRIBE, source="link")
         add_suppression(session, bob, scope="global", reason=Reason.HARD_BOUNCE, source="smtp")
     with serve(local, port):
         page = browser.new_page()

@@ -32,9 +32,13 @@ def populate(settings: Settings, count: int) -> set[str]:
 
 def start_campaign(settings: Settings, name: str = "fault test") -> int:
     with session_scope(sessions_for(settings)) as session:
-        campaign = create_campaign(session, settings, name=name,
-                                   subject="{{ greeting_name }}, new tracks",
-                                   template="new-releases")
+        campaign = create_campaign(
+            session,
+            settings,
+            name=name,
+            subject="{{ greeting_name }}, new tracks",
+            template="new-releases",
+        )
         schedule_campaign(session, settings, campaign.id)
         return campaign.id
 
@@ -45,8 +49,12 @@ def status(settings: Settings, campaign_id: int) -> str:
 
 
 def wait_done(settings: Settings, campaign_id: int, timeout: float) -> None:
-    wait_until(lambda: status(settings, campaign_id) == "done", timeout,
-               interval=0.25, what=f"campaign {campaign_id} done")
+    wait_until(
+        lambda: status(settings, campaign_id) == "done",
+        timeout,
+        interval=0.25,
+        what=f"campaign {campaign_id} done",
+    )
 
 
 def delivery_statuses(settings: Settings, campaign_id: int) -> dict[str, str]:
@@ -61,13 +69,19 @@ def delivery_statuses(settings: Settings, campaign_id: int) -> dict[str, str]:
 
 def count_status(settings: Settings, campaign_id: int, state: str) -> int:
     with session_scope(sessions_for(settings)) as session:
-        return int(session.scalar(
-            select(func.count()).select_from(Delivery)
-            .where(Delivery.campaign_id == campaign_id, Delivery.status == state)) or 0)
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(Delivery.campaign_id == campaign_id, Delivery.status == state)
+            )
+            or 0
+        )
 
 
-def assert_invariants(settings: Settings, campaign_id: int, sink: SmtpSink,
-                      eligible: set[str]) -> Counter[str]:
+def assert_invariants(
+    settings: Settings, campaign_id: int, sink: SmtpSink, eligible: set[str]
+) -> Counter[str]:
     """Every row terminal; nobody twice; nobody ineligible; every arrival accounted for."""
     statuses = delivery_statuses(settings, campaign_id)
     assert set(statuses.values()) <= TERMINAL, Counter(statuses.values())

@@ -41,22 +41,39 @@ def populate(backend: Backend) -> None:
         make_contact(session, "out@example.com", marketing=ConsentStatus.OPTED_OUT)
         make_contact(session, "never@example.com", marketing=None)
         for reason in Reason:
-            make_contact(session, f"{reason.value}@example.com", suppressed=reason,
-                         suppression_scope="global" if reason != Reason.UNSUBSCRIBE
-                         else "marketing")
-        lifted = make_contact(session, "lifted@example.com", first_name="Lifted",
-                              suppressed=Reason.HARD_BOUNCE, suppression_scope="global")
+            make_contact(
+                session,
+                f"{reason.value}@example.com",
+                suppressed=reason,
+                suppression_scope="global" if reason != Reason.UNSUBSCRIBE else "marketing",
+            )
+        lifted = make_contact(
+            session,
+            "lifted@example.com",
+            first_name="Lifted",
+            suppressed=Reason.HARD_BOUNCE,
+            suppression_scope="global",
+        )
         lift_suppressions(session, lifted.address_id, why="mailbox fixed", actor="staff")
-        make_contact(session, "not-for-affiliates@example.com", first_name="Nora",
-                     suppressed=Reason.MANUAL, suppression_scope="affiliates")
+        make_contact(
+            session,
+            "not-for-affiliates@example.com",
+            first_name="Nora",
+            suppressed=Reason.MANUAL,
+            suppression_scope="affiliates",
+        )
 
 
 def run_campaign(backend: Backend, name: str) -> int:
     sessions = make_sessionmaker(make_engine(backend.settings.database_url))
     with session_scope(sessions) as session:
-        campaign = create_campaign(session, backend.settings, name=name,
-                                   subject="{{ greeting_name }}, new tracks",
-                                   template="new-releases")
+        campaign = create_campaign(
+            session,
+            backend.settings,
+            name=name,
+            subject="{{ greeting_name }}, new tracks",
+            template="new-releases",
+        )
         schedule_campaign(session, backend.settings, campaign.id)
         campaign_id = campaign.id
 
@@ -106,12 +123,18 @@ def test_campaign_reaches_exactly_the_eligible_and_unsubscribe_closes_the_loop(
 
         # Unsubscribe Ann through her own link's token.
         ann = received["ann@example.com"][0]
-        url = [u for u in re.findall(r"<([^>]+)>", ann["List-Unsubscribe"])
-               if u.startswith("http")][0]
+        url = [
+            u for u in re.findall(r"<([^>]+)>", ann["List-Unsubscribe"]) if u.startswith("http")
+        ][0]
         sessions = make_sessionmaker(make_engine(backend.settings.database_url))
         with session_scope(sessions) as session:
-            apply_unsubscribe(session, signer, url.rsplit("/", 1)[1], stop_queued=stop_queued,
-                              hit=Hit(ip="127.0.0.1", user_agent="test"))
+            apply_unsubscribe(
+                session,
+                signer,
+                url.rsplit("/", 1)[1],
+                stop_queued=stop_queued,
+                hit=Hit(ip="127.0.0.1", user_agent="test"),
+            )
         smtp_sink.clear()
 
         second = run_campaign(backend, "second")

@@ -59,24 +59,31 @@ def embedded(tmp_path: Path) -> Iterator[Backend]:
 
 
 def worker(backend: Backend, sink: SmtpSink, log: Path, **env: str) -> WorkerProcess:
-    settings = {"mail_url": sink.url, "batch_size": "50", "claim_lease_seconds": "4",
-                "stall_seconds": "5", **env}
+    settings = {
+        "mail_url": sink.url,
+        "batch_size": "50",
+        "claim_lease_seconds": "4",
+        "stall_seconds": "5",
+        **env,
+    }
     return WorkerProcess(backend.env(**settings), log, pool="threads", concurrency=2)
 
 
-def test_two_workers_never_claim_the_same_row(rabbit: Backend, smtp_sink: SmtpSink,
-                                              tmp_path: Path) -> None:
+def test_two_workers_never_claim_the_same_row(
+    rabbit: Backend, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
     eligible = populate(rabbit.settings, 1000)
-    with worker(rabbit, smtp_sink, tmp_path / "a.log", batch_size="20"), \
-            worker(rabbit, smtp_sink, tmp_path / "b.log", batch_size="20"):
+    with (
+        worker(rabbit, smtp_sink, tmp_path / "a.log", batch_size="20"),
+        worker(rabbit, smtp_sink, tmp_path / "b.log", batch_size="20"),
+    ):
         campaign_id = start_campaign(rabbit.settings)
         wait_done(rabbit.settings, campaign_id, 120)
     counts = assert_invariants(rabbit.settings, campaign_id, smtp_sink, eligible)
     assert counts["sent"] == len(eligible) and counts["unknown"] == 0
 
 
-def test_worker_killed_mid_campaign(rabbit: Backend, smtp_sink: SmtpSink,
-                                    tmp_path: Path) -> None:
+def test_worker_killed_mid_campaign(rabbit: Backend, smtp_sink: SmtpSink, tmp_path: Path) -> None:
     eligible = populate(rabbit.settings, 3000)
     first = worker(rabbit, smtp_sink, tmp_path / "a.log").start()
     campaign_id = start_campaign(rabbit.settings)
@@ -104,8 +111,9 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
-def test_broker_restarted_mid_campaign(rabbit: Backend, smtp_sink: SmtpSink,
-                                       tmp_path: Path) -> None:
+def test_broker_restarted_mid_campaign(
+    rabbit: Backend, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
     require("rabbitmq")
     eligible = populate(rabbit.settings, 2000)
     with worker(rabbit, smtp_sink, tmp_path / "a.log"):
@@ -168,7 +176,8 @@ def test_smtp_faults(embedded: Backend, smtp_sink: SmtpSink, tmp_path: Path) -> 
         reasons = session.execute(
             select(Suppression.reason, Suppression.scope)
             .join(Address, Address.id == Suppression.address_id)
-            .where(Address.address == bounce)).all()
+            .where(Address.address == bounce)
+        ).all()
         assert ("hard_bounce", "global") in reasons
         failed = session.scalar(select(Delivery.error).where(Delivery.status == "failed"))
         assert failed is not None and "550" in failed
@@ -178,16 +187,18 @@ def test_pause_resume_and_cancel_take_effect_within_a_batch(
     embedded: Backend, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
     eligible = populate(embedded.settings, 600)
-    with worker(embedded, smtp_sink, tmp_path / "w.log", batch_size="20",
-                rate_per_second="100"):
+    with worker(embedded, smtp_sink, tmp_path / "w.log", batch_size="20", rate_per_second="100"):
         campaign_id = start_campaign(embedded.settings)
         smtp_sink.wait_for_count(40, timeout=60)
         with session_scope(sessions_for(embedded.settings)) as session:
             pause_campaign(session, campaign_id, actor="staff")
         at_pause = len(smtp_sink.received())
         # Two threads may each finish the batch they hold: at most 2 x 20 more.
-        wait_for(lambda: count_status(embedded.settings, campaign_id, "sending") == 0, 30,
-                 "batches in flight finished")
+        wait_for(
+            lambda: count_status(embedded.settings, campaign_id, "sending") == 0,
+            30,
+            "batches in flight finished",
+        )
         after = len(smtp_sink.received())
         assert after - at_pause <= 40
         assert status(embedded.settings, campaign_id) == "paused"
@@ -197,17 +208,23 @@ def test_pause_resume_and_cancel_take_effect_within_a_batch(
         with session_scope(sessions_for(embedded.settings)) as session:
             dropped = cancel_campaign(session, campaign_id, actor="staff")
         at_cancel = len(smtp_sink.received())
-        wait_for(lambda: count_status(embedded.settings, campaign_id, "sending") == 0, 30,
-                 "batches in flight finished")
+        wait_for(
+            lambda: count_status(embedded.settings, campaign_id, "sending") == 0,
+            30,
+            "batches in flight finished",
+        )
         assert len(smtp_sink.received()) - at_cancel <= 40
     counts = assert_invariants(embedded.settings, campaign_id, smtp_sink, eligible)
     assert dropped > 0 and counts["cancelled"] >= dropped
-    print(f"\npaused at {at_pause} (+{after - at_pause} in flight), cancelled at {at_cancel}: "
-          f"{dict(counts)}")
+    print(
+        f"\npaused at {at_pause} (+{after - at_pause} in flight), cancelled at {at_cancel}: "
+        f"{dict(counts)}"
+    )
 
 
-def test_unsubscribes_racing_a_campaign(rabbit: Backend, smtp_sink: SmtpSink,
-                                        tmp_path: Path) -> None:
+def test_unsubscribes_racing_a_campaign(
+    rabbit: Backend, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
     """Nothing reaches an address later than the batch already claimed when its unsubscribe
     committed. Prints the measured bound."""
     eligible = sorted(populate(rabbit.settings, 2000))
@@ -222,8 +239,13 @@ def test_unsubscribes_racing_a_campaign(rabbit: Backend, smtp_sink: SmtpSink,
         for address in targets:
             token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, ids[address], None)
             with session_scope(sessions) as session:
-                apply_unsubscribe(session, signer, token, stop_queued=stop_queued,
-                                  hit=Hit(ip="127.0.0.1", user_agent="race-test"))
+                apply_unsubscribe(
+                    session,
+                    signer,
+                    token,
+                    stop_queued=stop_queued,
+                    hit=Hit(ip="127.0.0.1", user_agent="race-test"),
+                )
             committed[address] = time.time()
             time.sleep(0.02)  # pacing the load generator, not waiting for an outcome
 
@@ -237,10 +259,12 @@ def test_unsubscribes_racing_a_campaign(rabbit: Backend, smtp_sink: SmtpSink,
 
     with session_scope(sessions) as session:
         claimed_at = {
-            a: c.timestamp() for a, c in session.execute(
+            a: c.timestamp()
+            for a, c in session.execute(
                 select(Address.address, Delivery.claimed_at)
                 .join(Address, Address.id == Delivery.address_id)
-                .where(Delivery.campaign_id == campaign_id, Delivery.claimed_at.is_not(None)))
+                .where(Delivery.campaign_id == campaign_id, Delivery.claimed_at.is_not(None))
+            )
         }
     late = []
     for message in smtp_sink.received():
@@ -251,6 +275,8 @@ def test_unsubscribes_racing_a_campaign(rabbit: Backend, smtp_sink: SmtpSink,
                 assert claimed_at[address] <= committed[address], address
     assert_invariants(rabbit.settings, campaign_id, smtp_sink, set(eligible))
     worst = max((d for _, d in late), default=0.0)
-    print(f"\n{len(committed)} unsubscribes during sending; {len(late)} messages arrived after "
-          f"their unsubscribe committed, all claimed before it (batch in flight); "
-          f"latest {worst * 1000:.0f} ms after the commit")
+    print(
+        f"\n{len(committed)} unsubscribes during sending; {len(late)} messages arrived after "
+        f"their unsubscribe committed, all claimed before it (batch in flight); "
+        f"latest {worst * 1000:.0f} ms after the commit"
+    )

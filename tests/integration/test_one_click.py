@@ -17,9 +17,14 @@ from workers.process import WorkerProcess
 def one_click(url: str) -> int:
     """POST exactly as a mail provider does: form-encoded body, no cookie, no redirect."""
     request = urllib.request.Request(
-        url, data=b"List-Unsubscribe=One-Click", method="POST",
-        headers={"Content-Type": "application/x-www-form-urlencoded",
-                 "User-Agent": "MailProvider-OneClick/1.0"})
+        url,
+        data=b"List-Unsubscribe=One-Click",
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "User-Agent": "MailProvider-OneClick/1.0",
+        },
+    )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
         return int(response.status)
 
@@ -43,8 +48,9 @@ def test_one_click_from_a_received_message_stops_running_and_next_campaigns(
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     settings = backend.settings.replace(base_url=base_url)
-    env = backend.env(mail_url=smtp_sink.url, base_url=base_url, batch_size="10",
-                      rate_per_second="60")
+    env = backend.env(
+        mail_url=smtp_sink.url, base_url=base_url, batch_size="10", rate_per_second="60"
+    )
     with serve(settings, port), WorkerProcess(env, tmp_path / "w.log", concurrency=1):
         first = start_campaign(settings, "first")
         wait_done(settings, first, 120)
@@ -56,8 +62,10 @@ def test_one_click_from_a_received_message_stops_running_and_next_campaigns(
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
         running = start_campaign(settings, "running")
-        smtp_sink.wait_until(lambda got: sum(f"<c{running}." in r.message["Message-ID"]
-                                             for r in got) >= 20, timeout=60)
+        smtp_sink.wait_until(
+            lambda got: sum(f"<c{running}." in r.message["Message-ID"] for r in got) >= 20,
+            timeout=60,
+        )
         assert one_click(url) == 200
         wait_done(settings, running, 120)
         after = start_campaign(settings, "after")

@@ -34,8 +34,11 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend
 
 def post(url: str) -> int:
     request = urllib.request.Request(
-        url, data=b"List-Unsubscribe=One-Click", method="POST",
-        headers={"Content-Type": "application/x-www-form-urlencoded"})
+        url,
+        data=b"List-Unsubscribe=One-Click",
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
             return int(response.status)
@@ -53,8 +56,10 @@ def test_two_thousand_one_click_posts(database: Backend) -> None:
     forger = TokenSigner(["not-our-key-0123456789abcdef"])
     rnd = random.Random(8058)
     valid = [signer.sign_link(LinkPurpose.UNSUBSCRIBE, i, 1) for i in ids.values()]
-    forged = [forger.sign_link(LinkPurpose.UNSUBSCRIBE, rnd.choice(list(ids.values())), 1)
-              for _ in range(FORGED // 2)]
+    forged = [
+        forger.sign_link(LinkPurpose.UNSUBSCRIBE, rnd.choice(list(ids.values())), 1)
+        for _ in range(FORGED // 2)
+    ]
     forged += [t[:-6] + "abcdef" for t in rnd.sample(valid, FORGED - len(forged))]
     tokens = valid + rnd.sample(valid, REPEATS) + forged
     rnd.shuffle(tokens)
@@ -68,8 +73,12 @@ def test_two_thousand_one_click_posts(database: Backend) -> None:
     assert by_code == {200: CONTACTS + REPEATS, 400: FORGED}, by_code
     with session_scope(sessions) as session:
         suppressed = session.execute(
-            select(Suppression.address_id, func.count()).where(Suppression.reason == "unsubscribe")
-            .group_by(Suppression.address_id)).all()
+            select(Suppression.address_id, func.count())
+            .where(Suppression.reason == "unsubscribe")
+            .group_by(Suppression.address_id)
+        ).all()
     assert len(suppressed) == CONTACTS and {n for _, n in suppressed} == {1}
-    print(f"\n{database.name}: {len(tokens)} one-click POSTs from {CLIENTS} clients in "
-          f"{elapsed:.1f}s ({len(tokens) / elapsed:.0f}/s), codes {dict(by_code)}")
+    print(
+        f"\n{database.name}: {len(tokens)} one-click POSTs from {CLIENTS} clients in "
+        f"{elapsed:.1f}s ({len(tokens) / elapsed:.0f}/s), codes {dict(by_code)}"
+    )

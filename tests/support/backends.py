@@ -25,8 +25,11 @@ from tests.conftest import TEST_KEYS, settings_for
 PG_ADMIN_URL = os.environ.get(
     "DISPATCHER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-SERVICES = {"postgresql": ("127.0.0.1", 5432), "rabbitmq": ("127.0.0.1", 5672),
-            "redis": ("127.0.0.1", 6379)}
+SERVICES = {
+    "postgresql": ("127.0.0.1", 5432),
+    "rabbitmq": ("127.0.0.1", 5672),
+    "redis": ("127.0.0.1", 6379),
+}
 
 BACKENDS = ("sqlite", "postgres-rabbitmq", "postgres-redis")
 
@@ -78,12 +81,14 @@ class Backend:
     def env(self, **more: str) -> dict[str, str]:
         """The environment a worker process needs to use this backend."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-        env.update({
-            "DISPATCHER_HOME": str(self.home),
-            "DISPATCHER_SECRET_KEYS": TEST_KEYS,
-            "DISPATCHER_BASE_URL": self.settings.base_url,
-            "DISPATCHER_BEAT_INTERVAL_SECONDS": "0.5",
-        })
+        env.update(
+            {
+                "DISPATCHER_HOME": str(self.home),
+                "DISPATCHER_SECRET_KEYS": TEST_KEYS,
+                "DISPATCHER_BASE_URL": self.settings.base_url,
+                "DISPATCHER_BEAT_INTERVAL_SECONDS": "0.5",
+            }
+        )
         env.update({f"DISPATCHER_{k.upper()}": v for k, v in self.overrides.items()})
         env.update({f"DISPATCHER_{k.upper()}": v for k, v in more.items()})
         return env
@@ -101,14 +106,21 @@ def make_backend(name: str, home: Path) -> Iterator[Backend]:
         return
     broker = name.split("-", 1)[1]
     require("postgresql", "rabbitmq" if broker == "rabbitmq" else "redis")
-    broker_url = "amqp://guest:guest@127.0.0.1:5672//" if broker == "rabbitmq" \
+    broker_url = (
+        "amqp://guest:guest@127.0.0.1:5672//"
+        if broker == "rabbitmq"
         else "redis://127.0.0.1:6379/0"
+    )
     with postgres_database() as database_url:
-        backend = Backend(name, home, {
-            "database_url": database_url,
-            "broker_url": broker_url,
-            "celery_task_default_queue": queue,
-        })
+        backend = Backend(
+            name,
+            home,
+            {
+                "database_url": database_url,
+                "broker_url": broker_url,
+                "celery_task_default_queue": queue,
+            },
+        )
         upgrade(backend.settings)
         try:
             yield backend

@@ -45,8 +45,14 @@ class SinkHandler:
         self.drop_after_data_left = 0
         self.connections = 0
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         with self.lock:
             reply = self.reject.get(address.lower())
             if reply is None and self.tempfail_left > 0:
@@ -63,18 +69,24 @@ class SinkHandler:
             if drop:
                 self.drop_after_data_left -= 1
             else:
-                self.received.append(Received(
-                    str(envelope.mail_from), [r.lower() for r in envelope.rcpt_tos],
-                    bytes(envelope.original_content or envelope.content or b""),
-                ))
+                self.received.append(
+                    Received(
+                        str(envelope.mail_from),
+                        [r.lower() for r in envelope.rcpt_tos],
+                        bytes(envelope.original_content or envelope.content or b""),
+                    )
+                )
         if drop:
             # The body arrived but the client never hears back: it cannot know the outcome.
             # Store it as delivered, as a real server that crashed after queueing would.
             with self.lock:
-                self.received.append(Received(
-                    str(envelope.mail_from), [r.lower() for r in envelope.rcpt_tos],
-                    bytes(envelope.original_content or envelope.content or b""),
-                ))
+                self.received.append(
+                    Received(
+                        str(envelope.mail_from),
+                        [r.lower() for r in envelope.rcpt_tos],
+                        bytes(envelope.original_content or envelope.content or b""),
+                    )
+                )
             assert server.transport is not None
             server.transport.abort()
             return "250 never sent"
@@ -96,7 +108,8 @@ class SmtpSink:
         self.port = _free_port()
         self.controller = Controller(self.handler, hostname=self.host, port=self.port)
         self.controller.factory = lambda: _CountingSMTP(  # type: ignore[method-assign]
-            self.handler, data_size_limit=10 * 1024 * 1024, hostname="sink.test")
+            self.handler, data_size_limit=10 * 1024 * 1024, hostname="sink.test"
+        )
 
     @property
     def url(self) -> str:
@@ -142,11 +155,15 @@ class SmtpSink:
             return self.handler.connections
 
     def wait_for_count(self, count: int, timeout: float = 30.0) -> None:
-        wait_until(lambda: len(self.received()) >= count, timeout,
-                   what=f"{count} messages at the SMTP sink")
+        wait_until(
+            lambda: len(self.received()) >= count,
+            timeout,
+            what=f"{count} messages at the SMTP sink",
+        )
 
-    def wait_until(self, predicate: Callable[[list[Received]], bool],
-                   timeout: float = 30.0) -> None:
+    def wait_until(
+        self, predicate: Callable[[list[Received]], bool], timeout: float = 30.0
+    ) -> None:
         wait_until(lambda: predicate(self.received()), timeout, what="SMTP sink condition")
 
 

@@ -19,8 +19,10 @@ from workers.cli import main
 
 
 def cli(settings: Settings, *args: str) -> tuple[int, str]:
-    env = {"DISPATCHER_HOME": str(settings.home), "DISPATCHER_SECRET_KEYS": ",".join(
-        settings.secret_keys)}
+    env = {
+        "DISPATCHER_HOME": str(settings.home),
+        "DISPATCHER_SECRET_KEYS": ",".join(settings.secret_keys),
+    }
     result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
     return result.exit_code, result.output
 
@@ -33,8 +35,17 @@ def campaigns(session_factory: sessionmaker[Session]) -> int:
 def test_create_schedule_list_status_through_the_cli(
     settings: Settings, session_factory: sessionmaker[Session]
 ) -> None:
-    code, out = cli(settings, "campaign", "create", "--name", "Spring", "--subject",
-                    "{{ greeting_name }}, new tracks", "--template", "new-releases")
+    code, out = cli(
+        settings,
+        "campaign",
+        "create",
+        "--name",
+        "Spring",
+        "--subject",
+        "{{ greeting_name }}, new tracks",
+        "--template",
+        "new-releases",
+    )
     assert code == 0 and "campaign 1 created" in out
     assert cli(settings, "campaign", "schedule", "1")[0] == 0
     code, out = cli(settings, "campaign", "list")
@@ -61,8 +72,9 @@ def test_bad_campaigns_are_refused_and_nothing_is_created(
     base = {"--name": "x", "--subject": "hello", "--template": "new-releases"}
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
-    code, out = cli(settings, "campaign", "create",
-                    *[item for pair in base.items() for item in pair])
+    code, out = cli(
+        settings, "campaign", "create", *[item for pair in base.items() for item in pair]
+    )
     assert code != 0
     assert message in out
     assert campaigns(session_factory) == 0
@@ -106,19 +118,26 @@ def test_template_edited_after_creation_is_checked_again_at_scheduling(
 
 def test_only_a_draft_can_be_scheduled(settings: Settings, session: Session) -> None:
     make_contact(session, "a@example.com")
-    campaign = create_campaign(session, settings, name="x", subject="s",
-                               template="new-releases")
+    campaign = create_campaign(session, settings, name="x", subject="s", template="new-releases")
     schedule_campaign(session, settings, campaign.id)
     with pytest.raises(CampaignError, match="only a draft can be scheduled"):
         schedule_campaign(session, settings, campaign.id)
 
 
-def test_preview_renders_one_message_and_sends_nothing(settings: Settings,
-                                                      session_factory) -> None:
+def test_preview_renders_one_message_and_sends_nothing(settings: Settings, session_factory) -> None:
     with session_scope(session_factory) as session:
         make_contact(session, "ann@example.com", first_name="Ann")
-    cli(settings, "campaign", "create", "--name", "P", "--subject", "{{ greeting_name }}, hi",
-        "--template", "new-releases")
+    cli(
+        settings,
+        "campaign",
+        "create",
+        "--name",
+        "P",
+        "--subject",
+        "{{ greeting_name }}, hi",
+        "--template",
+        "new-releases",
+    )
     code, out = cli(settings, "campaign", "preview", "1", "--to", "ANN@example.com")
     assert code == 0
     assert "Subject: Ann, hi" in out and "List-Unsubscribe-Post" in out

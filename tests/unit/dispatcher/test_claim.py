@@ -14,8 +14,13 @@ from tests.factories import make_contact
 
 
 def sending_campaign(session: Session, purpose: str = "marketing") -> Campaign:
-    campaign = Campaign(name="c", subject="s", template="new-releases", purpose=purpose,
-                        status=CampaignStatus.SENDING.value)
+    campaign = Campaign(
+        name="c",
+        subject="s",
+        template="new-releases",
+        purpose=purpose,
+        status=CampaignStatus.SENDING.value,
+    )
     session.add(campaign)
     session.flush()
     create_deliveries(session, campaign)
@@ -39,8 +44,9 @@ def test_claim_takes_eligible_rows_and_marks_the_rest_with_their_reason(
     make_contact(session, "in@example.com")
     make_contact(session, "out@example.com", marketing=ConsentStatus.OPTED_OUT)
     make_contact(session, "never@example.com", marketing=None)
-    make_contact(session, "bounced@example.com", suppressed=Reason.HARD_BOUNCE,
-                 suppression_scope="global")
+    make_contact(
+        session, "bounced@example.com", suppressed=Reason.HARD_BOUNCE, suppression_scope="global"
+    )
     campaign = sending_campaign(session)
 
     claimed, skipped = claim_batch(session, campaign, 0, 10**9, "tok")
@@ -66,8 +72,9 @@ def test_a_second_claim_of_the_same_batch_takes_nothing(session: Session) -> Non
 def test_suppression_after_fan_out_is_seen_by_the_claim(session: Session) -> None:
     contact = make_contact(session, "late@example.com")
     campaign = sending_campaign(session)
-    add_suppression(session, contact.address_id, scope="marketing", reason=Reason.UNSUBSCRIBE,
-                    source="test")
+    add_suppression(
+        session, contact.address_id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="test"
+    )
     claimed, skipped = claim_batch(session, campaign, 0, 10**9, "tok")
     assert claimed == [] and skipped == 1
     assert rows(session, campaign)["late@example.com"] == ("suppressed", "unsubscribe")
@@ -85,8 +92,9 @@ def test_paused_campaign_claims_nothing(session: Session) -> None:
 
 def test_service_notice_ignores_opt_out_but_not_postal_request(session: Session) -> None:
     make_contact(session, "out@example.com", marketing=ConsentStatus.OPTED_OUT)
-    make_contact(session, "post@example.com", suppressed=Reason.POSTAL_REQUEST,
-                 suppression_scope="global")
+    make_contact(
+        session, "post@example.com", suppressed=Reason.POSTAL_REQUEST, suppression_scope="global"
+    )
     campaign = sending_campaign(session, purpose="service_notice")
     claimed, _ = claim_batch(session, campaign, 0, 10**9, "tok")
     assert [r.address for r in claimed] == ["out@example.com"]

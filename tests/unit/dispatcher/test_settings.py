@@ -24,15 +24,17 @@ def test_embedded_defaults_live_under_home_and_make_a_private_key(tmp_path: Path
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
-    settings = load_settings({
-        "DISPATCHER_HOME": str(tmp_path),
-        "DISPATCHER_DATABASE_URL": "postgresql+psycopg://db/x",
-        "DISPATCHER_MAIL_URL": "smtp://u:p@relay:587?starttls=true",
-        "DISPATCHER_BASE_URL": "https://mail.example.com/",
-        "DISPATCHER_SECRET_KEYS": "new-key-0123456789abc, old-key-0123456789abc",
-        "DISPATCHER_BATCH_SIZE": "50",
-        "DISPATCHER_CELERY_WORKER_PREFETCH_MULTIPLIER": "4",
-    })
+    settings = load_settings(
+        {
+            "DISPATCHER_HOME": str(tmp_path),
+            "DISPATCHER_DATABASE_URL": "postgresql+psycopg://db/x",
+            "DISPATCHER_MAIL_URL": "smtp://u:p@relay:587?starttls=true",
+            "DISPATCHER_BASE_URL": "https://mail.example.com/",
+            "DISPATCHER_SECRET_KEYS": "new-key-0123456789abc, old-key-0123456789abc",
+            "DISPATCHER_BATCH_SIZE": "50",
+            "DISPATCHER_CELERY_WORKER_PREFETCH_MULTIPLIER": "4",
+        }
+    )
     assert settings.database_url == "postgresql+psycopg://db/x"
     assert settings.base_url == "https://mail.example.com"
     assert settings.secret_keys == ("new-key-0123456789abc", "old-key-0123456789abc")
@@ -47,8 +49,13 @@ def test_production_without_keys_refuses_to_start(tmp_path: Path) -> None:
 
 
 def test_production_with_keys_starts(tmp_path: Path) -> None:
-    settings = load_settings({"DISPATCHER_HOME": str(tmp_path), "DISPATCHER_CONFIG": PRODUCTION,
-                              "DISPATCHER_SECRET_KEYS": "k" * 32})
+    settings = load_settings(
+        {
+            "DISPATCHER_HOME": str(tmp_path),
+            "DISPATCHER_CONFIG": PRODUCTION,
+            "DISPATCHER_SECRET_KEYS": "k" * 32,
+        }
+    )
     assert not settings.embedded and settings.broker_url.startswith("amqp://")
 
 
@@ -67,7 +74,9 @@ def test_bad_settings_name_the_setting(tmp_path: Path, env: dict[str, str], mess
 
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('embedded = true\ndatabase_url = "sqlite://"\nbroker_url = "x"\n'
-                      'mail_url = "maildir:///x"\nbase_url = "http://x"\ncolour = "red"\n')
+    config.write_text(
+        'embedded = true\ndatabase_url = "sqlite://"\nbroker_url = "x"\n'
+        'mail_url = "maildir:///x"\nbase_url = "http://x"\ncolour = "red"\n'
+    )
     with pytest.raises(SettingsError, match="unknown setting 'colour'"):
         load_settings({"DISPATCHER_HOME": str(tmp_path), "DISPATCHER_CONFIG": str(config)})

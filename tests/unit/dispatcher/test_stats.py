@@ -8,24 +8,38 @@ from tests.factories import make_contact
 
 
 def campaign_with(session: Session, outcomes: dict[tuple[str, str | None], int]) -> None:
-    campaign = Campaign(name="Spring", subject="s", template="t", purpose="marketing",
-                        status="done")
+    campaign = Campaign(
+        name="Spring", subject="s", template="t", purpose="marketing", status="done"
+    )
     session.add(campaign)
     session.flush()
     n = 0
     for (status, reason), count in outcomes.items():
         for _ in range(count):
             contact = make_contact(session, f"c{n}@example.com", first_name="Secretname")
-            session.add(Delivery(campaign_id=campaign.id, contact_id=contact.id,
-                                 address_id=contact.address_id, status=status,
-                                 skip_reason=reason))
+            session.add(
+                Delivery(
+                    campaign_id=campaign.id,
+                    contact_id=contact.id,
+                    address_id=contact.address_id,
+                    status=status,
+                    skip_reason=reason,
+                )
+            )
             n += 1
     session.flush()
 
 
 def test_small_cells_are_withheld_with_their_complement(session: Session) -> None:
-    campaign_with(session, {("sent", None): 20, ("suppressed", "legal"): 2,
-                            ("suppressed", "opted_out"): 7, ("failed", "hard_bounce"): 9})
+    campaign_with(
+        session,
+        {
+            ("sent", None): 20,
+            ("suppressed", "legal"): 2,
+            ("suppressed", "opted_out"): 7,
+            ("failed", "hard_bounce"): 9,
+        },
+    )
     cells = {c["outcome"]: c["count"] for c in report(session, 5)["deliveries"]}
     assert cells["suppressed:legal"] is None  # 2 < 5
     assert cells["suppressed:opted_out"] is None  # complement: else 38 - 20 - 9 - 7 = 2

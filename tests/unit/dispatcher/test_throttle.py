@@ -30,8 +30,9 @@ def test_idle_time_is_not_saved_up_as_a_burst(session: Session) -> None:
 
 def test_per_domain_rate_holds_while_other_domains_go_freely(session: Session) -> None:
     limits = Limits(per_domain_per_second=2)
-    times = schedule(session, ["a@slow.com", "b@slow.com", "c@fast.com", "d@slow.com"],
-                     limits, now=NOW)
+    times = schedule(
+        session, ["a@slow.com", "b@slow.com", "c@fast.com", "d@slow.com"], limits, now=NOW
+    )
     assert times == pytest.approx([NOW, NOW + 0.5, NOW, NOW + 1.0])
 
 

@@ -13,8 +13,9 @@ IN, OUT = ConsentStatus.OPTED_IN, ConsentStatus.OPTED_OUT
 
 
 def record(session: Session, address_id: int, status: ConsentStatus, at=T0, **kw) -> str:
-    return record_consent(session, address_id, Scope.MARKETING, status, source="test",
-                          occurred_at=at, **kw)
+    return record_consent(
+        session, address_id, Scope.MARKETING, status, source="test", occurred_at=at, **kw
+    )
 
 
 def test_latest_row_decides_and_history_is_kept(session: Session) -> None:

@@ -39,9 +39,7 @@ def test_unsubscribe_suppresses_opts_out_and_is_idempotent(session: Session) -> 
     assert first.newly_suppressed and not second.newly_suppressed
     assert first.masked_address == "a***@e***.com" and first.stopped == 2
     assert stops == [contact.address_id, contact.address_id]
-    assert [s.reason for s in active_suppressions(session, contact.address_id)] == [
-        "unsubscribe"
-    ]
+    assert [s.reason for s in active_suppressions(session, contact.address_id)] == ["unsubscribe"]
     assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_out"
 
 
@@ -79,8 +77,9 @@ def test_staff_suppressions_block_resubscribe_and_nothing_changes(
 ) -> None:
     contact = make_contact(session, "ann@example.com", marketing=ConsentStatus.OPTED_OUT)
     add_suppression(session, contact.address_id, scope="global", reason=reason, source="t")
-    add_suppression(session, contact.address_id, scope="marketing",
-                    reason=Reason.UNSUBSCRIBE, source="t")
+    add_suppression(
+        session, contact.address_id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="t"
+    )
     with pytest.raises(CannotResubscribe) as caught:
         resubscribe(session, contact.address_id, hit=HIT)
     assert reason.value.replace("_", " ") in str(caught.value)

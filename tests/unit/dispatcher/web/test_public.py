@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -37,8 +38,13 @@ def client(app: Flask) -> FlaskClient:
 def contact_id(session_factory: sessionmaker[Session]) -> int:
     with session_scope(session_factory) as session:
         contact = make_contact(session, ADDRESS, affiliates=ConsentStatus.OPTED_IN)
-        campaign = Campaign(name="December news", subject="s", template="new-releases",
-                            purpose="marketing", status="sending")
+        campaign = Campaign(
+            name="December news",
+            subject="s",
+            template="new-releases",
+            purpose="marketing",
+            status="sending",
+        )
         session.add(campaign)
         session.flush()
         create_deliveries(session, campaign)
@@ -56,16 +62,20 @@ def state(session_factory: sessionmaker[Session], address_id: int) -> tuple:
         sups = sorted((s.reason, s.scope) for s in active_suppressions(session, address_id))
         marketing = current_consent(session, address_id, Scope.MARKETING)
         affiliates = current_consent(session, address_id, Scope.AFFILIATES)
-        queued = session.scalar(select(func.count()).select_from(Delivery)
-                                .where(Delivery.status == "queued"))
-        return (sups, marketing.status if marketing else None,
-                affiliates.status if affiliates else None, queued)
+        queued = session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.status == "queued")
+        )
+        return (
+            sups,
+            marketing.status if marketing else None,
+            affiliates.status if affiliates else None,
+            queued,
+        )
 
 
 def events(session_factory: sessionmaker[Session], kind: str = "web_hit") -> list[Event]:
     with session_scope(session_factory) as session:
-        return list(session.scalars(select(Event).where(Event.kind == kind)
-                                    .order_by(Event.id)))
+        return list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
 
 
 def csrf(page: bytes) -> str:
@@ -78,8 +88,10 @@ def test_get_shows_a_masked_address_and_changes_nothing(
     client: FlaskClient, settings: Settings, session_factory, contact_id: int
 ) -> None:
     before = state(session_factory, contact_id)
-    response = client.get(link(settings, LinkPurpose.UNSUBSCRIBE, contact_id),
-                          headers={"User-Agent": "LinkScanner/1.0"})
+    response = client.get(
+        link(settings, LinkPurpose.UNSUBSCRIBE, contact_id),
+        headers={"User-Agent": "LinkScanner/1.0"},
+    )
     assert response.status_code == 200
     body = response.data.decode()
     assert "a***@e***.com" in body and ADDRESS not in body and "ann.smith" not in body
@@ -90,11 +102,17 @@ def test_get_shows_a_masked_address_and_changes_nothing(
     assert hit.detail["action"] == "shown"
 
 
-@pytest.mark.parametrize("shape", ["tampered", "truncated", "foreign", "garbage", "long",
-                                   "unknown_address", "wrong_purpose"])
+@pytest.mark.parametrize(
+    "shape",
+    ["tampered", "truncated", "foreign", "garbage", "long", "unknown_address", "wrong_purpose"],
+)
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_bad_tokens_get_one_clear_page_and_change_nothing(
-    client: FlaskClient, settings: Settings, session_factory, contact_id: int, shape: str,
+    client: FlaskClient,
+    settings: Settings,
+    session_factory,
+    contact_id: int,
+    shape: str,
     method: str,
 ) -> None:
     good = TokenSigner(settings.secret_keys).sign_link(LinkPurpose.UNSUBSCRIBE, contact_id, 1)
@@ -102,17 +120,23 @@ def test_bad_tokens_get_one_clear_page_and_change_nothing(
         "tampered": good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"),
         "truncated": good[: len(good) // 2],
         "foreign": TokenSigner(["someone-elses-key-123456"]).sign_link(
-            LinkPurpose.UNSUBSCRIBE, contact_id, 1),
+            LinkPurpose.UNSUBSCRIBE, contact_id, 1
+        ),
         "garbage": "%00%ff<script>",
         "long": "x" * 3000,
         "unknown_address": TokenSigner(settings.secret_keys).sign_link(
-            LinkPurpose.UNSUBSCRIBE, 987654, 1),
+            LinkPurpose.UNSUBSCRIBE, 987654, 1
+        ),
         "wrong_purpose": TokenSigner(settings.secret_keys).sign_link(
-            LinkPurpose.PREFERENCES, contact_id, 1),
+            LinkPurpose.PREFERENCES, contact_id, 1
+        ),
     }[shape]
     before = state(session_factory, contact_id)
-    response = client.open(f"/u/{token}", method=method,
-                           data={"List-Unsubscribe": "One-Click"} if method == "POST" else None)
+    response = client.open(
+        f"/u/{token}",
+        method=method,
+        data={"List-Unsubscribe": "One-Click"} if method == "POST" else None,
+    )
     assert response.status_code == 400
     assert b"This link is not valid" in response.data
     assert b"2110 Colorado Avenue" in response.data
@@ -134,8 +158,9 @@ def test_rfc8058_one_click_unsubscribes_without_cookie_or_redirect(
 ) -> None:
     url = link(settings, LinkPurpose.UNSUBSCRIBE, contact_id)
     data = {"List-Unsubscribe": "One-Click"}
-    response = client.post(url, data=data,
-                           content_type="multipart/form-data" if multipart else None)
+    response = client.post(
+        url, data=data, content_type="multipart/form-data" if multipart else None
+    )
     assert response.status_code == 200
     assert "Location" not in response.headers and "Set-Cookie" not in response.headers
     sups, marketing, _, queued = state(session_factory, contact_id)
@@ -168,8 +193,9 @@ def test_form_token_of_one_link_does_not_work_for_another(
     with session_scope(session_factory) as session:
         other = make_contact(session, "bob@example.com").address_id
     page = client.get(link(settings, LinkPurpose.UNSUBSCRIBE, contact_id)).data
-    response = client.post(link(settings, LinkPurpose.UNSUBSCRIBE, other),
-                           data={"csrf": csrf(page)})
+    response = client.post(
+        link(settings, LinkPurpose.UNSUBSCRIBE, other), data={"csrf": csrf(page)}
+    )
     assert response.status_code == 400
     assert state(session_factory, other)[0] == []
 
@@ -180,8 +206,9 @@ def test_resubscribe_lifts_only_the_own_unsubscribe(
     url = link(settings, LinkPurpose.UNSUBSCRIBE, contact_id)
     done = client.post(url, data={"csrf": csrf(client.get(url).data)})
     action = re.search(rb'action="(/preferences/[^"]+)"', done.data).group(1).decode()
-    again = client.post(action, data={"csrf": csrf(done.data), "only": "marketing",
-                                      "marketing": "yes"})
+    again = client.post(
+        action, data={"csrf": csrf(done.data), "only": "marketing", "marketing": "yes"}
+    )
     assert again.status_code == 200 and b"subscribed again" in again.data
     sups, marketing, affiliates, _ = state(session_factory, contact_id)
     assert sups == [] and marketing == "opted_in" and affiliates == "opted_in"
@@ -192,46 +219,60 @@ def test_preferences_change_consent_per_scope_in_the_ledger(
 ) -> None:
     url = link(settings, LinkPurpose.PREFERENCES, contact_id)
     page = client.get(url)
-    assert page.status_code == 200 and b'id="marketing-yes" name="marketing" value="yes" checked' \
-        in page.data
-    saved = client.post(url, data={"csrf": csrf(page.data), "marketing": "yes",
-                                   "affiliates": "no"}, environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert (
+        page.status_code == 200
+        and b'id="marketing-yes" name="marketing" value="yes" checked' in page.data
+    )
+    saved = client.post(
+        url,
+        data={"csrf": csrf(page.data), "marketing": "yes", "affiliates": "no"},
+        environ_base={"REMOTE_ADDR": "10.1.2.3"},
+    )
     assert saved.status_code == 200 and b"preferences are saved" in saved.data
     sups, marketing, affiliates, _ = state(session_factory, contact_id)
     assert (sups, marketing, affiliates) == ([], "opted_in", "opted_out")
     with session_scope(session_factory) as session:
         last = consent_history(session, contact_id)[-1]
         assert (last.scope, last.status, last.source, last.ip) == (
-            "affiliates", "opted_out", "preferences", "10.1.2.3")
+            "affiliates",
+            "opted_out",
+            "preferences",
+            "10.1.2.3",
+        )
     client.post(url, data={"csrf": csrf(saved.data), "marketing": "no", "affiliates": "no"})
-    assert state(session_factory, contact_id)[:2] == ([("unsubscribe", "marketing")],
-                                                      "opted_out")
+    assert state(session_factory, contact_id)[:2] == ([("unsubscribe", "marketing")], "opted_out")
 
 
-@pytest.mark.parametrize("reason", [Reason.HARD_BOUNCE, Reason.COMPLAINT,
-                                    Reason.POSTAL_REQUEST, Reason.LEGAL])
+@pytest.mark.parametrize(
+    "reason", [Reason.HARD_BOUNCE, Reason.COMPLAINT, Reason.POSTAL_REQUEST, Reason.LEGAL]
+)
 def test_staff_suppressed_address_is_told_it_cannot_resubscribe_here(
     client: FlaskClient, settings: Settings, session_factory, contact_id: int, reason: Reason
 ) -> None:
     with session_scope(session_factory) as session:
         add_suppression(session, contact_id, scope="global", reason=reason, source="staff")
-        add_suppression(session, contact_id, scope="marketing", reason=Reason.UNSUBSCRIBE,
-                        source="link")
+        add_suppression(
+            session, contact_id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="link"
+        )
     url = link(settings, LinkPurpose.PREFERENCES, contact_id)
     page = client.get(url)
     assert reason.value.replace("_", " ").encode() in page.data
     before = state(session_factory, contact_id)
-    response = client.post(url, data={"csrf": csrf(page.data), "marketing": "yes",
-                                      "affiliates": "yes"})
+    response = client.post(
+        url, data={"csrf": csrf(page.data), "marketing": "yes", "affiliates": "yes"}
+    )
     assert response.status_code == 409 and b"cannot be re-subscribed here" in response.data
     assert state(session_factory, contact_id) == before
 
 
-def test_oversized_body_is_refused(client: FlaskClient, settings: Settings,
-                                   session_factory, contact_id: int) -> None:
+def test_oversized_body_is_refused(
+    client: FlaskClient, settings: Settings, session_factory, contact_id: int
+) -> None:
     before = state(session_factory, contact_id)
-    response = client.post(link(settings, LinkPurpose.UNSUBSCRIBE, contact_id),
-                           data={"List-Unsubscribe": "One-Click", "pad": "x" * 100_000})
+    response = client.post(
+        link(settings, LinkPurpose.UNSUBSCRIBE, contact_id),
+        data={"List-Unsubscribe": "One-Click", "pad": "x" * 100_000},
+    )
     assert response.status_code == 413
     assert state(session_factory, contact_id) == before
 
