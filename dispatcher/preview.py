@@ -6,8 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import get_campaign
+from dispatcher.composing import ClaimedRow, MessageFactory
 from dispatcher.models import Contact
-from dispatcher.sending import ClaimedRow, MessageFactory
 from dispatcher.settings import Settings
 from suppression.address import canonical_address
 from suppression.models import Address

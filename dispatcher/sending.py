@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import and_, case, select, update
@@ -32,13 +31,16 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher import throttle
-from dispatcher.campaigns import campaign_view
+from dispatcher.composing import ClaimedRow, MessageFactory
 from dispatcher.db import session_scope
 from dispatcher.fanout import finish_if_done
-from dispatcher.messages import HeaderInjection, build_message, message_id_for
+from dispatcher.messages import HeaderInjection
 from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
-from dispatcher.rendering import PreparedCampaign, Recipient, TemplateProblem, prepare_campaign
+from dispatcher.rendering import (
+    TemplateProblem,
+)
 from dispatcher.settings import Settings
+from dispatcher.stages import Stopwatch
 from dispatcher.transports import (
     PermanentSendError,
     TransientSendError,
@@ -49,7 +51,7 @@ from dispatcher.transports import (
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import Address, Reason, utcnow
 from suppression.suppressions import add_suppression
-from suppression.tokens import LinkPurpose, TokenSigner
+from suppression.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +60,6 @@ _RECORD_ATTEMPTS = 8
 
 class RetryLater(TransientSendError):
     """Some rows of the batch could not be sent now and were put back in the queue."""
-
-
-@dataclass(frozen=True)
-class ClaimedRow:
-    delivery_id: int
-    contact_id: int
-    address_id: int
-    address: str
-    first_name: str | None
-    last_name: str | None
 
 
 @dataclass
@@ -80,29 +72,6 @@ class BatchResult:
     released: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     orphaned: int = 0
-
-
-# Rendering is prepared once per campaign per process (CSS inlining is the costly part).
-_prepared: dict[tuple[str, ...], PreparedCampaign] = {}
-
-
-def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
-    key = (
-        settings.database_url,
-        str(campaign.id),
-        campaign.subject,
-        campaign.template,
-        campaign.purpose,
-        str(settings.templates_dir),
-        settings.base_url,
-    )
-    prepared = _prepared.get(key)
-    if prepared is None:
-        if len(_prepared) > 32:
-            _prepared.clear()
-        prepared = prepare_campaign(settings, campaign_view(campaign))
-        _prepared[key] = prepared
-    return prepared
 
 
 def orphan_stale_claims(
@@ -194,46 +163,6 @@ def claim_batch(
     return [ClaimedRow(*row) for row in rows], skipped
 
 
-class MessageFactory:
-    """Turns a claimed row into the bytes of its message: links, rendering, headers."""
-
-    def __init__(self, settings: Settings, campaign: Campaign, signer: TokenSigner) -> None:
-        self.settings = settings
-        self.campaign = campaign
-        self.signer = signer
-        self.prepared = _prepared_for(settings, campaign)
-        self.sender_address = parseaddr(settings.sender)[1]
-        self.sender_domain = self.sender_address.rpartition("@")[2]
-        self.marketing = campaign.purpose == Purpose.MARKETING
-
-    def links(self, address_id: int) -> tuple[str, str]:
-        base = self.settings.base_url
-        unsubscribe = self.signer.sign_link(LinkPurpose.UNSUBSCRIBE, address_id, self.campaign.id)
-        preferences = self.signer.sign_link(LinkPurpose.PREFERENCES, address_id, self.campaign.id)
-        return f"{base}/u/{unsubscribe}", f"{base}/preferences/{preferences}"
-
-    def build(self, row: ClaimedRow) -> bytes:
-        unsubscribe_url, preferences_url = self.links(row.address_id)
-        rendered = self.prepared.render(
-            Recipient(
-                first_name=row.first_name,
-                last_name=row.last_name,
-                unsubscribe_url=unsubscribe_url,
-                preferences_url=preferences_url,
-            )
-        )
-        name = " ".join(p for p in (row.first_name, row.last_name) if p) or None
-        return build_message(
-            rendered,
-            sender=self.settings.sender,
-            to_address=row.address,
-            to_name=name,
-            message_id=message_id_for(self.campaign.id, row.contact_id, self.sender_domain),
-            list_unsubscribe_url=unsubscribe_url if self.marketing else None,
-            unsubscribe_mailto=self.settings.unsubscribe_mailto if self.marketing else None,
-        )
-
-
 def _deliver(
     rows: list[ClaimedRow],
     factory: MessageFactory,
@@ -260,7 +189,8 @@ def _deliver(
         if before_send is not None:
             before_send(row)
         try:
-            transport.send(factory.sender_address, row.address, message)
+            with factory.clock.stage("send"):
+                transport.send(factory.sender_address, row.address, message)
         except PermanentSendError as exc:
             result.failed[row.delivery_id] = f"refused by the mail server: {exc}"
             if exc.recipient_refused:
@@ -388,6 +318,7 @@ def send_batch(
     the queue, so the task retries later with backoff. ``before_send`` is a test seam."""
     claim_token = uuid.uuid4().hex
     result = BatchResult()
+    clock = Stopwatch(settings.stage_timings)
     with session_scope(sessions) as session:
         campaign = session.get(Campaign, campaign_id)
         if campaign is None:
@@ -396,7 +327,8 @@ def send_batch(
         result.orphaned = orphan_stale_claims(
             session, campaign_id, first_id, last_id, claim_token, settings.claim_lease_seconds
         )
-        rows, result.skipped = claim_batch(session, campaign, first_id, last_id, claim_token)
+        with clock.stage("claim"):
+            rows, result.skipped = claim_batch(session, campaign, first_id, last_id, claim_token)
         result.claimed = len(rows)
         send_times = throttle.schedule(
             session,
@@ -405,7 +337,7 @@ def send_batch(
         )
         session.expunge(campaign)
     if rows:
-        factory = MessageFactory(settings, campaign, signer)
+        factory = MessageFactory(settings, campaign, signer, clock)
         try:
             with open_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
                 lease = _Lease(sessions, claim_token, settings.claim_lease_seconds)
@@ -414,7 +346,9 @@ def send_batch(
             # Opening or closing the connection failed: what was not sent goes back.
             done = set(result.sent) | set(result.failed) | set(result.unknown)
             result.released = [r.delivery_id for r in rows if r.delivery_id not in done]
-    _record_durably(sessions, campaign_id, claim_token, result)
+    with clock.stage("record"):
+        _record_durably(sessions, campaign_id, claim_token, result)
+    clock.write(len(rows))
     log.info(
         "campaign %s batch %s-%s: claimed %s, skipped %s, sent %s, failed %s, released %s, "
         "unknown %s, orphaned %s",

@@ -46,6 +46,8 @@ class Settings:
     stall_seconds: float = 600.0
     # How long an affiliate's signed download link works.
     affiliate_link_seconds: float = 7 * 24 * 3600.0
+    # Benchmark only: append per-batch stage timings (JSON lines) to this file.
+    stage_timings: str = ""
     # Aggregate statistics withhold any count below this.
     stats_min_cell: int = 5
     # Throttling; 0 means no limit.
