@@ -101,8 +101,12 @@ def affiliate_shareable(address_id: Any, affiliate_id: int) -> ColumnElement[boo
     blocked = exists().where(
         _active(address_id),
         Suppression.scope.in_(
-            [GLOBAL_SCOPE, str(Scope.MARKETING), str(Scope.AFFILIATES),
-             affiliate_scope(affiliate_id)]
+            [
+                GLOBAL_SCOPE,
+                str(Scope.MARKETING),
+                str(Scope.AFFILIATES),
+                affiliate_scope(affiliate_id),
+            ]
         ),
     )
     return and_(

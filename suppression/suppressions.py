@@ -132,8 +132,14 @@ def lift_suppressions(
     count = session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
     if count:
         record_event(
-            session, "suppression_lifted", address_id=address_id, actor=actor, hit=hit,
-            outcome="lifted", count=count, why=why.strip(),
+            session,
+            "suppression_lifted",
+            address_id=address_id,
+            actor=actor,
+            hit=hit,
+            outcome="lifted",
+            count=count,
+            why=why.strip(),
         )
     return count
 
@@ -141,9 +147,7 @@ def lift_suppressions(
 def list_suppressions(
     session: Session, *, include_lifted: bool = False, limit: int | None = None
 ) -> list[tuple[str, Suppression]]:
-    stmt = select(Address.address, Suppression).join(
-        Address, Address.id == Suppression.address_id
-    )
+    stmt = select(Address.address, Suppression).join(Address, Address.id == Suppression.address_id)
     if not include_lifted:
         stmt = stmt.where(Suppression.lifted_at.is_(None))
     stmt = stmt.order_by(Suppression.id)

@@ -68,8 +68,14 @@ def apply_unsubscribe(
     more. A bad token raises :class:`BadToken` before anything is written.
     """
     subject, address = resolve_link(session, signer, LinkPurpose.UNSUBSCRIBE, token)
-    return unsubscribe_address(session, address, stop_queued=stop_queued, hit=hit,
-                               source=source, campaign_id=subject.campaign_id)
+    return unsubscribe_address(
+        session,
+        address,
+        stop_queued=stop_queued,
+        hit=hit,
+        source=source,
+        campaign_id=subject.campaign_id,
+    )
 
 
 def unsubscribe_address(

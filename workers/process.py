@@ -73,6 +73,7 @@ class WorkerProcess:
         if queues:
             self.argv.append(f"--queues={queues}")
         if beat:
+            home.mkdir(parents=True, exist_ok=True)
             self.argv += ["--beat", f"--schedule={home / f'beat-{uuid.uuid4().hex[:6]}'}"]
         self.process: subprocess.Popen[bytes] | None = None
 

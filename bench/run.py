@@ -1,0 +1,146 @@
+"""Throughput benchmark: the pipeline against the wire (see bench/README.md).
+
+    .venv/bin/python bench/run.py [--contacts 20000] [--quick] [--scale]
+
+Needs PostgreSQL and RabbitMQ on 127.0.0.1 (as on the development machines). Everything it
+creates (databases, queues, processes, files) it removes. Talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import say, smtp_sink  # noqa: E402
+from bench.pipeline import PipelineResult, ceiling, pipeline, sample_message  # noqa: E402
+from bench.scale import fan_out_million, gate_cost, statements_per_batch  # noqa: E402
+
+
+def _verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
+
+
+def report_pipeline(result: PipelineResult, wire: float, concurrency: int) -> None:
+    ratio = result.rate / wire
+    per_core = result.sent / result.worker_cpu if result.worker_cpu else 0.0
+    say(
+        f"pipeline: {result.rate:8.0f} msg/s  ({result.sent} sent of {result.contacts} contacts"
+        f" in {result.elapsed:.1f} s, schedule -> last row terminal; rows {result.outcome})"
+    )
+    say(f"ratio   : {ratio:8.2f}  pipeline / ceiling, {concurrency} worker process(es)")
+    say(
+        f"per worker CPU-second: {per_core:.0f} msg  ({result.worker_cpu:.1f} CPU-s in the "
+        f"worker's processes; {per_core / wire:.2f} x ceiling per core — target >= 0.5: "
+        f"{_verdict(per_core / wire >= 0.5)})"
+    )
+    say(f"smtp-sink CPU during the run: {result.sink_cpu:.1f} s of {result.elapsed:.1f} s")
+    for pid, (peak, cpu) in result.processes.items():
+        role = "worker main process" if pid == result.worker_pid else "child (pool or beat)"
+        say(f"  peak RSS {peak:6.1f} MB, CPU {cpu:6.1f} s  pid {pid} {role}")
+    say(f"worker peak RSS: {max(p for p, _ in result.processes.values()):.1f} MB (largest process)")
+    stages = result.per_message_ms()
+    total = sum(stages.values())
+    say(
+        f"per message, ms of worker time ({result.messages} messages in {result.batches} "
+        f"batches): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())
+        + f"; sum {total:.3f} (= {1000 / total:.0f} msg/s per busy core)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contacts", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true", help="2,000 contacts, nothing else")
+    parser.add_argument(
+        "--scale", action="store_true", help="also gate cost 10k vs 5M suppressions, 1M fan-out"
+    )
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads"])
+    parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch-size", type=int, default=200, help="the shipped default: 200")
+    parser.add_argument(
+        "--only", choices=["pipeline", "statements", "scale"], help="run one part alone"
+    )
+    args = parser.parse_args()
+    contacts = 2_000 if args.quick else args.contacts
+    workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
+    began = time.perf_counter()
+    say(
+        f"machine: {os.cpu_count()} cores (shared: figures are noisy); PostgreSQL + RabbitMQ "
+        f"on 127.0.0.1; worker {args.pool} x{args.concurrency}; batch size {args.batch_size}"
+    )
+    try:
+        with smtp_sink() as sink:
+            if args.only in (None, "pipeline"):
+                message = sample_message(workdir / "sample")
+                eligible = contacts - 2 * (contacts // 10)
+                wire = ceiling(sink.port, message, eligible)
+                say(
+                    f"ceiling : {wire:8.0f} msg/s  ({eligible} pre-rendered messages of "
+                    f"{len(message)} bytes, smtplib, one connection, one process, smtp-sink)"
+                )
+                result = pipeline(
+                    contacts,
+                    sink,
+                    workdir,
+                    pool=args.pool,
+                    concurrency=args.concurrency,
+                    batch_size=args.batch_size,
+                )
+                report_pipeline(result, wire, args.concurrency)
+            if args.only in (None, "statements"):
+                counts = {n: statements_per_batch(n, sink.port, workdir) for n in (50, 500)}
+                for n, c in counts.items():
+                    say(
+                        f"SQL statements per send_batch, batch {n}: {c['statements']} "
+                        f"(+{c['lease_renewals']} timed lease renewals; claimed {c['claimed']},"
+                        f" skipped {c['skipped']}, sent {c['sent']}) {c['kinds']}"
+                    )
+                same = counts[50]["statements"] == counts[500]["statements"]
+                say(f"statements constant in batch size: {_verdict(same)}")
+        if args.only == "scale" or (args.scale and not args.quick and args.only is None):
+            small = gate_cost(10_000, workdir)
+            large = gate_cost(5_000_000, workdir)
+            for g in (small, large):
+                say(
+                    f"gate with {g.suppressions:>9,} suppression rows: claim statement "
+                    f"{g.claim_ms_per_recipient:.4f} ms/recipient, claim_batch "
+                    f"{g.claim_batch_ms_per_recipient:.4f} ms/recipient; plan: "
+                    + " | ".join(g.plan_scans)
+                )
+            growth = large.claim_ms_per_recipient / small.claim_ms_per_recipient
+            say(f"gate growth 10k -> 5M: {growth:.2f}x (target <= 1.5x: {_verdict(growth <= 1.5)})")
+            fan = fan_out_million(1_000_000, workdir)
+            peak = max([fan["child_peak_rss_mb"], *fan["postgres_backend_peak_rss_mb"]])
+            say(
+                f"fan-out of {fan['deliveries']:,} recipients: {fan['elapsed_s']:.1f} s, "
+                f"{fan['batches']} batches published (data set up in {fan['populate_s']:.0f} s)"
+            )
+            say(
+                f"  peak RSS: fan-out process {fan['child_peak_rss_mb']:.0f} MB; PostgreSQL "
+                f"backend(s) {', '.join(f'{m:.0f}' for m in fan['postgres_backend_peak_rss_mb'])}"
+                f" MB; RabbitMQ RSS {fan['rabbitmq_rss_mb'][0]:.0f} -> "
+                f"{fan['rabbitmq_rss_mb'][1]:.0f} MB (target < 300 MB: {_verdict(peak < 300)})"
+            )
+            say(
+                f"  claim in a 1M-row deliveries table: statement "
+                f"{fan['claim_ms_per_recipient']:.4f} ms/recipient, claim_batch "
+                f"{fan['claim_batch_ms_per_recipient']:.4f} ms/recipient; plan: "
+                + " | ".join(fan["claim_plan_scans"])
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    say(f"benchmark took {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
