@@ -29,6 +29,12 @@ def due_campaigns(session: Session, now: datetime | None = None) -> list[int]:
     return list(session.scalars(stmt))
 
 
+def campaign_purpose(session: Session, campaign_id: int) -> str:
+    """The campaign's purpose (``marketing`` when the campaign is unknown: it sends nothing)."""
+    purpose = session.scalar(select(Campaign.purpose).where(Campaign.id == campaign_id))
+    return purpose or "marketing"
+
+
 def start_campaign(session: Session, campaign_id: int, now: datetime | None = None) -> bool:
     """``scheduled`` → ``sending`` when due, in one statement (a second caller gets False)."""
     now = now or utcnow()

@@ -9,11 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu import Queue
 
 from dispatcher.settings import Settings, load_settings
 from workers.broker import use_fast_sqlalchemy_transport
 
 QUEUE = "dispatch"
+# Service notices get their own queue, so a large marketing campaign cannot hold back a
+# notice about changed terms; a plain worker consumes both, `-Q <queue>` dedicates one.
+NOTICES_SUFFIX = ".notices"
+
+
+def queue_for(default_queue: str, purpose: str) -> str:
+    return default_queue + NOTICES_SUFFIX if purpose == "service_notice" else default_queue
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -60,6 +68,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
     }
     config.update(settings.celery)
+    default = config["task_default_queue"]
+    config.setdefault(
+        "task_queues",
+        [
+            Queue(default, routing_key=default),
+            Queue(default + NOTICES_SUFFIX, routing_key=default + NOTICES_SUFFIX),
+        ],
+    )
     return config
 
 

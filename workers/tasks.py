@@ -7,11 +7,11 @@ import logging
 from sqlalchemy.exc import OperationalError
 
 from dispatcher.db import session_scope
-from dispatcher.fanout import due_campaigns, fan_out
+from dispatcher.fanout import campaign_purpose, due_campaigns, fan_out
 from dispatcher.recovery import stalled_campaigns
 from dispatcher.sending import describe, send_batch
 from dispatcher.transports import TransientSendError
-from workers.app import app
+from workers.app import app, queue_for
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,12 @@ def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
     """
     rt = runtime()
     count = 0
+    with session_scope(rt.sessions) as session:
+        purpose = campaign_purpose(session, campaign_id)
+    queue = queue_for(app.conf.task_default_queue, purpose)
     batches = fan_out(rt.sessions, campaign_id, rt.settings.batch_size, resume=resume)
     for first_id, last_id in batches:
-        send_batch_task.delay(campaign_id, first_id, last_id)
+        send_batch_task.apply_async((campaign_id, first_id, last_id), queue=queue)
         count += 1
     return count
 

@@ -148,3 +148,51 @@ def test_campaign_reaches_exactly_the_eligible_and_unsubscribe_closes_the_loop(
         assert report.by_reason["unsubscribe"] == 2  # Ann now, and unsubscribe@ before
         statuses = set(session.scalars(select(Delivery.status)))
         assert statuses <= {"sent", "suppressed"}
+
+
+def test_service_notice_reaches_opted_out_but_not_postal_requests(
+    backend: Backend, smtp_sink, tmp_path: Path
+) -> None:
+    """Sent through its own queue (``<queue>.notices``), which a plain worker consumes too."""
+    sessions = make_sessionmaker(make_engine(backend.settings.database_url))
+    with session_scope(sessions) as session:
+        make_contact(session, "in@example.com")
+        make_contact(session, "out@example.com", marketing=ConsentStatus.OPTED_OUT)
+        make_contact(session, "never@example.com", marketing=None)
+        make_contact(session, "unsub@example.com", suppressed=Reason.UNSUBSCRIBE)
+        make_contact(
+            session,
+            "post@example.com",
+            suppressed=Reason.POSTAL_REQUEST,
+            suppression_scope="global",
+        )
+        make_contact(
+            session, "bounce@example.com", suppressed=Reason.HARD_BOUNCE, suppression_scope="global"
+        )
+        campaign = create_campaign(
+            session,
+            backend.settings,
+            name="terms",
+            subject="Changes to our licence terms",
+            template="terms-update",
+            purpose="service_notice",
+        )
+        schedule_campaign(session, backend.settings, campaign.id)
+        campaign_id = campaign.id
+    with WorkerProcess(backend.env(mail_url=smtp_sink.url), tmp_path / "w.log"):
+
+        def done() -> bool:
+            with session_scope(sessions) as session:
+                return campaign_report(session, campaign_id).status == "done"
+
+        wait_until(done, 60, what="notice campaign done")
+    received = by_recipient(smtp_sink.envelopes())
+    assert set(received) == {
+        "in@example.com",
+        "out@example.com",
+        "never@example.com",
+        "unsub@example.com",
+    }
+    message = received["out@example.com"][0]
+    assert message["List-Unsubscribe"] is None  # not marketing: no unsubscribe header
+    assert "2110 Colorado Avenue" in message.get_body(("plain",)).get_content()
