@@ -21,7 +21,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -170,7 +170,7 @@ def _deliver(
     result: BatchResult,
     before_send: Callable[[ClaimedRow], None] | None,
     renew: Callable[[], None],
-    send_times: list[float],
+    pacer: throttle.Pacer,
 ) -> None:
     for index, row in enumerate(rows):
         try:
@@ -179,7 +179,7 @@ def _deliver(
             # The database is away: send nothing more until it is back (fail closed).
             result.released.extend(r.delivery_id for r in rows[index:])
             return
-        throttle.wait_until(send_times[index])
+        pacer.wait(index)
         try:
             message = factory.build(row)
         except (HeaderInjection, TemplateProblem) as exc:
@@ -330,18 +330,20 @@ def send_batch(
         with clock.stage("claim"):
             rows, result.skipped = claim_batch(session, campaign, first_id, last_id, claim_token)
         result.claimed = len(rows)
-        send_times = throttle.schedule(
-            session,
-            [r.address for r in rows],
-            throttle.Limits(settings.rate_per_second, settings.domain_rate_per_second),
-        )
         session.expunge(campaign)
     if rows:
         factory = MessageFactory(settings, campaign, signer, clock)
         try:
             with open_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
                 lease = _Lease(sessions, claim_token, settings.claim_lease_seconds)
-                _deliver(rows, factory, tr, result, before_send, lease.renew, send_times)
+                limits = throttle.Limits(settings.rate_per_second, settings.domain_rate_per_second)
+
+                def reserve(addresses: Sequence[str]) -> list[float]:
+                    with session_scope(sessions) as session:
+                        return throttle.schedule(session, addresses, limits)
+
+                pacer = throttle.Pacer(limits, reserve, [r.address for r in rows])
+                _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
         except TransientSendError:
             # Opening or closing the connection failed: what was not sent goes back.
             done = set(result.sent) | set(result.failed) | set(result.unknown)

@@ -89,3 +89,31 @@ def wait_until(at: float, sleep: Callable[[float], None] = time.sleep) -> None:
     delay = at - time.time()
     if delay > 0:
         sleep(delay)
+
+
+class Pacer:
+    """Spaces one batch's messages inside the slots reserved for them.
+
+    A sender that falls behind its slots (a slow SMTP reply, a busy core) does not catch up
+    in a burst: its remaining messages get fresh slots, so the fleet-wide rate holds.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        reserve: Callable[[Sequence[str]], list[float]],
+        addresses: Sequence[str],
+    ) -> None:
+        self.limits = limits
+        self.reserve = reserve
+        self.addresses = list(addresses)
+        self.times = reserve(self.addresses) if limits.active else []
+        rates = [r for r in (limits.per_second, limits.per_domain_per_second) if r > 0]
+        self.slack = 1 / max(rates) if rates else 0.0
+
+    def wait(self, index: int) -> None:
+        if not self.limits.active:
+            return
+        if time.time() > self.times[index] + self.slack:
+            self.times[index:] = self.reserve(self.addresses[index:])
+        wait_until(self.times[index])
