@@ -43,6 +43,7 @@ CONSENT_COLUMNS = {"marketing_consent": Scope.MARKETING, "affiliates_consent": S
 _YES = {"yes", "y", "true", "1", "opted_in", "opt_in", "in"}
 _NO = {"no", "n", "false", "0", "opted_out", "opt_out", "out"}
 MAX_FIELD = 200
+MAX_TAG = 100  # ContactTag.tag's column length
 
 
 class ImportFileError(ValueError):
@@ -162,6 +163,10 @@ def _parse(
         bad = True
         consent_at = None
     tags = frozenset(t.strip().lower() for t in (record.get("tags") or "").split(";") if t.strip())
+    long_tags = [t for t in tags if len(t) > MAX_TAG]
+    if long_tags:
+        fail("tags", f"the tag {long_tags[0][:20]!r}... is longer than {MAX_TAG} characters")
+        bad = True
     attributes = {}
     for key in extra:
         try:
@@ -240,6 +245,7 @@ def _apply(
         address_id = ids[row.address]
         contact = existing.get(address_id)
         changed = False
+        is_new = contact is None
         if contact is None:
             contact = Contact(
                 address_id=address_id,
@@ -274,7 +280,7 @@ def _apply(
             )
             report.consent[f"{scope}:{outcome}"] += 1
             changed = changed or outcome == "recorded"
-        if contact in created:
+        if is_new:
             report.created += 1
         elif changed:
             report.updated += 1
@@ -304,6 +310,11 @@ def import_contacts(
 ) -> ImportReport:
     """Import ``path``; commits every ``chunk_size`` rows. ``progress`` gets bytes read."""
     report = ImportReport()
+
+    def commit(rows: list[_Row]) -> None:
+        with session_scope(sessions) as session:
+            _apply(session, rows, report, source=source, actor=actor, policy_version=policy_version)
+
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
@@ -325,30 +336,14 @@ def import_contacts(
                 else:
                     chunk.append(row)
             if len(chunk) >= chunk_size:
-                with session_scope(sessions) as session:
-                    _apply(
-                        session,
-                        chunk,
-                        report,
-                        source=source,
-                        actor=actor,
-                        policy_version=policy_version,
-                    )
+                commit(chunk)
                 chunk = []
                 if progress is not None:
                     position = raw.tell()
                     progress(position - last_pos)
                     last_pos = position
         if chunk:
-            with session_scope(sessions) as session:
-                _apply(
-                    session,
-                    chunk,
-                    report,
-                    source=source,
-                    actor=actor,
-                    policy_version=policy_version,
-                )
+            commit(chunk)
         if progress is not None:
             progress(raw.tell() - last_pos)
     return report
