@@ -1,19 +1,19 @@
 """Rendering campaign e-mail: Jinja2 templates, CSS inlined by premailer once per campaign.
 
-Inlining CSS is the costly step (tens of milliseconds a call), so :func:`prepare_campaign`
-renders each part once with placeholders for the recipient's fields, inlines the HTML once,
-and keeps the result as segments; a recipient's message is then the segments joined with
-that recipient's values, escaped as their place in the HTML needs. Before a campaign uses
-that fast path it is proved on sample recipients (awkward characters, missing names) to give
-exactly what a full per-recipient render gives; a template for which it does not (a filter or
-a condition on a recipient field) is rendered in full for every recipient instead.
-"""
+One template is one folder, ``templates/email/<name>/``: ``body.html``, ``body.txt``, an
+optional ``subject.txt`` (else the campaign's subject, itself a Jinja string) and
+``template.toml`` declaring its purpose. Inlining CSS is the costly step (tens of
+milliseconds a call), so :func:`prepare_campaign` renders each part once with placeholders
+for the recipient's fields, inlines the HTML once, and fills the placeholders per recipient
+(:mod:`dispatcher.placeholders`). Before a campaign uses that fast path it is proved on
+sample recipients (markup characters, non-ASCII, missing names) to give exactly what a full
+per-recipient render gives; a template for which it does not (a filter or a condition on a
+recipient field) is rendered in full for every recipient instead, and so is a recipient
+whose values the samples do not cover. Correct first, fast when possible."""
 
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,12 +33,15 @@ from jinja2 import (
 )
 from markupsafe import Markup
 
+from dispatcher.placeholders import ESCAPE_ATTR, ESCAPE_TEXT, Placeholders, Segments, proven
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PARTS = ("body.html", "body.txt")
 META = "template.toml"
+# Far above what a mail client shows; it keeps a subject line well inside SMTP's limits.
+MAX_SUBJECT = 250
 RECIPIENT_FIELDS = (
     "first_name",
     "last_name",
@@ -90,8 +93,8 @@ SAMPLE_RECIPIENTS = (
     Recipient(
         None,
         None,
-        "https://example.invalid/u/other?a=1&b=2",
-        "https://example.invalid/preferences/other",
+        "https://example.invalid/u/x?a=1&b=2'<>!#$%()*+,-./:;=@[\\]^_`{|}~",
+        "https://example.invalid/preferences/x?a=1&b=2'<>!#$%()*+,-./:;=@[\\]^_`{|}~",
     ),
 )
 
@@ -169,30 +172,60 @@ def _inline_css(html: str) -> str:
 
 
 class _Renderer:
-    """Renders one campaign's parts; raises TemplateProblem naming the part at fault."""
+    """Renders one campaign's parts; raises TemplateProblem naming the file and line at fault."""
 
     def __init__(self, settings: Settings, campaign: CampaignView) -> None:
         self.env = _environment(settings.templates_dir)
+        self.root = settings.templates_dir / "email"
         self.campaign = campaign
         self.context = _campaign_context(settings, campaign)
 
     def render(self, template: str, values: dict[str, Any], *, file: str) -> str:
+        name = self.campaign.template
         try:
             if file == "subject":
                 return self.env.from_string(template).render({**self.context, **values})
             return self.env.get_template(template).render({**self.context, **values})
         except UndefinedError as exc:
+            names = {*self.context, *RECIPIENT_FIELDS} | (
+                {"subject"} if file != "subject" else set()
+            )
+            usable = ", ".join(sorted(names))
             raise TemplateProblem(
-                f"{file}: {exc.message} (a variable the template may not use)"
+                f"template {name!r}, {self._where(exc, file)}: {exc.message}"
+                f" (a template may use: {usable})"
             ) from None
         except TemplateSyntaxError as exc:
+            source = self._relative(exc.filename) if exc.filename else file
             raise TemplateProblem(
-                f"{exc.filename or file} line {exc.lineno}: {exc.message}"
+                f"template {name!r}: {source} line {exc.lineno}: {exc.message}"
             ) from None
         except TemplateNotFound as exc:
-            raise TemplateProblem(f"{file}: template file {exc.name} is missing") from None
+            raise TemplateProblem(
+                f"template {name!r}: {file} needs {exc.name}, which is missing"
+            ) from None
         except TemplateError as exc:
-            raise TemplateProblem(f"{file}: {exc}") from None
+            raise TemplateProblem(f"template {name!r}: {file}: {exc}") from None
+
+    def _relative(self, filename: str) -> str:
+        path = Path(filename)
+        for base in (self.root / self.campaign.template, self.root):
+            if path.is_relative_to(base):
+                return path.relative_to(base).as_posix()
+        return filename
+
+    def _where(self, exc: BaseException, file: str) -> str:
+        """The innermost template file and line in the traceback (Jinja maps it there)."""
+        where = file
+        tb = exc.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if filename == "<template>":
+                where = f"{file} line {tb.tb_lineno}" if file != "subject" else "the subject"
+            elif Path(filename).is_relative_to(self.root):
+                where = f"{self._relative(filename)} line {tb.tb_lineno}"
+            tb = tb.tb_next
+        return where
 
 
 def _render_full(
@@ -206,47 +239,6 @@ def _render_full(
     return RenderedMessage(subject=subject.strip(), text=text, html=_inline_css(html))
 
 
-_ESCAPE_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_ESCAPE_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
-
-
-@dataclass(frozen=True)
-class _Segments:
-    """A rendered part cut at the placeholders: literals and (field, escaping) pairs."""
-
-    parts: tuple[str | tuple[str, str], ...]
-
-    def fill(self, values: dict[str, str]) -> str:
-        out: list[str] = []
-        for part in self.parts:
-            if isinstance(part, str):
-                out.append(part)
-            else:
-                field, escaping = part
-                value = values[field]
-                if escaping == "attr":
-                    value = value.translate(_ESCAPE_ATTR)
-                elif escaping == "text":
-                    value = value.translate(_ESCAPE_TEXT)
-                out.append(value)
-        return "".join(out)
-
-
-def _cut(rendered: str, pattern: re.Pattern[str], html: bool) -> _Segments:
-    parts: list[str | tuple[str, str]] = []
-    position = 0
-    for match in pattern.finditer(rendered):
-        parts.append(rendered[position : match.start()])
-        escaping = "raw"
-        if html:
-            before = rendered[: match.start()]
-            escaping = "attr" if before.rfind("<") > before.rfind(">") else "text"
-        parts.append((RECIPIENT_FIELDS[int(match.group(1))], escaping))
-        position = match.end()
-    parts.append(rendered[position:])
-    return _Segments(tuple(p for p in parts if p != ""))
-
-
 class PreparedCampaign:
     """A campaign ready to render recipient after recipient."""
 
@@ -255,7 +247,7 @@ class PreparedCampaign:
         renderer: _Renderer,
         paths: dict[str, str],
         subject_source: str,
-        fast: tuple[_Segments, _Segments, _Segments] | None,
+        fast: tuple[Segments, Segments, Segments] | None,
     ) -> None:
         self._renderer = renderer
         self._paths = paths
@@ -268,7 +260,9 @@ class PreparedCampaign:
 
     def render(self, recipient: Recipient) -> RenderedMessage:
         values = _recipient_values(recipient)
-        if self._fast is None:
+        names = (recipient.first_name, recipient.last_name)
+        urls = (recipient.unsubscribe_url, recipient.preferences_url)
+        if self._fast is None or not proven(names, urls):
             return _render_full(self._renderer, self._paths, self._subject_source, values)
         subject, text, html = self._fast
         return RenderedMessage(
@@ -299,22 +293,26 @@ def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCamp
     renderer = _Renderer(settings, campaign)
     subject_source = subject_file if subject_file is not None else campaign.subject
 
-    nonce = secrets.token_hex(5)
-    placeholders = {f: f"zq{nonce}x{i}q" for i, f in enumerate(RECIPIENT_FIELDS)}
-    pattern = re.compile(rf"zq{nonce}x(\d+)q")
-    with_placeholders = _render_full(renderer, paths, subject_source, placeholders)
+    placeholders = Placeholders(RECIPIENT_FIELDS)
+    with_placeholders = _render_full(renderer, paths, subject_source, placeholders.values)
     fast = (
-        _cut(with_placeholders.subject, pattern, html=False),
-        _cut(with_placeholders.text, pattern, html=False),
-        _cut(with_placeholders.html, pattern, html=True),
+        placeholders.cut(with_placeholders.subject, html=False),
+        placeholders.cut(with_placeholders.text, html=False),
+        placeholders.cut(with_placeholders.html, html=True),
     )
     prepared = PreparedCampaign(renderer, paths, subject_source, fast)
     for sample in SAMPLE_RECIPIENTS:
-        if prepared.render(sample) != prepared.render_full(sample):
+        quick, full = prepared.render(sample), prepared.render_full(sample)
+        if quick != full:
+            differs = [
+                f for f in ("subject", "text", "html") if getattr(quick, f) != getattr(full, f)
+            ]
             log.warning(
-                "campaign %s: template %r needs a full render per recipient (slower)",
+                "campaign %s: template %r uses a recipient field in a way the once-per-campaign"
+                " render cannot reproduce (%s differs); rendering each recipient in full (slower)",
                 campaign.id,
                 name,
+                ", ".join(differs),
             )
             return PreparedCampaign(renderer, paths, subject_source, None)
     return prepared
@@ -338,20 +336,29 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> None:
         message = prepared.render_full(sample)
         if not message.subject:
             raise TemplateProblem(f"template {name!r}: the subject is empty")
-        if any(ch in message.subject for ch in "\r\n\x00"):
+        if any(ch in message.subject for ch in "\r\n"):
             raise TemplateProblem(f"template {name!r}: the subject contains a line break")
+        if any((ch < " " and ch != "\t") or ch == "\x7f" for ch in message.subject):
+            raise TemplateProblem(f"template {name!r}: the subject contains a control character")
+        if len(message.subject) > MAX_SUBJECT:
+            raise TemplateProblem(
+                f"template {name!r}: the subject is longer than {MAX_SUBJECT} characters"
+            )
         if campaign.purpose != "marketing":
             continue
         for part, body in (("body.html", message.html), ("body.txt", message.text)):
-            unsubscribe = sample.unsubscribe_url
+            unsubscribe, postal = sample.unsubscribe_url, settings.postal_address
             if part == "body.html":
-                unsubscribe = unsubscribe.replace("&", "&amp;")
+                unsubscribe, postal = (
+                    unsubscribe.translate(ESCAPE_ATTR),
+                    postal.translate(ESCAPE_TEXT),
+                )
             if unsubscribe not in body:
                 raise TemplateProblem(
                     f"template {name!r}: {part} lacks the unsubscribe link "
                     "({{ unsubscribe_url }}), which marketing mail must carry"
                 )
-            if settings.postal_address not in body:
+            if postal not in body:
                 raise TemplateProblem(
                     f"template {name!r}: {part} lacks the postal address "
                     "({{ postal_address }}), which marketing mail must carry"
