@@ -158,17 +158,24 @@ def _recipient_values(recipient: Recipient) -> dict[str, str]:
     }
 
 
-def _inline_css(html: str) -> str:
-    return str(
-        premailer.Premailer(
+def _inline_css(template: str, html: str) -> str:
+    if not html.strip():
+        raise TemplateProblem(f"template {template!r}: body.html renders to nothing")
+    try:
+        inliner = premailer.Premailer(
             html,
             keep_style_tags=True,
             strip_important=False,
             disable_validation=True,
             allow_network=False,
             cssutils_logging_level=logging.CRITICAL,
-        ).transform()
-    )
+        )
+        return str(inliner.transform())
+    except Exception as exc:  # premailer/lxml/cssutils raise many kinds; name it, once
+        raise TemplateProblem(
+            f"template {template!r}: body.html could not have its CSS inlined"
+            f" ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 class _Renderer:
@@ -236,7 +243,8 @@ def _render_full(
     html = renderer.render(
         paths["body.html"], {**values, "subject": Markup.escape(subject)}, file="body.html"
     )
-    return RenderedMessage(subject=subject.strip(), text=text, html=_inline_css(html))
+    html = _inline_css(renderer.campaign.template, html)
+    return RenderedMessage(subject=subject.strip(), text=text, html=html)
 
 
 class PreparedCampaign:

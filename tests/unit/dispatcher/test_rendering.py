@@ -393,3 +393,13 @@ def test_template_missing_a_part_is_refused(custom: tuple[Path, Settings]) -> No
     (root / "email" / "half" / "body.txt").unlink()
     with pytest.raises(TemplateProblem, match="'half' has no body.txt"):
         check_campaign(local, view("half"))
+
+
+@pytest.mark.parametrize("html", ["", "  {{ '' }}\n"])
+def test_html_part_that_renders_to_nothing_is_refused(
+    custom: tuple[Path, Settings], html: str
+) -> None:
+    root, local = custom
+    write_template(root, "blank", html=html, text="x", purpose="service_notice")
+    with pytest.raises(TemplateProblem, match="'blank': body.html renders to nothing"):
+        check_campaign(local, view("blank", purpose="service_notice"))
