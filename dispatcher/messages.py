@@ -13,6 +13,7 @@ no search through the bodies. Tests parse the result back with the stdlib parser
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
 from email.header import Header
 from email.policy import Compat32
@@ -25,6 +26,7 @@ from dispatcher.rendering import RenderedMessage
 # long unbreakable name could push the header line past the 998 octets SMTP allows).
 MAX_DISPLAY_NAME = 200
 _FOLD_AT = 78
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CRLF = "\r\n"
 # SMTP wants CRLF line ends; smtplib does not convert them in a bytes message.
 _POLICY = Compat32(linesep=_CRLF)
@@ -41,10 +43,11 @@ class HeaderInjection(ValueError):
 
 
 def _clean(header: str, value: str) -> str:
-    for ch in value:
-        if (ch < " " and ch != "\t") or ch == "\x7f":
-            what = "a line break" if ch in "\r\n" else f"a control character (U+{ord(ch):04X})"
-            raise HeaderInjection(f"the {header} header would contain {what}; not sent")
+    found = _CONTROL.search(value)
+    if found:
+        ch = found.group()
+        what = "a line break" if ch in "\r\n" else f"a control character (U+{ord(ch):04X})"
+        raise HeaderInjection(f"the {header} header would contain {what}; not sent")
     return value
 
 

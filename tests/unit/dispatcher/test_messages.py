@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -127,6 +128,19 @@ def test_display_names_round_trip(name: str) -> None:
 @pytest.mark.parametrize("name", [None, "", "   "])
 def test_missing_name_gives_the_bare_address(name: str | None) -> None:
     assert parse(build(to_name=name))["To"] == "ann@example.com"
+
+
+def test_long_names_are_folded_and_decode_to_the_name() -> None:
+    ascii_name, other_name = "Ann " * 30 + 'Lee, "Jr"', "Zoë Łukasz-Müller " * 5 + "李"
+    for name in (ascii_name, other_name):
+        head = build(to_name=name).partition(b"\r\n\r\n")[0]
+        assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    [address] = parse(build(to_name=ascii_name))["To"].addresses
+    assert address.display_name == ascii_name
+    # Several encoded words: decoded word by word as RFC 2047 says (policy.default's
+    # address parser puts a space between words that split a name mid-word).
+    to = email.message_from_bytes(build(to_name=other_name))["To"]
+    assert str(make_header(decode_header(to))) == f"{other_name} <ann@example.com>"
 
 
 def test_overlong_display_name_is_left_out() -> None:
