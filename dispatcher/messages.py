@@ -104,7 +104,9 @@ def _sender(sender: str) -> str | Header:
 
 
 def _quoted_printable(body: str) -> bytes:
-    text = body.replace("\r\n", "\n").replace("\r", "\n").replace("\n", _CRLF)
+    if "\r" in body:
+        body = body.replace("\r\n", "\n").replace("\r", "\n")
+    text = body.replace("\n", _CRLF)
     data = text.encode("utf-8", "replace")
     encoded = binascii.b2a_qp(data, istext=True)
     if b"\n" not in data:

@@ -253,3 +253,11 @@ def test_line_break_in_a_first_name_used_by_the_subject_stops_the_message(
     rendered = prepare_campaign(settings, campaign).render(recipient)
     with pytest.raises(HeaderInjection, match="the Subject header would contain a line break"):
         build(rendered)
+
+
+def test_any_line_end_in_a_body_becomes_crlf() -> None:
+    rendered = RenderedMessage("s", "one\r\ntwo\rthree\nfour", "<p>a</p>\r<p>b</p>")
+    raw = build(rendered)
+    assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
+    text, html = parts(parse(raw))
+    assert body(text) == "one\ntwo\nthree\nfour" and body(html) == "<p>a</p>\n<p>b</p>"
