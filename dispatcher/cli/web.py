@@ -14,8 +14,13 @@ from dispatcher.cli import AppContext, pass_app
 def serve(app: AppContext, host: str, port: int) -> None:
     """Serve the unsubscribe and preference pages (built-in server).
 
-    In production run them under gunicorn instead:
-    gunicorn -w 4 -b 0.0.0.0:8025 'dispatcher.web:create_app()'
+    In production run them under gunicorn, behind the TLS proxy that DISPATCHER_BASE_URL
+    names, with the same DISPATCHER_* environment:
+
+    gunicorn -w 4 -b 127.0.0.1:8025 'dispatcher.web:create_app(trusted_proxies=1)'
+
+    (trusted_proxies: how many proxies append to X-Forwarded-For, so that the audit log
+    records the recipient's IP rather than the proxy's.)
     """
     from werkzeug.serving import run_simple
 

@@ -1,32 +1,24 @@
 """The web app: recipient pages and affiliate downloads. ``create_app(settings)`` builds it.
 
 Served by the built-in server on the embedded defaults (``dispatcher serve``) and by
-gunicorn in production (``gunicorn 'dispatcher.web:create_app()'``).
+gunicorn in production::
+
+    gunicorn -w 4 -b 127.0.0.1:8025 'dispatcher.web:create_app(trusted_proxies=1)'
+
+behind the TLS proxy that ``DISPATCHER_BASE_URL`` names (``trusted_proxies`` = how many
+proxies append to ``X-Forwarded-For``, so the audit log records the recipient's IP).
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, render_template
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
 from dispatcher.db import make_engine, make_sessionmaker
 from dispatcher.settings import Settings, load_settings
-
-MAX_BODY_BYTES = 16 * 1024
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-}
+from dispatcher.web import security
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) -> Flask:
     """Build the Flask app for ``settings`` (read from the environment when not given)."""
     settings = settings or load_settings()
     web = settings.templates_dir / "web"
@@ -37,8 +29,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         static_url_path="/static",
     )
     app.config["DISPATCHER_SETTINGS"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_BODY_BYTES
     engine = make_engine(settings.database_url)
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
@@ -46,17 +36,5 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(public.bp)
     app.register_blueprint(affiliates.bp)
-
-    @app.after_request
-    def _security_headers(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> tuple[str, int]:
-        return render_template(
-            "error.html", code=exc.code, title=exc.name, settings=settings
-        ), exc.code or 500
-
+    security.install(app, settings, trusted_proxies)
     return app

@@ -8,11 +8,13 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, request
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import BadRequest
 
 from dispatcher.db import session_scope
 from dispatcher.deliveries import stop_queued
 from dispatcher.models import Campaign
 from dispatcher.settings import Settings
+from dispatcher.web.security import client_hit
 from suppression.address import mask_address
 from suppression.consent import current_consent, record_consent
 from suppression.events import Hit, record_event
@@ -43,7 +45,7 @@ def _signer() -> TokenSigner:
 
 
 def _hit() -> Hit:
-    return Hit(ip=request.remote_addr, user_agent=request.headers.get("User-Agent", "")[:512])
+    return client_hit()
 
 
 def _form_token(link_token: str) -> str:
@@ -61,7 +63,12 @@ def _form_ok(link_token: str) -> bool:
 
 
 def _record_hit(
-    session: Session, route: str, outcome: str, action: str, address_id: int | None = None
+    session: Session,
+    route: str,
+    outcome: str,
+    action: str,
+    address_id: int | None = None,
+    **detail: Any,
 ) -> None:
     record_event(
         session,
@@ -72,6 +79,7 @@ def _record_hit(
         route=route,
         action=action,
         method=request.method,
+        **detail,
     )
 
 
@@ -214,12 +222,37 @@ def preferences_page(token: str) -> Any:
         return _invalid("preferences", exc)
 
 
+_CHOICES = {"yes": True, "no": False}
+
+
+def _choice(name: str) -> bool | None:
+    """A radio answer; ``None`` when the form did not ask (that scope stays as it is)."""
+    value = request.form.get(name)
+    if value is None:
+        return None
+    if value not in _CHOICES:
+        raise BadRequest(f"{name} must be yes or no")
+    return _CHOICES[value]
+
+
+def _marketing_on(session: Session, address_id: int) -> bool:
+    state = current_consent(session, address_id, Scope.MARKETING)
+    return (
+        state is not None
+        and state.status == ConsentStatus.OPTED_IN
+        and not _unsubscribed(session, address_id)
+    )
+
+
 @bp.post("/preferences/<token>")
 def preferences(token: str) -> Any:
-    """Change consent per scope; written to the ledger (source ``preferences``, time, IP)."""
+    """Change consent per scope; written to the ledger (source ``preferences``, time, IP).
+
+    The re-subscribe button of the confirmation page posts ``marketing=yes`` alone.
+    """
+    want_marketing = _choice("marketing")
+    want_affiliates = _choice("affiliates")
     sessions = current_app.extensions["dispatcher.sessions"]
-    want_marketing = request.form.get("marketing") == "yes"
-    want_affiliates = request.form.get("affiliates") == "yes"
     try:
         with session_scope(sessions) as session:
             subject, address = resolve_link(session, _signer(), LinkPurpose.PREFERENCES, token)
@@ -234,58 +267,61 @@ def preferences(token: str) -> Any:
                 return render_template(
                     "expired_form.html", settings=_settings(), again=f"/preferences/{token}"
                 ), 400
-            state = current_consent(session, address.id, Scope.MARKETING)
-            marketing_now = (
-                state is not None
-                and state.status == ConsentStatus.OPTED_IN
-                and not _unsubscribed(session, address.id)
-            )
-            message = "Your preferences are saved."
-            if want_marketing and not marketing_now:
-                try:
-                    with session.begin_nested():
-                        resubscribe(session, address.id, hit=_hit(), source="preferences")
-                except CannotResubscribe as exc:
-                    _record_hit(
+            changes: list[str] = []
+            if want_marketing is not None and want_marketing != _marketing_on(session, address.id):
+                if want_marketing:
+                    try:
+                        with session.begin_nested():
+                            resubscribe(session, address.id, hit=_hit(), source="preferences")
+                    except CannotResubscribe as exc:
+                        _record_hit(
+                            session,
+                            "preferences",
+                            TokenOutcome.VALID.value,
+                            "resubscribe_refused",
+                            address.id,
+                        )
+                        return _preferences_view(session, token, address, subject, str(exc), 409)
+                else:
+                    unsubscribe_address(
                         session,
-                        "preferences",
-                        TokenOutcome.VALID.value,
-                        "resubscribe_refused",
-                        address.id,
+                        address,
+                        stop_queued=stop_queued,
+                        hit=_hit(),
+                        source="preferences",
+                        campaign_id=subject.campaign_id,
                     )
-                    return _preferences_view(session, token, address, subject, str(exc), 409)
-            elif not want_marketing and marketing_now:
-                unsubscribe_address(
-                    session,
-                    address,
-                    stop_queued=stop_queued,
-                    hit=_hit(),
-                    source="preferences",
-                    campaign_id=subject.campaign_id,
-                )
-            if request.form.get("only") == "marketing":  # the re-subscribe button
-                _record_hit(
-                    session, "preferences", TokenOutcome.VALID.value, "resubscribed", address.id
-                )
-                return _preferences_view(
-                    session, token, address, subject, "You are subscribed again."
-                )
-            affiliates = current_consent(session, address.id, Scope.AFFILIATES)
-            wanted = ConsentStatus.OPTED_IN if want_affiliates else ConsentStatus.OPTED_OUT
-            if (affiliates is None and want_affiliates) or (
-                affiliates is not None and affiliates.status != wanted
-            ):
-                record_consent(
-                    session,
-                    address.id,
-                    Scope.AFFILIATES,
-                    wanted,
-                    source="preferences",
-                    occurred_at=utcnow(),
-                    recipient_action=True,
-                    hit=_hit(),
-                )
-            _record_hit(session, "preferences", TokenOutcome.VALID.value, "saved", address.id)
+                changes.append(f"marketing:{'opted_in' if want_marketing else 'opted_out'}")
+            if want_affiliates is not None:
+                affiliates = current_consent(session, address.id, Scope.AFFILIATES)
+                wanted = ConsentStatus.OPTED_IN if want_affiliates else ConsentStatus.OPTED_OUT
+                if (affiliates is None and want_affiliates) or (
+                    affiliates is not None and affiliates.status != wanted
+                ):
+                    record_consent(
+                        session,
+                        address.id,
+                        Scope.AFFILIATES,
+                        wanted,
+                        source="preferences",
+                        occurred_at=utcnow(),
+                        recipient_action=True,
+                        hit=_hit(),
+                    )
+                    changes.append(f"affiliates:{wanted.value}")
+            _record_hit(
+                session,
+                "preferences",
+                TokenOutcome.VALID.value,
+                "saved" if changes else "unchanged",
+                address.id,
+                changes=changes,
+            )
+            message = (
+                "You are subscribed again."
+                if want_marketing and want_affiliates is None
+                else "Your preferences are saved."
+            )
             return _preferences_view(session, token, address, subject, message)
     except BadToken as exc:
         return _invalid("preferences", exc)

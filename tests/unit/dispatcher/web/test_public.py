@@ -2,86 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
-from dispatcher.fanout import create_deliveries
-from dispatcher.models import Campaign, Delivery
 from dispatcher.settings import Settings
-from dispatcher.web import create_app
-from suppression.consent import consent_history, current_consent
-from suppression.models import ConsentStatus, Event, Reason, Scope, Suppression
-from suppression.suppressions import active_suppressions, add_suppression
+from suppression.consent import consent_history
+from suppression.models import Reason, Suppression
+from suppression.suppressions import add_suppression
 from suppression.tokens import LinkPurpose, TokenSigner
 from tests.factories import make_contact
-
-ADDRESS = "ann.smith@example.com"
-
-
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def contact_id(session_factory: sessionmaker[Session]) -> int:
-    with session_scope(session_factory) as session:
-        contact = make_contact(session, ADDRESS, affiliates=ConsentStatus.OPTED_IN)
-        campaign = Campaign(
-            name="December news",
-            subject="s",
-            template="new-releases",
-            purpose="marketing",
-            status="sending",
-        )
-        session.add(campaign)
-        session.flush()
-        create_deliveries(session, campaign)
-        return contact.address_id
-
-
-def link(settings: Settings, purpose: LinkPurpose, address_id: int) -> str:
-    token = TokenSigner(settings.secret_keys).sign_link(purpose, address_id, 1)
-    prefix = "/u/" if purpose is LinkPurpose.UNSUBSCRIBE else "/preferences/"
-    return prefix + token
-
-
-def state(session_factory: sessionmaker[Session], address_id: int) -> tuple:
-    with session_scope(session_factory) as session:
-        sups = sorted((s.reason, s.scope) for s in active_suppressions(session, address_id))
-        marketing = current_consent(session, address_id, Scope.MARKETING)
-        affiliates = current_consent(session, address_id, Scope.AFFILIATES)
-        queued = session.scalar(
-            select(func.count()).select_from(Delivery).where(Delivery.status == "queued")
-        )
-        return (
-            sups,
-            marketing.status if marketing else None,
-            affiliates.status if affiliates else None,
-            queued,
-        )
-
-
-def events(session_factory: sessionmaker[Session], kind: str = "web_hit") -> list[Event]:
-    with session_scope(session_factory) as session:
-        return list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
-
-
-def csrf(page: bytes) -> str:
-    found = re.search(rb'name="csrf" value="([^"]+)"', page)
-    assert found, "the page has no form token"
-    return found.group(1).decode()
+from tests.unit.dispatcher.web.pages import ADDRESS, csrf, events, link, state
 
 
 def test_get_shows_a_masked_address_and_changes_nothing(
@@ -265,25 +200,79 @@ def test_staff_suppressed_address_is_told_it_cannot_resubscribe_here(
     assert state(session_factory, contact_id) == before
 
 
-def test_oversized_body_is_refused(
+def test_a_scope_the_form_does_not_mention_stays_as_it_is(
     client: FlaskClient, settings: Settings, session_factory, contact_id: int
 ) -> None:
-    before = state(session_factory, contact_id)
-    response = client.post(
-        link(settings, LinkPurpose.UNSUBSCRIBE, contact_id),
-        data={"List-Unsubscribe": "One-Click", "pad": "x" * 100_000},
-    )
-    assert response.status_code == 413
-    assert state(session_factory, contact_id) == before
+    url = link(settings, LinkPurpose.PREFERENCES, contact_id)
+    token = csrf(client.get(url).data)
+    assert client.post(url, data={"csrf": token, "affiliates": "no"}).status_code == 200
+    sups, marketing, affiliates, queued = state(session_factory, contact_id)
+    assert (sups, marketing, affiliates, queued) == ([], "opted_in", "opted_out", 1)
+    hit = events(session_factory)[-1]
+    assert (hit.detail["action"], hit.detail["changes"]) == ("saved", ["affiliates:opted_out"])
+    # The same answers again change nothing and say so in the audit trail.
+    client.post(url, data={"csrf": token, "affiliates": "no"})
+    assert events(session_factory)[-1].detail["action"] == "unchanged"
+    with session_scope(session_factory) as session:
+        assert len(consent_history(session, contact_id)) == 3  # import x2, one change
 
 
-def test_security_headers_and_no_third_party_resources(
-    client: FlaskClient, settings: Settings, contact_id: int
+@pytest.mark.parametrize("field", ["marketing", "affiliates"])
+def test_an_answer_other_than_yes_or_no_is_refused(
+    client: FlaskClient, settings: Settings, session_factory, contact_id: int, field: str
 ) -> None:
-    response = client.get(link(settings, LinkPurpose.PREFERENCES, contact_id))
-    assert response.headers["Referrer-Policy"] == "no-referrer"
-    assert response.headers["X-Content-Type-Options"] == "nosniff"
-    assert response.headers["X-Frame-Options"] == "DENY"
-    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
-    assert not re.search(rb'(src|href)="(https?:)?//', response.data)
-    assert client.get("/static/site.css").status_code == 200
+    url = link(settings, LinkPurpose.PREFERENCES, contact_id)
+    token = csrf(client.get(url).data)
+    before = state(session_factory, contact_id)
+    response = client.post(url, data={"csrf": token, field: "maybe"})
+    assert response.status_code == 400
+    assert state(session_factory, contact_id) == before
+    assert events(session_factory)[-1].detail["action"] == "refused_400"
+
+
+def test_preferences_with_a_bad_token_or_form_token_change_nothing(
+    client: FlaskClient, settings: Settings, session_factory, contact_id: int
+) -> None:
+    url = link(settings, LinkPurpose.PREFERENCES, contact_id)
+    before = state(session_factory, contact_id)
+    forged = client.post(url[:-3] + "xyz", data={"marketing": "no", "affiliates": "no"})
+    assert forged.status_code == 400 and b"This link is not valid" in forged.data
+    stale = client.post(url, data={"csrf": "x", "marketing": "no", "affiliates": "no"})
+    assert stale.status_code == 400 and b"Please try again" in stale.data
+    assert state(session_factory, contact_id) == before
+    assert [e.detail["action"] for e in events(session_factory)] == [
+        "refused",
+        "refused_form_token",
+    ]
+
+
+def test_the_resubscribe_button_twice_is_harmless(
+    client: FlaskClient, settings: Settings, session_factory, contact_id: int
+) -> None:
+    url = link(settings, LinkPurpose.UNSUBSCRIBE, contact_id)
+    done = client.post(url, data={"csrf": csrf(client.get(url).data)})
+    action = re.search(rb'action="(/preferences/[^"]+)"', done.data).group(1).decode()
+    for _ in range(2):
+        again = client.post(action, data={"csrf": csrf(done.data), "marketing": "yes"})
+        assert again.status_code == 200 and b"You are subscribed again." in again.data
+    assert state(session_factory, contact_id)[:2] == ([], "opted_in")
+    with session_scope(session_factory) as session:
+        sources = [c.source for c in consent_history(session, contact_id)]
+    assert sources[-2:] == ["unsubscribe_page", "preferences"]
+
+
+def test_addresses_never_reach_the_application_log(
+    client: FlaskClient,
+    settings: Settings,
+    contact_id: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = link(settings, LinkPurpose.UNSUBSCRIBE, contact_id)
+    client.post(url, data={"csrf": csrf(client.get(url).data)})
+    client.post(url, data={"List-Unsubscribe": "One-Click"})
+    prefs = link(settings, LinkPurpose.PREFERENCES, contact_id)
+    client.post(prefs, data={"csrf": csrf(client.get(prefs).data), "marketing": "yes"})
+    client.get(url + "tampered")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert ADDRESS not in logged and "ann.smith" not in logged

@@ -1,0 +1,93 @@
+"""What every response of the web app carries, and what it refuses before any view runs.
+
+Security headers (no third-party resource can load, no framing, no referrer), a small body
+limit, error pages that change nothing, and the audit record of refused recipient requests:
+the privacy policy promises that every recipient-facing hit is logged, not only the ones
+that reached a view.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, current_app, render_template, request
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from dispatcher.db import session_scope
+from dispatcher.settings import Settings
+from suppression.events import Hit, record_event
+
+log = logging.getLogger(__name__)
+
+# A one-click POST is 26 bytes and our largest form a few hundred: anything near this is abuse.
+MAX_BODY_BYTES = 16 * 1024
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+# Recipient routes by path prefix, named as the views name them in the audit trail.
+RECIPIENT_ROUTES = {"/u/": "unsubscribe", "/preferences/": "preferences"}
+
+
+def client_hit() -> Hit:
+    """The caller as the security log records it (IP as seen after trusted proxies)."""
+    return Hit(ip=request.remote_addr, user_agent=request.headers.get("User-Agent", "")[:512])
+
+
+def install(app: Flask, settings: Settings, trusted_proxies: int = 0) -> None:
+    """Body limits, security headers and error pages for ``app``.
+
+    ``trusted_proxies``: how many reverse proxies (the TLS terminator) stand in front of the
+    app and append to ``X-Forwarded-For``; without it the audit log would record the proxy's
+    IP for every recipient. Zero trusts no forwarded header at all.
+    """
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_BODY_BYTES
+    if trusted_proxies < 0:
+        raise ValueError(f"trusted_proxies must be 0 or more, not {trusted_proxies}")
+    if trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=trusted_proxies, x_proto=trusted_proxies
+        )
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[str, int]:
+        code = exc.code or 500
+        route = next((r for p, r in RECIPIENT_ROUTES.items() if request.path.startswith(p)), None)
+        if route is not None:
+            _record_refusal(route, code)
+        return render_template("error.html", code=code, title=exc.name, settings=settings), code
+
+
+def _record_refusal(route: str, code: int) -> None:
+    """Audit a recipient request refused before its token was read (413, 405, ...)."""
+    try:
+        with session_scope(current_app.extensions["dispatcher.sessions"]) as session:
+            record_event(
+                session,
+                "web_hit",
+                hit=client_hit(),
+                outcome="not_checked",
+                route=route,
+                action=f"refused_{code}",
+                method=request.method,
+            )
+    except SQLAlchemyError:
+        # The refusal stands either way; the log line names no address (the path holds a token).
+        log.warning("could not record a refused %s %s hit", request.method, code, exc_info=True)
