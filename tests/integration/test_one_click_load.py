@@ -21,7 +21,8 @@ from tests.integration.faults import populate, sessions_for
 from tests.support.backends import Backend, make_backend
 from tests.support.web_server import serve
 
-pytestmark = pytest.mark.slow
+# Bounded: 2,000 requests, and the whole run (both servers, all clients) within 4 minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 CONTACTS, REPEATS, FORGED, CLIENTS = 1000, 600, 400, 16
 

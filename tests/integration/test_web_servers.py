@@ -1,0 +1,116 @@
+"""The recipient pages under both servers they ship with: ``dispatcher serve`` (embedded)
+and gunicorn (production), each a real process on 127.0.0.1 answering a one-click POST."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dispatcher.db import session_scope
+from dispatcher.settings import Settings
+from suppression.models import Event, Suppression
+from suppression.tokens import LinkPurpose, TokenSigner
+from tests.conftest import TEST_KEYS
+from tests.factories import make_contact
+from tests.support.web_server import free_port
+from workers.process import wait_until
+
+BIN = Path(sys.executable).parent
+
+
+@contextmanager
+def running(command: list[str], settings: Settings, log: Path, port: int) -> Iterator[str]:
+    """Start a server process with the test's DISPATCHER_* settings; yield its base URL."""
+    env = {
+        **os.environ,
+        "DISPATCHER_HOME": str(settings.home),
+        "DISPATCHER_SECRET_KEYS": TEST_KEYS,
+        "DISPATCHER_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    base = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(
+            lambda: _answers(f"{base}/static/site.css", process, log),
+            timeout=30,
+            interval=0.05,
+            what=f"{command[0]} answering on port {port}",
+        )
+        yield base
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def _answers(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
+    assert process.poll() is None, f"the server exited:\n{log.read_text()}"
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
+            return True
+    except OSError:
+        return False
+
+
+def one_click(url: str, forwarded_for: str) -> int:
+    request = urllib.request.Request(
+        url,
+        data=b"List-Unsubscribe=One-Click",
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Forwarded-For": forwarded_for,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize("server", ["dispatcher serve", "gunicorn"])
+def test_each_server_takes_a_one_click_post(
+    server: str, settings: Settings, session_factory, tmp_path: Path
+) -> None:
+    with session_scope(session_factory) as session:
+        ann = make_contact(session, "ann@example.com").address_id
+    port = free_port()
+    command = {
+        "dispatcher serve": [str(BIN / "dispatcher"), "serve", "--port", str(port)],
+        "gunicorn": [
+            str(BIN / "gunicorn"),
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "dispatcher.web:create_app(trusted_proxies=1)",
+        ],
+    }[server]
+    token = TokenSigner(settings.secret_keys).sign_link(LinkPurpose.UNSUBSCRIBE, ann, None)
+    log = tmp_path / "server.log"
+    with running(command, settings, log, port) as base:
+        assert one_click(f"{base}/u/{token}", "198.51.100.7") == 200
+        assert one_click(f"{base}/u/{token}", "198.51.100.7") == 200
+        assert one_click(f"{base}/u/{token[:-2]}", "198.51.100.7") == 400
+    with session_scope(session_factory) as session:
+        reasons = session.scalars(
+            select(Suppression.reason).where(Suppression.address_id == ann)
+        ).all()
+        hits = session.execute(
+            select(Event.ip, Event.outcome).where(Event.kind == "web_hit").order_by(Event.id)
+        ).all()
+    assert reasons == ["unsubscribe"]
+    # Only gunicorn was told a proxy stands in front; the built-in server ignores the header.
+    ip = "198.51.100.7" if server == "gunicorn" else "127.0.0.1"
+    assert [tuple(h) for h in hits] == [(ip, "valid"), (ip, "valid"), (ip, "tampered")]
+    assert "ann@example.com" not in log.read_text()
