@@ -3,21 +3,35 @@
 Errors say what the caller may do next: :class:`TransientSendError` (not delivered, try
 later), :class:`PermanentSendError` (refused for good), :class:`UncertainSendError` (the
 message may or may not have been taken: never resend it automatically).
+
+``DISPATCHER_MAIL_URL`` forms::
+
+    maildir:///abs/path/outbox
+    smtp://user:password@host:587?starttls=true&timeout=10&cafile=/etc/ssl/relay-ca.pem
+    smtps://user:password@host:465          (TLS from the first byte)
+
+User and password are percent-decoded. Credentials are sent only as the server asks (AUTH);
+use ``starttls=true`` or ``smtps`` for anything but a relay on the same host.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import re
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from email.parser import BytesHeaderParser
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import NoReturn, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+SETTING = "DISPATCHER_MAIL_URL"
 
 
 class SendError(Exception):
@@ -26,7 +40,7 @@ class SendError(Exception):
 
 class TransientSendError(SendError):
     """Not delivered; safe to try again later. ``connection_lost``: the rest of the batch
-    cannot go over this connection either."""
+    cannot go over this transport now either (connection broken, outbox unwritable)."""
 
     def __init__(self, message: str, *, connection_lost: bool = True) -> None:
         super().__init__(message)
@@ -37,7 +51,7 @@ class PermanentSendError(SendError):
     """The server refused this message or recipient for good (SMTP 5xx).
 
     ``recipient_refused``: the refusal named the mailbox (at RCPT TO), a hard bounce; a
-    refusal of the message itself (at DATA) says nothing about the address.
+    refusal of the sender or of the message itself says nothing about the address.
     """
 
     def __init__(
@@ -57,31 +71,63 @@ class Transport(Protocol):
     def send(self, envelope_from: str, recipient: str, message: bytes) -> None: ...
 
 
-class MaildirTransport:
-    """Writes each message into a maildir ``new/`` folder, atomically (tmp, then rename).
+def _check_envelope(envelope_from: str, recipient: str) -> None:
+    """A line break or bracket in an envelope address would inject commands or headers."""
+    for role, address in (("sender", envelope_from), ("recipient", recipient)):
+        if not address or any(ch in address for ch in "\r\n\0<> \t"):
+            raise PermanentSendError(
+                f"not sent: the envelope {role} address is empty or holds a line break, "
+                "space or angle bracket",
+                code=501,
+                recipient=recipient,
+            )
 
-    The file name is derived from the Message-ID, so writing the same message twice leaves
-    one file. The envelope recipient is recorded in an ``X-Envelope-To`` header line.
+
+# --- maildir ----------------------------------------------------------------------------------
+
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(\S[^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+
+
+class MaildirTransport:
+    """Writes each message into a maildir's ``new/`` folder, atomically (tmp, then rename),
+    so :class:`mailbox.Maildir` and any mail client can read the outbox.
+
+    The file name is derived from the Message-ID and the recipient, so writing the same
+    message twice leaves one file. ``X-Envelope-From`` and ``X-Envelope-To`` lines are put
+    on top of the message, as local delivery agents do, so readers see who it was for.
+    The folders are created on the first send.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._ready = False
+
+    def _prepare(self) -> None:
         try:
             for sub in ("tmp", "new", "cur"):
-                (root / sub).mkdir(parents=True, exist_ok=True)
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TransientSendError(f"maildir {root} is not writable: {exc}") from None
+            raise TransientSendError(f"maildir {self.root} is not writable: {exc}") from None
+        self._ready = True
 
     def send(self, envelope_from: str, recipient: str, message: bytes) -> None:
-        headers = BytesHeaderParser().parsebytes(message)
-        key = headers.get("Message-ID") or hashlib.sha256(message).hexdigest()
-        name = hashlib.sha256(f"{key}\0{recipient}".encode()).hexdigest()[:32]
+        _check_envelope(envelope_from, recipient)
+        if not self._ready:
+            self._prepare()
+        ends = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+        head = message[: min(ends)] if ends else message
+        found = _MESSAGE_ID.search(head)
+        key = found.group(1).strip() if found else hashlib.sha256(message).digest()
+        name = hashlib.sha256(key + b"\0" + recipient.encode()).hexdigest()[:32]
         final = self.root / "new" / f"{name}.eml"
+        if final.exists():
+            return  # the same message for the same recipient is already in the outbox
+        eol = "\r\n" if b"\r\n" in head else "\n"
+        envelope = f"X-Envelope-From: <{envelope_from}>{eol}X-Envelope-To: <{recipient}>{eol}"
         tmp = self.root / "tmp" / f"{name}.{os.getpid()}.{time.monotonic_ns()}"
-        data = f"X-Envelope-From: <{envelope_from}>\r\nX-Envelope-To: <{recipient}>\r\n"
         try:
             with open(tmp, "wb") as handle:
-                handle.write(data.encode("ascii", "backslashreplace"))
+                handle.write(envelope.encode())
                 handle.write(message)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -91,152 +137,287 @@ class MaildirTransport:
             raise TransientSendError(f"writing to maildir {self.root} failed: {exc}") from None
 
 
+# --- SMTP -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmtpOptions:
+    host: str
+    port: int
+    implicit_tls: bool = False
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+    cafile: str | None = None
+
+
+class _BrokenBeforeBody(Exception):
+    """The connection failed before the end of the message went out: nothing was taken."""
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+_LOST = (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError)
+
+
+def _data_payload(message: bytes) -> bytes:
+    """CRLF line ends, dot-stuffed, with the terminating ``.`` line (RFC 5321 4.5.2)."""
+    data = _BARE_LF.sub(b"\r\n", message) if b"\n" in message else message
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+@functools.cache
+def _local_name() -> str:
+    # smtplib would look this up on every connection; it can be slow where DNS is.
+    return socket.getfqdn()
+
+
 class SMTPTransport:
-    """One SMTP connection for a batch: opened on first send, reused, closed with QUIT."""
+    """One SMTP connection for a batch: opened on the first send, reused, closed with QUIT.
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        implicit_tls: bool,
-        starttls: bool,
-        username: str | None,
-        password: str | None,
-        timeout: float,
-    ) -> None:
-        self.host, self.port = host, port
-        self.implicit_tls, self.starttls = implicit_tls, starttls
-        self.username, self.password = username, password
-        self.timeout = timeout
+    Commands are pipelined (RFC 2920) when the server offers it: MAIL, RCPT and DATA go in
+    one write, so each message costs two round trips. A connection that fails before a
+    message's end went out is replaced once, transparently, when it had already carried a
+    message (the server may have closed it for idling or for a per-connection limit).
+    """
+
+    def __init__(self, options: SmtpOptions) -> None:
+        self.options = options
         self._conn: smtplib.SMTP | None = None
+        self._fresh = True
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connection(self) -> smtplib.SMTP:
         if self._conn is not None:
             return self._conn
+        o = self.options
+        conn: smtplib.SMTP | None = None
         try:
-            conn: smtplib.SMTP
-            if self.implicit_tls:
+            if o.implicit_tls:
                 conn = smtplib.SMTP_SSL(
-                    self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+                    o.host, o.port, _local_name(), timeout=o.timeout, context=self._tls()
                 )
             else:
-                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-            conn.ehlo()
-            if self.starttls:
-                conn.starttls(context=ssl.create_default_context())
+                conn = smtplib.SMTP(o.host, o.port, _local_name(), timeout=o.timeout)
+            conn.ehlo_or_helo_if_needed()
+            if o.starttls:
+                conn.starttls(context=self._tls())
                 conn.ehlo()
-            if self.username:
-                conn.login(self.username, self.password or "")
+            if o.username:
+                conn.login(o.username, o.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise TransientSendError(f"SMTP login refused ({exc.smtp_code})") from None
-        except (OSError, smtplib.SMTPException) as exc:
+            self._close_quietly(conn)
             raise TransientSendError(
-                f"cannot connect to SMTP {self.host}:{self.port}: {exc}"
+                f"SMTP {o.host}:{o.port} refused the login ({exc.smtp_code}): "
+                f"check the user and password in {SETTING}"
             ) from None
-        self._conn = conn
+        except smtplib.SMTPNotSupportedError as exc:
+            self._close_quietly(conn)
+            raise TransientSendError(
+                f"SMTP {o.host}:{o.port} does not offer what {SETTING} asks for: {exc}"
+            ) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            self._close_quietly(conn)
+            raise TransientSendError(f"cannot connect to SMTP {o.host}:{o.port}: {exc}") from None
+        self._conn, self._fresh = conn, True
         return conn
 
+    def _tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.options.cafile)
+
+    @staticmethod
+    def _close_quietly(conn: smtplib.SMTP | None) -> None:
+        if conn is not None:
+            conn.close()
+
     def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        conn, self._conn = self._conn, None
+        self._close_quietly(conn)
 
     def send(self, envelope_from: str, recipient: str, message: bytes) -> None:
-        conn = self._connect()
-        phase = "envelope"
+        _check_envelope(envelope_from, recipient)
+        payload = _data_payload(message)
+        for attempt in (1, 2):
+            conn = self._connection()
+            fresh = self._fresh
+            try:
+                self._transaction(conn, envelope_from, recipient, payload)
+            except _BrokenBeforeBody as exc:
+                self._drop()
+                if fresh or attempt == 2:
+                    raise TransientSendError(str(exc)) from None
+                continue
+            finally:
+                self._fresh = False
+            return
+
+    def _transaction(self, conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes) -> None:
+        extensions = ""
+        if not (sender.isascii() and recipient.isascii()):
+            if not conn.has_extn("smtputf8"):
+                raise PermanentSendError(
+                    "not sent: the address needs SMTPUTF8, which this server does not offer",
+                    code=553,
+                    recipient=recipient,
+                )
+            extensions += " SMTPUTF8"
+        if not payload.isascii() and conn.has_extn("8bitmime"):
+            extensions += " BODY=8BITMIME"
+        commands = (
+            f"MAIL FROM:<{sender}>{extensions}\r\n".encode(),
+            f"RCPT TO:<{recipient}>\r\n".encode(),
+            b"DATA\r\n",
+        )
+        expected = ((250,), (250, 251), (354,))
+        replies: list[tuple[int, bytes]] = []
         try:
-            code, reply = conn.mail(envelope_from)
-            if code != 250:
-                self._refused(conn, code, reply, recipient, stage="MAIL FROM")
-            code, reply = conn.rcpt(recipient)
-            if code not in (250, 251):
-                self._refused(conn, code, reply, recipient, stage="RCPT TO")
-            phase = "data"
-            code, reply = conn.data(message)
-            if code != 250:
-                self._refused(conn, code, reply, recipient, stage="DATA")
-        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
+            if conn.has_extn("pipelining"):
+                conn.send(b"".join(commands))
+                replies = [conn.getreply() for _ in commands]
+            else:
+                for command, ok in zip(commands, expected, strict=True):
+                    conn.send(command)
+                    replies.append(conn.getreply())
+                    if replies[-1][0] not in ok:
+                        break
+        except _LOST as exc:
+            raise _BrokenBeforeBody(f"SMTP connection lost before the message: {exc}") from None
+        stages = ("MAIL FROM", "RCPT TO", "DATA")
+        for stage, (code, text), ok in zip(stages, replies, expected, strict=False):
+            if code not in ok:
+                self._abort(conn, data_open=replies[-1][0] == 354 and len(replies) == 3)
+                self._refused(stage, code, text, recipient)
+        try:
+            conn.send(payload)
+        except _LOST as exc:
+            # The final "." never went out, so the server cannot have taken the message.
+            raise _BrokenBeforeBody(f"SMTP connection lost while sending: {exc}") from None
+        try:
+            code, text = conn.getreply()
+        except _LOST as exc:
             self._drop()
-            if phase == "data":
-                raise UncertainSendError(f"connection lost during DATA: {exc}") from None
-            raise TransientSendError(f"connection lost: {exc}") from None
-        except smtplib.SMTPDataError as exc:
-            self._reset(conn)
-            self._classify(exc.smtp_code, exc.smtp_error, recipient, "DATA")
+            raise UncertainSendError(
+                f"SMTP connection lost after the message was sent, before the reply: {exc}"
+            ) from None
+        if 200 <= code < 300:
+            return
+        if code < 400 or code >= 600:
+            self._drop()
+            raise UncertainSendError(f"SMTP answered the message with {code} {text!r}")
+        self._refused("end of DATA", code, text, recipient)
 
-    def _refused(
-        self, conn: smtplib.SMTP, code: int, reply: bytes, recipient: str, stage: str
-    ) -> None:
-        self._reset(conn)
-        self._classify(code, reply, recipient, stage)
+    def _abort(self, conn: smtplib.SMTP, *, data_open: bool) -> None:
+        """End a refused transaction so the connection can carry the next message."""
+        try:
+            if data_open:  # a server that opened DATA with no recipient: send it nothing
+                conn.send(b".\r\n")
+                conn.getreply()
+            code, _ = conn.rset()
+            if code != 250:
+                self._drop()
+        except _LOST:
+            self._drop()
 
-    def _classify(self, code: int, reply: bytes | str, recipient: str, stage: str) -> None:
-        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    def _refused(self, stage: str, code: int, reply: bytes, recipient: str) -> NoReturn:
+        text = reply.decode("utf-8", errors="replace").replace("\n", " ")
         message = f"{stage} answered {code} {text}".strip()
-        if code == 421:
+        if code == 421 or not 400 <= code < 600:
+            # The server is closing the connection, or the dialogue is out of step.
             self._drop()
-            raise TransientSendError(message, connection_lost=True)
-        if 400 <= code < 500:
+            raise _BrokenBeforeBody(message)
+        if code < 500:
             raise TransientSendError(message, connection_lost=False)
         raise PermanentSendError(
             message, code=code, recipient=recipient, recipient_refused=stage == "RCPT TO"
         )
 
-    def _reset(self, conn: smtplib.SMTP) -> None:
-        try:
-            conn.rset()
-        except (smtplib.SMTPException, OSError):
-            self._drop()
-
     def close(self) -> None:
-        if self._conn is not None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             try:
-                self._conn.quit()
+                conn.quit()
             except (smtplib.SMTPException, OSError):
-                pass
-            finally:
-                self._drop()
+                conn.close()
 
 
-def _smtp_from_url(mail_url: str, timeout: float) -> SMTPTransport:
+# --- choosing by URL --------------------------------------------------------------------------
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+_SMTP_OPTIONS = ("starttls", "timeout", "cafile")
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError(f"{SETTING}: {name}={value!r} is not true or false")
+
+
+def parse_mail_url(mail_url: str, *, timeout: float = 30.0) -> Path | SmtpOptions:
+    """The outbox folder or the SMTP options ``mail_url`` names; :class:`ValueError`
+    naming ``DISPATCHER_MAIL_URL`` when it cannot work. Call it to check settings early."""
+    scheme = mail_url.split(":", 1)[0].lower() if ":" in mail_url else ""
+    if scheme == "maildir":
+        path = mail_url[len("maildir://") :]
+        if not mail_url.lower().startswith("maildir://") or not path.startswith("/"):
+            raise ValueError(f"{SETTING} maildir:// needs an absolute path (maildir:///var/outbox)")
+        return Path(path)
+    if scheme not in ("smtp", "smtps"):
+        raise ValueError(
+            f"{SETTING} has unknown scheme {scheme!r}: use maildir://, smtp:// or smtps://"
+        )
     parts = urlsplit(mail_url)
-    options = {k: v[-1].lower() for k, v in parse_qs(parts.query).items()}
-    implicit = parts.scheme == "smtps"
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{SETTING}: bad port: {exc}") from None
     if not parts.hostname:
-        raise ValueError(f"DISPATCHER_MAIL_URL {parts.scheme}://… names no host")
-    return SMTPTransport(
-        parts.hostname,
-        parts.port or (465 if implicit else 25),
+        raise ValueError(f"{SETTING} {scheme}://… names no host")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"{SETTING} {scheme}:// takes no path (got {parts.path!r})")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(_SMTP_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"{SETTING}: unknown option {', '.join(unknown)} (known: {', '.join(_SMTP_OPTIONS)})"
+        )
+    implicit = scheme == "smtps"
+    starttls = _flag("starttls", options.get("starttls", "false"))
+    if implicit and starttls:
+        raise ValueError(f"{SETTING}: smtps:// is TLS already; starttls=true is for smtp://")
+    try:
+        seconds = float(options.get("timeout", timeout))
+    except ValueError:
+        raise ValueError(f"{SETTING}: timeout={options['timeout']!r} is not a number") from None
+    if not seconds > 0:
+        raise ValueError(f"{SETTING}: timeout must be more than 0 seconds")
+    return SmtpOptions(
+        host=parts.hostname,
+        port=port or (465 if implicit else 25),
         implicit_tls=implicit,
-        starttls=options.get("starttls", "false") in ("1", "true", "yes"),
+        starttls=starttls,
         username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        timeout=float(options.get("timeout", timeout)),
+        password=unquote(parts.password) if parts.password is not None else None,
+        timeout=seconds,
+        cafile=options.get("cafile") or None,
     )
 
 
 @contextmanager
 def open_transport(mail_url: str, *, timeout: float = 30.0) -> Iterator[Transport]:
-    """The transport ``mail_url`` names, for one batch (the SMTP connection is closed after)."""
-    scheme = mail_url.split(":", 1)[0].lower()
-    if scheme == "maildir":
-        path = mail_url.removeprefix("maildir://")
-        if not path.startswith("/"):
-            raise ValueError(
-                "DISPATCHER_MAIL_URL maildir:// needs an absolute path (maildir:///var/outbox)"
-            )
-        yield MaildirTransport(Path(path))
+    """The transport ``mail_url`` names, for one batch (an SMTP connection is closed after).
+
+    ``timeout`` (seconds, per network operation) applies unless the URL gives its own.
+    """
+    target = parse_mail_url(mail_url, timeout=timeout)
+    if isinstance(target, Path):
+        yield MaildirTransport(target)
         return
-    if scheme in ("smtp", "smtps"):
-        transport = _smtp_from_url(mail_url, timeout)
-        try:
-            yield transport
-        finally:
-            transport.close()
-        return
-    raise ValueError(
-        f"DISPATCHER_MAIL_URL has unknown scheme {scheme!r}: use maildir://, smtp:// or smtps://"
-    )
+    transport = SMTPTransport(target)
+    try:
+        yield transport
+    finally:
+        transport.close()
