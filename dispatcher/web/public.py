@@ -325,3 +325,9 @@ def preferences(token: str) -> Any:
             return _preferences_view(session, token, address, subject, message)
     except BadToken as exc:
         return _invalid("preferences", exc)
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for it on every page; answer without a 404 in every log."""
+    return Response(status=204)

@@ -69,8 +69,15 @@ def test_unsubscribe_resubscribe_and_preferences_by_clicking(
 
     with serve(local, port):
         page = browser.new_page()
+        # A Content-Security-Policy violation (a blocked stylesheet, say) is a console error.
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("requestfailed", lambda r: errors.append(r.url))
+        page.on("response", lambda r: errors.append(r.url) if r.status >= 400 else None)
         page.goto(url)
         assert page.locator("h1").inner_text() == "Unsubscribe from our marketing e-mail"
+        header = page.locator("header").evaluate("e => getComputedStyle(e).backgroundColor")
+        assert header == "rgb(17, 17, 17)", "the site stylesheet did not load"
         assert "a***@e***.com" in page.content() and "ann@example.com" not in page.content()
         page.screenshot(path=str(tmp_path / "1-confirm.png"))
         assert state(session_factory, ann) == ([], "opted_in", None)  # opening changed nothing
@@ -81,7 +88,7 @@ def test_unsubscribe_resubscribe_and_preferences_by_clicking(
         assert state(session_factory, ann) == (["unsubscribe"], "opted_out", None)
 
         page.get_by_role("button", name="Subscribe again").click()
-        page.wait_for_selector("#message")
+        page.wait_for_selector("text=You are subscribed again.")
         page.screenshot(path=str(tmp_path / "3-resubscribed.png"))
         assert state(session_factory, ann) == ([], "opted_in", None)
 
@@ -94,6 +101,7 @@ def test_unsubscribe_resubscribe_and_preferences_by_clicking(
         page.screenshot(path=str(tmp_path / "4-preferences.png"))
         assert state(session_factory, ann) == (["unsubscribe"], "opted_out", "opted_in")
         page.close()
+    assert errors == []
     assert (tmp_path / "4-preferences.png").stat().st_size > 0
 
 

@@ -37,6 +37,7 @@ def test_security_headers_and_no_third_party_resources(
         assert not re.search(rb'(src|href|action)="(https?:)?//', response.data)
         assert "Set-Cookie" not in response.headers
     assert client.get("/static/site.css").status_code == 200
+    assert client.get("/favicon.ico").status_code == 204
 
 
 def test_oversized_body_is_refused_and_recorded(
