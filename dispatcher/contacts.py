@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.db import session_scope
 from dispatcher.models import Contact, ContactTag
 from suppression.address import InvalidAddress, canonical_address
-from suppression.consent import record_consent
-from suppression.models import ConsentStatus, Scope, utcnow
+from suppression.consent import ConsentOutcome, record_consent
+from suppression.models import ConsentState, ConsentStatus, Scope, utcnow
 from suppression.registry import ensure_addresses
 from suppression.sql import insert_for
 
@@ -226,28 +226,31 @@ def _apply(
     actor: str | None,
     policy_version: str | None,
 ) -> None:
+    """One chunk, in one transaction: a handful of set-based statements plus the consent
+    changes, which go through the ledger's own function one by one."""
     ids = ensure_addresses(session, [r.address for r in rows])
+    address_ids = list(ids.values())
     existing = {
         c.address_id: c
-        for c in session.scalars(select(Contact).where(Contact.address_id.in_(list(ids.values()))))
+        for c in session.scalars(select(Contact).where(Contact.address_id.in_(address_ids)))
     }
-    tags = {
-        (cid, tag)
-        for cid, tag in session.execute(
+    # Loaded into the identity map so record_consent's lookup by key costs no query.
+    session.scalars(select(ConsentState).where(ConsentState.address_id.in_(address_ids))).all()
+    have_tags = set(
+        session.execute(
             select(ContactTag.contact_id, ContactTag.tag).where(
                 ContactTag.contact_id.in_([c.id for c in existing.values()])
             )
-        )
-    }
+        ).all()
+    )
     now = utcnow()
-    created: list[Contact] = []
+    changed: set[int] = set()  # address ids of existing contacts this chunk changed
+    contacts: dict[int, Contact] = dict(existing)
     for row in rows:
         address_id = ids[row.address]
         contact = existing.get(address_id)
-        changed = False
-        is_new = contact is None
         if contact is None:
-            contact = Contact(
+            contacts[address_id] = Contact(
                 address_id=address_id,
                 submitted_address=row.submitted,
                 first_name=row.first_name,
@@ -256,46 +259,51 @@ def _apply(
                 source=row.consent_source or source,
                 collected_at=row.consent_at or now,
             )
-            session.add(contact)
-            created.append(contact)
-        else:
-            merged = {**contact.attributes, **row.attributes}
-            for name, value in (("first_name", row.first_name), ("last_name", row.last_name)):
-                if value is not None and getattr(contact, name) != value:
-                    setattr(contact, name, value)
-                    changed = True
-            if merged != contact.attributes:
-                contact.attributes = merged
-                changed = True
-        for scope, status in row.consents.items():
-            outcome = record_consent(
-                session,
-                address_id,
-                scope,
-                status,
-                source=row.consent_source or source,
-                occurred_at=row.consent_at or now,
-                actor=actor,
-                policy_version=policy_version,
-            )
-            report.consent[f"{scope}:{outcome}"] += 1
-            changed = changed or outcome == "recorded"
-        if is_new:
+            session.add(contacts[address_id])
+            continue
+        for name, value in (("first_name", row.first_name), ("last_name", row.last_name)):
+            if value is not None and getattr(contact, name) != value:
+                setattr(contact, name, value)
+                changed.add(address_id)
+        merged = {**contact.attributes, **row.attributes}
+        if merged != contact.attributes:
+            contact.attributes = merged
+            changed.add(address_id)
+    session.flush()  # new contacts in one batch, so the consent loop flushes little
+    with session.no_autoflush:
+        for row in rows:
+            address_id = ids[row.address]
+            for scope, status in row.consents.items():
+                outcome = record_consent(
+                    session,
+                    address_id,
+                    scope,
+                    status,
+                    source=row.consent_source or source,
+                    occurred_at=row.consent_at or now,
+                    actor=actor,
+                    policy_version=policy_version,
+                )
+                report.consent[f"{scope}:{outcome}"] += 1
+                if outcome == ConsentOutcome.RECORDED:
+                    changed.add(address_id)
+    new_tags = []
+    for row in rows:
+        contact_id = contacts[ids[row.address]].id
+        for tag in sorted(row.tags):
+            if (contact_id, tag) not in have_tags:
+                new_tags.append({"contact_id": contact_id, "tag": tag})
+                changed.add(ids[row.address])
+    if new_tags:
+        session.execute(insert_for(session, ContactTag).values(new_tags).on_conflict_do_nothing())
+    for row in rows:
+        address_id = ids[row.address]
+        if address_id not in existing:
             report.created += 1
-        elif changed:
+        elif address_id in changed:
             report.updated += 1
         else:
             report.unchanged += 1
-    session.flush()
-    by_address = {**{c.address_id: c for c in created}, **existing}
-    new_tags = [
-        {"contact_id": by_address[ids[r.address]].id, "tag": tag}
-        for r in rows
-        for tag in sorted(r.tags)
-        if (by_address[ids[r.address]].id, tag) not in tags
-    ]
-    if new_tags:
-        session.execute(insert_for(session, ContactTag).values(new_tags).on_conflict_do_nothing())
 
 
 def import_contacts(
@@ -320,7 +328,7 @@ def import_contacts(
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
     with raw:
-        _check_utf8(raw)
+        check_utf8(raw)
         handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         chunk: list[_Row] = []
         seen: dict[str, int] = {}
@@ -349,7 +357,7 @@ def import_contacts(
     return report
 
 
-def _check_utf8(raw: IO[bytes]) -> None:
+def check_utf8(raw: IO[bytes]) -> None:
     """Refuse a file that is not UTF-8 before importing any of it."""
     incremental = codecs.getincrementaldecoder("utf-8")()
     line = 1
