@@ -6,19 +6,19 @@ A suppression that stops marketing also stops queued deliveries to that address 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.contacts import ImportFileError, RowError
+from dispatcher.contacts import ImportFileError, RowError, check_utf8
 from dispatcher.db import session_scope
 from dispatcher.deliveries import stop_queued
 from suppression.address import InvalidAddress
 from suppression.models import GLOBAL_SCOPE, Reason, Scope
 from suppression.registry import ensure_address, find_address
 from suppression.suppressions import (
-    Added,
     SuppressionError,
     add_suppression,
     lift_suppressions,
@@ -29,6 +29,13 @@ from suppression.suppressions import (
 # What a hand-made suppression covers unless staff say otherwise: a recipient's own
 # unsubscribe is about marketing; everything else means "no mail at all".
 DEFAULT_SCOPE = {Reason.UNSUBSCRIBE: str(Scope.MARKETING)}
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    suppression_id: int
+    created: bool
+    stopped: int  # queued deliveries cancelled because of it
 
 
 def default_scope(reason: Reason) -> str:
@@ -44,7 +51,7 @@ def suppress_address(
     note: str | None = None,
     actor: str | None = None,
     source: str = "staff",
-) -> Added:
+) -> Suppressed:
     """Suppress ``address`` (raises InvalidAddress or SuppressionError, changing nothing)."""
     checked = valid_reason(reason)
     scope = valid_scope(scope or default_scope(checked))
@@ -52,9 +59,11 @@ def suppress_address(
     added = add_suppression(
         session, address_id, scope=scope, reason=checked, source=source, note=note, actor=actor
     )
+    # Deliveries are marketing or service mail; an affiliate scope has none queued.
+    stopped = 0
     if scope in (GLOBAL_SCOPE, str(Scope.MARKETING)):
-        stop_queued(session, address_id)
-    return added
+        stopped = stop_queued(session, address_id)
+    return Suppressed(added.suppression_id, added.created, stopped)
 
 
 def lift_address(
@@ -83,37 +92,65 @@ class SuppressImportReport:
 def import_suppressions(
     sessions: sessionmaker[Session], path: Path | str, *, actor: str | None = None
 ) -> SuppressImportReport:
-    """Bulk suppressions from CSV (``email,reason[,scope][,note]``); bad rows reported."""
+    """Bulk suppressions from CSV (``email,reason[,scope][,note]``); bad rows reported.
+
+    A file that is not UTF-8 or lacks a required column raises ImportFileError, adding nothing.
+    """
     report = SuppressImportReport()
     try:
-        handle = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+        raw = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
-    with handle, session_scope(sessions) as session:
+    with raw:
+        check_utf8(raw)
+        handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         reader = csv.DictReader(handle)
-        missing = {"email", "reason"} - set(reader.fieldnames or [])
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        missing = {"email", "reason"} - set(header)
         if missing:
             raise ImportFileError(f"the header lacks {', '.join(sorted(missing))}")
-        for record in reader:
-            try:
-                with session.begin_nested():
-                    added = suppress_address(
-                        session,
-                        record["email"] or "",
-                        reason=(record["reason"] or "").strip(),
-                        scope=(record.get("scope") or "").strip() or None,
-                        note=(record.get("note") or "").strip() or None,
-                        actor=actor,
-                        source=f"import:{Path(path).name}",
-                    )
-            except InvalidAddress as exc:
-                report.errors.append(RowError(reader.line_num, "email", str(exc)))
-                continue
-            except SuppressionError as exc:
-                report.errors.append(RowError(reader.line_num, "reason", str(exc)))
-                continue
-            if added.created:
-                report.created += 1
-            else:
-                report.existing += 1
+        with session_scope(sessions) as session:
+            for record in reader:
+                _import_row(session, record, reader.line_num, report, actor, Path(path).name)
     return report
+
+
+def _import_row(
+    session: Session,
+    record: dict[str, str | None],
+    line: int,
+    report: SuppressImportReport,
+    actor: str | None,
+    file_name: str,
+) -> None:
+    reason = (record.get("reason") or "").strip()
+    scope = (record.get("scope") or "").strip() or None
+    try:
+        checked = valid_reason(reason)
+    except SuppressionError as exc:
+        report.errors.append(RowError(line, "reason", str(exc)))
+        return
+    try:
+        valid_scope(scope or default_scope(checked))
+    except SuppressionError as exc:
+        report.errors.append(RowError(line, "scope", str(exc)))
+        return
+    try:
+        with session.begin_nested():
+            added = suppress_address(
+                session,
+                record.get("email") or "",
+                reason=reason,
+                scope=scope,
+                note=(record.get("note") or "").strip() or None,
+                actor=actor,
+                source=f"import:{file_name}",
+            )
+    except InvalidAddress as exc:
+        report.errors.append(RowError(line, "email", str(exc)))
+        return
+    if added.created:
+        report.created += 1
+    else:
+        report.existing += 1

@@ -36,8 +36,9 @@ def suppress() -> None:
 @click.option(
     "--scope",
     default=None,
-    help="global, marketing, affiliates or affiliate:<id> "
-    "(default: marketing for unsubscribe, global otherwise)",
+    help="global (all mail, service notices included), marketing, affiliates or "
+    "affiliate:<id>. Default: marketing for unsubscribe (the recipient's own wish is about "
+    "marketing), global for every other reason (a letter, a bounce or a complaint means no mail)",
 )
 @click.option("--note", default=None, help="e.g. the letter's date and reference")
 @ACTOR
@@ -45,7 +46,10 @@ def suppress() -> None:
 def add(
     app: AppContext, address: str, reason: str, scope: str | None, note: str | None, actor: str
 ) -> None:
-    """Suppress ADDRESS; queued mail it may no longer receive is stopped at once."""
+    """Suppress ADDRESS; queued mail it may no longer receive is stopped at once.
+
+    Exit code 1, with nothing changed, when ADDRESS or --scope is not valid.
+    """
     try:
         with session_scope(app.sessions) as session:
             added = suppress_address(
@@ -54,6 +58,8 @@ def add(
     except (InvalidAddress, SuppressionError) as exc:
         raise click.ClickException(f"{address!r}: {exc}") from None
     click.echo("suppressed" if added.created else "already suppressed for that reason")
+    if added.stopped:
+        click.echo(f"{added.stopped} queued deliveries stopped")
 
 
 @suppress.command("list")
