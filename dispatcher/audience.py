@@ -3,6 +3,10 @@
 Syntax: terms joined by ``,`` must all hold; inside a term, ``|`` separates alternatives.
 A term is ``tag:NAME`` (the contact has that tag), ``KEY=VALUE`` or ``KEY!=VALUE`` (an
 attribute imported with the contact; values compare case-insensitively). Empty: everyone.
+``KEY!=VALUE`` also selects contacts that have no such attribute. Tags are stored lower-case.
+Examples: ``tag:jazz|tag:blues, customer_type=agency`` and ``genre!=rock``.
+
+Case folding of values is the database's ``lower()``: SQLite folds ASCII letters only.
 """
 
 from __future__ import annotations
