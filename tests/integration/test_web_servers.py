@@ -61,10 +61,10 @@ def _answers(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
         return False
 
 
-def one_click(url: str, forwarded_for: str) -> int:
+def one_click(url: str, forwarded_for: str, padding: int = 0) -> int:
     request = urllib.request.Request(
         url,
-        data=b"List-Unsubscribe=One-Click",
+        data=b"List-Unsubscribe=One-Click" + b"&pad=" + b"x" * padding,
         method="POST",
         headers={
             "Content-Type": "application/x-www-form-urlencoded",
@@ -102,6 +102,7 @@ def test_each_server_takes_a_one_click_post(
         assert one_click(f"{base}/u/{token}", "198.51.100.7") == 200
         assert one_click(f"{base}/u/{token}", "198.51.100.7") == 200
         assert one_click(f"{base}/u/{token[:-2]}", "198.51.100.7") == 400
+        assert one_click(f"{base}/u/{token}", "198.51.100.7", padding=200_000) == 413
     with session_scope(session_factory) as session:
         reasons = session.scalars(
             select(Suppression.reason).where(Suppression.address_id == ann)
@@ -112,5 +113,10 @@ def test_each_server_takes_a_one_click_post(
     assert reasons == ["unsubscribe"]
     # Only gunicorn was told a proxy stands in front; the built-in server ignores the header.
     ip = "198.51.100.7" if server == "gunicorn" else "127.0.0.1"
-    assert [tuple(h) for h in hits] == [(ip, "valid"), (ip, "valid"), (ip, "tampered")]
+    assert [tuple(h) for h in hits] == [
+        (ip, "valid"),
+        (ip, "valid"),
+        (ip, "tampered"),
+        (ip, "not_checked"),
+    ]
     assert "ann@example.com" not in log.read_text()
