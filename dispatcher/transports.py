@@ -163,7 +163,8 @@ _LOST = (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError)
 
 def _data_payload(message: bytes) -> bytes:
     """CRLF line ends, dot-stuffed, with the terminating ``.`` line (RFC 5321 4.5.2)."""
-    data = _BARE_LF.sub(b"\r\n", message) if b"\n" in message else message
+    bare_lf = message.count(b"\n") != message.count(b"\r\n")  # two C scans beat a regex
+    data = _BARE_LF.sub(b"\r\n", message) if bare_lf else message
     if data.startswith(b".") or b"\n." in data:
         data = _LEADING_DOT.sub(b"..", data)
     if not data.endswith(b"\r\n"):
