@@ -314,6 +314,16 @@ def test_wrong_password_or_untrusted_certificate_is_transient(
     assert tls_sink.received() == []
 
 
+def test_tls_or_login_the_server_does_not_offer_is_transient(smtp_sink: SmtpSink) -> None:
+    for url in (f"{smtp_sink.url}?starttls=true", smtp_sink.url.replace("//", "//ann:pw@")):
+        with (
+            open_transport(url) as transport,
+            pytest.raises(TransientSendError, match="does not offer.*DISPATCHER_MAIL_URL"),
+        ):
+            transport.send(SENDER, "ann@example.com", message(1))
+    assert smtp_sink.received() == []
+
+
 # --- URLs -------------------------------------------------------------------------------------
 
 
