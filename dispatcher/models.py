@@ -109,7 +109,8 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("campaign_id", "contact_id"),
-        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        # With id last, a batch (an id range) and the fan-out read only their own rows.
+        Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
         Index("ix_deliveries_address_status", "address_id", "status"),
     )
 
@@ -170,3 +171,18 @@ class AffiliateRelease(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str | None] = mapped_column(Text)
     since: Mapped[datetime | None]
+
+
+class AffiliateShare(Base):
+    """An address that has been in a list released to an affiliate (one row per pair).
+
+    The suppression feed only ever names addresses the affiliate already holds, so it cannot
+    reveal who else is on our lists; ``release_id`` is the latest export that included it.
+    """
+
+    __tablename__ = "affiliate_shares"
+    __table_args__ = (Index("ix_affiliate_shares_release", "release_id"),)
+
+    affiliate_id: Mapped[int] = mapped_column(ForeignKey("affiliates.id"), primary_key=True)
+    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"), primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("affiliate_releases.id"))

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import getpass
+import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
+from sqlalchemy import select
 
+from dispatcher.affiliate_export import export, feed, feed_body, last_export
 from dispatcher.affiliates import (
     AffiliateError,
     add_affiliate,
     disable_affiliate,
-    eligible_count,
-    export,
-    feed,
     get_affiliate,
 )
 from dispatcher.cli import AppContext, pass_app
@@ -54,21 +55,29 @@ def add(app: AppContext, name: str, contact: str, fields: str, actor: str) -> No
     except AffiliateError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
-        f"affiliate {name} added. Its credential (shown once, give it over a safe "
-        f"channel):\n{credential}"
+        f"affiliate {name} added. Its credential (shown once, only a hash is kept; hand it "
+        f"over a safe channel):\n{credential}\n"
+        f"It is sent as HTTP Basic (user {name}, password the credential) or as the header "
+        f"'Authorization: Bearer <credential>'."
     )
 
 
 @affiliates.command("list")
 @pass_app
 def list_(app: AppContext) -> None:
-    """Every affiliate, its fields and whether it is enabled."""
-    from sqlalchemy import select
-
+    """Every affiliate: state, contact, whitelisted fields, last export."""
     with session_scope(app.sessions) as session:
-        for row in session.scalars(select(Affiliate).order_by(Affiliate.name)):
-            state = "disabled" if row.disabled_at else "enabled"
-            click.echo(f"{row.name:<24}{state:<10}{','.join(row.fields)}")
+        rows = session.scalars(select(Affiliate).order_by(Affiliate.name)).all()
+        if not rows:
+            click.echo("no affiliates (add one with: dispatcher affiliates add NAME ...)")
+        for row in rows:
+            state = f"disabled {row.disabled_at:%Y-%m-%d}" if row.disabled_at else "enabled"
+            latest = last_export(session, row.id)
+            exported = f"{latest.created_at:%Y-%m-%d %H:%M}" if latest else "never"
+            click.echo(
+                f"{row.name:<24}{state:<20}{row.contact_email:<32}"
+                f"{','.join(row.fields):<32}last export: {exported}"
+            )
 
 
 @affiliates.command("disable")
@@ -85,22 +94,44 @@ def disable(app: AppContext, name: str, actor: str) -> None:
     click.echo(f"affiliate {name} disabled")
 
 
+class _Bar:
+    """A click progress bar sized on the first report (the total is known only then)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=max(total, 1), label="exporting", file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
 @affiliates.command("export")
 @click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="where to write the CSV (default: a new file under <home>/exports/)",
+)
 @ACTOR
 @pass_app
 def export_(app: AppContext, name: str, out: Path | None, actor: str) -> None:
     """Write NAME's filtered list (CSV) and print a signed, expiring download URL."""
+    bar = _Bar()
     try:
-        with session_scope(app.sessions) as session:
-            total = eligible_count(session, get_affiliate(session, name))
-        with click.progressbar(length=max(total, 1), label="exporting") as bar:
-            release = export(
-                app.sessions, app.settings, name, actor=actor, out=out, progress=bar.update
-            )
+        release = export(app.sessions, app.settings, name, actor=actor, out=out, progress=bar)
     except AffiliateError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
     click.echo(f"{release.rows} contacts written to {release.path}\nsha256 {release.sha256}")
     click.echo(
         f"download (valid {app.settings.affiliate_link_seconds / 86400:g} days, "
@@ -112,26 +143,21 @@ def export_(app: AppContext, name: str, out: Path | None, actor: str) -> None:
 @click.argument("name")
 @click.option(
     "--since",
-    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z"]),
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"]),
     default=None,
-    help="default: the affiliate's last export",
+    help="ISO time with zone, e.g. 2025-01-01T00:00:00+00:00 (default: the last export)",
 )
 @ACTOR
 @pass_app
 def feed_(app: AppContext, name: str, since: datetime | None, actor: str) -> None:
-    """SHA-256 of addresses NAME must purge (suppressed or consent withdrawn)."""
+    """SHA-256 of addresses NAME holds and must purge (suppressed or consent withdrawn)."""
     try:
         with session_scope(app.sessions) as session:
-            digests, start = feed(session, get_affiliate(session, name), since=since, actor=actor)
+            result = feed(session, get_affiliate(session, name), since=since, actor=actor)
     except AffiliateError as exc:
         raise click.ClickException(str(exc)) from None
-    for digest in digests:
-        click.echo(digest)
-    click.echo(
-        f"{len(digests)} addresses to purge since "
-        f"{start.isoformat() if start else 'the beginning'}",
-        err=True,
-    )
+    click.echo(feed_body(result.digests), nl=False)
+    click.echo(f"{len(result.digests)} addresses to purge, {result.basis}", err=True)
 
 
 COMMANDS = [affiliates]

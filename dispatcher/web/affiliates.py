@@ -1,16 +1,28 @@
 """Affiliate downloads and suppression feeds: a valid signature AND the affiliate's own
-credential (HTTP Basic: name and credential), or nothing. Every attempt is audited."""
+credential, or nothing. Every attempt, refused or served, is audited with IP and user agent.
+
+The credential comes as HTTP Basic (user = affiliate name, password = credential) or as
+``Authorization: Bearer <credential>``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request, send_file
-from sqlalchemy.orm import Session
+from flask import Blueprint, Response, current_app, request
+from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.affiliates import authenticate, feed
+from dispatcher.affiliate_export import feed, feed_body
+from dispatcher.affiliates import (
+    AffiliateError,
+    NotAuthenticated,
+    authenticate,
+    authenticate_bearer,
+)
 from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, AffiliateRelease
 from dispatcher.settings import Settings
@@ -19,11 +31,18 @@ from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 
 bp = Blueprint("affiliates", __name__, url_prefix="/affiliates")
 
+_READ_CHUNK = 64 * 1024
+
 
 def _settings() -> Settings:
     settings = current_app.config["DISPATCHER_SETTINGS"]
     assert isinstance(settings, Settings)
     return settings
+
+
+def _sessions() -> sessionmaker[Session]:
+    sessions: sessionmaker[Session] = current_app.extensions["dispatcher.sessions"]
+    return sessions
 
 
 def _hit() -> Hit:
@@ -37,22 +56,41 @@ def _refuse(status: int, message: str) -> Response:
     return response
 
 
-def _caller(session: Session) -> Affiliate | None:
+def _caller(session: Session) -> Affiliate:
+    """The affiliate whose credential came with the request, or :class:`NotAuthenticated`."""
     auth = request.authorization
-    if auth is None or auth.type != "basic" or not auth.username or not auth.password:
-        return None
-    return authenticate(session, auth.username, auth.password)
+    if auth is None:
+        raise NotAuthenticated("no_credential", "no credential given")
+    if auth.type == "basic" and auth.username and auth.password:
+        return authenticate(session, auth.username, auth.password)
+    if auth.type == "bearer" and auth.token:
+        return authenticate_bearer(session, auth.token)
+    raise NotAuthenticated("no_credential", "use HTTP Basic or a Bearer credential")
 
 
 def _audit(session: Session, kind: str, outcome: str, **detail: Any) -> None:
     record_event(session, kind, hit=_hit(), outcome=outcome, **detail)
 
 
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stream(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(_READ_CHUNK):
+            yield chunk
+
+
 @bp.get("/download/<token>")
 def download(token: str) -> Response:
+    """The export named by the signed token, to the affiliate it was made for."""
     settings = _settings()
-    sessions = current_app.extensions["dispatcher.sessions"]
-    with session_scope(sessions) as session:
+    with session_scope(_sessions()) as session:
         try:
             payload = TokenSigner(settings.secret_keys).read_timed(
                 LinkPurpose.AFFILIATE_DOWNLOAD, token, int(settings.affiliate_link_seconds)
@@ -60,71 +98,76 @@ def download(token: str) -> Response:
         except BadToken as exc:
             _audit(session, "affiliate_download", exc.outcome.value)
             return _refuse(403, f"This download link is not valid ({exc}). Ask for a new one.")
-        affiliate = _caller(session)
-        if affiliate is None:
-            _audit(session, "affiliate_download", "bad_credential", release_id=payload.get("r"))
-            return _refuse(401, "Sign in with your affiliate name and credential.")
-        release = session.get(AffiliateRelease, payload.get("r"))
+        release_id, owner_id = payload.get("r"), payload.get("a")
+        try:
+            affiliate = _caller(session)
+        except NotAuthenticated as exc:
+            _audit(
+                session,
+                "affiliate_download",
+                exc.outcome,
+                affiliate_id=owner_id,
+                release_id=release_id,
+            )
+            status = 403 if exc.outcome == "disabled" else 401
+            return _refuse(status, f"Not signed in: {exc}.")
+        detail = {"affiliate_id": affiliate.id, "release_id": release_id}
+        release = session.get(AffiliateRelease, release_id) if isinstance(release_id, int) else None
         if (
             release is None
             or release.kind != "export"
             or release.affiliate_id != affiliate.id
-            or payload.get("a") != affiliate.id
+            or owner_id != affiliate.id
             or release.path is None
         ):
-            _audit(
-                session,
-                "affiliate_download",
-                "other_affiliate",
-                affiliate_id=affiliate.id,
-                release_id=payload.get("r"),
-            )
-            return _refuse(403, "This download is not yours.")
+            _audit(session, "affiliate_download", "other_affiliate", owner_id=owner_id, **detail)
+            return _refuse(403, "This download link was not made for you.")
         path = Path(release.path)
         if not path.is_file():
-            _audit(
-                session,
-                "affiliate_download",
-                "file_gone",
-                affiliate_id=affiliate.id,
-                release_id=release.id,
-            )
+            _audit(session, "affiliate_download", "file_gone", **detail)
             return _refuse(410, "This export is no longer kept. Ask for a new one.")
+        # The audit promised this content; a file changed since must not go out.
+        if _sha256_of(path) != release.sha256:
+            _audit(session, "affiliate_download", "altered", **detail)
+            return _refuse(410, "This export changed after it was written. Ask for a new one.")
         _audit(
             session,
             "affiliate_download",
             "served",
-            affiliate_id=affiliate.id,
-            release_id=release.id,
             rows=release.row_count,
             sha256=release.sha256,
+            **detail,
         )
-    response = send_file(
-        path,
-        mimetype="text/csv",
-        as_attachment=True,
-        download_name=f"{affiliate.name}-{release.id}.csv",
-    )
-    response.headers["X-Content-SHA256"] = release.sha256
+        name, sha256 = f"{affiliate.name}-{release.id}.csv", release.sha256
+    response = Response(_stream(path), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    response.headers["Content-Length"] = str(path.stat().st_size)
+    response.headers["X-Content-SHA256"] = sha256
     return response
 
 
 @bp.get("/feed")
 def suppression_feed() -> Response:
     """SHA-256 digests of canonical addresses to purge, one per line (``?since=ISO``)."""
-    sessions = current_app.extensions["dispatcher.sessions"]
-    with session_scope(sessions) as session:
-        affiliate = _caller(session)
-        if affiliate is None:
-            _audit(session, "affiliate_feed", "bad_credential")
-            return _refuse(401, "Sign in with your affiliate name and credential.")
+    with session_scope(_sessions()) as session:
+        try:
+            affiliate = _caller(session)
+        except NotAuthenticated as exc:
+            _audit(session, "affiliate_feed", exc.outcome)
+            return _refuse(403 if exc.outcome == "disabled" else 401, f"Not signed in: {exc}.")
         since = None
         if request.args.get("since"):
             try:
                 since = datetime.fromisoformat(request.args["since"])
             except ValueError:
-                return _refuse(400, "since must be an ISO-8601 time with zone")
-            if since.tzinfo is None:
-                return _refuse(400, "since must be an ISO-8601 time with zone")
-        digests, _ = feed(session, affiliate, since=since, actor=affiliate.name, hit=_hit())
-    return Response("".join(f"{d}\n" for d in digests), mimetype="text/plain")
+                since = None
+            if since is None or since.tzinfo is None:
+                _audit(session, "affiliate_feed", "bad_since", affiliate_id=affiliate.id)
+                return _refuse(400, "since must be an ISO-8601 time with a zone (…+00:00)")
+        try:
+            result = feed(session, affiliate, since=since, actor=affiliate.name, hit=_hit())
+        except AffiliateError as exc:
+            return _refuse(400, str(exc))
+    response = Response(feed_body(result.digests), mimetype="text/plain")
+    response.headers["X-Feed-Basis"] = result.basis
+    return response

@@ -8,22 +8,51 @@ import hashlib
 import io
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from dispatcher.affiliates import add_affiliate, export
-from dispatcher.db import session_scope
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.affiliate_export import export
+from dispatcher.affiliates import add_affiliate, disable_affiliate
+from dispatcher.db import make_engine, make_sessionmaker, session_scope
 from dispatcher.settings import Settings
+from suppression.address import address_digest
+from suppression.models import Event
 from suppression.tokens import LinkPurpose, TokenSigner
+from tests.support.backends import Backend, make_backend
 from tests.support.web_server import free_port, serve
-from tests.unit.dispatcher.test_affiliates import shareable
+from tests.unit.dispatcher.test_affiliates import shareable, unsubscribe
+
+Serve = Callable[[Settings], AbstractContextManager[str]]
 
 
-def fetch(url: str, user: str | None = None, password: str | None = None) -> tuple[int, bytes]:
-    headers = {}
+@pytest.fixture
+def web() -> Serve:
+    """``create_app(settings)`` on 127.0.0.1 at a free port (werkzeug's make_server in a
+    background thread, shut down when the block ends); yields its base URL."""
+    return serve
+
+
+@pytest.fixture(params=["sqlite", "postgres-rabbitmq"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A freshly migrated database on SQLite and on PostgreSQL."""
+    with make_backend(request.param, tmp_path / "var") as backend:
+        yield backend
+
+
+def fetch(
+    url: str, user: str | None = None, password: str | None = None, *, bearer: str | None = None
+) -> tuple[int, bytes]:
+    headers = {"User-Agent": "affiliate-test/1"}
     if user is not None:
-        headers["Authorization"] = (
-            "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        )
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
     request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
@@ -32,12 +61,18 @@ def fetch(url: str, user: str | None = None, password: str | None = None) -> tup
         return int(exc.code), exc.read()
 
 
-def test_download_needs_signature_and_own_credential(
-    settings: Settings, session_factory, tmp_path: Path
-) -> None:
+def test_download_needs_signature_and_own_credential(db: Backend, web: Serve) -> None:
     port = free_port()
-    local = settings.replace(base_url=f"http://127.0.0.1:{port}")
-    with session_scope(session_factory) as session:
+    local = db.settings.replace(base_url=f"http://127.0.0.1:{port}")
+    engine = make_engine(local.database_url)
+    try:
+        check_download(local, port, make_sessionmaker(engine), web)
+    finally:
+        engine.dispose()
+
+
+def check_download(local: Settings, port: int, sessions: sessionmaker[Session], web: Serve) -> None:
+    with session_scope(sessions) as session:
         shareable(session, "ann@example.com")
         _, one = add_affiliate(
             session, "label-one", contact="a@one.example", fields="email", actor="t"
@@ -45,7 +80,7 @@ def test_download_needs_signature_and_own_credential(
         _, two = add_affiliate(
             session, "label-two", contact="a@two.example", fields="email", actor="t"
         )
-    release = export(session_factory, local, "label-one", actor="staff")
+    release = export(sessions, local, "label-one", actor="staff")
     token = release.url.rsplit("/", 1)[1]
     signer = TokenSigner(local.secret_keys)
     with serve(local, port) as base:
@@ -53,11 +88,13 @@ def test_download_needs_signature_and_own_credential(
         assert status == 200
         assert list(csv.reader(io.StringIO(body.decode()))) == [["email"], ["ann@example.com"]]
         assert hashlib.sha256(body).hexdigest() == release.sha256
+        assert fetch(release.url, bearer=one) == (200, body)
 
         refused = {
             "no credential": fetch(release.url),
             "wrong credential": fetch(release.url, "label-one", two),
             "other affiliate": fetch(release.url, "label-two", two),
+            "other affiliate, bearer": fetch(release.url, bearer=two),
             "tampered": fetch(f"{base}/affiliates/download/{token[:-3]}abc", "label-one", one),
             "foreign key": fetch(
                 f"{base}/affiliates/download/"
@@ -73,25 +110,77 @@ def test_download_needs_signature_and_own_credential(
                 one,
             ),
         }
-        expired = settings.replace(affiliate_link_seconds=-1)
-    with serve(expired) as base_expired:
-        refused["expired"] = fetch(f"{base_expired}/affiliates/download/{token}", "label-one", one)
+    with web(local.replace(affiliate_link_seconds=-1)) as expired_base:
+        refused["expired"] = fetch(f"{expired_base}/affiliates/download/{token}", "label-one", one)
     for case, (status, body) in refused.items():
         assert status in (401, 403), case
         assert b"ann@example.com" not in body, case
     assert refused["expired"][1].startswith(b"This download link is not valid (this link has")
+    assert refused["other affiliate"][1] == b"This download link was not made for you.\n"
+    assert refused["no credential"][0] == 401
+
+    with session_scope(sessions) as session:
+        outcomes = session.execute(
+            select(Event.outcome, Event.ip, Event.user_agent, Event.detail)
+            .where(Event.kind == "affiliate_download")
+            .order_by(Event.id)
+        ).all()
+    assert [o for o, *_ in outcomes] == [
+        "served",
+        "served",
+        "no_credential",
+        "bad_credential",
+        "other_affiliate",
+        "other_affiliate",
+        "tampered",
+        "unknown_key",
+        "tampered",
+        "expired",
+    ]
+    assert all(ip == "127.0.0.1" and ua == "affiliate-test/1" for _, ip, ua, _ in outcomes)
+    assert outcomes[0][3]["release_id"] == release.release_id
 
 
-def test_feed_over_http_is_authenticated(settings: Settings, session_factory) -> None:
+def test_altered_or_disabled_gets_nothing(settings: Settings, session_factory, web: Serve) -> None:  # type: ignore[no-untyped-def]
     with session_scope(session_factory) as session:
+        shareable(session, "ann@example.com")
+        _, one = add_affiliate(
+            session, "label-one", contact="a@one.example", fields="email", actor="t"
+        )
+    release = export(session_factory, settings, "label-one", actor="staff")
+    path = release.path
+    with web(settings) as base:
+        url = f"{base}/affiliates/download/{release.url.rsplit('/', 1)[1]}"
+        path.write_text(path.read_text() + "mallory@example.com\r\n")
+        status, body = fetch(url, "label-one", one)
+        assert status == 410 and b"example.com" not in body
+        with session_scope(session_factory) as session:
+            disable_affiliate(session, "label-one", actor="t")
+        status, body = fetch(url, "label-one", one)
+        assert status == 403 and b"disabled" in body
+
+
+def test_feed_over_http_is_authenticated_and_names_only_what_was_shared(
+    settings: Settings, session_factory: sessionmaker[Session], web: Serve
+) -> None:
+    with session_scope(session_factory) as session:
+        ann = shareable(session, "ann@example.com")
+        bob = shareable(session, "bob@example.com")
         _, credential = add_affiliate(
             session, "label-one", contact="a@one.example", fields="email", actor="t"
         )
-    with serve(settings) as base:
+    with web(settings) as base:
         assert fetch(f"{base}/affiliates/feed")[0] == 401
         assert fetch(f"{base}/affiliates/feed", "label-one", "nope")[0] == 401
+        assert fetch(f"{base}/affiliates/feed", bearer="label-one.nope")[0] == 401
+        unsubscribe(settings, session_factory, bob)  # before any export: never shared
+        export(session_factory, settings, "label-one", actor="staff")
+        unsubscribe(settings, session_factory, ann)
+        status, body = fetch(f"{base}/affiliates/feed", bearer=credential)
+        assert (status, body) == (200, f"{address_digest('ann@example.com')}\n".encode())
         status, body = fetch(
             f"{base}/affiliates/feed?since=2020-01-01T00:00:00%2B00:00", "label-one", credential
         )
-        assert status == 200 and body == b""
+        assert (status, body) == (200, f"{address_digest('ann@example.com')}\n".encode())
         assert fetch(f"{base}/affiliates/feed?since=yesterday", "label-one", credential)[0] == 400
+        assert fetch(f"{base}/affiliates/feed?since=2020-01-01", "label-one", credential)[0] == 400
