@@ -1,14 +1,29 @@
 """Aggregate statistics that may be shared: counts only, nobody identifiable.
 
-No address, name or contact id appears. Any count below ``k`` is withheld; where a
-campaign-day has exactly one withheld cell, the smallest other cell of that group is
-withheld too, so the withheld one cannot be worked out from a known total (complementary
-disclosure). Rates are given only when both their counts reach ``k``.
+No address, name or contact id appears: rows are grouped by campaign (its id and name, which
+staff chose), day and outcome (delivery status, with the skip reason where there is one).
+
+Small cells. Any count from 1 to k-1 is withheld (primary suppression). A withheld cell could
+still be worked out by subtraction from a total that is published or known (complementary
+disclosure), so every total is treated as a constraint: a campaign-day's deliveries (its size
+may be known, e.g. announced), a campaign's deliveries over all days, the messages sent over
+all campaigns (published in the summary), and the contacts by marketing consent state (whose
+total is published). Whenever a constraint holds exactly one withheld cell, its smallest
+visible cell is withheld too, repeated until no constraint has a lone withheld cell (secondary
+suppression). A total that cannot be protected that way is itself withheld.
+
+What this does not protect against, documented rather than handled: solving several
+overlapping constraints together (linear programming over the whole table), and differencing
+two reports taken at different times (a contact count that grows by one between two runs).
+Publish reports at a fixed cadence and keep k well above 1 for the first; the second is why
+these are counts of deliveries and consent states, not of events about single people.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +33,25 @@ from sqlalchemy.orm import Session
 from dispatcher.models import Campaign, Contact, Delivery
 from suppression.models import ConsentState, Event, Scope
 
+# Statuses and reasons are short codes; anything else is reported as "other", never verbatim.
+_CODE = re.compile(r"^[a-z][a-z0-9_:]{0,40}$")
+_PLAIN_STATUSES = ("queued", "sending", "sent")
+CONSENT_STATES = ("opted_in", "opted_out", "not_asked")
+
 
 @dataclass
 class Cell:
+    """One published count, withheld or not."""
+
     campaign: str
     day: str
     outcome: str
-    count: int | None  # None: withheld
+    value: int
+    withheld: bool = False
+
+    @property
+    def count(self) -> int | None:
+        return None if self.withheld else self.value
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -35,49 +62,59 @@ class Cell:
         }
 
 
-def delivery_cells(session: Session, k: int) -> list[Cell]:
+def protect(cells: list[Cell], constraints: Iterable[list[Cell]], k: int) -> None:
+    """Withhold every cell under ``k`` and enough others that no constraint (a set of cells
+    whose sum is known) has exactly one withheld cell. Cells of zero are absent, not small."""
+    groups = [g for g in constraints if g]
+    for cell in cells:
+        if 0 < cell.value < k:
+            cell.withheld = True
+    changed = True
+    while changed:
+        changed = False
+        for group in groups:
+            hidden = [c for c in group if c.withheld]
+            shown = [c for c in group if not c.withheld]
+            if len(hidden) == 1 and shown:
+                min(shown, key=lambda c: c.value).withheld = True
+                changed = True
+
+
+def _outcome(status: str, reason: str | None) -> str:
+    status = status if _CODE.match(status or "") else "other"
+    if status in _PLAIN_STATUSES or not reason:
+        return status
+    return f"{status}:{reason if _CODE.match(reason) else 'other'}"
+
+
+def delivery_cells(session: Session) -> list[Cell]:
+    """Deliveries counted per campaign, day (finished, else created) and outcome."""
     day = func.date(func.coalesce(Delivery.finished_at, Delivery.created_at))
-    outcome = Delivery.status
     rows = session.execute(
-        select(Campaign.name, Campaign.id, day, outcome, Delivery.skip_reason, func.count())
+        select(Campaign.id, Campaign.name, day, Delivery.status, Delivery.skip_reason, func.count())
         .join(Campaign, Campaign.id == Delivery.campaign_id)
-        .group_by(Campaign.name, Campaign.id, day, outcome, Delivery.skip_reason)
-        .order_by(Campaign.id, day, outcome, Delivery.skip_reason)
+        .group_by(Campaign.id, Campaign.name, day, Delivery.status, Delivery.skip_reason)
+        .order_by(Campaign.id, day, Delivery.status, Delivery.skip_reason)
     ).all()
-    groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
-    for name, campaign_id, when, status, reason, count in rows:
-        label = (
-            status
-            if status in ("sent", "queued", "sending") or not reason
-            else f"{status}:{reason}"
-        )
-        cell = Cell(f"{campaign_id}:{name}", str(when), label, int(count))
-        groups[(cell.campaign, cell.day)].append(cell)
-    cells: list[Cell] = []
-    for group in groups.values():
-        _withhold(group, k)
-        cells.extend(group)
-    return cells
+    merged: dict[tuple[str, str, str], Cell] = {}
+    for campaign_id, name, when, status, reason, count in rows:
+        key = (f"{campaign_id}:{name}", str(when), _outcome(status, reason))
+        cell = merged.setdefault(key, Cell(*key, value=0))
+        cell.value += int(count)
+    return list(merged.values())
 
 
-def _withhold(group: list[Cell], k: int) -> None:
-    small = [c for c in group if c.count is not None and c.count < k]
-    for cell in small:
-        cell.count = None
-    if len(small) == 1:
-        others = sorted((c for c in group if c.count is not None), key=lambda c: c.count or 0)
-        if others:
-            others[0].count = None
+def _delivery_constraints(cells: list[Cell]) -> list[list[Cell]]:
+    by_day: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    by_campaign: dict[str, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        by_day[(cell.campaign, cell.day)].append(cell)
+        by_campaign[cell.campaign].append(cell)
+    sent = [c for c in cells if c.outcome == "sent"]
+    return [*by_day.values(), *by_campaign.values(), sent]
 
 
-def _rate(numerator: int, denominator: int, k: int) -> float | None:
-    if numerator < k or denominator < k:
-        return None
-    return round(numerator / denominator, 4)
-
-
-def consent_summary(session: Session, k: int) -> dict[str, Any]:
-    contacts = int(session.scalar(select(func.count()).select_from(Contact)) or 0)
+def _consent_cells(session: Session) -> list[Cell]:
     states = dict(
         session.execute(
             select(ConsentState.status, func.count())
@@ -86,9 +123,41 @@ def consent_summary(session: Session, k: int) -> dict[str, Any]:
             .group_by(ConsentState.status)
         ).all()
     )
-    opted_in = int(states.get("opted_in", 0))
-    opted_out = int(states.get("opted_out", 0))
-    unsubscribes = int(
+    contacts = int(session.scalar(select(func.count()).select_from(Contact)) or 0)
+    opted_in, opted_out = int(states.get("opted_in", 0)), int(states.get("opted_out", 0))
+    values = (opted_in, opted_out, contacts - opted_in - opted_out)
+    return [Cell("", "", f"marketing_{s}", v) for s, v in zip(CONSENT_STATES, values, strict=True)]
+
+
+def _rate(numerator: int | None, denominator: int | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 4)
+
+
+def _lone(total: int, group: list[Cell], k: int) -> int | None:
+    """A published total, unless it is small or would reveal a withheld cell on its own."""
+    if 0 < total < k:
+        return None
+    hidden = [c for c in group if c.withheld]
+    if len(hidden) == 1 and len(group) == 1:
+        return None
+    return total
+
+
+def report(session: Session, k: int) -> dict[str, Any]:
+    """The shareable report: a summary and the delivery cells, small cells withheld."""
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    deliveries = delivery_cells(session)
+    protect(deliveries, _delivery_constraints(deliveries), k)
+    consent = _consent_cells(session)
+    protect(consent, [consent], k)
+    contacts_total = sum(c.value for c in consent)
+    sent_cells = [c for c in deliveries if c.outcome == "sent"]
+    contacts = _lone(contacts_total, consent, k)
+    sent = _lone(sum(c.value for c in sent_cells), sent_cells, k)
+    unsubscribed = int(
         session.scalar(
             select(func.count())
             .select_from(Event)
@@ -96,30 +165,17 @@ def consent_summary(session: Session, k: int) -> dict[str, Any]:
         )
         or 0
     )
-    sent = int(
-        session.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "sent"))
-        or 0
+    unsubscribes = None if 0 < unsubscribed < k else unsubscribed
+    summary: dict[str, Any] = {"contacts": contacts}
+    summary.update({c.outcome: c.count for c in consent})
+    opted_in = consent[0].count
+    summary.update(
+        {
+            "opt_in_rate": _rate(opted_in, contacts) if contacts is not None else None,
+            "messages_sent": sent,
+            "unsubscribes": unsubscribes,
+            "unsubscribe_rate_per_message": _rate(unsubscribes, sent) if sent else None,
+            "min_cell": k,
+        }
     )
-
-    def shown(n: int) -> int | None:
-        return n if n >= k else None
-
-    return {
-        "contacts": shown(contacts),
-        "marketing_opted_in": shown(opted_in),
-        "marketing_opted_out": shown(opted_out),
-        "opt_in_rate": _rate(opted_in, contacts, k),
-        "unsubscribes": shown(unsubscribes),
-        "messages_sent": shown(sent),
-        "unsubscribe_rate_per_message": _rate(unsubscribes, sent, k),
-        "min_cell": k,
-    }
-
-
-def report(session: Session, k: int) -> dict[str, Any]:
-    if k < 1:
-        raise ValueError("k must be at least 1")
-    return {
-        "summary": consent_summary(session, k),
-        "deliveries": [c.as_dict() for c in delivery_cells(session, k)],
-    }
+    return {"summary": summary, "deliveries": [c.as_dict() for c in deliveries]}

@@ -31,7 +31,8 @@ from dispatcher.stats import report
 def stats(app: AppContext, fmt: str, k: int | None) -> None:
     """Counts per campaign, day and outcome, and opt-in / unsubscribe rates.
 
-    Nothing in it identifies a person; counts below k are withheld (shown as <k).
+    Nothing in it identifies a person; counts below k are withheld (shown as <k, null in
+    JSON), and so is any cell that would let a withheld one be worked out from a total.
     """
     k = k if k is not None else app.settings.stats_min_cell
     if k < 1:
@@ -41,26 +42,27 @@ def stats(app: AppContext, fmt: str, k: int | None) -> None:
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
         return
+    shown = f"<{k}"
     if fmt == "csv":
+        # One table: summary rows first (campaign "*"), then the delivery cells.
         writer = csv.writer(sys.stdout, lineterminator="\r\n")
         writer.writerow(["campaign", "day", "outcome", "count"])
+        for key, value in data["summary"].items():
+            writer.writerow(["*", "", key, shown if value is None else value])
         for cell in data["deliveries"]:
+            count = cell["count"]
             writer.writerow(
-                [
-                    cell["campaign"],
-                    cell["day"],
-                    cell["outcome"],
-                    cell["count"] if cell["count"] is not None else f"<{k}",
-                ]
+                [cell["campaign"], cell["day"], cell["outcome"], shown if count is None else count]
             )
         return
     for key, value in data["summary"].items():
-        click.echo(f"{key:<30}{'<' + str(k) if value is None else value}")
+        click.echo(f"{key:<30}{shown if value is None else value}")
     click.echo("")
     click.echo(f"{'campaign':<32}{'day':<12}{'outcome':<28}{'count':>7}")
     for cell in data["deliveries"]:
-        count = f"<{k}" if cell["count"] is None else str(cell["count"])
+        count = shown if cell["count"] is None else str(cell["count"])
         click.echo(f"{cell['campaign'][:31]:<32}{cell['day']:<12}{cell['outcome']:<28}{count:>7}")
+    click.echo(f"\ncounts under {k}, and cells that would reveal them, are shown as {shown}")
 
 
 COMMANDS = [stats]
