@@ -75,6 +75,7 @@ def test_bad_tokens_get_one_clear_page_and_change_nothing(
     assert response.status_code == 400
     assert b"This link is not valid" in response.data
     assert b"2110 Colorado Avenue" in response.data
+    assert b"mailto:unsubscribe@killertracks.com" in response.data
     assert state(session_factory, contact_id) == before
     assert events(session_factory)[-1].detail["action"] == "refused"
 
