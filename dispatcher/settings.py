@@ -125,6 +125,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if values.get("batch_size", 1) < 1:
         raise SettingsError("batch_size must be at least 1")
 
+    # A typo in the mail URL fails now, not at the first batch.
+    from dispatcher.transports import parse_mail_url
+
+    try:
+        parse_mail_url(values["mail_url"], timeout=float(values.get("smtp_timeout_seconds", 30)))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
     keys = _parse_keys(values.pop("secret_keys", None))
     if not keys:
         if not embedded:

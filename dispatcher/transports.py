@@ -52,15 +52,24 @@ class PermanentSendError(SendError):
 
     ``recipient_refused``: the refusal named the mailbox (at RCPT TO), a hard bounce; a
     refusal of the sender or of the message itself says nothing about the address.
+    ``sender_refused``: the relay refused our MAIL FROM — a configuration fault that every
+    message of the batch would meet, not a verdict on this one.
     """
 
     def __init__(
-        self, message: str, *, code: int, recipient: str, recipient_refused: bool = False
+        self,
+        message: str,
+        *,
+        code: int,
+        recipient: str,
+        recipient_refused: bool = False,
+        sender_refused: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.recipient = recipient
         self.recipient_refused = recipient_refused
+        self.sender_refused = sender_refused
 
 
 class UncertainSendError(SendError):
@@ -333,7 +342,11 @@ class SMTPTransport:
         if code < 500:
             raise TransientSendError(message, connection_lost=False)
         raise PermanentSendError(
-            message, code=code, recipient=recipient, recipient_refused=stage == "RCPT TO"
+            message,
+            code=code,
+            recipient=recipient,
+            recipient_refused=stage == "RCPT TO",
+            sender_refused=stage == "MAIL FROM",
         )
 
     def close(self) -> None:

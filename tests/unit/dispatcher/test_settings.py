@@ -80,3 +80,8 @@ def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(SettingsError, match="unknown setting 'colour'"):
         load_settings({"DISPATCHER_HOME": str(tmp_path), "DISPATCHER_CONFIG": str(config)})
+
+
+def test_a_mistyped_mail_url_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="DISPATCHER_MAIL_URL has unknown scheme 'smpt'"):
+        load_settings({"DISPATCHER_HOME": str(tmp_path), "DISPATCHER_MAIL_URL": "smpt://relay"})
