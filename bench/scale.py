@@ -113,6 +113,8 @@ def _claim_costs(
             rows, skipped = claim_batch(session, campaign, first, last, uuid.uuid4().hex)
             elapsed = time.perf_counter() - began
         recipients = len(rows) + skipped
+        if not recipients:
+            continue
         claim = sum(seconds for sql, _, seconds in log if CLAIM.match(sql))
         statement_share.append(claim / recipients)
         whole.append(elapsed / recipients)
@@ -140,7 +142,7 @@ def gate_cost(suppressions: int, workdir: Path, contacts: int = 10_000) -> GateC
 
 # --- N+1 --------------------------------------------------------------------------------------
 
-LEASE = re.compile(r"^\s*UPDATE deliveries SET claimed_at=\S+ WHERE deliveries.claim_token", re.S)
+LEASE = re.compile(r"^\s*UPDATE deliveries SET claimed_at=", re.S)
 
 
 def statements_per_batch(batch_size: int, sink_port: int, workdir: Path) -> dict[str, Any]:

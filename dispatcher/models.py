@@ -109,7 +109,8 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("campaign_id", "contact_id"),
-        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        # With id last, a batch (an id range) and the fan-out read only their own rows.
+        Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
         Index("ix_deliveries_address_status", "address_id", "status"),
     )
 
