@@ -195,6 +195,13 @@ def _deliver(
             with factory.clock.stage("send"):
                 transport.send(factory.sender_address, row.address, message)
         except PermanentSendError as exc:
+            if exc.sender_refused:
+                # The relay refuses our own address: a configuration fault every message
+                # would meet. Nothing is failed; the batch waits in the queue (and retries)
+                # until the relay takes our MAIL FROM again.
+                log.error("the mail relay refused the sender address: %s", exc)
+                result.released.extend(r.delivery_id for r in rows[index:])
+                return
             result.failed[row.delivery_id] = f"refused by the mail server: {exc}"
             if exc.recipient_refused:
                 result.bounced[row.delivery_id] = row.address_id

@@ -314,3 +314,24 @@ def test_rate_limits_hold_across_two_workers(
     # jitter: allow 10% over the limit in the busiest one-second window.
     assert busiest <= 44
     assert span >= (len(times) - 1) / 40 - 0.5
+
+
+def test_relay_refusing_our_sender_fails_nobody_and_sends_once_fixed(
+    embedded: Backend, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    """A 5xx at MAIL FROM is the relay's verdict on us, not on the recipients."""
+    eligible = populate(embedded.settings, 40)
+    smtp_sink.reject("info@killertracks.com", "550 5.7.1 sender not allowed")
+    with worker(embedded, smtp_sink, tmp_path / "w.log", batch_size="40"):
+        campaign_id = start_campaign(embedded.settings)
+        wait_for(
+            lambda: "relay refused the sender" in (tmp_path / "w.log").read_text(),
+            60,
+            "the refusal logged",
+        )
+        assert count_status(embedded.settings, campaign_id, "failed") == 0
+        assert len(smtp_sink.received()) == 0
+        smtp_sink.handler.reject.clear()  # the relay is fixed
+        wait_done(embedded.settings, campaign_id, 120)
+    counts = assert_invariants(embedded.settings, campaign_id, smtp_sink, eligible)
+    assert counts["sent"] == len(eligible) and counts["failed"] == 0
