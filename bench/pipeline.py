@@ -155,11 +155,13 @@ def pipeline(
     """One campaign to ``contacts`` contacts through a real worker on PostgreSQL + RabbitMQ,
     timed from scheduling to the last delivery row terminal."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
+    workdir = workdir / f"pipeline-{queue}"  # each run its own log, timings and home
+    workdir.mkdir(parents=True)
     timings = workdir / "stages.jsonl"
     timings.unlink(missing_ok=True)
     with postgres() as database_url:
         env = bench_env(
-            workdir / "pipeline",
+            workdir / "home",
             database_url,
             queue,
             mail_url=f"smtp://127.0.0.1:{sink.port}",

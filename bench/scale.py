@@ -77,9 +77,26 @@ def explain(engine: Engine, statement: str, params: Any) -> list[str]:
             transaction.rollback()
 
 
+_SCAN = re.compile(
+    r"((?:Parallel )?(?:Bitmap Heap|Bitmap Index|Index Only|Index|Seq) Scan)"
+    r"(?: using (\w+))? on (\w+)"
+)
+GROWING = ("deliveries", "suppressions", "consent_states", "addresses", "contacts")
+
+
 def scans(plan: list[str]) -> list[str]:
-    """The plan's scan lines (which index, or a sequential scan, for each table)."""
-    return [line.strip() for line in plan if "Scan" in line]
+    """The plan's scans, counted: "Index Scan using IX on TABLE x3"; a sequential scan of a
+    table that grows with the lists is marked as a problem."""
+    found: Counter[str] = Counter()
+    for line in plan:
+        match = _SCAN.search(line)
+        if match:
+            kind, index, table = match.groups()
+            label = f"{kind} using {index} on {table}" if index else f"{kind} on {table}"
+            if "Seq Scan" in kind and table in GROWING:
+                label += " (PROBLEM: grows with the table)"
+            found[label] += 1
+    return [f"{label} x{n}" for label, n in found.items()]
 
 
 @dataclass
