@@ -18,8 +18,10 @@ from suppression.models import Consent, Scope
 from suppression.registry import find_address
 from workers.cli import main
 
-HEADER = "email,first_name,last_name,marketing_consent,affiliates_consent,consent_source," \
-         "consent_at,tags,genre\n"
+HEADER = (
+    "email,first_name,last_name,marketing_consent,affiliates_consent,consent_source,"
+    "consent_at,tags,genre\n"
+)
 
 
 def write(tmp_path: Path, body: str, header: str = HEADER, name: str = "c.csv") -> Path:
@@ -43,19 +45,26 @@ def marketing(sessions: sessionmaker[Session], address: str) -> str | None:
 def test_valid_rows_go_in_and_invalid_rows_are_named(
     session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    path = write(tmp_path, (
-        "Ann@Example.com,Ann,Lee,yes,no,checkout,2015-03-01,jazz;Blues,jazz\n"
-        "not-an-address,Bad,Row,yes,,,,,\n"
-        "bob@example.com,Bob,Ray,perhaps,,,,,\n"
-        "cat@example.com,Cat,Kim,yes,,,next tuesday,,\n"
-        "ANN@example.com,Dupe,Row,yes,,,,,\n"
-        "dee@example.com,Dee,,,,,,,folk\n"
-        "eve@example.com,Eve\\r,,yes,,,,,\n"
-    ))
+    path = write(
+        tmp_path,
+        (
+            "Ann@Example.com,Ann,Lee,yes,no,checkout,2015-03-01,jazz;Blues,jazz\n"
+            "not-an-address,Bad,Row,yes,,,,,\n"
+            "bob@example.com,Bob,Ray,perhaps,,,,,\n"
+            "cat@example.com,Cat,Kim,yes,,,next tuesday,,\n"
+            "ANN@example.com,Dupe,Row,yes,,,,,\n"
+            "dee@example.com,Dee,,,,,,,folk\n"
+            "eve@example.com,Eve\\r,,yes,,,,,\n"
+        ),
+    )
     report = import_contacts(session_factory, path, source="test")
     assert (report.read, report.created, report.invalid) == (7, 3, 4)
     assert [(e.line, e.field) for e in report.errors] == [
-        (3, "email"), (4, "marketing_consent"), (5, "consent_at"), (6, "email")]
+        (3, "email"),
+        (4, "marketing_consent"),
+        (5, "consent_at"),
+        (6, "email"),
+    ]
     assert "the same address as line 2" in report.errors[-1].reason
     assert marketing(session_factory, "ann@example.com") == "opted_in"
     assert marketing(session_factory, "dee@example.com") is None  # never asked: nothing
@@ -113,17 +122,19 @@ def test_row_with_more_fields_than_the_header_is_named(
 def test_large_file_in_chunks(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
     rows = "".join(f"p{i}@example.com,P{i},,yes,,,,,\n" for i in range(1200))
     seen: list[int] = []
-    report = import_contacts(session_factory, write(tmp_path, rows), source="test",
-                             chunk_size=500, progress=seen.append)
+    report = import_contacts(
+        session_factory, write(tmp_path, rows), source="test", chunk_size=500, progress=seen.append
+    )
     assert report.created == 1200 and count(session_factory, Contact) == 1200
     assert len(seen) >= 3 and sum(seen) == (tmp_path / "c.csv").stat().st_size
 
 
-def test_cli_reports_lines_and_exits_1_on_invalid_rows(settings: Settings,
-                                                       tmp_path: Path) -> None:
+def test_cli_reports_lines_and_exits_1_on_invalid_rows(settings: Settings, tmp_path: Path) -> None:
     path = write(tmp_path, "ann@example.com,Ann,,yes,,,,,\nbroken,,,,,,,,\n")
-    env = {"DISPATCHER_HOME": str(settings.home),
-           "DISPATCHER_SECRET_KEYS": ",".join(settings.secret_keys)}
+    env = {
+        "DISPATCHER_HOME": str(settings.home),
+        "DISPATCHER_SECRET_KEYS": ",".join(settings.secret_keys),
+    }
     result = CliRunner().invoke(main, ["contacts", "import", str(path)], env=env)
     assert result.exit_code == 1
     assert "created        1" in result.output
