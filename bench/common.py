@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from sqlalchemy import create_engine, text
 from dispatcher.campaigns import create_campaign, schedule_campaign
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
 from dispatcher.settings import Settings, load_settings
+from tests.support.pg import temporary_database
 from workers.process import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,16 +99,8 @@ def smtp_sink() -> Iterator[Sink]:
 @contextmanager
 def postgres() -> Iterator[str]:
     """A new PostgreSQL database for one step; dropped (even with connections) afterwards."""
-    name = f"dispatcher_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database(PG_ADMIN, "dispatcher_bench") as url:
+        yield url
 
 
 def delete_queue(queue: str) -> None:

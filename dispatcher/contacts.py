@@ -12,6 +12,7 @@ import csv
 import io
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -323,13 +324,7 @@ def import_contacts(
         with session_scope(sessions) as session:
             _apply(session, rows, report, source=source, actor=actor, policy_version=policy_version)
 
-    try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
-    with raw:
-        check_utf8(raw)
-        handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    with open_csv(path) as (raw, handle):
         chunk: list[_Row] = []
         seen: dict[str, int] = {}
         last_pos = 0
@@ -355,6 +350,19 @@ def import_contacts(
         if progress is not None:
             progress(raw.tell() - last_pos)
     return report
+
+
+@contextmanager
+def open_csv(path: Path | str) -> Iterator[tuple[IO[bytes], IO[str]]]:
+    """The file as bytes (for progress) and as UTF-8 text; ImportFileError, reading nothing
+    into the database, when it cannot be read or is not UTF-8."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
+    with raw:
+        check_utf8(raw)
+        yield raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
 def check_utf8(raw: IO[bytes]) -> None:

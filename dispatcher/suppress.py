@@ -6,13 +6,12 @@ A suppression that stops marketing also stops queued deliveries to that address 
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.contacts import ImportFileError, RowError, check_utf8
+from dispatcher.contacts import ImportFileError, RowError, open_csv
 from dispatcher.db import session_scope
 from dispatcher.deliveries import stop_queued
 from suppression.address import InvalidAddress
@@ -97,13 +96,7 @@ def import_suppressions(
     A file that is not UTF-8 or lacks a required column raises ImportFileError, adding nothing.
     """
     report = SuppressImportReport()
-    try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
-    with raw:
-        check_utf8(raw)
-        handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    with open_csv(path) as (_, handle):
         reader = csv.DictReader(handle)
         header = [h.strip() for h in reader.fieldnames or []]
         reader.fieldnames = header

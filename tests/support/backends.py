@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from dispatcher.db import upgrade
 from dispatcher.settings import Settings
 from tests.conftest import TEST_KEYS, settings_for
+from tests.support.pg import temporary_database
 
 PG_ADMIN_URL = os.environ.get(
     "DISPATCHER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -56,16 +56,8 @@ def require(*names: str) -> None:
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A new, empty PostgreSQL database; dropped afterwards."""
-    name = f"dispatcher_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database(PG_ADMIN_URL, "dispatcher_test") as url:
+        yield url
 
 
 @dataclass
