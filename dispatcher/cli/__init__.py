@@ -5,6 +5,7 @@ Each command group lives in its own module of this package and is registered bel
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -43,6 +44,14 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
+
+# Every staff command records who asked.
+actor_option = click.option(
+    "--actor",
+    default=getpass.getuser,
+    show_default="your user name",
+    help="who is asking (recorded in the audit trail)",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

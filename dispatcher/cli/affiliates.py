@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -18,16 +17,9 @@ from dispatcher.affiliates import (
     disable_affiliate,
     get_affiliate,
 )
-from dispatcher.cli import AppContext, pass_app
+from dispatcher.cli import AppContext, actor_option, pass_app
 from dispatcher.db import session_scope
 from dispatcher.models import Affiliate
-
-ACTOR = click.option(
-    "--actor",
-    default=getpass.getuser,
-    show_default="your user name",
-    help="who is asking (recorded)",
-)
 
 
 @click.group("affiliates")
@@ -43,7 +35,7 @@ def affiliates() -> None:
     required=True,
     help="fields it may receive: email, first_name, last_name, attribute names",
 )
-@ACTOR
+@actor_option
 @pass_app
 def add(app: AppContext, name: str, contact: str, fields: str, actor: str) -> None:
     """Add an affiliate; prints its credential once (only a hash is kept)."""
@@ -82,7 +74,7 @@ def list_(app: AppContext) -> None:
 
 @affiliates.command("disable")
 @click.argument("name")
-@ACTOR
+@actor_option
 @pass_app
 def disable(app: AppContext, name: str, actor: str) -> None:
     """Disable an affiliate: no more exports, downloads or feeds."""
@@ -121,7 +113,7 @@ class _Bar:
     default=None,
     help="where to write the CSV (default: a new file under <home>/exports/)",
 )
-@ACTOR
+@actor_option
 @pass_app
 def export_(app: AppContext, name: str, out: Path | None, actor: str) -> None:
     """Write NAME's filtered list (CSV) and print a signed, expiring download URL."""
@@ -147,7 +139,7 @@ def export_(app: AppContext, name: str, out: Path | None, actor: str) -> None:
     default=None,
     help="ISO time with zone, e.g. 2025-01-01T00:00:00+00:00 (default: the last export)",
 )
-@ACTOR
+@actor_option
 @pass_app
 def feed_(app: AppContext, name: str, since: datetime | None, actor: str) -> None:
     """SHA-256 of addresses NAME holds and must purge (suppressed or consent withdrawn)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from datetime import datetime
@@ -23,18 +22,11 @@ from dispatcher.campaigns import (
     resume_campaign,
     schedule_campaign,
 )
-from dispatcher.cli import AppContext, pass_app
+from dispatcher.cli import AppContext, actor_option, pass_app
 from dispatcher.db import session_scope
 from dispatcher.preview import preview_message
 from dispatcher.rendering import list_templates
 from suppression.address import InvalidAddress
-
-ACTOR = click.option(
-    "--actor",
-    default=getpass.getuser,
-    show_default="your user name",
-    help="who is asking (recorded in the audit trail)",
-)
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -65,7 +57,7 @@ def campaign() -> None:
         "'tag:jazz', 'genre=jazz', 'genre!=jazz'; '|' inside a term for either"
     ),
 )
-@ACTOR
+@actor_option
 @pass_app
 def create(
     app: AppContext,
@@ -138,7 +130,7 @@ def preview(app: AppContext, campaign_id: int, to_address: str, out: Path | None
     default=None,
     help="ISO time with zone, e.g. 2026-12-01T09:00:00+00:00; now if absent",
 )
-@ACTOR
+@actor_option
 @pass_app
 def schedule(app: AppContext, campaign_id: int, at: datetime | None, actor: str) -> None:
     """Schedule a draft; the beat starts it when due (a worker must be running)."""
@@ -154,7 +146,7 @@ def schedule(app: AppContext, campaign_id: int, at: datetime | None, actor: str)
 def _simple(action: str, help_text: str) -> click.Command:
     @click.command(action, help=help_text)
     @click.argument("campaign_id", type=int)
-    @ACTOR
+    @actor_option
     @pass_app
     def command(app: AppContext, campaign_id: int, actor: str) -> None:
         try:

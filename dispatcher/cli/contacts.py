@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 
 import click
 
-from dispatcher.cli import AppContext, pass_app
+from dispatcher.cli import AppContext, actor_option, pass_app
 from dispatcher.contacts import ImportFileError, import_contacts
 
 
@@ -24,7 +23,7 @@ def contacts() -> None:
     help="where these addresses came from "
     "(default: the file name; a consent_source column wins per row)",
 )
-@click.option("--actor", default=getpass.getuser, show_default="your user name")
+@actor_option
 @pass_app
 def import_(app: AppContext, file: Path, source: str | None, actor: str) -> None:
     """Import FILE.csv (UTF-8).

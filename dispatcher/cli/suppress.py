@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 from pathlib import Path
 
 import click
 
-from dispatcher.cli import AppContext, pass_app
+from dispatcher.cli import AppContext, actor_option, pass_app
 from dispatcher.contacts import ImportFileError
 from dispatcher.db import session_scope
 from dispatcher.suppress import import_suppressions, lift_address, suppress_address
@@ -16,12 +15,6 @@ from suppression.address import InvalidAddress
 from suppression.models import Reason
 from suppression.suppressions import SuppressionError, list_suppressions
 
-ACTOR = click.option(
-    "--actor",
-    default=getpass.getuser,
-    show_default="your user name",
-    help="who is asking (recorded)",
-)
 REASONS = click.Choice([r.value for r in Reason])
 
 
@@ -41,7 +34,7 @@ def suppress() -> None:
     "marketing), global for every other reason (a letter, a bounce or a complaint means no mail)",
 )
 @click.option("--note", default=None, help="e.g. the letter's date and reference")
-@ACTOR
+@actor_option
 @pass_app
 def add(
     app: AppContext, address: str, reason: str, scope: str | None, note: str | None, actor: str
@@ -103,7 +96,7 @@ def list_(app: AppContext, include_lifted: bool, as_json: bool) -> None:
 @click.argument("address")
 @click.option("--reason", "why", required=True, help="why staff lift it (recorded)")
 @click.option("--only", type=REASONS, default=None, help="lift only suppressions of this reason")
-@ACTOR
+@actor_option
 @pass_app
 def remove(app: AppContext, address: str, why: str, only: str | None, actor: str) -> None:
     """Staff override: lift ADDRESS's suppressions, with the reason recorded."""
@@ -117,7 +110,7 @@ def remove(app: AppContext, address: str, why: str, only: str | None, actor: str
 
 @suppress.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@ACTOR
+@actor_option
 @pass_app
 def import_(app: AppContext, file: Path, actor: str) -> None:
     """Bulk suppressions from FILE.csv: email, reason, and optionally scope, note."""
