@@ -77,7 +77,7 @@ class WorkerProcess:
             self.argv += ["--beat", f"--schedule={home / f'beat-{uuid.uuid4().hex[:6]}'}"]
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
+    def start(self, ready_timeout: float = 120.0) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

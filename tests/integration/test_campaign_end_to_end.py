@@ -81,7 +81,7 @@ def run_campaign(backend: Backend, name: str) -> int:
         with session_scope(sessions) as session:
             return campaign_report(session, campaign_id).status == "done"
 
-    wait_until(done, 60, what=f"campaign {campaign_id} done")
+    wait_until(done, 120, what=f"campaign {campaign_id} done")
     return campaign_id
 
 
@@ -185,7 +185,7 @@ def test_service_notice_reaches_opted_out_but_not_postal_requests(
             with session_scope(sessions) as session:
                 return campaign_report(session, campaign_id).status == "done"
 
-        wait_until(done, 60, what="notice campaign done")
+        wait_until(done, 120, what="notice campaign done")
     received = by_recipient(smtp_sink.envelopes())
     assert set(received) == {
         "in@example.com",

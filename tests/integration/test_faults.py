@@ -87,7 +87,7 @@ def test_worker_killed_mid_campaign(rabbit: Backend, smtp_sink: SmtpSink, tmp_pa
     eligible = populate(rabbit.settings, 3000)
     first = worker(rabbit, smtp_sink, tmp_path / "a.log").start()
     campaign_id = start_campaign(rabbit.settings)
-    smtp_sink.wait_for_count(300, timeout=60)
+    smtp_sink.wait_for_count(300, timeout=120)
     first.kill()  # SIGKILL to the worker and its children: a crash, not a shutdown
     killed_at = len(smtp_sink.received())
     with worker(rabbit, smtp_sink, tmp_path / "b.log"):
@@ -103,7 +103,7 @@ def test_worker_killed_mid_campaign(rabbit: Backend, smtp_sink: SmtpSink, tmp_pa
             assert campaign_report(session, campaign_id).by_status["unknown"] == counts["unknown"]
             assert requeue_unknown(session, campaign_id, actor="staff") == counts["unknown"]
         with worker(rabbit, smtp_sink, tmp_path / "c.log"):
-            wait_done(rabbit.settings, campaign_id, 60)
+            wait_done(rabbit.settings, campaign_id, 120)
         assert count_status(rabbit.settings, campaign_id, "unknown") == 0
 
 
@@ -118,7 +118,7 @@ def test_broker_restarted_mid_campaign(
     eligible = populate(rabbit.settings, 2000)
     with worker(rabbit, smtp_sink, tmp_path / "a.log"):
         campaign_id = start_campaign(rabbit.settings)
-        smtp_sink.wait_for_count(200, timeout=60)
+        smtp_sink.wait_for_count(200, timeout=120)
         try:
             _rabbitmqctl("stop_app")
             stopped_at = len(smtp_sink.received())
@@ -142,7 +142,7 @@ def test_database_gone_mid_campaign_sends_nothing_until_it_returns(
             via_proxy = backend.settings.database_url.replace(":5432/", f":{proxy.port}/")
             with worker(backend, smtp_sink, tmp_path / "w.log", database_url=via_proxy):
                 campaign_id = start_campaign(backend.settings)
-                smtp_sink.wait_for_count(200, timeout=60)
+                smtp_sink.wait_for_count(200, timeout=120)
                 proxy.cut()
                 # Sending stops within the claim-renewal interval (2 s) plus one message.
                 grace_end = time.monotonic() + 3
@@ -189,7 +189,7 @@ def test_pause_resume_and_cancel_take_effect_within_a_batch(
     eligible = populate(embedded.settings, 600)
     with worker(embedded, smtp_sink, tmp_path / "w.log", batch_size="20", rate_per_second="100"):
         campaign_id = start_campaign(embedded.settings)
-        smtp_sink.wait_for_count(40, timeout=60)
+        smtp_sink.wait_for_count(40, timeout=120)
         with session_scope(sessions_for(embedded.settings)) as session:
             pause_campaign(session, campaign_id, actor="staff")
         at_pause = len(smtp_sink.received())
@@ -251,7 +251,7 @@ def test_unsubscribes_racing_a_campaign(
 
     with worker(rabbit, smtp_sink, tmp_path / "w.log", batch_size="50"):
         campaign_id = start_campaign(rabbit.settings)
-        smtp_sink.wait_for_count(50, timeout=60)
+        smtp_sink.wait_for_count(50, timeout=120)
         racer = threading.Thread(target=unsubscribe_while_sending)
         racer.start()
         racer.join(120)

@@ -64,7 +64,7 @@ def test_one_click_from_a_received_message_stops_running_and_next_campaigns(
         running = start_campaign(settings, "running")
         smtp_sink.wait_until(
             lambda got: sum(f"<c{running}." in r.message["Message-ID"] for r in got) >= 20,
-            timeout=60,
+            timeout=120,
         )
         assert one_click(url) == 200
         wait_done(settings, running, 120)
