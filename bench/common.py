@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from dispatcher.campaigns import create_campaign, schedule_campaign
+from dispatcher.campaigns.services import create_campaign, schedule_campaign
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
 from dispatcher.settings import Settings, load_settings
 from tests.support.pg import temporary_database

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dispatcher.contacts import import_contacts
+from dispatcher.contacts.importer import import_contacts
 from dispatcher.db import make_engine, make_sessionmaker, upgrade
 from dispatcher.settings import load_settings
 

@@ -28,9 +28,9 @@ from bench.common import (
     settings_from,
     tree_report,
 )
-from dispatcher.composing import ClaimedRow, MessageFactory
 from dispatcher.db import upgrade
 from dispatcher.models import Campaign
+from dispatcher.sending.composing import ClaimedRow, MessageFactory
 from suppression.tokens import TokenSigner
 from workers.process import WorkerProcess, wait_until
 

@@ -37,10 +37,10 @@ from bench.common import (  # noqa: E402
     settings_from,
     status_kb,
 )
+from dispatcher.campaigns.fanout import fan_out  # noqa: E402
 from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade  # noqa: E402
-from dispatcher.fanout import fan_out  # noqa: E402
 from dispatcher.models import Campaign  # noqa: E402
-from dispatcher.sending import claim_batch, send_batch  # noqa: E402
+from dispatcher.sending.batch import claim_batch, send_batch  # noqa: E402
 from suppression.tokens import TokenSigner  # noqa: E402
 
 CLAIM = re.compile(r"^\s*UPDATE deliveries SET status=CASE", re.S)

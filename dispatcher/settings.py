@@ -126,7 +126,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("batch_size must be at least 1")
 
     # A typo in the mail URL fails now, not at the first batch.
-    from dispatcher.transports import parse_mail_url
+    from dispatcher.sending.transports import parse_mail_url
 
     try:
         parse_mail_url(values["mail_url"], timeout=float(values.get("smtp_timeout_seconds", 30)))

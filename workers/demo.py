@@ -9,13 +9,13 @@ from pathlib import Path
 
 import click
 
-from dispatcher.campaigns import campaign_report, create_campaign, schedule_campaign
+from dispatcher.campaigns.services import campaign_report, create_campaign, schedule_campaign
 from dispatcher.cli import AppContext, pass_app
 from dispatcher.cli.campaigns import print_report
-from dispatcher.contacts import import_contacts
+from dispatcher.contacts.importer import import_contacts
+from dispatcher.contacts.suppress import import_suppressions
 from dispatcher.db import session_scope, upgrade
 from dispatcher.settings import KEY_FILE_NAME, PROJECT_ROOT
-from dispatcher.suppress import import_suppressions
 from workers.process import WorkerFailed, WorkerProcess, wait_until
 
 DEMO_DATA = PROJECT_ROOT / "dispatcher" / "demo"

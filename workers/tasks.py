@@ -6,11 +6,11 @@ import logging
 
 from sqlalchemy.exc import OperationalError
 
+from dispatcher.campaigns.fanout import campaign_purpose, due_campaigns, fan_out
+from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import session_scope
-from dispatcher.fanout import campaign_purpose, due_campaigns, fan_out
-from dispatcher.recovery import stalled_campaigns
-from dispatcher.sending import describe, send_batch
-from dispatcher.transports import TransientSendError
+from dispatcher.sending.batch import describe, send_batch
+from dispatcher.sending.transports import TransientSendError
 from workers.app import app, queue_for
 from workers.runtime import runtime
 

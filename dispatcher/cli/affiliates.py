@@ -10,16 +10,16 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from dispatcher.affiliate_export import export, feed, feed_body, last_export
-from dispatcher.affiliates import (
+from dispatcher.cli import AppContext, actor_option, pass_app
+from dispatcher.db import session_scope
+from dispatcher.models import Affiliate
+from dispatcher.sharing.affiliates import (
     AffiliateError,
     add_affiliate,
     disable_affiliate,
     get_affiliate,
 )
-from dispatcher.cli import AppContext, actor_option, pass_app
-from dispatcher.db import session_scope
-from dispatcher.models import Affiliate
+from dispatcher.sharing.export import export, feed, feed_body, last_export
 
 
 @click.group("affiliates")

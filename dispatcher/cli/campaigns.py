@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from dispatcher.campaigns import (
+from dispatcher.campaigns.preview import preview_message
+from dispatcher.campaigns.services import (
     CampaignError,
     CampaignReport,
     campaign_report,
@@ -24,8 +25,7 @@ from dispatcher.campaigns import (
 )
 from dispatcher.cli import AppContext, actor_option, pass_app
 from dispatcher.db import session_scope
-from dispatcher.preview import preview_message
-from dispatcher.rendering import list_templates
+from dispatcher.sending.rendering import list_templates
 from suppression.address import InvalidAddress
 
 

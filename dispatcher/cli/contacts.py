@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from dispatcher.cli import AppContext, actor_option, pass_app
-from dispatcher.contacts import ImportFileError, import_contacts
+from dispatcher.contacts.importer import ImportFileError, import_contacts
 
 
 @click.group("contacts")

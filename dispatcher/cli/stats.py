@@ -10,7 +10,7 @@ import click
 
 from dispatcher.cli import AppContext, pass_app
 from dispatcher.db import session_scope
-from dispatcher.stats import report
+from dispatcher.sharing.stats import report
 
 
 @click.command("stats")

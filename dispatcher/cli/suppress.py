@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from dispatcher.cli import AppContext, actor_option, pass_app
-from dispatcher.contacts import ImportFileError
+from dispatcher.contacts.importer import ImportFileError
+from dispatcher.contacts.suppress import import_suppressions, lift_address, suppress_address
 from dispatcher.db import session_scope
-from dispatcher.suppress import import_suppressions, lift_address, suppress_address
 from suppression.address import InvalidAddress
 from suppression.models import Reason
 from suppression.suppressions import SuppressionError, list_suppressions

@@ -16,16 +16,16 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.affiliate_export import feed, feed_body
-from dispatcher.affiliates import (
+from dispatcher.db import session_scope
+from dispatcher.models import Affiliate, AffiliateRelease
+from dispatcher.settings import Settings
+from dispatcher.sharing.affiliates import (
     AffiliateError,
     NotAuthenticated,
     authenticate,
     authenticate_bearer,
 )
-from dispatcher.db import session_scope
-from dispatcher.models import Affiliate, AffiliateRelease
-from dispatcher.settings import Settings
+from dispatcher.sharing.export import feed, feed_body
 from suppression.events import Hit, record_event
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 

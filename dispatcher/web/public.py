@@ -10,8 +10,8 @@ from flask import Blueprint, Response, current_app, render_template, request
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
+from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.db import session_scope
-from dispatcher.deliveries import stop_queued
 from dispatcher.models import Campaign
 from dispatcher.settings import Settings
 from dispatcher.web.security import client_hit

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns import create_campaign, schedule_campaign
+from dispatcher.campaigns.fanout import fan_out
+from dispatcher.campaigns.services import create_campaign, schedule_campaign
 from dispatcher.db import session_scope
-from dispatcher.fanout import fan_out
-from dispatcher.sending import send_batch
+from dispatcher.sending.batch import send_batch
 from dispatcher.settings import Settings
 from suppression.consent import current_consent
 from suppression.models import Reason, Scope

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns import campaign_report, create_campaign, schedule_campaign
+from dispatcher.campaigns.services import campaign_report, create_campaign, schedule_campaign
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
 from dispatcher.models import Delivery
 from dispatcher.settings import Settings

@@ -16,16 +16,16 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.affiliate_export import export
-from dispatcher.affiliates import add_affiliate, disable_affiliate
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
 from dispatcher.settings import Settings
+from dispatcher.sharing.affiliates import add_affiliate, disable_affiliate
+from dispatcher.sharing.export import export
 from suppression.address import address_digest
 from suppression.models import Event
 from suppression.tokens import LinkPurpose, TokenSigner
 from tests.support.backends import Backend, make_backend
 from tests.support.web_server import free_port, serve
-from tests.unit.dispatcher.test_affiliates import shareable, unsubscribe
+from tests.unit.dispatcher.sharing.test_affiliates import shareable, unsubscribe
 
 Serve = Callable[[Settings], AbstractContextManager[str]]
 

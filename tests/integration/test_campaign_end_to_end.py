@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from dispatcher.campaigns import campaign_report, create_campaign, schedule_campaign
+from dispatcher.campaigns.deliveries import stop_queued
+from dispatcher.campaigns.services import campaign_report, create_campaign, schedule_campaign
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
-from dispatcher.deliveries import stop_queued
 from dispatcher.models import Delivery
 from suppression.events import Hit
 from suppression.models import ConsentStatus, Reason

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dispatcher.campaigns import (
+from dispatcher.campaigns.deliveries import stop_queued
+from dispatcher.campaigns.services import (
     campaign_report,
     cancel_campaign,
     pause_campaign,
@@ -22,7 +23,6 @@ from dispatcher.campaigns import (
     resume_campaign,
 )
 from dispatcher.db import session_scope
-from dispatcher.deliveries import stop_queued
 from dispatcher.models import Delivery
 from suppression.events import Hit
 from suppression.models import Address, Suppression

@@ -7,8 +7,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.campaigns.fanout import create_deliveries
 from dispatcher.db import session_scope
-from dispatcher.fanout import create_deliveries
 from dispatcher.models import Campaign
 from dispatcher.settings import Settings
 from dispatcher.web import create_app

@@ -1,0 +1,1 @@
+"""Campaigns: create, schedule, fan out to deliveries, recover, report."""

@@ -1,0 +1,266 @@
+"""Campaigns: created by staff, scheduled, paused, resumed, cancelled, reported on."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from dispatcher.campaigns.audience import AudienceError, validate_audience
+from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from dispatcher.sending.rendering import CampaignView, TemplateProblem, check_campaign
+from dispatcher.settings import Settings
+from suppression.events import record_event
+from suppression.gate import Purpose
+from suppression.models import utcnow
+
+
+class CampaignError(ValueError):
+    """A staff request about a campaign that cannot be carried out; the message says why."""
+
+
+def campaign_view(campaign: Campaign) -> CampaignView:
+    return CampaignView(
+        id=campaign.id,
+        name=campaign.name,
+        subject=campaign.subject,
+        purpose=campaign.purpose,
+        template=campaign.template,
+    )
+
+
+def get_campaign(session: Session, campaign_id: int, *, for_update: bool = False) -> Campaign:
+    stmt = select(Campaign).where(Campaign.id == campaign_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    campaign = session.scalar(stmt)
+    if campaign is None:
+        raise CampaignError(f"no campaign with id {campaign_id}")
+    return campaign
+
+
+def _valid_purpose(purpose: str) -> Purpose:
+    try:
+        return Purpose(purpose)
+    except ValueError:
+        names = ", ".join(p.value for p in Purpose)
+        raise CampaignError(f"unknown purpose {purpose!r}: use one of {names}") from None
+
+
+def create_campaign(
+    session: Session,
+    settings: Settings,
+    *,
+    name: str,
+    subject: str,
+    template: str,
+    purpose: str = Purpose.MARKETING.value,
+    audience: str | None = None,
+    actor: str | None = None,
+) -> Campaign:
+    """A draft campaign; its template and audience are checked now and again at scheduling."""
+    if not name.strip():
+        raise CampaignError("the campaign needs a name (--name)")
+    if not subject.strip():
+        raise CampaignError("the campaign needs a subject (--subject)")
+    if any(ch in subject for ch in "\r\n\x00"):
+        raise CampaignError("the subject contains a line break; a mail header cannot carry one")
+    checked = _valid_purpose(purpose)
+    try:
+        validate_audience(audience)
+    except AudienceError as exc:
+        raise CampaignError(f"audience: {exc}") from None
+    campaign = Campaign(
+        name=name.strip(),
+        subject=subject,
+        template=template,
+        purpose=checked.value,
+        audience=audience or None,
+        status=CampaignStatus.DRAFT.value,
+        created_by=actor,
+    )
+    session.add(campaign)
+    session.flush()
+    try:
+        check_campaign(settings, campaign_view(campaign))
+    except TemplateProblem as exc:
+        raise CampaignError(f"campaign {name!r}: {exc}") from None
+    record_event(session, "campaign_created", actor=actor, campaign_id=campaign.id)
+    return campaign
+
+
+def schedule_campaign(
+    session: Session,
+    settings: Settings,
+    campaign_id: int,
+    *,
+    at: datetime | None = None,
+    actor: str | None = None,
+) -> Campaign:
+    """Move a draft to ``scheduled``; the beat starts it when due. Refused, changing nothing,
+    if the template does not render, lacks the unsubscribe link or postal address."""
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    if campaign.status != CampaignStatus.DRAFT:
+        raise CampaignError(
+            f"campaign {campaign_id} is {campaign.status}; only a draft can be scheduled"
+        )
+    if at is not None and at.tzinfo is None:
+        raise CampaignError("--at needs a time zone (e.g. 2026-12-01T09:00:00+00:00)")
+    try:
+        check_campaign(settings, campaign_view(campaign))
+    except TemplateProblem as exc:
+        raise CampaignError(f"campaign {campaign_id} cannot be scheduled: {exc}") from None
+    campaign.status = CampaignStatus.SCHEDULED.value
+    campaign.scheduled_at = at or utcnow()
+    record_event(
+        session,
+        "campaign_scheduled",
+        actor=actor,
+        campaign_id=campaign_id,
+        at=campaign.scheduled_at.isoformat(),
+    )
+    return campaign
+
+
+def cancel_campaign(session: Session, campaign_id: int, *, actor: str | None = None) -> int:
+    """Stop a campaign: nothing more is claimed; returns how many queued messages were dropped.
+
+    Batches already in flight finish their current messages.
+    """
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    if campaign.status in (CampaignStatus.DONE, CampaignStatus.CANCELLED):
+        raise CampaignError(f"campaign {campaign_id} is already {campaign.status}")
+    campaign.status = CampaignStatus.CANCELLED.value
+    campaign.finished_at = utcnow()
+    dropped = session.execute(
+        update(Delivery)
+        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.QUEUED)
+        .values(
+            status=DeliveryStatus.CANCELLED.value,
+            skip_reason="campaign_cancelled",
+            finished_at=utcnow(),
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    record_event(
+        session, "campaign_cancelled", actor=actor, campaign_id=campaign_id, dropped=dropped
+    )
+    return int(dropped or 0)
+
+
+def pause_campaign(session: Session, campaign_id: int, *, actor: str | None = None) -> None:
+    """Stop claiming new batches; the batch in flight finishes. ``resume`` goes on."""
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    if campaign.status not in (CampaignStatus.SENDING, CampaignStatus.SCHEDULED):
+        raise CampaignError(f"campaign {campaign_id} is {campaign.status}; it cannot be paused")
+    campaign.status = CampaignStatus.PAUSED.value
+    record_event(session, "campaign_paused", actor=actor, campaign_id=campaign_id)
+
+
+def resume_campaign(session: Session, campaign_id: int, *, actor: str | None = None) -> None:
+    """Schedule a paused campaign again, now: the beat re-queues what is left of it."""
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    if campaign.status != CampaignStatus.PAUSED:
+        raise CampaignError(f"campaign {campaign_id} is {campaign.status}, not paused")
+    campaign.status = CampaignStatus.SCHEDULED.value
+    campaign.scheduled_at = utcnow()
+    record_event(session, "campaign_resumed", actor=actor, campaign_id=campaign_id)
+
+
+def requeue_unknown(session: Session, campaign_id: int, *, actor: str | None = None) -> int:
+    """Staff choose to send again the messages whose outcome a crash hid.
+
+    They go back to ``queued`` (the gate is applied again when claimed) and the campaign is
+    scheduled again, now. Returns how many.
+    """
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    if campaign.status == CampaignStatus.CANCELLED:
+        raise CampaignError(f"campaign {campaign_id} is cancelled")
+    count = session.execute(
+        update(Delivery)
+        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.UNKNOWN)
+        .values(
+            status=DeliveryStatus.QUEUED.value, claim_token=None, skip_reason=None, finished_at=None
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    if count:
+        campaign.status = CampaignStatus.SCHEDULED.value
+        campaign.scheduled_at = utcnow()
+        campaign.finished_at = None
+    record_event(
+        session, "campaign_unknown_requeued", actor=actor, campaign_id=campaign_id, count=count
+    )
+    return int(count or 0)
+
+
+def list_campaigns(session: Session) -> list[Campaign]:
+    return list(session.scalars(select(Campaign).order_by(Campaign.id)))
+
+
+@dataclass
+class CampaignReport:
+    id: int
+    name: str
+    purpose: str
+    status: str
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def pending(self) -> int:
+        return self.by_status.get("queued", 0) + self.by_status.get("sending", 0)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "purpose": self.purpose,
+            "status": self.status,
+            "scheduled_at": self.scheduled_at.isoformat() if self.scheduled_at else None,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "total": self.total,
+            "deliveries": self.by_status,
+            "skipped_by_reason": self.by_reason,
+        }
+
+
+def campaign_report(session: Session, campaign_id: int) -> CampaignReport:
+    """Counts per delivery status and per skip reason: two grouped queries."""
+    campaign = get_campaign(session, campaign_id)
+    by_status: Counter[str] = Counter({s.value: 0 for s in DeliveryStatus})
+    for status, count in session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.campaign_id == campaign_id)
+        .group_by(Delivery.status)
+    ):
+        by_status[status] = count
+    by_reason = {
+        str(reason): count
+        for reason, count in session.execute(
+            select(Delivery.skip_reason, func.count())
+            .where(Delivery.campaign_id == campaign_id, Delivery.skip_reason.is_not(None))
+            .group_by(Delivery.skip_reason)
+            .order_by(Delivery.skip_reason)
+        )
+    }
+    return CampaignReport(
+        id=campaign.id,
+        name=campaign.name,
+        purpose=campaign.purpose,
+        status=campaign.status,
+        scheduled_at=campaign.scheduled_at,
+        started_at=campaign.started_at,
+        finished_at=campaign.finished_at,
+        by_status=dict(by_status),
+        by_reason=by_reason,
+    )

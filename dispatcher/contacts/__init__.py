@@ -1,0 +1,1 @@
+"""Contacts: importing people and their consent, staff-added suppressions."""

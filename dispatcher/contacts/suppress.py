@@ -1,0 +1,149 @@
+"""Staff actions on the suppression list: by hand, in bulk, and lifting with a reason.
+
+A suppression that stops marketing also stops queued deliveries to that address at once.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.campaigns.deliveries import stop_queued
+from dispatcher.contacts.importer import ImportFileError, RowError, open_csv
+from dispatcher.db import session_scope
+from suppression.address import InvalidAddress
+from suppression.models import GLOBAL_SCOPE, Reason, Scope
+from suppression.registry import ensure_address, find_address
+from suppression.suppressions import (
+    SuppressionError,
+    add_suppression,
+    lift_suppressions,
+    valid_reason,
+    valid_scope,
+)
+
+# What a hand-made suppression covers unless staff say otherwise: a recipient's own
+# unsubscribe is about marketing; everything else means "no mail at all".
+DEFAULT_SCOPE = {Reason.UNSUBSCRIBE: str(Scope.MARKETING)}
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    suppression_id: int
+    created: bool
+    stopped: int  # queued deliveries cancelled because of it
+
+
+def default_scope(reason: Reason) -> str:
+    return DEFAULT_SCOPE.get(reason, GLOBAL_SCOPE)
+
+
+def suppress_address(
+    session: Session,
+    address: str,
+    *,
+    reason: str,
+    scope: str | None = None,
+    note: str | None = None,
+    actor: str | None = None,
+    source: str = "staff",
+) -> Suppressed:
+    """Suppress ``address`` (raises InvalidAddress or SuppressionError, changing nothing)."""
+    checked = valid_reason(reason)
+    scope = valid_scope(scope or default_scope(checked))
+    address_id = ensure_address(session, address)
+    added = add_suppression(
+        session, address_id, scope=scope, reason=checked, source=source, note=note, actor=actor
+    )
+    # Deliveries are marketing or service mail; an affiliate scope has none queued.
+    stopped = 0
+    if scope in (GLOBAL_SCOPE, str(Scope.MARKETING)):
+        stopped = stop_queued(session, address_id)
+    return Suppressed(added.suppression_id, added.created, stopped)
+
+
+def lift_address(
+    session: Session, address: str, *, why: str, actor: str, only: str | None = None
+) -> int:
+    """Staff override: lift the address's active suppressions (or those of one reason)."""
+    row = find_address(session, address)
+    reasons = [valid_reason(only)] if only else None
+    if row is None:
+        raise SuppressionError(f"{address!r} is not on the suppression list")
+    count = lift_suppressions(session, row.id, why=why, actor=actor, reasons=reasons)
+    if count == 0:
+        raise SuppressionError(
+            f"{address!r} has no active suppression" + (f" for {only}" if only else "")
+        )
+    return count
+
+
+@dataclass
+class SuppressImportReport:
+    created: int = 0
+    existing: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+
+def import_suppressions(
+    sessions: sessionmaker[Session], path: Path | str, *, actor: str | None = None
+) -> SuppressImportReport:
+    """Bulk suppressions from CSV (``email,reason[,scope][,note]``); bad rows reported.
+
+    A file that is not UTF-8 or lacks a required column raises ImportFileError, adding nothing.
+    """
+    report = SuppressImportReport()
+    with open_csv(path) as (_, handle):
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        missing = {"email", "reason"} - set(header)
+        if missing:
+            raise ImportFileError(f"the header lacks {', '.join(sorted(missing))}")
+        with session_scope(sessions) as session:
+            for record in reader:
+                _import_row(session, record, reader.line_num, report, actor, Path(path).name)
+    return report
+
+
+def _import_row(
+    session: Session,
+    record: dict[str, str | None],
+    line: int,
+    report: SuppressImportReport,
+    actor: str | None,
+    file_name: str,
+) -> None:
+    reason = (record.get("reason") or "").strip()
+    scope = (record.get("scope") or "").strip() or None
+    try:
+        checked = valid_reason(reason)
+    except SuppressionError as exc:
+        report.errors.append(RowError(line, "reason", str(exc)))
+        return
+    try:
+        valid_scope(scope or default_scope(checked))
+    except SuppressionError as exc:
+        report.errors.append(RowError(line, "scope", str(exc)))
+        return
+    try:
+        with session.begin_nested():
+            added = suppress_address(
+                session,
+                record.get("email") or "",
+                reason=reason,
+                scope=scope,
+                note=(record.get("note") or "").strip() or None,
+                actor=actor,
+                source=f"import:{file_name}",
+            )
+    except InvalidAddress as exc:
+        report.errors.append(RowError(line, "email", str(exc)))
+        return
+    if added.created:
+        report.created += 1
+    else:
+        report.existing += 1

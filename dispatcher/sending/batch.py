@@ -1,0 +1,401 @@
+"""Sending one batch: claim through the gate, render, hand to the transport, record.
+
+The order of those steps is the product's core promise (ARCHITECTURE.md, invariants 1–3):
+
+1. **claim** — one UPDATE moves the batch's ``queued`` rows to ``sending`` and, in the same
+   statement, applies the gate: rows that fail it become ``suppressed`` with the reason. Only
+   rows this execution claimed (its own ``claim_token``) are ever sent. An error anywhere in
+   the statement claims nothing, so nothing is sent (fail closed).
+2. **send** — each claimed row is rendered and handed to the transport once.
+3. **record** — outcomes are written per row; rows a transient error kept from being sent go
+   back to ``queued`` (the gate is applied again when they are next claimed); rows whose fate
+   a lost connection hid become ``unknown`` and are never resent without staff asking.
+
+A redelivered task (worker killed, broker restarted) finds rows another execution claimed
+still ``sending``: their outcome is hidden, so they become ``unknown`` instead of being resent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.campaigns.fanout import finish_if_done
+from dispatcher.db import session_scope
+from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
+from dispatcher.sending import throttle
+from dispatcher.sending.composing import ClaimedRow, MessageFactory
+from dispatcher.sending.messages import HeaderInjection
+from dispatcher.sending.rendering import (
+    TemplateProblem,
+)
+from dispatcher.sending.stages import Stopwatch
+from dispatcher.sending.transports import (
+    PermanentSendError,
+    TransientSendError,
+    Transport,
+    UncertainSendError,
+    open_transport,
+)
+from dispatcher.settings import Settings
+from suppression.gate import Purpose, blocking_reason
+from suppression.models import Address, Reason, utcnow
+from suppression.suppressions import add_suppression
+from suppression.tokens import TokenSigner
+
+log = logging.getLogger(__name__)
+
+_RECORD_ATTEMPTS = 8
+
+
+class RetryLater(TransientSendError):
+    """Some rows of the batch could not be sent now and were put back in the queue."""
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    skipped: int = 0
+    sent: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    bounced: dict[int, int] = field(default_factory=dict)  # delivery id -> address id
+    released: list[int] = field(default_factory=list)
+    unknown: list[int] = field(default_factory=list)
+    orphaned: int = 0
+
+
+def orphan_stale_claims(
+    session: Session,
+    campaign_id: int,
+    first_id: int,
+    last_id: int,
+    claim_token: str,
+    lease_seconds: float,
+) -> int:
+    """Rows of this batch left ``sending`` by an execution that stopped renewing its claim
+    (it died): their outcome is unknown. A live claim is left to its owner."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.campaign_id == campaign_id,
+            Delivery.id.between(first_id, last_id),
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claim_token != claim_token,
+            Delivery.claimed_at < utcnow() - timedelta(seconds=lease_seconds),
+        )
+        .values(
+            status=DeliveryStatus.UNKNOWN.value,
+            skip_reason="outcome_hidden_by_crash",
+            finished_at=utcnow(),
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def claim_batch(
+    session: Session, campaign: Campaign, first_id: int, last_id: int, claim_token: str
+) -> tuple[list[ClaimedRow], int]:
+    """Claim the batch's queued rows through the gate, in ONE statement.
+
+    Returns the rows to send and how many were skipped by the gate. Nothing is claimed unless
+    the campaign is still ``sending`` (pause and cancel take effect here).
+    """
+    purpose = Purpose(campaign.purpose)
+    reason = blocking_reason(Delivery.address_id, purpose)
+    campaign_sending = (
+        select(Campaign.id)
+        .where(Campaign.id == campaign.id, Campaign.status == CampaignStatus.SENDING)
+        .exists()
+    )
+    now = utcnow()
+    stmt = (
+        update(Delivery)
+        .where(
+            Delivery.campaign_id == campaign.id,
+            Delivery.id.between(first_id, last_id),
+            Delivery.status == DeliveryStatus.QUEUED,
+            campaign_sending,
+        )
+        .values(
+            status=case(
+                (reason.is_(None), DeliveryStatus.SENDING.value),
+                else_=DeliveryStatus.SUPPRESSED.value,
+            ),
+            skip_reason=reason,
+            finished_at=case((reason.is_(None), None), else_=now),
+            claim_token=claim_token,
+            claimed_at=now,
+            attempts=Delivery.attempts + 1,
+        )
+        .returning(Delivery.id, Delivery.status)
+    )
+    outcome = session.execute(stmt).all()
+    skipped = sum(1 for _, status in outcome if status == DeliveryStatus.SUPPRESSED)
+    if len(outcome) == skipped:
+        return [], skipped
+    rows = session.execute(
+        select(
+            Delivery.id,
+            Delivery.contact_id,
+            Delivery.address_id,
+            Address.address,
+            Contact.first_name,
+            Contact.last_name,
+        )
+        .join(Contact, Contact.id == Delivery.contact_id)
+        .join(Address, Address.id == Delivery.address_id)
+        .where(
+            # The batch's range first: an index range scan, not a search of the whole table.
+            Delivery.campaign_id == campaign.id,
+            Delivery.id.between(first_id, last_id),
+            Delivery.claim_token == claim_token,
+            Delivery.status == DeliveryStatus.SENDING,
+        )
+        .order_by(Delivery.id)
+    )
+    return [ClaimedRow(*row) for row in rows], skipped
+
+
+def _deliver(
+    rows: list[ClaimedRow],
+    factory: MessageFactory,
+    transport: Transport,
+    result: BatchResult,
+    before_send: Callable[[ClaimedRow], None] | None,
+    renew: Callable[[], None],
+    pacer: throttle.Pacer,
+) -> None:
+    for index, row in enumerate(rows):
+        try:
+            renew()
+        except OperationalError:
+            # The database is away: send nothing more until it is back (fail closed).
+            result.released.extend(r.delivery_id for r in rows[index:])
+            return
+        pacer.wait(index)
+        try:
+            message = factory.build(row)
+        except (HeaderInjection, TemplateProblem) as exc:
+            # Bad data for this one recipient: nothing is sent to them; the rest go on.
+            result.failed[row.delivery_id] = f"not sent: {exc}"
+            continue
+        if before_send is not None:
+            before_send(row)
+        try:
+            with factory.clock.stage("send"):
+                transport.send(factory.sender_address, row.address, message)
+        except PermanentSendError as exc:
+            if exc.sender_refused:
+                # The relay refuses our own address: a configuration fault every message
+                # would meet. Nothing is failed; the batch waits in the queue (and retries)
+                # until the relay takes our MAIL FROM again.
+                log.error("the mail relay refused the sender address: %s", exc)
+                result.released.extend(r.delivery_id for r in rows[index:])
+                return
+            result.failed[row.delivery_id] = f"refused by the mail server: {exc}"
+            if exc.recipient_refused:
+                result.bounced[row.delivery_id] = row.address_id
+        except UncertainSendError:
+            result.unknown.append(row.delivery_id)
+        except TransientSendError as exc:
+            if getattr(exc, "connection_lost", True):
+                result.released.extend(r.delivery_id for r in rows[index:])
+                return
+            result.released.append(row.delivery_id)
+        else:
+            result.sent.append(row.delivery_id)
+
+
+class _Lease:
+    """Renews this execution's claim while it sends, so nobody takes its rows for dead."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        claim_token: str,
+        lease_seconds: float,
+        batch: ColumnElement[bool],
+    ) -> None:
+        self.sessions = sessions
+        self.claim_token = claim_token
+        self.batch = batch  # the batch's rows, so the renewal is an index range scan
+        # Often enough that losing the database stops sending within seconds.
+        self.every = min(lease_seconds / 4, 2.0)
+        self.last = time.monotonic()
+
+    def renew(self) -> None:
+        if time.monotonic() - self.last < self.every:
+            return
+        with session_scope(self.sessions) as session:
+            session.execute(
+                update(Delivery)
+                .where(
+                    self.batch,
+                    Delivery.claim_token == self.claim_token,
+                    Delivery.status == DeliveryStatus.SENDING,
+                )
+                .values(claimed_at=utcnow())
+            )
+        self.last = time.monotonic()
+
+
+def _record(session: Session, campaign_id: int, claim_token: str, result: BatchResult) -> None:
+    now = utcnow()
+    mine = and_(Delivery.claim_token == claim_token, Delivery.status == DeliveryStatus.SENDING)
+    if result.sent:
+        session.execute(
+            update(Delivery)
+            .where(mine, Delivery.id.in_(result.sent))
+            .values(status=DeliveryStatus.SENT.value, finished_at=now)
+        )
+    if result.unknown:
+        session.execute(
+            update(Delivery)
+            .where(mine, Delivery.id.in_(result.unknown))
+            .values(
+                status=DeliveryStatus.UNKNOWN.value, skip_reason="connection_lost", finished_at=now
+            )
+        )
+    if result.released:
+        session.execute(
+            update(Delivery)
+            .where(mine, Delivery.id.in_(result.released))
+            .values(status=DeliveryStatus.QUEUED.value, claim_token=None)
+        )
+    if result.failed:
+        session.execute(
+            update(Delivery)
+            .where(mine, Delivery.id.in_(list(result.failed)))
+            .values(
+                status=DeliveryStatus.FAILED.value,
+                finished_at=now,
+                skip_reason=case(
+                    (Delivery.id.in_(list(result.bounced)), Reason.HARD_BOUNCE.value),
+                    else_="render_error",
+                ),
+                error=case(
+                    *((Delivery.id == i, e[:500]) for i, e in result.failed.items()),
+                    else_=None,
+                ),
+            )
+        )
+    for address_id in set(result.bounced.values()):
+        add_suppression(
+            session,
+            address_id,
+            scope="global",
+            reason=Reason.HARD_BOUNCE,
+            source=f"smtp:campaign:{campaign_id}",
+        )
+    finish_if_done(session, campaign_id)
+
+
+def _record_durably(
+    sessions: sessionmaker[Session], campaign_id: int, claim_token: str, result: BatchResult
+) -> None:
+    """Write the outcomes, trying for a while if the database is away: once messages have
+    left, only this process knows it. If it still fails, the rows stay ``sending`` and the
+    next execution marks them ``unknown`` (never resent)."""
+    delay = 0.5
+    for attempt in range(_RECORD_ATTEMPTS):
+        try:
+            with session_scope(sessions) as session:
+                _record(session, campaign_id, claim_token, result)
+            return
+        except OperationalError:
+            if attempt == _RECORD_ATTEMPTS - 1:
+                raise
+            log.warning("recording batch outcomes failed; retrying in %.1fs", delay)
+            time.sleep(delay + random.uniform(0, delay / 2))
+            delay = min(delay * 2, 10.0)
+
+
+def send_batch(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    signer: TokenSigner,
+    campaign_id: int,
+    first_id: int,
+    last_id: int,
+    *,
+    before_send: Callable[[ClaimedRow], None] | None = None,
+) -> BatchResult:
+    """Send the queued rows of one batch. Raises :class:`RetryLater` when rows went back to
+    the queue, so the task retries later with backoff. ``before_send`` is a test seam."""
+    claim_token = uuid.uuid4().hex
+    result = BatchResult()
+    clock = Stopwatch(settings.stage_timings)
+    with session_scope(sessions) as session:
+        campaign = session.get(Campaign, campaign_id)
+        if campaign is None:
+            log.warning("batch for unknown campaign %s dropped", campaign_id)
+            return result
+        result.orphaned = orphan_stale_claims(
+            session, campaign_id, first_id, last_id, claim_token, settings.claim_lease_seconds
+        )
+        with clock.stage("claim"):
+            rows, result.skipped = claim_batch(session, campaign, first_id, last_id, claim_token)
+        result.claimed = len(rows)
+        session.expunge(campaign)
+    if rows:
+        factory = MessageFactory(settings, campaign, signer, clock)
+        try:
+            with open_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
+                batch = and_(
+                    Delivery.campaign_id == campaign_id, Delivery.id.between(first_id, last_id)
+                )
+                lease = _Lease(sessions, claim_token, settings.claim_lease_seconds, batch)
+                limits = throttle.Limits(settings.rate_per_second, settings.domain_rate_per_second)
+
+                def reserve(addresses: Sequence[str]) -> list[float]:
+                    with session_scope(sessions) as session:
+                        return throttle.schedule(session, addresses, limits)
+
+                pacer = throttle.Pacer(limits, reserve, [r.address for r in rows])
+                _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
+        except TransientSendError:
+            # Opening or closing the connection failed: what was not sent goes back.
+            done = set(result.sent) | set(result.failed) | set(result.unknown)
+            result.released = [r.delivery_id for r in rows if r.delivery_id not in done]
+    with clock.stage("record"):
+        _record_durably(sessions, campaign_id, claim_token, result)
+    clock.write(len(rows))
+    log.info(
+        "campaign %s batch %s-%s: claimed %s, skipped %s, sent %s, failed %s, released %s, "
+        "unknown %s, orphaned %s",
+        campaign_id,
+        first_id,
+        last_id,
+        result.claimed,
+        result.skipped,
+        len(result.sent),
+        len(result.failed),
+        len(result.released),
+        len(result.unknown),
+        result.orphaned,
+    )
+    if result.released:
+        raise RetryLater(f"{len(result.released)} messages put back in the queue")
+    return result
+
+
+def describe(result: BatchResult) -> dict[str, Any]:
+    return {
+        "claimed": result.claimed,
+        "skipped": result.skipped,
+        "sent": len(result.sent),
+        "failed": len(result.failed),
+        "released": len(result.released),
+        "unknown": len(result.unknown),
+        "orphaned": result.orphaned,
+    }

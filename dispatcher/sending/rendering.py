@@ -1,0 +1,373 @@
+"""Rendering campaign e-mail: Jinja2 templates, CSS inlined by premailer once per campaign.
+
+One template is one folder, ``templates/email/<name>/``: ``body.html``, ``body.txt``, an
+optional ``subject.txt`` (else the campaign's subject, itself a Jinja string) and
+``template.toml`` declaring its purpose. Inlining CSS is the costly step (tens of
+milliseconds a call), so :func:`prepare_campaign` renders each part once with placeholders
+for the recipient's fields, inlines the HTML once, and fills the placeholders per recipient
+(:mod:`dispatcher.sending.placeholders`). Before a campaign uses that fast path it is proved on
+sample recipients (markup characters, non-ASCII, missing names) to give exactly what a full
+per-recipient render gives; a template for which it does not (a filter or a condition on a
+recipient field) is rendered in full for every recipient instead, and so is a recipient
+whose values the samples do not cover. Correct first, fast when possible."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import premailer
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+    select_autoescape,
+)
+from markupsafe import Markup
+
+from dispatcher.sending.placeholders import ESCAPE_ATTR, ESCAPE_TEXT, Placeholders, Segments, proven
+from dispatcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PARTS = ("body.html", "body.txt")
+META = "template.toml"
+# Far above what a mail client shows; it keeps a subject line well inside SMTP's limits.
+MAX_SUBJECT = 250
+RECIPIENT_FIELDS = (
+    "first_name",
+    "last_name",
+    "greeting_name",
+    "unsubscribe_url",
+    "preferences_url",
+)
+
+
+class TemplateProblem(Exception):
+    """A template that cannot be used as it is; the message names the template and why."""
+
+
+@dataclass(frozen=True)
+class CampaignView:
+    """What a template may know about its campaign."""
+
+    id: int
+    name: str
+    subject: str
+    purpose: str
+    template: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What a template may know about its recipient."""
+
+    first_name: str | None
+    last_name: str | None
+    unsubscribe_url: str
+    preferences_url: str
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str
+    text: str
+    html: str
+
+
+SAMPLE_RECIPIENTS = (
+    Recipient(
+        'Zoë <b>&amp;"O\'Brien"</b>',
+        "Łukasz & Søn",
+        "https://example.invalid/u/SAMPLE.tok",
+        "https://example.invalid/preferences/SAMPLE.tok",
+    ),
+    Recipient(
+        None,
+        None,
+        "https://example.invalid/u/x?a=1&b=2'<>!#$%()*+,-./:;=@[\\]^_`{|}~",
+        "https://example.invalid/preferences/x?a=1&b=2'<>!#$%()*+,-./:;=@[\\]^_`{|}~",
+    ),
+)
+
+
+@lru_cache(maxsize=8)
+def _environment(templates_dir: Path) -> Environment:
+    return Environment(
+        loader=FileSystemLoader(str(templates_dir)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        undefined=StrictUndefined,
+        keep_trailing_newline=False,
+    )
+
+
+def list_templates(settings: Settings) -> list[str]:
+    root = settings.templates_dir / "email"
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith("_") and (p / META).exists()
+    )
+
+
+def template_purpose(settings: Settings, name: str) -> str:
+    """The purpose a template declares in its ``template.toml`` (marketing or service_notice)."""
+    folder = settings.templates_dir / "email" / name
+    if name.startswith("_") or "/" in name or ".." in name or not (folder / META).is_file():
+        known = ", ".join(list_templates(settings)) or "none"
+        raise TemplateProblem(f"no template named {name!r} (known: {known})")
+    try:
+        meta = tomllib.loads((folder / META).read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise TemplateProblem(f"template {name!r}: {META} is not valid TOML: {exc}") from None
+    purpose = meta.get("purpose")
+    if purpose not in ("marketing", "service_notice"):
+        raise TemplateProblem(
+            f'template {name!r}: {META} must say purpose = "marketing" or "service_notice"'
+        )
+    return str(purpose)
+
+
+def _campaign_context(settings: Settings, campaign: CampaignView) -> dict[str, Any]:
+    return {
+        "campaign": campaign,
+        "company_name": settings.company_name,
+        "postal_address": settings.postal_address,
+        "base_url": settings.base_url,
+        "marketing": campaign.purpose == "marketing",
+    }
+
+
+def _recipient_values(recipient: Recipient) -> dict[str, str]:
+    return {
+        "first_name": recipient.first_name or "",
+        "last_name": recipient.last_name or "",
+        "greeting_name": recipient.first_name or "there",
+        "unsubscribe_url": recipient.unsubscribe_url,
+        "preferences_url": recipient.preferences_url,
+    }
+
+
+def _inline_css(template: str, html: str) -> str:
+    if not html.strip():
+        raise TemplateProblem(f"template {template!r}: body.html renders to nothing")
+    try:
+        inliner = premailer.Premailer(
+            html,
+            keep_style_tags=True,
+            strip_important=False,
+            disable_validation=True,
+            allow_network=False,
+            cssutils_logging_level=logging.CRITICAL,
+        )
+        return str(inliner.transform())
+    except Exception as exc:  # premailer/lxml/cssutils raise many kinds; name it, once
+        raise TemplateProblem(
+            f"template {template!r}: body.html could not have its CSS inlined"
+            f" ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+class _Renderer:
+    """Renders one campaign's parts; raises TemplateProblem naming the file and line at fault."""
+
+    def __init__(self, settings: Settings, campaign: CampaignView) -> None:
+        self.env = _environment(settings.templates_dir)
+        self.root = settings.templates_dir / "email"
+        self.campaign = campaign
+        self.context = _campaign_context(settings, campaign)
+
+    def render(self, template: str, values: dict[str, Any], *, file: str) -> str:
+        name = self.campaign.template
+        try:
+            if file == "subject":
+                return self.env.from_string(template).render({**self.context, **values})
+            return self.env.get_template(template).render({**self.context, **values})
+        except UndefinedError as exc:
+            names = {*self.context, *RECIPIENT_FIELDS} | (
+                {"subject"} if file != "subject" else set()
+            )
+            usable = ", ".join(sorted(names))
+            raise TemplateProblem(
+                f"template {name!r}, {self._where(exc, file)}: {exc.message}"
+                f" (a template may use: {usable})"
+            ) from None
+        except TemplateSyntaxError as exc:
+            source = self._relative(exc.filename) if exc.filename else file
+            raise TemplateProblem(
+                f"template {name!r}: {source} line {exc.lineno}: {exc.message}"
+            ) from None
+        except TemplateNotFound as exc:
+            raise TemplateProblem(
+                f"template {name!r}: {file} needs {exc.name}, which is missing"
+            ) from None
+        except TemplateError as exc:
+            raise TemplateProblem(f"template {name!r}: {file}: {exc}") from None
+
+    def _relative(self, filename: str) -> str:
+        path = Path(filename)
+        for base in (self.root / self.campaign.template, self.root):
+            if path.is_relative_to(base):
+                return path.relative_to(base).as_posix()
+        return filename
+
+    def _where(self, exc: BaseException, file: str) -> str:
+        """The innermost template file and line in the traceback (Jinja maps it there)."""
+        where = file
+        tb = exc.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if filename == "<template>":
+                where = f"{file} line {tb.tb_lineno}" if file != "subject" else "the subject"
+            elif Path(filename).is_relative_to(self.root):
+                where = f"{self._relative(filename)} line {tb.tb_lineno}"
+            tb = tb.tb_next
+        return where
+
+
+def _render_full(
+    renderer: _Renderer, paths: dict[str, str], subject_source: str, values: dict[str, Any]
+) -> RenderedMessage:
+    subject = renderer.render(subject_source, values, file="subject")
+    text = renderer.render(paths["body.txt"], {**values, "subject": subject}, file="body.txt")
+    html = renderer.render(
+        paths["body.html"], {**values, "subject": Markup.escape(subject)}, file="body.html"
+    )
+    html = _inline_css(renderer.campaign.template, html)
+    return RenderedMessage(subject=subject.strip(), text=text, html=html)
+
+
+class PreparedCampaign:
+    """A campaign ready to render recipient after recipient."""
+
+    def __init__(
+        self,
+        renderer: _Renderer,
+        paths: dict[str, str],
+        subject_source: str,
+        fast: tuple[Segments, Segments, Segments] | None,
+    ) -> None:
+        self._renderer = renderer
+        self._paths = paths
+        self._subject_source = subject_source
+        self._fast = fast
+
+    @property
+    def fast(self) -> bool:
+        return self._fast is not None
+
+    def render(self, recipient: Recipient) -> RenderedMessage:
+        values = _recipient_values(recipient)
+        names = (recipient.first_name, recipient.last_name)
+        urls = (recipient.unsubscribe_url, recipient.preferences_url)
+        if self._fast is None or not proven(names, urls):
+            return _render_full(self._renderer, self._paths, self._subject_source, values)
+        subject, text, html = self._fast
+        return RenderedMessage(
+            subject=subject.fill(values).strip(), text=text.fill(values), html=html.fill(values)
+        )
+
+    def render_full(self, recipient: Recipient) -> RenderedMessage:
+        """The reference: everything rendered and inlined for this one recipient."""
+        values = _recipient_values(recipient)
+        return _render_full(self._renderer, self._paths, self._subject_source, values)
+
+
+def _sources(settings: Settings, template: str) -> tuple[dict[str, str], str | None]:
+    folder = settings.templates_dir / "email" / template
+    missing = [p for p in PARTS if not (folder / p).is_file()]
+    if missing:
+        raise TemplateProblem(f"template {template!r} has no {', '.join(missing)}")
+    subject_file = folder / "subject.txt"
+    subject = subject_file.read_text(encoding="utf-8").strip() if subject_file.exists() else None
+    return {p: f"email/{template}/{p}" for p in PARTS}, subject
+
+
+def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampaign:
+    """Render the campaign's parts once (CSS inlined once) and prove the fast path."""
+    name = campaign.template
+    template_purpose(settings, name)
+    paths, subject_file = _sources(settings, name)
+    renderer = _Renderer(settings, campaign)
+    subject_source = subject_file if subject_file is not None else campaign.subject
+
+    placeholders = Placeholders(RECIPIENT_FIELDS)
+    with_placeholders = _render_full(renderer, paths, subject_source, placeholders.values)
+    fast = (
+        placeholders.cut(with_placeholders.subject, html=False),
+        placeholders.cut(with_placeholders.text, html=False),
+        placeholders.cut(with_placeholders.html, html=True),
+    )
+    prepared = PreparedCampaign(renderer, paths, subject_source, fast)
+    for sample in SAMPLE_RECIPIENTS:
+        quick, full = prepared.render(sample), prepared.render_full(sample)
+        if quick != full:
+            differs = [
+                f for f in ("subject", "text", "html") if getattr(quick, f) != getattr(full, f)
+            ]
+            log.warning(
+                "campaign %s: template %r uses a recipient field in a way the once-per-campaign"
+                " render cannot reproduce (%s differs); rendering each recipient in full (slower)",
+                campaign.id,
+                name,
+                ", ".join(differs),
+            )
+            return PreparedCampaign(renderer, paths, subject_source, None)
+    return prepared
+
+
+def check_campaign(settings: Settings, campaign: CampaignView) -> None:
+    """Refuse, with the reason, a campaign that must not be scheduled as it is.
+
+    The template must exist, declare the campaign's purpose, render for sample recipients
+    without an undefined variable, give a one-line subject, and — for marketing — carry the
+    unsubscribe link and the postal address in both the HTML and the text part.
+    """
+    name = campaign.template
+    declared = template_purpose(settings, name)
+    if declared != campaign.purpose:
+        raise TemplateProblem(
+            f"template {name!r} is for {declared} mail, but the campaign is {campaign.purpose}"
+        )
+    prepared = prepare_campaign(settings, campaign)
+    for sample in SAMPLE_RECIPIENTS:
+        message = prepared.render_full(sample)
+        if not message.subject:
+            raise TemplateProblem(f"template {name!r}: the subject is empty")
+        if any(ch in message.subject for ch in "\r\n"):
+            raise TemplateProblem(f"template {name!r}: the subject contains a line break")
+        if any((ch < " " and ch != "\t") or ch == "\x7f" for ch in message.subject):
+            raise TemplateProblem(f"template {name!r}: the subject contains a control character")
+        if len(message.subject) > MAX_SUBJECT:
+            raise TemplateProblem(
+                f"template {name!r}: the subject is longer than {MAX_SUBJECT} characters"
+            )
+        if campaign.purpose != "marketing":
+            continue
+        for part, body in (("body.html", message.html), ("body.txt", message.text)):
+            unsubscribe, postal = sample.unsubscribe_url, settings.postal_address
+            if part == "body.html":
+                unsubscribe, postal = (
+                    unsubscribe.translate(ESCAPE_ATTR),
+                    postal.translate(ESCAPE_TEXT),
+                )
+            if unsubscribe not in body:
+                raise TemplateProblem(
+                    f"template {name!r}: {part} lacks the unsubscribe link "
+                    "({{ unsubscribe_url }}), which marketing mail must carry"
+                )
+            if postal not in body:
+                raise TemplateProblem(
+                    f"template {name!r}: {part} lacks the postal address "
+                    "({{ postal_address }}), which marketing mail must carry"
+                )

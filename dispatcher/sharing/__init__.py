@@ -1,0 +1,1 @@
+"""What leaves the company: affiliates' filtered exports and k-anonymous statistics."""

@@ -1,0 +1,124 @@
+"""The claim statement: the gate applied at the moment rows are taken for sending."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dispatcher.campaigns.fanout import create_deliveries
+from dispatcher.models import Campaign, CampaignStatus, Delivery
+from dispatcher.sending.batch import claim_batch, orphan_stale_claims
+from suppression.models import ConsentStatus, Reason
+from suppression.suppressions import add_suppression
+from tests.factories import make_contact
+
+
+def sending_campaign(session: Session, purpose: str = "marketing") -> Campaign:
+    campaign = Campaign(
+        name="c",
+        subject="s",
+        template="new-releases",
+        purpose=purpose,
+        status=CampaignStatus.SENDING.value,
+    )
+    session.add(campaign)
+    session.flush()
+    create_deliveries(session, campaign)
+    return campaign
+
+
+def rows(session: Session, campaign: Campaign) -> dict[str, tuple[str, str | None]]:
+    from suppression.models import Address
+
+    result = session.execute(
+        select(Address.address, Delivery.status, Delivery.skip_reason)
+        .join(Address, Address.id == Delivery.address_id)
+        .where(Delivery.campaign_id == campaign.id)
+    )
+    return {a: (s, r) for a, s, r in result}
+
+
+def test_claim_takes_eligible_rows_and_marks_the_rest_with_their_reason(
+    session: Session,
+) -> None:
+    make_contact(session, "in@example.com")
+    make_contact(session, "out@example.com", marketing=ConsentStatus.OPTED_OUT)
+    make_contact(session, "never@example.com", marketing=None)
+    make_contact(
+        session, "bounced@example.com", suppressed=Reason.HARD_BOUNCE, suppression_scope="global"
+    )
+    campaign = sending_campaign(session)
+
+    claimed, skipped = claim_batch(session, campaign, 0, 10**9, "tok")
+
+    assert [r.address for r in claimed] == ["in@example.com"]
+    assert skipped == 3
+    assert rows(session, campaign) == {
+        "in@example.com": ("sending", None),
+        "out@example.com": ("suppressed", "opted_out"),
+        "never@example.com": ("suppressed", "not_asked"),
+        "bounced@example.com": ("suppressed", "hard_bounce"),
+    }
+
+
+def test_a_second_claim_of_the_same_batch_takes_nothing(session: Session) -> None:
+    make_contact(session, "in@example.com")
+    campaign = sending_campaign(session)
+    first, _ = claim_batch(session, campaign, 0, 10**9, "one")
+    second, skipped = claim_batch(session, campaign, 0, 10**9, "two")
+    assert len(first) == 1 and second == [] and skipped == 0
+
+
+def test_suppression_after_fan_out_is_seen_by_the_claim(session: Session) -> None:
+    contact = make_contact(session, "late@example.com")
+    campaign = sending_campaign(session)
+    add_suppression(
+        session, contact.address_id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="test"
+    )
+    claimed, skipped = claim_batch(session, campaign, 0, 10**9, "tok")
+    assert claimed == [] and skipped == 1
+    assert rows(session, campaign)["late@example.com"] == ("suppressed", "unsubscribe")
+
+
+def test_paused_campaign_claims_nothing(session: Session) -> None:
+    make_contact(session, "in@example.com")
+    campaign = sending_campaign(session)
+    campaign.status = CampaignStatus.PAUSED.value
+    session.flush()
+    claimed, skipped = claim_batch(session, campaign, 0, 10**9, "tok")
+    assert (claimed, skipped) == ([], 0)
+    assert rows(session, campaign)["in@example.com"] == ("queued", None)
+
+
+def test_service_notice_ignores_opt_out_but_not_postal_request(session: Session) -> None:
+    make_contact(session, "out@example.com", marketing=ConsentStatus.OPTED_OUT)
+    make_contact(
+        session, "post@example.com", suppressed=Reason.POSTAL_REQUEST, suppression_scope="global"
+    )
+    campaign = sending_campaign(session, purpose="service_notice")
+    claimed, _ = claim_batch(session, campaign, 0, 10**9, "tok")
+    assert [r.address for r in claimed] == ["out@example.com"]
+    assert rows(session, campaign)["post@example.com"] == ("suppressed", "postal_request")
+
+
+def test_rows_left_sending_by_a_dead_execution_become_unknown_not_resent(
+    session: Session,
+) -> None:
+    make_contact(session, "in@example.com")
+    campaign = sending_campaign(session)
+    claim_batch(session, campaign, 0, 10**9, "dead-worker")
+    # Within the lease the claim is presumed alive: left to its owner.
+    assert orphan_stale_claims(session, campaign.id, 0, 10**9, "redelivered", 60) == 0
+    assert rows(session, campaign)["in@example.com"] == ("sending", None)
+    orphaned = orphan_stale_claims(session, campaign.id, 0, 10**9, "redelivered", -1)
+    claimed, _ = claim_batch(session, campaign, 0, 10**9, "redelivered")
+    assert orphaned == 1 and claimed == []
+    assert rows(session, campaign)["in@example.com"] == ("unknown", "outcome_hidden_by_crash")
+
+
+def test_fan_out_twice_adds_no_rows(session: Session) -> None:
+    make_contact(session, "a@example.com")
+    make_contact(session, "b@example.com")
+    campaign = sending_campaign(session)
+    assert create_deliveries(session, campaign) == 0
+    assert len(rows(session, campaign)) == 2

@@ -1,0 +1,372 @@
+"""Transports against real endpoints: a maildir on disk and the aiosmtpd sink on 127.0.0.1."""
+
+from __future__ import annotations
+
+import mailbox
+import socket
+from collections.abc import Iterator
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from dispatcher.sending.transports import (
+    PermanentSendError,
+    SmtpOptions,
+    TransientSendError,
+    UncertainSendError,
+    open_transport,
+    parse_mail_url,
+)
+from tests.support.smtp_sink import SmtpSink, self_signed_certificate
+
+SENDER = "info@killertracks.com"
+
+
+def message(n: int, to: str = "ann@example.com", body: str = "new tracks\n") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Killer Tracks <{SENDER}>"
+    msg["To"] = to
+    msg["Subject"] = f"message {n}"
+    msg["Message-ID"] = f"<{n}.test@killertracks.com>"
+    msg.set_content(body)
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+# --- maildir ----------------------------------------------------------------------------------
+
+
+def test_maildir_messages_parse_back_with_their_recipient(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    with open_transport(f"maildir://{outbox}") as transport:
+        assert not outbox.exists(), "folders appear with the first message, not before"
+        transport.send(SENDER, "ann@example.com", message(1))
+        transport.send(SENDER, "bob@example.com", message(2, "bob@example.com", ".dot\n"))
+    assert sorted(p.name for p in outbox.iterdir()) == ["cur", "new", "tmp"]
+    assert list((outbox / "tmp").iterdir()) == []
+    box = mailbox.Maildir(outbox, create=False)
+    got = {m["X-Envelope-To"]: m for m in box}
+    assert set(got) == {"<ann@example.com>", "<bob@example.com>"}
+    bob = got["<bob@example.com>"]
+    assert bob["Subject"] == "message 2" and bob["X-Envelope-From"] == f"<{SENDER}>"
+    assert bob.get_payload(decode=True) == b".dot\n"
+
+
+def test_maildir_same_message_twice_is_one_file(tmp_path: Path) -> None:
+    url = f"maildir://{tmp_path}"
+    with open_transport(url) as transport:
+        transport.send(SENDER, "ann@example.com", message(1))
+        transport.send(SENDER, "ann@example.com", message(1))
+    with open_transport(url) as transport:  # a retried batch
+        transport.send(SENDER, "ann@example.com", message(1))
+        transport.send(SENDER, "ann@example.com", message(2))
+        transport.send(SENDER, "bob@example.com", message(1))  # same Message-ID, other person
+    assert len(list((tmp_path / "new").iterdir())) == 3
+
+
+def test_maildir_that_cannot_be_written_is_transient(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("in the way")
+    with (
+        open_transport(f"maildir://{tmp_path}/file/outbox") as transport,
+        pytest.raises(TransientSendError, match="not writable"),
+    ):
+        transport.send(SENDER, "ann@example.com", message(1))
+
+
+def test_line_break_in_an_envelope_address_is_refused_before_writing(tmp_path: Path) -> None:
+    with (
+        open_transport(f"maildir://{tmp_path}") as transport,
+        pytest.raises(PermanentSendError) as caught,
+    ):
+        transport.send(SENDER, "ann@example.com\r\nX-Evil: 1", message(1))
+    assert caught.value.code == 501 and not caught.value.recipient_refused
+    assert not (tmp_path / "new").exists()
+
+
+# --- SMTP: delivery and connection reuse ------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_a_batch_goes_over_one_connection(smtp_sink: SmtpSink, pipelining: bool) -> None:
+    smtp_sink.pipelining = pipelining
+    with open_transport(smtp_sink.url) as transport:
+        for n in range(20):
+            transport.send(SENDER, f"r{n}@example.com", message(n, f"r{n}@example.com"))
+    got = smtp_sink.wait_for_count(20, timeout=10)
+    assert smtp_sink.connections == 1
+    assert {r.connection for r in got} == {1}
+    assert [m.envelope_to for m in smtp_sink.messages()] == [
+        (f"r{n}@example.com",) for n in range(20)
+    ]
+    assert {m.envelope_from for m in smtp_sink.messages()} == {SENDER}
+
+
+def test_body_survives_dot_stuffing_and_bare_line_feeds(smtp_sink: SmtpSink) -> None:
+    body = ".starts with a dot\n..two\nlast line no newline"
+    raw = message(1, body=body).replace(b"\r\n", b"\n")  # bare LF, as some renderers write
+    with open_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "ann@example.com", raw)
+    (got,) = smtp_sink.wait_for_count(1, timeout=10)
+    assert b"\r\n.starts with a dot\r\n..two\r\nlast line no newline\r\n" in got.data
+    assert b"\n" not in got.data.replace(b"\r\n", b"")  # every line end became CRLF
+    parsed = got.message
+    assert parsed["Subject"] == "message 1"
+    assert parsed.get_content().replace("\r\n", "\n") == body + "\n"
+
+
+def test_nothing_is_connected_for_an_empty_batch(smtp_sink: SmtpSink) -> None:
+    with open_transport(smtp_sink.url):
+        pass
+    assert smtp_sink.connections == 0
+
+
+def test_utf8_mailbox_needs_smtputf8(smtp_sink: SmtpSink) -> None:
+    with open_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "jösé@example.com", message(1))
+    assert smtp_sink.wait_for_count(1, timeout=10)[0].recipients == ["jösé@example.com"]
+    smtp_sink.smtputf8 = False
+    with open_transport(smtp_sink.url) as transport:
+        with pytest.raises(PermanentSendError, match="SMTPUTF8") as caught:
+            transport.send(SENDER, "jösé@example.com", message(2))
+        transport.send(SENDER, "ann@example.com", message(3))
+    assert caught.value.code == 553 and not caught.value.recipient_refused
+    assert smtp_sink.count_for("ann@example.com") == 1
+
+
+# --- SMTP: the server says no -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_550_at_rcpt_is_permanent_and_names_the_recipient(
+    smtp_sink: SmtpSink, pipelining: bool
+) -> None:
+    smtp_sink.pipelining = pipelining
+    smtp_sink.reject["gone@example.com"] = "550 5.1.1 no such user"
+    with open_transport(smtp_sink.url) as transport:
+        with pytest.raises(PermanentSendError) as caught:
+            transport.send(SENDER, "gone@example.com", message(1))
+        transport.send(SENDER, "ann@example.com", message(2))  # the connection goes on
+    error = caught.value
+    assert (error.code, error.recipient, error.recipient_refused) == (
+        550,
+        "gone@example.com",
+        True,
+    )
+    assert "RCPT TO answered 550 5.1.1 no such user" in str(error)
+    assert [r.recipients for r in smtp_sink.wait_for_count(1, timeout=10)] == [["ann@example.com"]]
+    assert smtp_sink.connections == 1
+
+
+def test_refused_sender_is_permanent_but_not_the_recipients_fault(smtp_sink: SmtpSink) -> None:
+    smtp_sink.reject(SENDER, "553 5.7.1 sender not allowed")
+    with (
+        open_transport(smtp_sink.url) as transport,
+        pytest.raises(PermanentSendError, match="MAIL FROM answered 553") as caught,
+    ):
+        transport.send(SENDER, "ann@example.com", message(1))
+    assert caught.value.code == 553 and not caught.value.recipient_refused
+    assert smtp_sink.received() == []
+
+
+@pytest.mark.parametrize("at", ["rcpt", "data"])
+def test_451_is_transient_and_the_connection_stays(smtp_sink: SmtpSink, at: str) -> None:
+    smtp_sink.tempfail_next(1, "451 4.3.0 try later", at=at)  # type: ignore[arg-type]
+    with open_transport(smtp_sink.url) as transport:
+        with pytest.raises(TransientSendError, match="451 4.3.0 try later") as caught:
+            transport.send(SENDER, "ann@example.com", message(1))
+        assert not caught.value.connection_lost
+        transport.send(SENDER, "ann@example.com", message(1))
+    assert len(smtp_sink.wait_for_count(1, timeout=10)) == 1
+    assert smtp_sink.connections == 1
+
+
+def test_554_after_the_body_is_permanent_for_the_message_only(smtp_sink: SmtpSink) -> None:
+    smtp_sink.tempfail_next(1, "554 5.6.0 content rejected", at="data")
+    with open_transport(smtp_sink.url) as transport, pytest.raises(PermanentSendError) as caught:
+        transport.send(SENDER, "ann@example.com", message(1))
+    assert caught.value.code == 554 and not caught.value.recipient_refused
+    assert "end of DATA answered 554" in str(caught.value)
+
+
+def test_421_closes_the_connection_and_the_next_send_reconnects(smtp_sink: SmtpSink) -> None:
+    smtp_sink.reject["ann@example.com"] = "421 4.3.2 shutting down"
+    with open_transport(smtp_sink.url) as transport:
+        with pytest.raises(TransientSendError, match="421") as caught:
+            transport.send(SENDER, "ann@example.com", message(1))
+        assert caught.value.connection_lost
+        transport.send(SENDER, "bob@example.com", message(2))
+    assert smtp_sink.connections == 2
+    assert smtp_sink.count_for("bob@example.com") == 1
+
+
+# --- SMTP: the connection breaks --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_drop_after_the_body_is_uncertain_then_a_new_connection(
+    smtp_sink: SmtpSink, pipelining: bool
+) -> None:
+    smtp_sink.pipelining = pipelining
+    with open_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "ann@example.com", message(1))
+        smtp_sink.drop_connection_after_data(1)
+        with pytest.raises(UncertainSendError):
+            transport.send(SENDER, "bob@example.com", message(2))
+        transport.send(SENDER, "cid@example.com", message(3))
+    got = smtp_sink.wait_for_count(3, timeout=10)
+    assert [(r.recipients, r.dropped, r.connection) for r in got] == [
+        (["ann@example.com"], False, 1),
+        (["bob@example.com"], True, 1),  # it did arrive: the sender could not know
+        (["cid@example.com"], False, 2),
+    ]
+
+
+def test_refused_connection_is_transient_and_retried_on_next_send(smtp_sink: SmtpSink) -> None:
+    smtp_sink.refuse_connections = True
+    with open_transport(smtp_sink.url) as transport:
+        with pytest.raises(TransientSendError, match="cannot connect") as caught:
+            transport.send(SENDER, "ann@example.com", message(1))
+        assert caught.value.connection_lost
+        smtp_sink.refuse_connections = False
+        transport.send(SENDER, "ann@example.com", message(1))
+    assert smtp_sink.count_for("ann@example.com") == 1
+
+
+def test_a_reused_connection_the_server_closed_is_replaced(smtp_sink: SmtpSink) -> None:
+    with open_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "ann@example.com", message(1))
+        smtp_sink.refuse_connections = True  # a restart: the open connection is cut
+        smtp_sink.refuse_connections = False
+        transport.send(SENDER, "bob@example.com", message(2))
+    assert [r.connection for r in smtp_sink.wait_for_count(2, timeout=10)] == [1, 2]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Accepts TCP connections (in the backlog) and never says a word."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        yield int(server.getsockname()[1])
+
+
+def test_a_server_that_never_answers_times_out_as_transient(silent_server: int) -> None:
+    with (
+        open_transport(f"smtp://127.0.0.1:{silent_server}?timeout=0.3") as transport,
+        pytest.raises(TransientSendError, match="timed out"),
+    ):
+        transport.send(SENDER, "ann@example.com", message(1))
+
+
+# --- TLS and login ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_sink(certificate: tuple[Path, Path], request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    sink = SmtpSink(
+        tls=certificate, implicit_tls=request.param, credentials={"us@er": "p:ss/w%rd"}
+    ).start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.mark.parametrize("tls_sink", [False, True], ids=["starttls", "smtps"], indirect=True)
+def test_tls_and_login_with_percent_encoded_credentials(
+    tls_sink: SmtpSink, certificate: tuple[Path, Path]
+) -> None:
+    cafile = certificate[0]
+    scheme, rest = tls_sink.url.split("://")
+    starttls = "starttls=true&" if scheme == "smtp" else ""
+    url = f"{scheme}://us%40er:p%3Ass%2Fw%25rd@{rest}?{starttls}cafile={cafile}"
+    with open_transport(url) as transport:
+        transport.send(SENDER, "ann@example.com", message(1))
+        transport.send(SENDER, "bob@example.com", message(2))
+    assert tls_sink.logins == [("us@er", "p:ss/w%rd")]
+    assert len(tls_sink.wait_for_count(2, timeout=10)) == 2
+    assert tls_sink.connections == 1
+
+
+@pytest.mark.parametrize("tls_sink", [False], indirect=True)
+def test_wrong_password_or_untrusted_certificate_is_transient(
+    tls_sink: SmtpSink, certificate: tuple[Path, Path]
+) -> None:
+    rest = tls_sink.url.split("://")[1]
+    wrong = f"smtp://us%40er:nope@{rest}?starttls=true&cafile={certificate[0]}"
+    with (
+        open_transport(wrong) as transport,
+        pytest.raises(TransientSendError, match="refused the login.*DISPATCHER_MAIL_URL"),
+    ):
+        transport.send(SENDER, "ann@example.com", message(1))
+    untrusted = f"smtp://{rest}?starttls=true"  # the system's CAs do not know this one
+    with (
+        open_transport(untrusted) as transport,
+        pytest.raises(TransientSendError, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
+        transport.send(SENDER, "ann@example.com", message(1))
+    assert tls_sink.received() == []
+
+
+def test_tls_or_login_the_server_does_not_offer_is_transient(smtp_sink: SmtpSink) -> None:
+    for url in (f"{smtp_sink.url}?starttls=true", smtp_sink.url.replace("//", "//ann:pw@")):
+        with (
+            open_transport(url) as transport,
+            pytest.raises(TransientSendError, match="does not offer.*DISPATCHER_MAIL_URL"),
+        ):
+            transport.send(SENDER, "ann@example.com", message(1))
+    assert smtp_sink.received() == []
+
+
+# --- URLs -------------------------------------------------------------------------------------
+
+
+def test_smtp_urls_parse_into_options() -> None:
+    assert parse_mail_url("smtp://relay.internal") == SmtpOptions("relay.internal", 25)
+    assert parse_mail_url("SMTPS://relay:2465/", timeout=5) == SmtpOptions(
+        "relay", 2465, implicit_tls=True, timeout=5.0
+    )
+    options = parse_mail_url(
+        "smtp://a%20b:c%3Ad%40@relay:587?starttls=TRUE&timeout=10&cafile=/etc/ca.pem"
+    )
+    assert options == SmtpOptions(
+        "relay",
+        587,
+        starttls=True,
+        username="a b",
+        password="c:d@",
+        timeout=10.0,
+        cafile="/etc/ca.pem",
+    )
+    assert "c:d@" not in repr(options)
+    assert parse_mail_url("smtps://relay").port == 465  # type: ignore[union-attr]
+    assert parse_mail_url("maildir:///var/outbox") == Path("/var/outbox")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://relay:25", "unknown scheme 'http'"),
+        ("relay:25", "unknown scheme 'relay'"),
+        ("", "unknown scheme ''"),
+        ("maildir://var/outbox", "absolute path"),
+        ("smtp://:25", "names no host"),
+        ("smtp://relay:99999", "bad port"),
+        ("smtp://relay:25/inbox", "takes no path"),
+        ("smtp://relay?tls=true", "unknown option tls"),
+        ("smtp://relay?starttls=ture", "starttls='ture' is not true or false"),
+        ("smtps://relay?starttls=true", "TLS already"),
+        ("smtp://relay?timeout=soon", "timeout='soon' is not a number"),
+        ("smtp://relay?timeout=0", "more than 0"),
+    ],
+)
+def test_bad_mail_urls_are_named(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match="DISPATCHER_MAIL_URL") as caught, open_transport(url):
+        pass
+    assert problem in str(caught.value)
