@@ -186,3 +186,5 @@ class AffiliateShare(Base):
     affiliate_id: Mapped[int] = mapped_column(ForeignKey("affiliates.id"), primary_key=True)
     address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"), primary_key=True)
     release_id: Mapped[int] = mapped_column(ForeignKey("affiliate_releases.id"))
+    # Set when the person is erased: the SHA-256 the affiliate holds, for its feed.
+    erased_digest: Mapped[str | None] = mapped_column(String(64))

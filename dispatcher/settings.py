@@ -50,6 +50,11 @@ class Settings:
     stage_timings: str = ""
     # Aggregate statistics withhold any count below this.
     stats_min_cell: int = 5
+    # Retention (days): how long page hits keep IP and browser, how long our copies of
+    # affiliate export files and the record of who was shared with whom are kept.
+    retention_hit_days: float = 90.0
+    retention_export_days: float = 30.0
+    retention_share_days: float = 730.0
     # Throttling; 0 means no limit.
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
@@ -75,6 +80,9 @@ _FLOAT_FIELDS = {
     "affiliate_link_seconds",
     "rate_per_second",
     "domain_rate_per_second",
+    "retention_hit_days",
+    "retention_export_days",
+    "retention_share_days",
 }
 _PATH_FIELDS = {"templates_dir"}
 

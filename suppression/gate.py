@@ -42,6 +42,7 @@ SERVICE_BLOCKING_REASONS = (
     Reason.COMPLAINT,
     Reason.POSTAL_REQUEST,
     Reason.LEGAL,
+    Reason.ERASED,
 )
 
 

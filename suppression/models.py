@@ -83,6 +83,8 @@ class Reason(enum.StrEnum):
     MANUAL = "manual"
     POSTAL_REQUEST = "postal_request"
     LEGAL = "legal"
+    # The person asked us to delete their data: only a keyed hash of the address is left.
+    ERASED = "erased"
 
 
 GLOBAL_SCOPE = "global"
@@ -188,3 +190,6 @@ class Event(Base):
     user_agent: Mapped[str | None] = mapped_column(String(512))
     outcome: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The tamper-evident chain (suppression.audit): filled in when the event is sealed.
+    seal_seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    chain_hash: Mapped[str | None] = mapped_column(String(64))

@@ -14,6 +14,8 @@ from suppression.sql import insert_for
 
 # Suppressions a recipient may lift by re-subscribing. Everything else needs staff.
 RECIPIENT_LIFTABLE = frozenset({Reason.UNSUBSCRIBE})
+# Nobody lifts these, and staff cannot add them by hand: ``suppression.erasure`` owns them.
+PERMANENT = frozenset({Reason.ERASED})
 
 
 class SuppressionError(ValueError):
@@ -36,11 +38,17 @@ def valid_scope(scope: str) -> str:
 
 
 def valid_reason(reason: str) -> Reason:
+    """A reason staff may give by hand (``erased`` is only ever set by an erasure)."""
+    names = ", ".join(r.value for r in Reason if r not in PERMANENT)
     try:
-        return Reason(reason)
+        parsed = Reason(reason)
     except ValueError:
-        names = ", ".join(r.value for r in Reason)
         raise SuppressionError(f"unknown reason {reason!r}: use one of {names}") from None
+    if parsed in PERMANENT:
+        raise SuppressionError(
+            f"reason {reason!r} is set only by `dispatcher person erase`: use one of {names}"
+        )
+    return parsed
 
 
 def add_suppression(
@@ -124,7 +132,11 @@ def lift_suppressions(
         raise SuppressionError("say why the suppression is lifted (--reason)")
     stmt = (
         update(Suppression)
-        .where(Suppression.address_id == address_id, Suppression.lifted_at.is_(None))
+        .where(
+            Suppression.address_id == address_id,
+            Suppression.lifted_at.is_(None),
+            Suppression.reason.not_in([str(r) for r in PERMANENT]),
+        )
         .values(lifted_at=utcnow(), lifted_by=actor, lift_reason=why.strip())
     )
     if reasons is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,18 @@ class TokenSigner:
         ):
             raise BadToken(TokenOutcome.MALFORMED)
         return LinkSubject(address_id=payload[2], campaign_id=payload[3])
+
+    def keyed_digests(self, text: str) -> list[str]:
+        """HMAC-SHA256 of ``text`` under each key, newest first: the erased-address hashes.
+
+        Keyed, so a leaked table cannot be reversed by hashing guessed addresses; one per key,
+        so an erasure made under a key still in the rotation list is recognised.
+        """
+        data = text.encode("utf-8")
+        return [
+            hmac.new(f"dispatcher.erasure:{k}".encode(), data, hashlib.sha256).hexdigest()
+            for k in self._keys
+        ]
 
     # Expiring tokens (affiliate downloads).
     def sign_timed(self, purpose: LinkPurpose, payload: dict[str, Any]) -> str:

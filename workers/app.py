@@ -65,6 +65,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "workers.tasks.recover_stalled",
                 "schedule": max(1.0, min(30.0, settings.claim_lease_seconds / 2)),
             },
+            "seal-audit-events": {"task": "workers.tasks.seal_audit", "schedule": 60.0},
+            "apply-retention": {"task": "workers.tasks.apply_retention", "schedule": 3600.0},
         },
     }
     config.update(settings.celery)

@@ -9,8 +9,10 @@ from sqlalchemy.exc import OperationalError
 from dispatcher.campaigns.fanout import campaign_purpose, due_campaigns, fan_out
 from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import session_scope
+from dispatcher.privacy.retention import apply_retention
 from dispatcher.sending.batch import describe, send_batch
 from dispatcher.sending.transports import TransientSendError
+from suppression.audit import seal_events
 from workers.app import app, queue_for
 from workers.runtime import runtime
 
@@ -79,3 +81,19 @@ def recover_stalled() -> list[int]:
     for campaign_id in stalled:
         fan_out_campaign.delay(campaign_id, resume=True)
     return stalled
+
+
+@app.task(name="workers.tasks.seal_audit")
+def seal_audit() -> int:
+    """Beat: seal the audit events written since the last pass into the hash chain."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        return seal_events(session)
+
+
+@app.task(name="workers.tasks.apply_retention")
+def apply_retention_task() -> dict[str, int]:
+    """Beat: remove personal data past its retention window."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        return apply_retention(session, rt.settings).as_dict()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import make_engine, make_sessionmaker
 from dispatcher.settings import Settings, SettingsError, load_settings
+from suppression.tokens import TokenSigner
 
 
 @dataclass
@@ -37,6 +38,13 @@ class AppContext:
     def sessions(self) -> sessionmaker[Session]:
         self._engine = make_engine(self.settings.database_url)
         return make_sessionmaker(self._engine)
+
+    @cached_property
+    def signer(self) -> TokenSigner:
+        try:
+            return TokenSigner(self.settings.secret_keys)
+        except ValueError as exc:
+            raise click.ClickException(f"configuration: {exc}") from None
 
     def close(self) -> None:
         if self._engine is not None:
@@ -68,13 +76,15 @@ def _register() -> None:
         campaigns,
         contacts,
         database,
+        privacy,
         services,
         stats,
         suppress,
         web,
     )
 
-    for module in (database, contacts, suppress, campaigns, affiliates, stats, services, web):
+    modules = (database, contacts, suppress, campaigns, affiliates, stats, privacy, services, web)
+    for module in modules:
         for command in getattr(module, "COMMANDS", ()):
             main.add_command(command)
 

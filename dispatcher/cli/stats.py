@@ -10,6 +10,7 @@ import click
 
 from dispatcher.cli import AppContext, pass_app
 from dispatcher.db import session_scope
+from dispatcher.sharing.cells import safe_row
 from dispatcher.sharing.stats import report
 
 
@@ -48,11 +49,18 @@ def stats(app: AppContext, fmt: str, k: int | None) -> None:
         writer = csv.writer(sys.stdout, lineterminator="\r\n")
         writer.writerow(["campaign", "day", "outcome", "count"])
         for key, value in data["summary"].items():
-            writer.writerow(["*", "", key, shown if value is None else value])
+            writer.writerow(safe_row(["*", "", key, shown if value is None else value]))
         for cell in data["deliveries"]:
             count = cell["count"]
             writer.writerow(
-                [cell["campaign"], cell["day"], cell["outcome"], shown if count is None else count]
+                safe_row(
+                    [
+                        cell["campaign"],
+                        cell["day"],
+                        cell["outcome"],
+                        shown if count is None else count,
+                    ]
+                )
             )
         return
     for key, value in data["summary"].items():

@@ -13,9 +13,9 @@ from dispatcher.contacts.suppress import import_suppressions, lift_address, supp
 from dispatcher.db import session_scope
 from suppression.address import InvalidAddress
 from suppression.models import Reason
-from suppression.suppressions import SuppressionError, list_suppressions
+from suppression.suppressions import PERMANENT, SuppressionError, list_suppressions
 
-REASONS = click.Choice([r.value for r in Reason])
+REASONS = click.Choice([r.value for r in Reason if r not in PERMANENT])
 
 
 @click.group("suppress")

@@ -27,6 +27,7 @@ from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, AffiliateRelease, AffiliateShare, Contact
 from dispatcher.settings import Settings
 from dispatcher.sharing.affiliates import AffiliateError, get_affiliate
+from dispatcher.sharing.cells import safe_row
 from suppression.address import address_digest
 from suppression.events import Hit, record_event
 from suppression.gate import affiliate_shareable
@@ -174,7 +175,7 @@ def _rows(session: Session, affiliate: Affiliate, release_id: int) -> Iterator[l
     for address, first, last, attributes in session.execute(stmt):
         known = {"email": address, "first_name": first or "", "last_name": last or ""}
         extra = attributes or {}
-        yield [known[f] if f in known else _text(extra.get(f)) for f in fields]
+        yield safe_row(known[f] if f in known else _text(extra.get(f)) for f in fields)
 
 
 def _text(value: Any) -> str:
@@ -241,7 +242,7 @@ def withdrawn_digests(
     """
     held = AffiliateShare.affiliate_id == affiliate_id
     stmt = (
-        select(Address.address)
+        select(Address.address, AffiliateShare.erased_digest)
         .select_from(AffiliateShare)
         .join(Address, Address.id == AffiliateShare.address_id)
         .where(held, ~affiliate_shareable(AffiliateShare.address_id, affiliate_id))
@@ -262,7 +263,8 @@ def withdrawn_digests(
             Consent.recorded_at >= since,
         )
         stmt = stmt.where(suppressed | withdrew)
-    return sorted(address_digest(a) for a in session.scalars(stmt))
+    # An erased person's address is gone; the share row keeps the digest the affiliate holds.
+    return sorted(erased or address_digest(a) for a, erased in session.execute(stmt))
 
 
 def feed(

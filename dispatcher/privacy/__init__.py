@@ -1,0 +1,1 @@
+"""A person's rights over their data: access (export), erasure, and retention windows."""
