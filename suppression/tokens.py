@@ -48,6 +48,7 @@ class LinkPurpose(enum.StrEnum):
     PREFERENCES = "preferences"
     AFFILIATE_DOWNLOAD = "affiliate-download"
     FORM = "form"  # CSRF: a form's proof that it came from our own page
+    SIGNUP_CONFIRM = "signup-confirm"  # double opt-in: expiring, names a pending signup
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class TokenSigner:
             raise BadToken(TokenOutcome.MALFORMED)
         return LinkSubject(address_id=payload[2], campaign_id=payload[3])
 
-    # Expiring tokens (affiliate downloads).
+    # Expiring tokens (affiliate downloads, signup confirmations, form tokens).
     def sign_timed(self, purpose: LinkPurpose, payload: dict[str, Any]) -> str:
         return str(self._timed(purpose).dumps({"kid": self._newest_kid, **payload}))
 
