@@ -27,7 +27,12 @@ def take(
     stmt = stmt.on_conflict_do_update(
         index_elements=[RequestLimit.key],
         set_={
-            "count": case((expired, 1), else_=RequestLimit.count + 1),
+            # Refused requests stop counting at limit + 1, so a slot given back is free again.
+            "count": case(
+                (expired, 1),
+                (RequestLimit.count > limit, RequestLimit.count),
+                else_=RequestLimit.count + 1,
+            ),
             "window_start": case((expired, now), else_=RequestLimit.window_start),
         },
     ).returning(RequestLimit.count)
@@ -35,12 +40,12 @@ def take(
     return bool(count <= limit)
 
 
-def give_back(session: Session, key: str) -> None:
-    """Return one request to ``key``'s window (the mail it allowed could not be sent)."""
+def give_back(session: Session, key: str, *, limit: int) -> None:
+    """Return one allowed request to ``key``'s window (the mail it allowed could not go)."""
     session.execute(
         update(RequestLimit)
         .where(RequestLimit.key == key, RequestLimit.count > 0)
-        .values(count=RequestLimit.count - 1)
+        .values(count=case((RequestLimit.count > limit, limit - 1), else_=RequestLimit.count - 1))
     )
 
 

@@ -222,7 +222,7 @@ def deliver(settings: Settings, sessions: sessionmaker[Session], mail: OutgoingM
                     .values(mail_status="sent" if sent else "failed", mailed_at=utcnow())
                 )
             if not sent:
-                limits.give_back(session, mail.limit_key)
+                limits.give_back(session, mail.limit_key, limit=MAIL_PER_ADDRESS_PER_DAY)
             record_event(
                 session,
                 f"{mail.kind.value}_mail",
