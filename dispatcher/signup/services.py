@@ -17,8 +17,8 @@ The rules, in order, for a signup:
 from __future__ import annotations
 
 import logging
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
