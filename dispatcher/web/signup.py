@@ -82,9 +82,13 @@ def _send_after_answer(mail: OutgoingMail | None) -> None:
         return response
 
 
-def _too_many(session: Session, route: str) -> tuple[str, int]:
+def _too_many(session: Session, route: str) -> tuple[str, int, dict[str, str]]:
     _record(session, route, "ip_limited", "refused")
-    return render_template("too_many.html", settings=_settings()), 429
+    seconds = int(_settings().signup_ip_window_seconds)
+    minutes = max(1, round(seconds / 60))
+    wait = f"{minutes} minutes" if minutes < 120 else f"{round(minutes / 60)} hours"
+    page = render_template("too_many.html", settings=_settings(), wait=wait)
+    return page, 429, {"Retry-After": str(seconds)}
 
 
 # --- subscribe --------------------------------------------------------------------------------
