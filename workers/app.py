@@ -65,6 +65,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "workers.tasks.recover_stalled",
                 "schedule": max(1.0, min(30.0, settings.claim_lease_seconds / 2)),
             },
+            "prune-signups": {"task": "workers.tasks.prune_signups", "schedule": 3600.0},
         },
     }
     config.update(settings.celery)

@@ -11,6 +11,7 @@ from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import session_scope
 from dispatcher.sending.batch import describe, send_batch
 from dispatcher.sending.transports import TransientSendError
+from dispatcher.signup.services import prune as signup_prune
 from workers.app import app, queue_for
 from workers.runtime import runtime
 
@@ -79,3 +80,11 @@ def recover_stalled() -> list[int]:
     for campaign_id in stalled:
         fan_out_campaign.delay(campaign_id, resume=True)
     return stalled
+
+
+@app.task(name="workers.tasks.prune_signups")
+def prune_signups() -> tuple[int, int]:
+    """Beat, hourly: forget unconfirmed signups whose link expired, and spent counters."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        return signup_prune(session, rt.settings)

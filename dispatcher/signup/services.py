@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import literal, select, update
+from sqlalchemy import delete, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
@@ -337,6 +338,20 @@ def _ensure_contact(session: Session, row: SignupRequest, address_id: int) -> No
         contact.last_name = row.last_name
     if row.attributes:
         contact.attributes = {**contact.attributes, **row.attributes}
+
+
+def prune(session: Session, settings: Settings) -> tuple[int, int]:
+    """Forget what never became consent: signups whose link expired unconfirmed (an address,
+    a name and an IP of someone who did not confirm), and counters whose window has passed.
+    Confirmed signups stay: they are the proof of consent. Returns (signups, counters)."""
+    cutoff = utcnow() - timedelta(seconds=settings.signup_link_seconds)
+    signups = session.execute(
+        delete(SignupRequest).where(
+            SignupRequest.confirmed_at.is_(None), SignupRequest.requested_at < cutoff
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    counters = limits.prune(session, max(DAY, settings.signup_ip_window_seconds))
+    return int(signups or 0), counters
 
 
 def _audit(

@@ -14,6 +14,7 @@ from dispatcher.signup.services import (
     SignupForm,
     confirm_signup,
     pending_signup,
+    prune,
     request_preferences_link,
     request_signup,
 )
@@ -177,3 +178,17 @@ def test_preferences_link_goes_only_to_contacts_once_a_day(
     assert ask("ann@example.com") == ("address_limited", None)
     assert ask("stranger@example.com") == ("not_a_contact", None)
     assert ask("bounced@example.com") == ("blocked", None)
+
+
+def test_prune_forgets_expired_unconfirmed_signups_and_keeps_proof(
+    session: Session, settings: Settings
+) -> None:
+    _, kept = signup(session, settings, "kept@example.com")
+    signup(session, settings, "forgotten@example.com")
+    row = pending_signup(session, settings, TokenSigner(settings.secret_keys), token_of(kept))
+    confirm_signup(session, row, CONFIRMER)
+    assert prune(session, settings) == (0, 0)  # nothing has expired yet
+    expired = settings.replace(signup_link_seconds=-1)
+    assert prune(session, expired)[0] == 1
+    left = session.scalars(select(SignupRequest.address)).all()
+    assert left == ["kept@example.com"]
