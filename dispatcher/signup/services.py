@@ -211,8 +211,9 @@ def deliver(settings: Settings, sessions: sessionmaker[Session], mail: OutgoingM
     try:
         send(settings, mail)
         sent = True
-    except Exception:  # any failure of rendering or transport: record it, keep the worker
-        log.warning("a %s mail could not be sent", mail.kind.value, exc_info=True)
+    except Exception as exc:  # any failure of rendering or transport: record it, keep going
+        # Only the kind of error: a relay's reply may quote the address.
+        log.warning("a %s mail could not be sent: %s", mail.kind.value, type(exc).__name__)
         sent = False
     try:
         with session_scope(sessions) as session:

@@ -6,6 +6,7 @@ address is known. Every hit is recorded in the audit trail."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, after_this_request, current_app, render_template, request
@@ -91,6 +92,24 @@ def _too_many(session: Session, route: str) -> tuple[str, int, dict[str, str]]:
     return page, 429, {"Retry-After": str(seconds)}
 
 
+def _screen(
+    session: Session, route: str, kind: str, again: Callable[[str], tuple[str, int]]
+) -> Any | None:
+    """What both public forms check before reading what was typed: the IP's limit, the
+    honeypot (answered as a success, so a bot learns nothing), and our own form token.
+    Returns the early answer, or None to go on."""
+    if not ip_allowed(session, _settings(), client_hit().ip):
+        return _too_many(session, route)
+    if request.form.get(HONEYPOT):
+        _record(session, route, "honeypot", "refused")
+        return _sent(kind)
+    csrf = request.form.get("csrf", "")
+    if not form_token_ok(_settings().secret_keys, csrf, kind, FORM_MAX_AGE):
+        _record(session, route, "refused_form_token", "refused")
+        return again("This form was open for too long. Please check it and send it again.")
+    return None
+
+
 # --- subscribe --------------------------------------------------------------------------------
 
 
@@ -150,19 +169,12 @@ def subscribe() -> Any:
     values = request.form.to_dict()
     values.pop("csrf", None)
     with session_scope(_sessions()) as session:
+        early = _screen(
+            session, "signup", "subscribe", lambda msg: _subscribe_form(values, msg, 400)
+        )
+        if early is not None:
+            return early
         hit = client_hit()
-        if not ip_allowed(session, settings, hit.ip):
-            return _too_many(session, "signup")
-        if request.form.get(HONEYPOT):
-            _record(session, "signup", "honeypot", "refused")
-            return _sent("subscribe")
-        if not form_token_ok(
-            settings.secret_keys, request.form.get("csrf", ""), "subscribe", FORM_MAX_AGE
-        ):
-            _record(session, "signup", "refused_form_token", "refused")
-            return _subscribe_form(
-                values, "This form was open for too long. Please check it and send it again.", 400
-            )
         try:
             form = _parse_signup()
             with session.begin_nested():
@@ -265,7 +277,7 @@ def _link_form(email: str = "", error: str | None = None, status: int = 200) -> 
         settings=settings,
         email=email,
         error=error,
-        csrf=form_token(settings.secret_keys, "preferences-link"),
+        csrf=form_token(settings.secret_keys, "preferences"),
         honeypot=HONEYPOT,
     ), status
 
@@ -282,17 +294,12 @@ def preferences_link() -> Any:
     settings = _settings()
     email = (request.form.get("email") or "")[:MAX_EMAIL]
     with session_scope(_sessions()) as session:
+        early = _screen(
+            session, "preferences_link", "preferences", lambda msg: _link_form(email, msg, 400)
+        )
+        if early is not None:
+            return early
         hit = client_hit()
-        if not ip_allowed(session, settings, hit.ip):
-            return _too_many(session, "preferences_link")
-        if request.form.get(HONEYPOT):
-            _record(session, "preferences_link", "honeypot", "refused")
-            return _sent("preferences")
-        if not form_token_ok(
-            settings.secret_keys, request.form.get("csrf", ""), "preferences-link", FORM_MAX_AGE
-        ):
-            _record(session, "preferences_link", "refused_form_token", "refused")
-            return _link_form(email, "This form was open for too long. Please send it again.", 400)
         try:
             text = _text("email", MAX_EMAIL)
             if text is None:
