@@ -26,6 +26,7 @@ from suppression.models import Consent, ConsentStatus, Reason, Scope
 from suppression.registry import find_address
 from tests.factories import make_contact
 from tests.unit.dispatcher.web.pages import csrf, events
+from tests.unit.dispatcher.web.test_security import _Page
 
 SAME_ANSWER = "If this address can receive e-mail from us, we have sent it a message"
 
@@ -261,3 +262,58 @@ def test_a_mail_that_cannot_go_is_recorded_and_gives_its_daily_slot_back(
     working = create_app(settings).test_client()
     post(working, "/subscribe", form_data(working, email="f@example.com", marketing="yes"))
     assert [m["To"] for m in outbox(settings)] == ["f@example.com"]
+
+
+def test_every_signup_page_is_plain_accessible_html_with_the_security_headers(
+    settings: Settings, session_factory
+) -> None:
+    client = create_app(settings.replace(signup_ip_limit=4)).test_client()
+    pages = {"form": client.get("/subscribe")}
+    pages["form error"] = post(client, "/subscribe", form_data(client, email="x"))
+    pages["sent"] = post(
+        client, "/subscribe", form_data(client, email="c@example.com", marketing="yes")
+    )
+    link = confirm_link(outbox(settings)[0])
+    pages["confirm"] = client.get(link)
+    pages["confirmed"] = client.post(link, data={"csrf": csrf(pages["confirm"].data)})
+    pages["invalid link"] = client.get("/subscribe/confirm/garbage")
+    pages["link form"] = client.get("/preferences-link")
+    pages["link sent"] = post(
+        client, "/preferences-link", form_data(client, "/preferences-link", email="c@example.com")
+    )
+    pages["link form error"] = post(
+        client, "/preferences-link", form_data(client, "/preferences-link", email="nope")
+    )
+    pages["too many"] = post(
+        client, "/subscribe", form_data(client, email="d@example.com", marketing="yes")
+    )
+    assert pages["too many"].status_code == 429
+    assert pages["too many"].headers["Retry-After"] == "3600"
+    for name, response in pages.items():
+        assert response.mimetype == "text/html", name
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'"), name
+        assert response.headers["X-Frame-Options"] == "DENY", name
+        body = response.data.decode()
+        assert "<script" not in body and " style=" not in body, name
+        assert not re.search(r'(src|href|action)="(https?:)?//', body), name
+        page = _Page()
+        page.feed(body)
+        assert page.lang == "en" and page.title and page.h1 == 1, name
+        assert all(i and i in page.labels for i in page.inputs), f"{name}: input without label"
+        assert all(page.buttons), f"{name}: button without text"
+
+
+def test_no_address_in_the_log_when_a_mail_cannot_go(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    broken = create_app(settings.replace(mail_url=f"maildir://{blocked}")).test_client()
+    with caplog.at_level("DEBUG"):
+        post(
+            broken,
+            "/subscribe",
+            form_data(broken, email="secret.person@example.com", marketing="yes"),
+        )
+    assert "could not be sent" in caplog.text
+    assert "secret.person" not in caplog.text.lower()
