@@ -22,6 +22,8 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "RateLimit",
+    "RequestLimit",
+    "SignupRequest",
 ]
 
 
@@ -188,3 +190,51 @@ class AffiliateShare(Base):
     release_id: Mapped[int] = mapped_column(ForeignKey("affiliate_releases.id"))
     # Set when the person is erased: the SHA-256 the affiliate holds, for its feed.
     erased_digest: Mapped[str | None] = mapped_column(String(64))
+
+
+class SignupRequest(Base):
+    """A subscription asked for on the public form, waiting for its double opt-in.
+
+    Nothing here is consent: consent is recorded (with this row as its proof, ledger source
+    ``signup:<id>``) only when the link in the confirmation mail is followed and confirmed.
+    The row keeps the proof: when and from where it was asked and confirmed, with which
+    browser, on which form, under which policy version and wording, and the Message-ID of the
+    confirmation mail that carried the link.
+    """
+
+    __tablename__ = "signup_requests"
+    __table_args__ = (Index("ix_signup_requests_address", "address"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address: Mapped[str] = mapped_column(String(254))  # canonical form
+    submitted_address: Mapped[str] = mapped_column(String(320))
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    marketing: Mapped[bool]
+    affiliates: Mapped[bool]
+    form: Mapped[str] = mapped_column(String(100))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    wording: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    request_ip: Mapped[str | None] = mapped_column(String(64))
+    request_user_agent: Mapped[str | None] = mapped_column(String(512))
+    message_id: Mapped[str] = mapped_column(String(200))
+    # queued → sent | failed (the mail leaves after the page is answered).
+    mail_status: Mapped[str] = mapped_column(String(16), default="queued")
+    mailed_at: Mapped[datetime | None]
+    confirmed_at: Mapped[datetime | None]
+    confirm_ip: Mapped[str | None] = mapped_column(String(64))
+    confirm_user_agent: Mapped[str | None] = mapped_column(String(512))
+    address_id: Mapped[int | None] = mapped_column(ForeignKey("addresses.id"))
+
+
+class RequestLimit(Base):
+    """Fixed-window counters for the public forms (per IP, per address and day), kept in the
+    database so that every web worker process counts against the same limits."""
+
+    __tablename__ = "request_limits"
+
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    window_start: Mapped[float]
+    count: Mapped[int]

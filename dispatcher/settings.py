@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -58,6 +59,21 @@ class Settings:
     # Throttling; 0 means no limit.
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
+    # Signup (double opt-in) form: which extra fields it asks for (first_name, last_name, or an
+    # attribute name an audience can use), the wording of each consent box, the form's name as
+    # recorded in the proof, how long a confirmation link works, and the per-IP request limit.
+    signup_fields: tuple[str, ...] = ("first_name",)
+    signup_form: str = "subscribe-v1"
+    signup_marketing_text: str = (
+        "Yes, send me e-mail about new music, releases and offers from Killer Tracks."
+    )
+    signup_affiliates_text: str = (
+        "Yes, Killer Tracks may share my name and e-mail address with its affiliated "
+        "companies so that they can send me offers (only while I receive marketing)."
+    )
+    signup_link_seconds: float = 3 * 24 * 3600.0
+    signup_ip_limit: int = 20
+    signup_ip_window_seconds: float = 3600.0
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -71,7 +87,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_INT_FIELDS = {"batch_size", "stats_min_cell"}
+_INT_FIELDS = {"batch_size", "stats_min_cell", "signup_ip_limit"}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -83,8 +99,14 @@ _FLOAT_FIELDS = {
     "retention_hit_days",
     "retention_export_days",
     "retention_share_days",
+    "signup_link_seconds",
+    "signup_ip_window_seconds",
 }
 _PATH_FIELDS = {"templates_dir"}
+_LIST_FIELDS = {"signup_fields"}
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+# Names the signup form uses itself (the honeypot is "comment").
+_RESERVED_FIELDS = {"email", "marketing", "affiliates", "csrf", "comment"}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -130,6 +152,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values[name] = _number(name, values[name], float)
     for name in _PATH_FIELDS & values.keys():
         values[name] = Path(values[name])
+    for name in _LIST_FIELDS & values.keys():
+        values[name] = _parse_list(values[name])
+    for name in values.get("signup_fields", ()):
+        if not _FIELD_NAME.fullmatch(name) or name in _RESERVED_FIELDS:
+            raise SettingsError(
+                f"signup_fields: {name!r} cannot be a form field (lower-case letters, digits "
+                f"and _, at most 40; not {', '.join(sorted(_RESERVED_FIELDS))})"
+            )
     if values.get("batch_size", 1) < 1:
         raise SettingsError("batch_size must be at least 1")
 
@@ -168,6 +198,12 @@ def _guess(value: str) -> Any:
     if value.lower() in {"true", "false"}:
         return value.lower() == "true"
     return value
+
+
+def _parse_list(value: Any) -> tuple[str, ...]:
+    """A list from TOML, or comma-separated text from the environment."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    return tuple(str(k).strip() for k in items if str(k).strip())
 
 
 def _parse_keys(value: Any) -> tuple[str, ...]:

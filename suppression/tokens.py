@@ -49,6 +49,7 @@ class LinkPurpose(enum.StrEnum):
     PREFERENCES = "preferences"
     AFFILIATE_DOWNLOAD = "affiliate-download"
     FORM = "form"  # CSRF: a form's proof that it came from our own page
+    SIGNUP_CONFIRM = "signup-confirm"  # double opt-in: expiring, names a pending signup
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class TokenSigner:
             for k in self._keys
         ]
 
-    # Expiring tokens (affiliate downloads).
+    # Expiring tokens (affiliate downloads, signup confirmations, form tokens).
     def sign_timed(self, purpose: LinkPurpose, payload: dict[str, Any]) -> str:
         return str(self._timed(purpose).dumps({"kid": self._newest_kid, **payload}))
 

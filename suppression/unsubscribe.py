@@ -140,6 +140,7 @@ def resubscribe(
     *,
     hit: Hit,
     source: str = "preferences",
+    policy_version: str | None = None,
 ) -> None:
     """The recipient asks for marketing again: lift only their own unsubscribe, opt back in.
 
@@ -170,4 +171,5 @@ def resubscribe(
         occurred_at=utcnow(),
         recipient_action=True,
         hit=hit,
+        policy_version=policy_version,
     )

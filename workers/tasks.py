@@ -12,6 +12,7 @@ from dispatcher.db import session_scope
 from dispatcher.privacy.retention import apply_retention
 from dispatcher.sending.batch import describe, send_batch
 from dispatcher.sending.transports import TransientSendError
+from dispatcher.signup.services import prune as signup_prune
 from suppression.audit import seal_events
 from workers.app import app, queue_for
 from workers.runtime import runtime
@@ -97,3 +98,11 @@ def apply_retention_task() -> dict[str, int]:
     rt = runtime()
     with session_scope(rt.sessions) as session:
         return apply_retention(session, rt.settings).as_dict()
+
+
+@app.task(name="workers.tasks.prune_signups")
+def prune_signups() -> tuple[int, int]:
+    """Beat, hourly: forget unconfirmed signups whose link expired, and spent counters."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        return signup_prune(session, rt.settings)

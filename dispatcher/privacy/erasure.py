@@ -16,7 +16,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns.deliveries import stop_queued
-from dispatcher.models import AffiliateRelease, AffiliateShare, Contact, ContactTag, Delivery
+from dispatcher.models import (
+    AffiliateRelease,
+    AffiliateShare,
+    Contact,
+    ContactTag,
+    Delivery,
+    SignupRequest,
+)
 from dispatcher.privacy.files import forget_export_files
 from suppression.address import address_digest, canonical_address
 from suppression.erasure import erase_address
@@ -49,6 +56,8 @@ def erase_person(
     contacts = 0
     if held is not None:
         contacts = _scrub(session, held, canonical)
+    # Signups (confirmed or not) hold the address, name, IP and browser as given.
+    session.execute(delete(SignupRequest).where(SignupRequest.address == canonical))
     erased = erase_address(session, signer, canonical, actor=actor, source="erasure")
     stopped = stop_queued(session, erased.address_id)
     if erased.newly_erased:

@@ -32,9 +32,10 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) ->
     engine = make_engine(settings.database_url)
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
-    from dispatcher.web import affiliates, public
+    from dispatcher.web import affiliates, public, signup
 
     app.register_blueprint(public.bp)
     app.register_blueprint(affiliates.bp)
+    app.register_blueprint(signup.bp)
     security.install(app, settings, trusted_proxies)
     return app

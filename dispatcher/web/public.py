@@ -3,7 +3,6 @@ and the preference center. Every hit is recorded with time, IP, user agent and o
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, request
@@ -14,7 +13,7 @@ from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign
 from dispatcher.settings import Settings
-from dispatcher.web.security import client_hit
+from dispatcher.web.security import client_hit, form_token, form_token_ok
 from suppression.address import mask_address
 from suppression.consent import current_consent, record_consent
 from suppression.events import Hit, record_event
@@ -50,16 +49,12 @@ def _hit() -> Hit:
 
 def _form_token(link_token: str) -> str:
     """CSRF: proof that a form was served by our page for this very link."""
-    digest = hashlib.sha256(link_token.encode()).hexdigest()[:32]
-    return _signer().sign_timed(LinkPurpose.FORM, {"l": digest})
+    return form_token(_settings().secret_keys, link_token)
 
 
 def _form_ok(link_token: str) -> bool:
-    try:
-        payload = _signer().read_timed(LinkPurpose.FORM, request.form.get("csrf", ""), FORM_MAX_AGE)
-    except BadToken:
-        return False
-    return payload.get("l") == hashlib.sha256(link_token.encode()).hexdigest()[:32]
+    csrf = request.form.get("csrf", "")
+    return form_token_ok(_settings().secret_keys, csrf, link_token, FORM_MAX_AGE)
 
 
 def _record_hit(

@@ -8,7 +8,9 @@ that reached a view.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Sequence
 
 from flask import Flask, Response, current_app, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from dispatcher.db import session_scope
 from dispatcher.settings import Settings
 from suppression.events import Hit, record_event
+from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +39,31 @@ SECURITY_HEADERS = {
 }
 
 # Recipient routes by path prefix, named as the views name them in the audit trail.
-RECIPIENT_ROUTES = {"/u/": "unsubscribe", "/preferences/": "preferences"}
+RECIPIENT_ROUTES = {
+    "/u/": "unsubscribe",
+    "/preferences/": "preferences",
+    "/subscribe": "signup",
+    "/preferences-link": "preferences_link",
+}
 
 
 def client_hit() -> Hit:
     """The caller as the security log records it (IP as seen after trusted proxies)."""
     return Hit(ip=request.remote_addr, user_agent=request.headers.get("User-Agent", "")[:512])
+
+
+def form_token(keys: Sequence[str], bound_to: str) -> str:
+    """CSRF: proof that a form was served by our own page, for ``bound_to`` (a form or link)."""
+    digest = hashlib.sha256(bound_to.encode()).hexdigest()[:32]
+    return TokenSigner(keys).sign_timed(LinkPurpose.FORM, {"l": digest})
+
+
+def form_token_ok(keys: Sequence[str], token: str, bound_to: str, max_age: int) -> bool:
+    try:
+        payload = TokenSigner(keys).read_timed(LinkPurpose.FORM, token, max_age)
+    except BadToken:
+        return False
+    return payload.get("l") == hashlib.sha256(bound_to.encode()).hexdigest()[:32]
 
 
 def install(app: Flask, settings: Settings, trusted_proxies: int = 0) -> None:

@@ -11,7 +11,7 @@ from alembic import op
 
 
 revision: str = '0002'
-down_revision: str | None = '0001'
+down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -20,9 +20,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(settings: Settings, port: int | None = None) -> Iterator[str]:
-    """Serve ``create_app(settings)``; yields its base URL. Threaded, like production."""
-    server = make_server("127.0.0.1", port or free_port(), create_app(settings), threaded=True)
+def serve(
+    settings: Settings, port: int | None = None, *, trusted_proxies: int = 0
+) -> Iterator[str]:
+    """Serve ``create_app(settings)``; yields its base URL. Threaded, like production.
+
+    ``trusted_proxies=1`` believes one ``X-Forwarded-For`` hop, as behind the TLS proxy
+    (lets a test speak for many client IPs)."""
+    app = create_app(settings, trusted_proxies=trusted_proxies)
+    server = make_server("127.0.0.1", port or free_port(), app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -85,3 +85,12 @@ def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
 def test_a_mistyped_mail_url_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="DISPATCHER_MAIL_URL has unknown scheme 'smpt'"):
         load_settings({"DISPATCHER_HOME": str(tmp_path), "DISPATCHER_MAIL_URL": "smpt://relay"})
+
+
+def test_signup_fields_from_the_environment_and_refused_names(tmp_path: Path) -> None:
+    env = {"DISPATCHER_HOME": str(tmp_path), "DISPATCHER_SECRET_KEYS": "k" * 20}
+    fields = load_settings({**env, "DISPATCHER_SIGNUP_FIELDS": "first_name, genre"})
+    assert fields.signup_fields == ("first_name", "genre")
+    for bad in ("Email", "email", "comment", "two words"):
+        with pytest.raises(SettingsError, match="signup_fields"):
+            load_settings({**env, "DISPATCHER_SIGNUP_FIELDS": bad})

@@ -1,0 +1,194 @@
+"""Signup and preferences-link decisions against a real (SQLite) database."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dispatcher.models import Contact, SignupRequest
+from dispatcher.settings import Settings
+from dispatcher.signup.mail import MailKind
+from dispatcher.signup.services import (
+    SignupError,
+    SignupForm,
+    confirm_signup,
+    pending_signup,
+    prune,
+    request_preferences_link,
+    request_signup,
+)
+from suppression.consent import consent_history, current_consent
+from suppression.events import Hit
+from suppression.models import Consent, ConsentStatus, Reason, Scope
+from suppression.registry import find_address
+from suppression.suppressions import active_suppressions
+from suppression.tokens import BadToken, LinkPurpose, TokenSigner
+from suppression.unsubscribe import CannotResubscribe
+from tests.factories import make_contact
+
+ASKER = Hit(ip="203.0.113.7", user_agent="Firefox/128")
+CONFIRMER = Hit(ip="198.51.100.9", user_agent="Chromium/130")
+
+
+def signup(session: Session, settings: Settings, email: str, **kw: object):
+    choices = {"marketing": kw.pop("marketing", True), "affiliates": kw.pop("affiliates", False)}
+    form = SignupForm(email=email, **choices, **kw)  # type: ignore[arg-type]
+    return request_signup(session, settings, TokenSigner(settings.secret_keys), form, ASKER)
+
+
+def token_of(mail) -> str:
+    return mail.context["confirm_url"].rsplit("/", 1)[1]
+
+
+def test_a_signup_is_no_consent_until_confirmed_then_consent_with_proof(
+    session: Session, settings: Settings
+) -> None:
+    outcome, mail = signup(
+        session, settings, " New.Person@Example.COM ", affiliates=True, first_name="Nia"
+    )
+    assert outcome == "mail_queued" and mail is not None
+    assert mail.kind is MailKind.CONFIRM and mail.to_address == "New.Person@Example.COM"
+    assert find_address(session, "new.person@example.com") is None
+    assert session.scalar(select(func.count()).select_from(Consent)) == 0
+
+    row = pending_signup(session, settings, TokenSigner(settings.secret_keys), token_of(mail))
+    newly, address_id = confirm_signup(session, row, CONFIRMER)
+    assert newly
+    for scope in Scope:
+        state = current_consent(session, address_id, scope)
+        assert state is not None and state.status == ConsentStatus.OPTED_IN
+    ledger = consent_history(session, address_id)
+    assert {(c.source, c.ip, c.policy_version) for c in ledger} == {
+        (f"signup:{row.id}", CONFIRMER.ip, settings.policy_version)
+    }
+    # The rest of the proof: when and from where it was asked and confirmed, the browser,
+    # the form and its wording, and the confirmation mail's Message-ID.
+    assert (row.request_ip, row.request_user_agent) == (ASKER.ip, ASKER.user_agent)
+    assert (row.confirm_ip, row.confirm_user_agent) == (CONFIRMER.ip, CONFIRMER.user_agent)
+    assert row.confirmed_at is not None and row.requested_at <= row.confirmed_at
+    assert row.form == settings.signup_form and row.message_id == mail.message_id
+    assert row.wording == {
+        "marketing": settings.signup_marketing_text,
+        "affiliates": settings.signup_affiliates_text,
+    }
+    contact = session.scalar(select(Contact).where(Contact.address_id == address_id))
+    assert contact is not None and contact.first_name == "Nia"
+    assert contact.submitted_address == "New.Person@Example.COM"
+
+    # Confirming again records nothing more.
+    before = len(consent_history(session, address_id))
+    assert confirm_signup(session, row, CONFIRMER) == (False, address_id)
+    assert len(consent_history(session, address_id)) == before
+
+
+def test_marketing_and_affiliates_are_separate_choices(
+    session: Session, settings: Settings
+) -> None:
+    _, mail = signup(session, settings, "aff@example.com", marketing=False, affiliates=True)
+    row = pending_signup(session, settings, TokenSigner(settings.secret_keys), token_of(mail))
+    _, address_id = confirm_signup(session, row, CONFIRMER)
+    assert current_consent(session, address_id, Scope.MARKETING) is None
+    affiliates = current_consent(session, address_id, Scope.AFFILIATES)
+    assert affiliates is not None and affiliates.status == ConsentStatus.OPTED_IN
+    with pytest.raises(SignupError) as refused:
+        signup(session, settings, "none@example.com", marketing=False)
+    assert refused.value.field == "marketing"
+
+
+@pytest.mark.parametrize(
+    "reason", [Reason.HARD_BOUNCE, Reason.COMPLAINT, Reason.POSTAL_REQUEST, Reason.LEGAL]
+)
+def test_an_address_suppressed_by_staff_or_mail_system_gets_no_mail(
+    session: Session, settings: Settings, reason: Reason
+) -> None:
+    make_contact(session, "gone@example.com", suppressed=reason, suppression_scope="global")
+    assert signup(session, settings, "GONE@example.com") == ("blocked", None)
+    assert session.scalar(select(func.count()).select_from(SignupRequest)) == 0
+
+
+def test_one_confirmation_mail_per_address_per_day(session: Session, settings: Settings) -> None:
+    outcomes = [signup(session, settings, addr)[0] for addr in ["a@example.com", "A@Example.com"]]
+    assert outcomes == ["mail_queued", "address_limited"]
+    assert signup(session, settings, "b@example.com")[0] == "mail_queued"
+
+
+def test_an_unsubscribed_address_is_resubscribed_only_by_confirming(
+    session: Session, settings: Settings
+) -> None:
+    address_id = make_contact(session, "back@example.com", suppressed=Reason.UNSUBSCRIBE).address_id
+    _, mail = signup(session, settings, "back@example.com")
+    assert [s.reason for s in active_suppressions(session, address_id)] == ["unsubscribe"]
+    row = pending_signup(session, settings, TokenSigner(settings.secret_keys), token_of(mail))
+    confirm_signup(session, row, CONFIRMER)
+    assert active_suppressions(session, address_id) == []
+    state = current_consent(session, address_id, Scope.MARKETING)
+    assert state is not None and state.status == ConsentStatus.OPTED_IN
+
+
+def test_confirming_after_a_staff_suppression_changes_nothing(
+    session: Session, settings: Settings
+) -> None:
+    _, mail = signup(session, settings, "late@example.com")
+    make_contact(session, "late@example.com", marketing=None, suppressed=Reason.POSTAL_REQUEST)
+    row = pending_signup(session, settings, TokenSigner(settings.secret_keys), token_of(mail))
+    with pytest.raises(CannotResubscribe), session.begin_nested():
+        confirm_signup(session, row, CONFIRMER)
+    session.refresh(row)
+    assert row.confirmed_at is None
+    assert session.scalar(select(func.count()).select_from(Consent)) == 0
+
+
+def test_confirmation_links_expire_and_cannot_be_forged(
+    session: Session, settings: Settings
+) -> None:
+    _, mail = signup(session, settings, "x@example.com")
+    token = token_of(mail)
+    signer = TokenSigner(settings.secret_keys)
+    with pytest.raises(BadToken) as expired:
+        pending_signup(session, settings.replace(signup_link_seconds=-1), signer, token)
+    assert expired.value.outcome == "expired"
+    foreign = TokenSigner(["someone-elses-key-123456"]).sign_timed(
+        LinkPurpose.SIGNUP_CONFIRM, {"s": 1}
+    )
+    other_purpose = signer.sign_timed(LinkPurpose.FORM, {"s": 1})
+    for bad in (foreign, other_purpose, token[:-3] + "AAA", "garbage"):
+        with pytest.raises(BadToken):
+            pending_signup(session, settings, signer, bad)
+
+
+def test_preferences_link_goes_only_to_contacts_once_a_day(
+    session: Session, settings: Settings
+) -> None:
+    signer = TokenSigner(settings.secret_keys)
+    address_id = make_contact(session, "Ann@Example.com", marketing=None).address_id
+    make_contact(
+        session, "bounced@example.com", suppressed=Reason.HARD_BOUNCE, suppression_scope="global"
+    )
+
+    def ask(email: str):
+        return request_preferences_link(session, settings, signer, email, ASKER)
+
+    outcome, mail = ask("ann@example.com")
+    assert outcome == "mail_queued" and mail is not None
+    assert mail.to_address == "Ann@Example.com" and mail.kind is MailKind.PREFERENCES
+    url = mail.context["preferences_url"]
+    assert url.startswith(f"{settings.base_url}/preferences/")
+    assert signer.read_link(LinkPurpose.PREFERENCES, url.rsplit("/", 1)[1]).address_id == address_id
+    assert ask("ann@example.com") == ("address_limited", None)
+    assert ask("stranger@example.com") == ("not_a_contact", None)
+    assert ask("bounced@example.com") == ("blocked", None)
+
+
+def test_prune_forgets_expired_unconfirmed_signups_and_keeps_proof(
+    session: Session, settings: Settings
+) -> None:
+    _, kept = signup(session, settings, "kept@example.com")
+    signup(session, settings, "forgotten@example.com")
+    row = pending_signup(session, settings, TokenSigner(settings.secret_keys), token_of(kept))
+    confirm_signup(session, row, CONFIRMER)
+    assert prune(session, settings) == (0, 0)  # nothing has expired yet
+    expired = settings.replace(signup_link_seconds=-1)
+    assert prune(session, expired)[0] == 1
+    left = session.scalars(select(SignupRequest.address)).all()
+    assert left == ["kept@example.com"]
