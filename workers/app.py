@@ -6,12 +6,13 @@ built the first time Celery needs it (``add_defaults`` with a callable).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
-from dispatcher.settings import Settings, load_settings
+from dispatcher.settings import Settings, SettingsError, load_settings
 from workers.broker import use_fast_sqlalchemy_transport
 
 QUEUE = "dispatch"
@@ -79,5 +80,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def _configuration() -> dict[str, Any]:
+    """Settings that cannot work stop ``celery -A workers …`` with one line, as they stop
+    ``dispatcher worker``, instead of a traceback and a worker that fails every task."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"Error: configuration: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return celery_config(settings)
+
+
 app = Celery("workers", include=["workers.tasks"])
-app.add_defaults(lambda: celery_config(load_settings()))
+app.add_defaults(_configuration)
