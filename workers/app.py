@@ -12,17 +12,12 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from dispatcher.campaigns.fleet import DEFAULT_QUEUE, NOTICES_SUFFIX, queue_for
 from dispatcher.settings import Settings, SettingsError, load_settings
 from workers.broker import use_fast_sqlalchemy_transport
 
-QUEUE = "dispatch"
-# Service notices get their own queue, so a large marketing campaign cannot hold back a
-# notice about changed terms; a plain worker consumes both, `-Q <queue>` dedicates one.
-NOTICES_SUFFIX = ".notices"
-
-
-def queue_for(default_queue: str, purpose: str) -> str:
-    return default_queue + NOTICES_SUFFIX if purpose == "service_notice" else default_queue
+QUEUE = DEFAULT_QUEUE
+__all__ = ["NOTICES_SUFFIX", "QUEUE", "app", "celery_config", "queue_for"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -57,6 +52,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "timezone": "UTC",
+        # The beat writes its heartbeat, so `campaign status` can tell when none runs.
+        "beat_scheduler": "workers.heartbeats:HeartbeatScheduler",
         "beat_schedule": {
             "start-due-campaigns": {
                 "task": "workers.tasks.start_due_campaigns",
@@ -91,5 +88,5 @@ def _configuration() -> dict[str, Any]:
     return celery_config(settings)
 
 
-app = Celery("workers", include=["workers.tasks"])
+app = Celery("workers", include=["workers.tasks", "workers.heartbeats"])
 app.add_defaults(_configuration)
