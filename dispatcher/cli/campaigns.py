@@ -204,6 +204,13 @@ def list_(app: AppContext) -> None:
 
 
 def print_health(health: CampaignHealth) -> None:
+    seen = f"{health.beat_seen_at:%Y-%m-%d %H:%M:%S} UTC" if health.beat_seen_at else "never"
+    click.echo(f"  {'beat last seen':<24}{seen}")
+    if health.broker_reachable is False:
+        click.echo(f"  {'broker':<24}not reachable")
+    elif health.workers is not None:
+        names = ", ".join(health.workers) or "none"
+        click.echo(f"  {'workers on ' + health.queue:<24}{names} ({health.workers_checked_by})")
     if health.ok:
         click.echo("  no problems seen")
         return

@@ -30,6 +30,13 @@ COMMANDS = {
     "celery worker": [*CELERY, "worker", "--pool=solo"],
     "celery beat": [*CELERY, "beat"],
     "dispatcher campaign list": [str(BIN / "dispatcher"), "campaign", "list"],
+    "dispatcher campaign status --json": [
+        str(BIN / "dispatcher"),
+        "campaign",
+        "status",
+        "1",
+        "--json",
+    ],
     "dispatcher db upgrade": [str(BIN / "dispatcher"), "db", "upgrade"],
 }
 
