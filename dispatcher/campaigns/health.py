@@ -217,9 +217,15 @@ def campaigns_in_trouble(
     session: Session, settings: Settings, now: datetime | None = None
 ) -> dict[int, str]:
     """Campaign id → the first word of its trouble, from the database alone (no broker
-    probe): open task errors, or still scheduled well after its time. Two queries."""
+    probe): open task errors (a cancelled campaign's are history), or still scheduled well
+    after its time."""
     now = now or utcnow()
-    trouble = {campaign_id: "errors" for campaign_id in campaigns_with_open_problems(session)}
+    cancelled = set(
+        session.scalars(select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED))
+    )
+    trouble = {
+        campaign_id: "errors" for campaign_id in campaigns_with_open_problems(session) - cancelled
+    }
     for campaign_id in session.scalars(
         select(Campaign.id).where(
             Campaign.status == CampaignStatus.SCHEDULED,

@@ -11,7 +11,7 @@ from dispatcher.campaigns.fanout import fan_out
 from dispatcher.campaigns.fleet import BEAT, WORKER, Fleet, write_heartbeat
 from dispatcher.campaigns.health import campaign_health, campaigns_in_trouble
 from dispatcher.campaigns.problems import SEND_BATCH, record_task_error
-from dispatcher.campaigns.services import create_campaign, schedule_campaign
+from dispatcher.campaigns.services import cancel_campaign, create_campaign, schedule_campaign
 from dispatcher.db import session_scope
 from dispatcher.models import Heartbeat
 from dispatcher.sending.transports import RelayLoginRefused
@@ -88,3 +88,5 @@ def test_queued_rows_and_no_worker_heartbeat_on_the_queue(
         health = campaign_health(session, settings, campaign_id, fleet=no_broadcast)
         assert [(p.code, p.tasks) for p in health.problems] == [("smtp_login_refused", 1)]
         assert campaigns_in_trouble(session, settings) == {campaign_id: "errors"}
+        cancel_campaign(session, campaign_id, actor="staff")
+        assert campaigns_in_trouble(session, settings) == {}  # its errors are history now
