@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from suppression.models import Base, BigId, utcnow
@@ -17,10 +17,12 @@ __all__ = [
     "Base",
     "Campaign",
     "CampaignStatus",
+    "CampaignTaskError",
     "Contact",
     "ContactTag",
     "Delivery",
     "DeliveryStatus",
+    "Heartbeat",
     "RateLimit",
     "RequestLimit",
     "SignupRequest",
@@ -82,6 +84,42 @@ class Campaign(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class CampaignTaskError(Base):
+    """The last error of one task of a campaign (its fan-out, or one batch), in words a staff
+    member can act on; never an address or a secret. ``resolved_at`` is set once the same
+    task succeeds, so the open rows are the campaign's current trouble."""
+
+    __tablename__ = "campaign_task_errors"
+    __table_args__ = (UniqueConstraint("campaign_id", "task", "first_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(32))  # fan_out | send_batch
+    first_id: Mapped[int] = mapped_column(BigInteger)  # the batch's first row; 0 for fan_out
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    code: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    occurrences: Mapped[int] = mapped_column(default=1)
+    first_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None]
+
+
+class Heartbeat(Base):
+    """A sign of life from a process staff cannot see: the beat (one row) and each worker.
+
+    ``problem`` is the process's own last complaint (the beat could not reach the broker)."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # beat | worker
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    detail: Mapped[str | None] = mapped_column(Text)
+    problem: Mapped[str | None] = mapped_column(Text)
+    problem_at: Mapped[datetime | None]
 
 
 class DeliveryStatus(enum.StrEnum):

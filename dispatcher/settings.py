@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import secrets
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "embedded.toml"
@@ -107,6 +109,31 @@ _LIST_FIELDS = {"signup_fields"}
 _FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 # Names the signup form uses itself (the honeypot is "comment").
 _RESERVED_FIELDS = {"email", "marketing", "affiliates", "csrf", "comment"}
+# Allowed range of each number: (lowest, highest, whether the lowest itself is allowed).
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "batch_size": (1, 100_000, True),
+    "stats_min_cell": (1, 1_000, True),
+    "beat_interval_seconds": (0, 3_600, False),
+    "smtp_timeout_seconds": (0, 3_600, False),
+    "claim_lease_seconds": (1, 86_400, True),
+    "stall_seconds": (1, 7 * 86_400, True),
+    "affiliate_link_seconds": (60, 366 * 86_400, True),
+    "rate_per_second": (0, 1_000_000, True),
+    "domain_rate_per_second": (0, 1_000_000, True),
+    "retention_hit_days": (0, 36_500, False),
+    "retention_export_days": (0, 36_500, False),
+    "retention_share_days": (0, 36_500, False),
+    "signup_link_seconds": (60, 90 * 86_400, True),
+    "signup_ip_limit": (0, 1_000_000, True),
+    "signup_ip_window_seconds": (1, 7 * 86_400, True),
+}
+MIN_KEY_LENGTH = 16
+_DATABASE_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}
+_BROKER_SCHEMES = {"amqp", "amqps", "pyamqp", "redis", "rediss", "sqla", "sqlalchemy", "memory"}
+_DATABASE_HINT = "use sqlite:///path/to/dispatcher.db or postgresql+psycopg://user@host/dbname"
+_BROKER_HINT = (
+    "use amqp://user:password@host:5672//, redis://host:6379/0 or sqla+sqlite:///path/broker.db"
+)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -143,7 +170,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     for name in ("database_url", "broker_url", "mail_url", "base_url"):
         if not values.get(name):
-            raise SettingsError(f"{name} is not set (config file or DISPATCHER_{name.upper()})")
+            raise SettingsError(
+                f"{_var(name)} is not set: give it in the config file or the environment"
+            )
         values[name] = str(values[name]).replace("{home}", str(home))
     values["base_url"] = values["base_url"].rstrip("/")
     for name in _INT_FIELDS & values.keys():
@@ -160,16 +189,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 f"signup_fields: {name!r} cannot be a form field (lower-case letters, digits "
                 f"and _, at most 40; not {', '.join(sorted(_RESERVED_FIELDS))})"
             )
-    if values.get("batch_size", 1) < 1:
-        raise SettingsError("batch_size must be at least 1")
-
-    # A typo in the mail URL fails now, not at the first batch.
-    from dispatcher.sending.transports import parse_mail_url
-
-    try:
-        parse_mail_url(values["mail_url"], timeout=float(values.get("smtp_timeout_seconds", 30)))
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
+    _check_writable("home", home)
+    _check_values(values)
 
     keys = _parse_keys(values.pop("secret_keys", None))
     if not keys:
@@ -179,14 +200,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 "(comma-separated, newest first). Only the embedded demo generates one."
             )
         keys = _embedded_keys(home)
+    _check_keys(keys)
     return Settings(home=home, embedded=embedded, secret_keys=keys, celery=celery, **values)
+
+
+def _var(name: str) -> str:
+    return f"DISPATCHER_{name.upper()}"
 
 
 def _number(name: str, value: Any, kind: type[int] | type[float]) -> Any:
     try:
-        return kind(value)
+        number = kind(value)
     except (TypeError, ValueError):
-        raise SettingsError(f"{name} must be a number, not {value!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{_var(name)} must be {what}, not {value!r}") from None
+    if not math.isfinite(number):
+        raise SettingsError(f"{_var(name)} must be a finite number, not {value!r}")
+    return number
 
 
 def _guess(value: str) -> Any:
@@ -222,3 +252,139 @@ def _embedded_keys(home: Path) -> tuple[str, ...]:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
     return _parse_keys(path.read_text(encoding="utf-8").replace("\n", ","))
+
+
+def _check_values(values: dict[str, Any]) -> None:
+    """Each setting checked by its kind (numbers, URLs, paths, addresses): the first one that
+    cannot work raises :class:`SettingsError` naming it and the fix."""
+    for name, (low, high, low_ok) in _RANGES.items():
+        if name not in values:
+            continue
+        number = values[name]
+        if number < low or (number == low and not low_ok) or number > high:
+            bound = f"at least {low:g}" if low_ok else f"more than {low:g}"
+            raise SettingsError(
+                f"{_var(name)} must be {bound} and at most {high:g} (got {number:g})"
+            )
+    _check_database_url(values["database_url"])
+    _check_broker_url(values["broker_url"])
+    _check_base_url(values["base_url"])
+    # A typo in the mail URL fails now, not at the first batch.
+    from dispatcher.sending.transports import parse_mail_url
+
+    try:
+        target = parse_mail_url(
+            values["mail_url"], timeout=float(values.get("smtp_timeout_seconds", 30))
+        )
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if isinstance(target, Path):
+        _check_writable("mail_url", target)
+    if "templates_dir" in values and not (values["templates_dir"] / "email").is_dir():
+        raise SettingsError(
+            f"DISPATCHER_TEMPLATES_DIR: {values['templates_dir']} holds no email/ folder: "
+            "point it at the folder holding email/ and web/"
+        )
+    if values.get("stage_timings"):
+        _check_writable("stage_timings", Path(values["stage_timings"]).parent)
+    for name in ("sender", "unsubscribe_mailto"):
+        if name in values:
+            _check_address(name, str(values[name]))
+    for name in ("postal_address", "company_name"):
+        if name in values and not str(values[name]).strip():
+            raise SettingsError(f"{_var(name)} is empty: every message must carry it")
+
+
+def _check_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingsError(
+            f"DISPATCHER_DATABASE_URL is not a database URL: {_DATABASE_HINT}"
+        ) from None
+    if parsed.drivername not in _DATABASE_DRIVERS:
+        raise SettingsError(
+            f"DISPATCHER_DATABASE_URL: {parsed.drivername}:// is not supported: {_DATABASE_HINT}"
+        )
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        _check_writable("database_url", Path(parsed.database).parent)
+
+
+def _check_broker_url(url: str) -> None:
+    # Celery takes several brokers separated by ";" (failover); each must work.
+    for part in url.split(";"):
+        scheme = part.split("://", 1)[0].lower() if "://" in part else ""
+        transport = scheme.split("+", 1)[0]
+        if transport not in _BROKER_SCHEMES:
+            shown = f"{scheme}://" if scheme else repr(part.split("/", 1)[0][:20])
+            raise SettingsError(f"DISPATCHER_BROKER_URL: {shown} is not supported: {_BROKER_HINT}")
+        if transport in ("sqla", "sqlalchemy"):
+            if "+" not in scheme:
+                raise SettingsError(
+                    f"DISPATCHER_BROKER_URL: {scheme}:// needs a database URL after it: "
+                    f"{_BROKER_HINT}"
+                )
+            continue
+        if transport != "memory":
+            try:
+                host = urlsplit(part).hostname
+                urlsplit(part).port  # noqa: B018 - raises on a bad port
+            except ValueError as exc:
+                raise SettingsError(f"DISPATCHER_BROKER_URL: bad port ({exc})") from None
+            if not host:
+                raise SettingsError(
+                    f"DISPATCHER_BROKER_URL: {scheme}:// names no host: {_BROKER_HINT}"
+                )
+
+
+def _check_base_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            "DISPATCHER_BASE_URL must be the public http(s) root of the recipient pages, "
+            "like https://mail.example.com"
+        )
+    if parts.query or parts.fragment:
+        raise SettingsError("DISPATCHER_BASE_URL takes no ?query or #fragment: give the root only")
+
+
+def _check_address(name: str, value: str) -> None:
+    from email.utils import parseaddr
+
+    _, address = parseaddr(value)
+    if any(ch in value for ch in "\r\n\0") or "@" not in address:
+        raise SettingsError(
+            f"{_var(name)} must be an e-mail address (optionally with a name: "
+            "Killer Tracks <info@killertracks.com>)"
+        )
+
+
+def _check_writable(name: str, path: Path) -> None:
+    """``path`` is a writable folder, or can be created as one."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (it would be created in {probe})"
+        raise SettingsError(
+            f"{_var(name)}: {path} is not a writable folder{where}: "
+            "choose a folder this user can write to"
+        )
+
+
+def _check_keys(keys: tuple[str, ...]) -> None:
+    short = [i for i, key in enumerate(keys, 1) if len(key) < MIN_KEY_LENGTH]
+    if short:
+        which = (
+            f"key {short[0]} is" if len(short) == 1 else f"keys {', '.join(map(str, short))} are"
+        )
+        raise SettingsError(
+            f"DISPATCHER_SECRET_KEYS: {which} shorter than "
+            f"{MIN_KEY_LENGTH} characters (of {len(keys)}): make each key long and random, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )

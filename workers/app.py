@@ -6,22 +6,18 @@ built the first time Celery needs it (``add_defaults`` with a callable).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
-from dispatcher.settings import Settings, load_settings
+from dispatcher.campaigns.fleet import DEFAULT_QUEUE, NOTICES_SUFFIX, queue_for
+from dispatcher.settings import Settings, SettingsError, load_settings
 from workers.broker import use_fast_sqlalchemy_transport
 
-QUEUE = "dispatch"
-# Service notices get their own queue, so a large marketing campaign cannot hold back a
-# notice about changed terms; a plain worker consumes both, `-Q <queue>` dedicates one.
-NOTICES_SUFFIX = ".notices"
-
-
-def queue_for(default_queue: str, purpose: str) -> str:
-    return default_queue + NOTICES_SUFFIX if purpose == "service_notice" else default_queue
+QUEUE = DEFAULT_QUEUE
+__all__ = ["NOTICES_SUFFIX", "QUEUE", "app", "celery_config", "queue_for"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -56,6 +52,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "timezone": "UTC",
+        # The beat writes its heartbeat, so `campaign status` can tell when none runs.
+        "beat_scheduler": "workers.heartbeats:HeartbeatScheduler",
         "beat_schedule": {
             "start-due-campaigns": {
                 "task": "workers.tasks.start_due_campaigns",
@@ -82,5 +80,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-app = Celery("workers", include=["workers.tasks"])
-app.add_defaults(lambda: celery_config(load_settings()))
+def _configuration() -> dict[str, Any]:
+    """Settings that cannot work stop ``celery -A workers …`` with one line, as they stop
+    ``dispatcher worker``, instead of a traceback and a worker that fails every task."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"Error: configuration: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return celery_config(settings)
+
+
+app = Celery("workers", include=["workers.tasks", "workers.heartbeats"])
+app.add_defaults(_configuration)

@@ -40,6 +40,7 @@ def worker(
     celery_args: tuple[str, ...],
 ) -> None:
     """Run a Celery worker with the project's app (extra arguments go to celery)."""
+    app.settings.home.mkdir(parents=True, exist_ok=True)
     argv = _celery_argv("worker", f"--pool={pool}", f"--loglevel={loglevel}")
     if concurrency:
         argv.append(f"--concurrency={concurrency}")

@@ -7,6 +7,7 @@ import logging
 from sqlalchemy.exc import OperationalError
 
 from dispatcher.campaigns.fanout import campaign_purpose, due_campaigns, fan_out
+from dispatcher.campaigns.problems import FAN_OUT, SEND_BATCH, START, recording_errors
 from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import session_scope
 from dispatcher.privacy.retention import apply_retention
@@ -27,7 +28,8 @@ def start_due_campaigns() -> list[int]:
     with session_scope(rt.sessions) as session:
         due = due_campaigns(session)
     for campaign_id in due:
-        fan_out_campaign.delay(campaign_id)
+        with recording_errors(rt.sessions, campaign_id, START):
+            fan_out_campaign.delay(campaign_id)
     return due
 
 
@@ -46,13 +48,14 @@ def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
     """
     rt = runtime()
     count = 0
-    with session_scope(rt.sessions) as session:
-        purpose = campaign_purpose(session, campaign_id)
-    queue = queue_for(app.conf.task_default_queue, purpose)
-    batches = fan_out(rt.sessions, campaign_id, rt.settings.batch_size, resume=resume)
-    for first_id, last_id in batches:
-        send_batch_task.apply_async((campaign_id, first_id, last_id), queue=queue)
-        count += 1
+    with recording_errors(rt.sessions, campaign_id, FAN_OUT, resolves=(START,)):
+        with session_scope(rt.sessions) as session:
+            purpose = campaign_purpose(session, campaign_id)
+        queue = queue_for(app.conf.task_default_queue, purpose)
+        batches = fan_out(rt.sessions, campaign_id, rt.settings.batch_size, resume=resume)
+        for first_id, last_id in batches:
+            send_batch_task.apply_async((campaign_id, first_id, last_id), queue=queue)
+            count += 1
     return count
 
 
@@ -66,7 +69,8 @@ def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
 )
 def send_batch_task(campaign_id: int, first_id: int, last_id: int) -> dict[str, int]:
     rt = runtime()
-    result = send_batch(rt.settings, rt.sessions, rt.signer, campaign_id, first_id, last_id)
+    with recording_errors(rt.sessions, campaign_id, SEND_BATCH, first_id, last_id):
+        result = send_batch(rt.settings, rt.sessions, rt.signer, campaign_id, first_id, last_id)
     return describe(result)
 
 

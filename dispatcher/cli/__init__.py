@@ -68,6 +68,9 @@ def main(ctx: click.Context) -> None:
     """Killer Tracks marketing dispatcher: staff commands."""
     app = ctx.ensure_object(AppContext)
     ctx.call_on_close(app.close)
+    # Every command checks every setting before doing anything: a key too short or a URL
+    # mistyped stops it here with one line, not a worker later with a traceback.
+    app.settings  # noqa: B018
 
 
 def _register() -> None:

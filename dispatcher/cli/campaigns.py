@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from dispatcher.campaigns.fleet import probe_fleet
+from dispatcher.campaigns.health import CampaignHealth, campaign_health, campaigns_in_trouble
 from dispatcher.campaigns.preview import preview_message
 from dispatcher.campaigns.services import (
     CampaignError,
@@ -186,14 +188,37 @@ campaign.add_command(
 @campaign.command("list")
 @pass_app
 def list_(app: AppContext) -> None:
-    """Every campaign with its status."""
+    """Every campaign with its status; `!` marks one in trouble (see `campaign status ID`)."""
     with session_scope(app.sessions) as session:
         rows = list_campaigns(session)
-        click.echo(f"{'id':>5}  {'status':<10} {'purpose':<15} {'template':<18} name")
+        trouble = campaigns_in_trouble(session, app.settings)
+        click.echo(
+            f"{'id':>5}  {'status':<10} {'trouble':<9} {'purpose':<15} {'template':<18} name"
+        )
         for row in rows:
+            mark = f"! {trouble[row.id]}" if row.id in trouble else ""
             click.echo(
-                f"{row.id:>5}  {row.status:<10} {row.purpose:<15} {row.template:<18} {row.name}"
+                f"{row.id:>5}  {row.status:<10} {mark:<9} {row.purpose:<15} {row.template:<18} "
+                f"{row.name}"
             )
+
+
+def print_health(health: CampaignHealth) -> None:
+    seen = f"{health.beat_seen_at:%Y-%m-%d %H:%M:%S} UTC" if health.beat_seen_at else "never"
+    click.echo(f"  {'beat last seen':<24}{seen}")
+    if health.broker_reachable is False:
+        click.echo(f"  {'broker':<24}not reachable")
+    elif health.workers is not None:
+        names = ", ".join(health.workers) or "none"
+        click.echo(f"  {'workers on ' + health.queue:<24}{names} ({health.workers_checked_by})")
+    if health.ok:
+        click.echo("  no problems seen")
+        return
+    click.echo("  problems")
+    for problem in health.problems:
+        tasks = f" ({problem.tasks} tasks)" if problem.tasks > 1 else ""
+        last = f", last {problem.last_at:%Y-%m-%d %H:%M:%S} UTC" if problem.last_at else ""
+        click.secho(f"    ! {problem.message}{tasks}{last}", fg="red")
 
 
 def print_report(report: CampaignReport) -> None:
@@ -211,9 +236,20 @@ def print_report(report: CampaignReport) -> None:
 @click.argument("campaign_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable counts")
 @click.option("--watch", is_flag=True, help="show a progress bar until the campaign is done")
+@click.option(
+    "--probe-timeout",
+    type=click.FloatRange(0),
+    default=2.0,
+    show_default=True,
+    help="seconds to wait for the broker and the workers to answer (0: do not ask)",
+)
 @pass_app
-def status(app: AppContext, campaign_id: int, as_json: bool, watch: bool) -> None:
-    """Counts per delivery status and per suppression reason."""
+def status(
+    app: AppContext, campaign_id: int, as_json: bool, watch: bool, probe_timeout: float
+) -> None:
+    """Counts per delivery status and per suppression reason, and what is wrong: task
+    errors, and for a scheduled or sending campaign whether a beat, the broker and a worker
+    answer."""
     try:
         with session_scope(app.sessions) as session:
             report = campaign_report(session, campaign_id)
@@ -223,10 +259,16 @@ def status(app: AppContext, campaign_id: int, as_json: bool, watch: bool) -> Non
         raise _fail(exc) from None
     if watch:
         report = _watch(app, campaign_id, report)
+    fleet = None
+    if probe_timeout and report.status in ("scheduled", "sending"):
+        fleet = probe_fleet(app.settings, timeout=probe_timeout)
+    with session_scope(app.sessions) as session:
+        health = campaign_health(session, app.settings, campaign_id, fleet=fleet)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json.dumps({**report.as_dict(), "health": health.as_dict()}, indent=2))
     else:
         print_report(report)
+        print_health(health)
 
 
 def _watch(app: AppContext, campaign_id: int, report: CampaignReport) -> CampaignReport:

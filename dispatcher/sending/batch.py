@@ -72,6 +72,8 @@ class BatchResult:
     released: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     orphaned: int = 0
+    # Why rows went back to the queue: the cause of RetryLater, for the campaign's record.
+    problem: Exception | None = None
 
 
 def orphan_stale_claims(
@@ -178,8 +180,9 @@ def _deliver(
     for index, row in enumerate(rows):
         try:
             renew()
-        except OperationalError:
+        except OperationalError as exc:
             # The database is away: send nothing more until it is back (fail closed).
+            result.problem = exc
             result.released.extend(r.delivery_id for r in rows[index:])
             return
         pacer.wait(index)
@@ -200,6 +203,7 @@ def _deliver(
                 # would meet. Nothing is failed; the batch waits in the queue (and retries)
                 # until the relay takes our MAIL FROM again.
                 log.error("the mail relay refused the sender address: %s", exc)
+                result.problem = exc
                 result.released.extend(r.delivery_id for r in rows[index:])
                 return
             result.failed[row.delivery_id] = f"refused by the mail server: {exc}"
@@ -208,6 +212,7 @@ def _deliver(
         except UncertainSendError:
             result.unknown.append(row.delivery_id)
         except TransientSendError as exc:
+            result.problem = exc
             if getattr(exc, "connection_lost", True):
                 result.released.extend(r.delivery_id for r in rows[index:])
                 return
@@ -363,8 +368,9 @@ def send_batch(
 
                 pacer = throttle.Pacer(limits, reserve, [r.address for r in rows])
                 _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
-        except TransientSendError:
+        except TransientSendError as exc:
             # Opening or closing the connection failed: what was not sent goes back.
+            result.problem = exc
             done = set(result.sent) | set(result.failed) | set(result.unknown)
             result.released = [r.delivery_id for r in rows if r.delivery_id not in done]
     with clock.stage("record"):
@@ -385,7 +391,9 @@ def send_batch(
         result.orphaned,
     )
     if result.released:
-        raise RetryLater(f"{len(result.released)} messages put back in the queue")
+        raise RetryLater(f"{len(result.released)} messages put back in the queue") from (
+            result.problem
+        )
     return result
 
 

@@ -47,6 +47,22 @@ class TransientSendError(SendError):
         self.connection_lost = connection_lost
 
 
+class RelayUnreachable(TransientSendError):
+    """No SMTP conversation could be opened (refused, timed out, TLS failed)."""
+
+
+class RelayLoginRefused(TransientSendError):
+    """The relay refused the user and password of ``DISPATCHER_MAIL_URL``."""
+
+
+class RelayUnsupported(TransientSendError):
+    """The relay does not offer what ``DISPATCHER_MAIL_URL`` asks for (STARTTLS, AUTH)."""
+
+
+class OutboxUnwritable(TransientSendError):
+    """The maildir outbox cannot be written."""
+
+
 class PermanentSendError(SendError):
     """The server refused this message or recipient for good (SMTP 5xx).
 
@@ -116,7 +132,7 @@ class MaildirTransport:
             for sub in ("tmp", "new", "cur"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TransientSendError(f"maildir {self.root} is not writable: {exc}") from None
+            raise OutboxUnwritable(f"maildir {self.root} is not writable: {exc}") from None
         self._ready = True
 
     def send(self, envelope_from: str, recipient: str, message: bytes) -> None:
@@ -143,7 +159,7 @@ class MaildirTransport:
             os.replace(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise TransientSendError(f"writing to maildir {self.root} failed: {exc}") from None
+            raise OutboxUnwritable(f"writing to maildir {self.root} failed: {exc}") from None
 
 
 # --- SMTP -------------------------------------------------------------------------------------
@@ -221,18 +237,18 @@ class SMTPTransport:
                 conn.login(o.username, o.password or "")
         except smtplib.SMTPAuthenticationError as exc:
             self._close_quietly(conn)
-            raise TransientSendError(
+            raise RelayLoginRefused(
                 f"SMTP {o.host}:{o.port} refused the login ({exc.smtp_code}): "
                 f"check the user and password in {SETTING}"
             ) from None
         except smtplib.SMTPNotSupportedError as exc:
             self._close_quietly(conn)
-            raise TransientSendError(
+            raise RelayUnsupported(
                 f"SMTP {o.host}:{o.port} does not offer what {SETTING} asks for: {exc}"
             ) from None
         except (OSError, smtplib.SMTPException) as exc:
             self._close_quietly(conn)
-            raise TransientSendError(f"cannot connect to SMTP {o.host}:{o.port}: {exc}") from None
+            raise RelayUnreachable(f"cannot connect to SMTP {o.host}:{o.port}: {exc}") from None
         self._conn, self._fresh = conn, True
         return conn
 

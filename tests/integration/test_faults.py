@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from dispatcher.campaigns.deliveries import stop_queued
+from dispatcher.campaigns.health import campaign_health
 from dispatcher.campaigns.services import (
     campaign_report,
     cancel_campaign,
@@ -24,6 +25,7 @@ from dispatcher.campaigns.services import (
 )
 from dispatcher.db import session_scope
 from dispatcher.models import Delivery
+from dispatcher.settings import Settings
 from suppression.events import Hit
 from suppression.models import Address, Suppression
 from suppression.tokens import LinkPurpose, TokenSigner
@@ -331,7 +333,18 @@ def test_relay_refusing_our_sender_fails_nobody_and_sends_once_fixed(
         )
         assert count_status(embedded.settings, campaign_id, "failed") == 0
         assert len(smtp_sink.received()) == 0
+        wait_for(
+            lambda: problem_codes(embedded.settings, campaign_id) == ["smtp_sender_refused"],
+            60,
+            "the refusal recorded on the campaign",
+        )
         smtp_sink.handler.reject.clear()  # the relay is fixed
         wait_done(embedded.settings, campaign_id, 120)
     counts = assert_invariants(embedded.settings, campaign_id, smtp_sink, eligible)
     assert counts["sent"] == len(eligible) and counts["failed"] == 0
+    assert problem_codes(embedded.settings, campaign_id) == []  # resolved by the retry
+
+
+def problem_codes(settings: Settings, campaign_id: int) -> list[str]:
+    with session_scope(sessions_for(settings)) as session:
+        return [p.code for p in campaign_health(session, settings, campaign_id).problems]

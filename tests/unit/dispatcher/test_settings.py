@@ -62,14 +62,76 @@ def test_production_with_keys_starts(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"DISPATCHER_BATCH_SIZE": "lots"}, "batch_size must be a number"),
-        ({"DISPATCHER_BATCH_SIZE": "0"}, "batch_size must be at least 1"),
+        # numbers: a number, and in range
+        ({"DISPATCHER_BATCH_SIZE": "lots"}, "DISPATCHER_BATCH_SIZE must be a whole number"),
+        ({"DISPATCHER_BATCH_SIZE": "0"}, "DISPATCHER_BATCH_SIZE must be at least 1"),
+        ({"DISPATCHER_BEAT_INTERVAL_SECONDS": "0"}, "BEAT_INTERVAL_SECONDS must be more than 0"),
+        ({"DISPATCHER_SMTP_TIMEOUT_SECONDS": "nan"}, "must be a finite number"),
+        ({"DISPATCHER_RATE_PER_SECOND": "-1"}, "DISPATCHER_RATE_PER_SECOND must be at least 0"),
+        ({"DISPATCHER_STATS_MIN_CELL": "0"}, "DISPATCHER_STATS_MIN_CELL must be at least 1"),
+        # URLs: by scheme
+        ({"DISPATCHER_DATABASE_URL": "mysql://db/x"}, "DISPATCHER_DATABASE_URL: mysql://"),
+        ({"DISPATCHER_DATABASE_URL": "not a url"}, "DISPATCHER_DATABASE_URL is not a database"),
+        ({"DISPATCHER_BROKER_URL": "amqp:/mq"}, "DISPATCHER_BROKER_URL: 'amqp:' is not supp"),
+        ({"DISPATCHER_BROKER_URL": "kafka://mq:9092"}, "DISPATCHER_BROKER_URL: kafka://"),
+        ({"DISPATCHER_BROKER_URL": "amqp://"}, "DISPATCHER_BROKER_URL: amqp:// names no host"),
+        ({"DISPATCHER_BROKER_URL": "redis://h:port/0"}, "DISPATCHER_BROKER_URL: bad port"),
+        ({"DISPATCHER_BROKER_URL": "sqla://x"}, "needs a database URL after it"),
+        ({"DISPATCHER_BASE_URL": "mail.example.com"}, "DISPATCHER_BASE_URL must be the public"),
+        ({"DISPATCHER_BASE_URL": "https://x.com/?a=1"}, "DISPATCHER_BASE_URL takes no"),
+        ({"DISPATCHER_MAIL_URL": "smtp://"}, "DISPATCHER_MAIL_URL smtp://… names no host"),
+        # addresses and text every message carries
+        ({"DISPATCHER_SENDER": "Killer Tracks"}, "DISPATCHER_SENDER must be an e-mail address"),
+        ({"DISPATCHER_POSTAL_ADDRESS": " "}, "DISPATCHER_POSTAL_ADDRESS is empty"),
+        # keys
+        ({"DISPATCHER_SECRET_KEYS": "k1,k2"}, "DISPATCHER_SECRET_KEYS: keys 1, 2 are shorter"),
+        (
+            {"DISPATCHER_SECRET_KEYS": "long-enough-key-0001,short"},
+            r"DISPATCHER_SECRET_KEYS: key 2 is shorter than 16 characters \(of 2\)",
+        ),
+        # the file itself
         ({"DISPATCHER_CONFIG": "/nonexistent.toml"}, "no such file"),
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path: Path, env: dict[str, str], message: str) -> None:
-    with pytest.raises(SettingsError, match=message):
+    with pytest.raises(SettingsError, match=message) as caught:
         load_settings({"DISPATCHER_HOME": str(tmp_path), **env})
+    assert "\n" not in str(caught.value)  # one line
+    assert "k1" not in str(caught.value) and "short," not in str(caught.value)  # no key shown
+
+
+def test_paths_must_be_writable_folders(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cases = {
+        "DISPATCHER_HOME": (str(a_file / "var"), "DISPATCHER_HOME: .* is not a writable folder"),
+        "DISPATCHER_MAIL_URL": (f"maildir://{a_file}/outbox", "DISPATCHER_MAIL_URL: .* not a"),
+        "DISPATCHER_DATABASE_URL": (f"sqlite:///{a_file}/x.db", "DISPATCHER_DATABASE_URL: .*"),
+        "DISPATCHER_STAGE_TIMINGS": (str(a_file / "t.jsonl"), "DISPATCHER_STAGE_TIMINGS: .*"),
+        "DISPATCHER_TEMPLATES_DIR": (str(tmp_path), "DISPATCHER_TEMPLATES_DIR: .* no email/"),
+    }
+    for variable, (value, message) in cases.items():
+        env = {"DISPATCHER_HOME": str(tmp_path / "home"), variable: value}
+        with pytest.raises(SettingsError, match=message):
+            load_settings(env)
+    # A folder that does not exist yet but can be made is fine.
+    load_settings({"DISPATCHER_HOME": str(tmp_path / "not" / "yet")})
+
+
+def test_good_urls_of_every_supported_kind_pass(tmp_path: Path) -> None:
+    for database, broker in [
+        ("postgresql+psycopg://u@db/x", "amqp://u:p@mq:5672//"),
+        (f"sqlite:///{tmp_path}/d.db", "redis://cache:6379/0;redis://cache2:6379/0"),
+        ("sqlite://", f"sqla+sqlite:///{tmp_path}/b.db"),
+    ]:
+        settings = load_settings(
+            {
+                "DISPATCHER_HOME": str(tmp_path),
+                "DISPATCHER_DATABASE_URL": database,
+                "DISPATCHER_BROKER_URL": broker,
+            }
+        )
+        assert settings.broker_url == broker
 
 
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
