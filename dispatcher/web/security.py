@@ -17,6 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatcher.db import session_scope
 from dispatcher.settings import Settings
+from dispatcher.web.limits import tally_hit
 from suppression.events import Hit, record_event
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ def _record_refusal(route: str, code: int) -> None:
     """Audit a recipient request refused before its token was read (413, 405, ...)."""
     try:
         with session_scope(current_app.extensions["dispatcher.sessions"]) as session:
+            outcome = f"refused_{code}"
+            if tally_hit(session, request.remote_addr, route, outcome) > 1:
+                return  # counted in web_hit_tallies; the first this minute has its event
             record_event(
                 session,
                 "web_hit",
