@@ -53,6 +53,10 @@ class Settings:
     # Throttling; 0 means no limit.
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
+    # Web: how many reverse proxies in front append to X-Forwarded-For (0: believe none),
+    # and the threads per web process (the database pool is sized to match).
+    trusted_proxies: int = 0
+    web_threads: int = 32
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -66,7 +70,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_INT_FIELDS = {"batch_size", "stats_min_cell"}
+_INT_FIELDS = {"batch_size", "stats_min_cell", "trusted_proxies", "web_threads"}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -124,6 +128,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values[name] = Path(values[name])
     if values.get("batch_size", 1) < 1:
         raise SettingsError("batch_size must be at least 1")
+    if values.get("trusted_proxies", 0) < 0 or values.get("web_threads", 1) < 1:
+        raise SettingsError("trusted_proxies must be 0 or more and web_threads at least 1")
 
     # A typo in the mail URL fails now, not at the first batch.
     from dispatcher.sending.transports import parse_mail_url
