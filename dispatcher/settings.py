@@ -56,7 +56,7 @@ class Settings:
     # Web: how many reverse proxies in front append to X-Forwarded-For (0: believe none),
     # and the threads per web process (the database pool is sized to match).
     trusted_proxies: int = 0
-    web_threads: int = 32
+    web_threads: int = 16
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 

@@ -42,21 +42,9 @@ def _command(server: str, port: int) -> list[str]:
     ]
 
 
-def _exchange(port: int, raw: bytes, timeout: float = 20.0) -> bytes:
-    """Send ``raw`` on a fresh connection; the status line of the answer."""
+def _head(port: int, raw: bytes, timeout: float = 20.0) -> list[bytes]:
+    """Send ``raw`` on a fresh connection; the lines of the answer's head."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-        conn.sendall(raw)
-        answer = b""
-        while b"\r\n" not in answer:
-            block = conn.recv(4096)
-            if not block:
-                break
-            answer += block
-    return answer.split(b"\r\n", 1)[0]
-
-
-def _location(port: int, raw: bytes) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
         conn.sendall(raw)
         answer = b""
         while b"\r\n\r\n" not in answer:
@@ -64,10 +52,19 @@ def _location(port: int, raw: bytes) -> str:
             if not block:
                 break
             answer += block
-    for line in answer.split(b"\r\n"):
+    return answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def _exchange(port: int, raw: bytes, timeout: float = 20.0) -> bytes:
+    """The status line of the answer to ``raw``."""
+    return _head(port, raw, timeout)[0]
+
+
+def _location(port: int, raw: bytes) -> str:
+    for line in _head(port, raw):
         if line.lower().startswith(b"location:"):
             return line.split(b":", 1)[1].strip().decode()
-    raise AssertionError(f"no Location in {answer[:200]!r}")
+    raise AssertionError("the answer has no Location header")
 
 
 def _post(path: str, body: bytes, headers: str) -> bytes:
