@@ -111,7 +111,7 @@ def _read_chunked_body() -> None:
             if not block:
                 break
             data += block
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - the server's own framing errors (gunicorn's are not OSError)
         raise BadRequest("the chunked body could not be read") from None
     if len(data) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge()

@@ -108,6 +108,12 @@ def test_sizes_and_numbers_get_4xx_and_chunked_one_click_works(
             ),
             "negative length": _exchange(port, _post(path, b"", "Content-Length: -5\r\n")),
             "length in words": _exchange(port, _post(path, b"", "Content-Length: 1e9\r\n")),
+            "bad chunk size": _exchange(
+                port, _post(path, b"zz\r\nabc\r\n0\r\n\r\n", "Transfer-Encoding: chunked\r\n")
+            ),
+            "chunk shorter than said": _exchange(
+                port, _post(path, b"5\r\nabc\r\n0\r\n\r\n", "Transfer-Encoding: chunked\r\n")
+            ),
             "huge since": _exchange(
                 port,
                 b"GET /affiliates/feed?since=99999999999999999999 HTTP/1.1\r\nHost: x\r\n"
