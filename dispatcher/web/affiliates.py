@@ -108,6 +108,14 @@ def _audit(session: Session, kind: str, outcome: str, **detail: Any) -> None:
     record_event(session, kind, hit=_hit(), outcome=outcome, **detail)
 
 
+def _audit_refusal(session: Session, kind: str, outcome: str, **detail: Any) -> None:
+    """Audit a refusal anyone can repeat at no cost (a garbage link, no credential, over
+    the limit): tallied per network and minute, with an event for the first of each only.
+    Wrong credentials keep an event each; the failure limit bounds them."""
+    if outcome == "bad_credential" or limits.tally_hit(session, _hit().ip, kind, outcome) == 1:
+        _audit(session, kind, outcome, **detail)
+
+
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -132,13 +140,13 @@ def download(token: str) -> Response:
                 LinkPurpose.AFFILIATE_DOWNLOAD, token, int(settings.affiliate_link_seconds)
             )
         except BadToken as exc:
-            _audit(session, "affiliate_download", exc.outcome.value)
+            _audit_refusal(session, "affiliate_download", exc.outcome.value)
             return _refuse(403, f"This download link is not valid ({exc}). Ask for a new one.")
         release_id, owner_id = payload.get("r"), payload.get("a")
         try:
             affiliate = _caller(session)
         except (RateLimited, limits.Busy) as exc:
-            _audit(
+            _audit_refusal(
                 session,
                 "affiliate_download",
                 "rate_limited" if isinstance(exc, RateLimited) else "busy",
@@ -147,7 +155,7 @@ def download(token: str) -> Response:
             )
             return _refuse_caller(exc)
         except NotAuthenticated as exc:
-            _audit(
+            _audit_refusal(
                 session,
                 "affiliate_download",
                 exc.outcome,
@@ -198,14 +206,14 @@ def suppression_feed() -> Response:
         try:
             affiliate = _caller(session)
         except (RateLimited, limits.Busy) as exc:
-            _audit(
+            _audit_refusal(
                 session,
                 "affiliate_feed",
                 "rate_limited" if isinstance(exc, RateLimited) else "busy",
             )
             return _refuse_caller(exc)
         except NotAuthenticated as exc:
-            _audit(session, "affiliate_feed", exc.outcome)
+            _audit_refusal(session, "affiliate_feed", exc.outcome)
             return _refuse(403 if exc.outcome == "disabled" else 401, f"Not signed in: {exc}.")
         since = None
         if request.args.get("since"):
