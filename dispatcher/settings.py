@@ -76,6 +76,10 @@ class Settings:
     signup_link_seconds: float = 3 * 24 * 3600.0
     signup_ip_limit: int = 20
     signup_ip_window_seconds: float = 3600.0
+    # Web: how many reverse proxies in front append to X-Forwarded-For (0: believe none),
+    # and the threads per web process (the database pool is sized to match).
+    trusted_proxies: int = 0
+    web_threads: int = 16
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -89,7 +93,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_INT_FIELDS = {"batch_size", "stats_min_cell", "signup_ip_limit"}
+_INT_FIELDS = {"batch_size", "stats_min_cell", "signup_ip_limit", "trusted_proxies", "web_threads"}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -126,6 +130,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "signup_link_seconds": (60, 90 * 86_400, True),
     "signup_ip_limit": (0, 1_000_000, True),
     "signup_ip_window_seconds": (1, 7 * 86_400, True),
+    "trusted_proxies": (0, 10, True),
+    "web_threads": (1, 256, True),
 }
 MIN_KEY_LENGTH = 16
 _DATABASE_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}
