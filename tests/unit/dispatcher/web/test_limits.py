@@ -66,23 +66,24 @@ def test_guesses_from_one_network_are_refused_before_the_hash_in_every_worker(
     assert limited == 2 and 1 <= outcomes.count("rate_limited") <= 2
 
 
-def test_guesses_for_one_affiliate_from_many_networks_are_limited_too(
-    settings: Settings, credential: str
+@pytest.mark.parametrize(
+    ("budget", "ip_of", "next_ip"),
+    [
+        # One affiliate guessed at from many networks: the per-affiliate budget holds.
+        (limits.PER_AFFILIATE, "192.0.2.{}".format, "192.0.2.250"),
+        # An IPv6 host cannot take a fresh budget per address: its /64 is one network.
+        (limits.PER_NETWORK, lambda i: f"2001:db8:1:2::{i + 1:x}", "2001:db8:1:2:ffff::9"),
+    ],
+    ids=["per-affiliate", "ipv6-per-64"],
+)
+def test_spreading_guesses_over_addresses_does_not_escape_the_limit(
+    settings: Settings, credential: str, budget: limits.Budget, ip_of, next_ip: str
 ) -> None:
     client = _client(settings)
-    for i in range(limits.PER_AFFILIATE.failures):
-        assert _feed(client, f"192.0.2.{i}", "labelco.wrong")[0] == 401
-    status, retry = _feed(client, "192.0.2.250", "labelco.wrong")
+    for i in range(budget.failures):
+        assert _feed(client, ip_of(i), "labelco.wrong")[0] == 401
+    status, retry = _feed(client, next_ip, "labelco.wrong")
     assert status == 429 and retry is not None
-
-
-def test_an_ipv6_host_cannot_take_a_fresh_budget_per_address(
-    settings: Settings, credential: str
-) -> None:
-    client = _client(settings)
-    for i in range(limits.PER_NETWORK.failures):
-        assert _feed(client, f"2001:db8:1:2::{i + 1:x}", "labelco.wrong")[0] == 401
-    assert _feed(client, "2001:db8:1:2:ffff::9", "labelco.wrong")[0] == 429
 
 
 def test_a_busy_credential_check_answers_503_and_the_unsubscribe_page_does_not_wait(
