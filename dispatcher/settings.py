@@ -53,6 +53,32 @@ class Settings:
     # Throttling; 0 means no limit.
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
+    # Inbound mail (dispatcher/inbound). The envelope sender of every message is
+    # <local>+d<delivery>.<tag>@<domain> of this address (VERP), so a bounce names its delivery.
+    return_path: str = "bounces@killertracks.com"
+    # N soft bounces within D days suppress the address like a hard bounce.
+    soft_bounce_limit: int = 3
+    soft_bounce_days: int = 7
+    # A campaign pauses itself past these rates, once this many messages have gone.
+    complaint_pause_rate: float = 0.003
+    bounce_pause_rate: float = 0.05
+    pause_min_sent: int = 200
+    # Largest message the receiver accepts; raw messages are kept up to inbound_keep_bytes.
+    inbound_max_bytes: int = 32 * 1024 * 1024
+    inbound_keep_bytes: int = 256 * 1024
+    # Mailboxes read on beat's schedule: a local maildir, an IMAP URL (imaps://user:pw@host/box).
+    inbound_maildir: str = ""
+    inbound_imap_url: str = field(default="", repr=False)
+    inbound_poll_seconds: float = 60.0
+    # Where an unsubscribe accepted while the database is away waits (default: home/spool).
+    spool_dir: str = ""
+    # DKIM: sign outgoing mail when a private key file is given.
+    dkim_key_file: str = ""
+    dkim_selector: str = "dispatcher"
+    dkim_domain: str = ""
+    # Provider webhooks: SendGrid's verification key (base64 DER), SNS topics we accept.
+    sendgrid_public_key: str = ""
+    sns_topic_arns: str = ""
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -62,11 +88,23 @@ class Settings:
             return Path(self.mail_url.removeprefix("maildir://"))
         return None
 
+    @property
+    def spool(self) -> Path:
+        return Path(self.spool_dir) if self.spool_dir else self.home / "spool"
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
-_INT_FIELDS = {"batch_size", "stats_min_cell"}
+_INT_FIELDS = {
+    "batch_size",
+    "stats_min_cell",
+    "soft_bounce_limit",
+    "soft_bounce_days",
+    "pause_min_sent",
+    "inbound_max_bytes",
+    "inbound_keep_bytes",
+}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -75,6 +113,9 @@ _FLOAT_FIELDS = {
     "affiliate_link_seconds",
     "rate_per_second",
     "domain_rate_per_second",
+    "complaint_pause_rate",
+    "bounce_pause_rate",
+    "inbound_poll_seconds",
 }
 _PATH_FIELDS = {"templates_dir"}
 

@@ -68,13 +68,24 @@ def _register() -> None:
         campaigns,
         contacts,
         database,
+        inbound,
         services,
         stats,
         suppress,
         web,
     )
 
-    for module in (database, contacts, suppress, campaigns, affiliates, stats, services, web):
+    for module in (
+        database,
+        contacts,
+        suppress,
+        campaigns,
+        affiliates,
+        stats,
+        services,
+        web,
+        inbound,
+    ):
         for command in getattr(module, "COMMANDS", ()):
             main.add_command(command)
 

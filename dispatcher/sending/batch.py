@@ -193,7 +193,7 @@ def _deliver(
             before_send(row)
         try:
             with factory.clock.stage("send"):
-                transport.send(factory.sender_address, row.address, message)
+                transport.send(factory.envelope_from(row), row.address, message)
         except PermanentSendError as exc:
             if exc.sender_refused:
                 # The relay refuses our own address: a configuration fault every message

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 
 from dispatcher.campaigns.services import campaign_view
+from dispatcher.inbound import returnpath
 from dispatcher.models import Campaign
-from dispatcher.sending.messages import build_message, message_id_for
+from dispatcher.sending.messages import build_message
 from dispatcher.sending.rendering import (
     PreparedCampaign,
     Recipient,
@@ -76,14 +77,23 @@ class MessageFactory:
         self.marketing = campaign.purpose == Purpose.MARKETING
 
     def links(self, address_id: int) -> tuple[str, str]:
+        return self._links(address_id)[:2]
+
+    def _links(self, address_id: int) -> tuple[str, str, str]:
         base = self.settings.base_url
         unsubscribe = self.signer.sign_link(LinkPurpose.UNSUBSCRIBE, address_id, self.campaign.id)
         preferences = self.signer.sign_link(LinkPurpose.PREFERENCES, address_id, self.campaign.id)
-        return f"{base}/u/{unsubscribe}", f"{base}/preferences/{preferences}"
+        return f"{base}/u/{unsubscribe}", f"{base}/preferences/{preferences}", unsubscribe
+
+    def envelope_from(self, row: ClaimedRow) -> str:
+        """The per-delivery return path (VERP), so a bounce names its delivery."""
+        if not self.settings.return_path:
+            return self.sender_address
+        return returnpath.verp_address(self.signer, self.settings.return_path, row.delivery_id)
 
     def build(self, row: ClaimedRow) -> bytes:
         with self.clock.stage("sign"):
-            unsubscribe_url, preferences_url = self.links(row.address_id)
+            unsubscribe_url, preferences_url, token = self._links(row.address_id)
         with self.clock.stage("render"):
             rendered = self.prepared.render(
                 Recipient(
@@ -95,17 +105,27 @@ class MessageFactory:
             )
         name = " ".join(p for p in (row.first_name, row.last_name) if p) or None
         with self.clock.stage("build"):
-            return self._build(rendered, row, name, unsubscribe_url)
+            return self._build(rendered, row, name, unsubscribe_url, token)
 
     def _build(
-        self, rendered: RenderedMessage, row: ClaimedRow, name: str | None, unsubscribe_url: str
+        self,
+        rendered: RenderedMessage,
+        row: ClaimedRow,
+        name: str | None,
+        unsubscribe_url: str,
+        token: str,
     ) -> bytes:
+        mailto = self.settings.unsubscribe_mailto
+        if mailto and self.marketing:
+            mailto = returnpath.unsubscribe_mailto(mailto, token)
         return build_message(
             rendered,
             sender=self.settings.sender,
             to_address=row.address,
             to_name=name,
-            message_id=message_id_for(self.campaign.id, row.contact_id, self.sender_domain),
+            message_id=returnpath.message_id(
+                self.signer, self.campaign.id, row.contact_id, self.sender_domain
+            ),
             list_unsubscribe_url=unsubscribe_url if self.marketing else None,
-            unsubscribe_mailto=self.settings.unsubscribe_mailto if self.marketing else None,
+            unsubscribe_mailto=mailto if self.marketing else None,
         )
