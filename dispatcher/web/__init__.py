@@ -37,4 +37,7 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) ->
     app.register_blueprint(public.bp)
     app.register_blueprint(affiliates.bp)
     security.install(app, settings, trusted_proxies)
+    from dispatcher.inbound.drain import drain_if_pending
+
+    drain_if_pending(app)
     return app
