@@ -65,6 +65,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "workers.tasks.recover_stalled",
                 "schedule": max(1.0, min(30.0, settings.claim_lease_seconds / 2)),
             },
+            **(
+                {
+                    "read-inbound-mailboxes": {
+                        "task": "workers.tasks.read_inbound_mailboxes",
+                        "schedule": max(1.0, settings.inbound_poll_seconds),
+                    }
+                }
+                if settings.inbound_maildir or settings.inbound_imap_url
+                else {}
+            ),
         },
     }
     config.update(settings.celery)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
 from dispatcher.campaigns.fanout import campaign_purpose, due_campaigns, fan_out
 from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import session_scope
+from dispatcher.inbound.sources import poll_imap, poll_maildir
 from dispatcher.sending.batch import describe, send_batch
 from dispatcher.sending.transports import TransientSendError
 from workers.app import app, queue_for
@@ -79,3 +81,20 @@ def recover_stalled() -> list[int]:
     for campaign_id in stalled:
         fan_out_campaign.delay(campaign_id, resume=True)
     return stalled
+
+
+@app.task(name="workers.tasks.read_inbound_mailboxes")
+def read_inbound_mailboxes() -> dict[str, int]:
+    """Beat: apply what arrived in the configured maildir and IMAP mailbox. Safe to run
+    twice: each message is recorded once under its Message-ID."""
+    rt = runtime()
+    counts: dict[str, int] = {}
+    if rt.settings.inbound_maildir:
+        tally = poll_maildir(rt.sessions, rt.settings, rt.signer, Path(rt.settings.inbound_maildir))
+        for key, n in tally.counts.items():
+            counts[key] = counts.get(key, 0) + n
+    if rt.settings.inbound_imap_url:
+        tally = poll_imap(rt.sessions, rt.settings, rt.signer, rt.settings.inbound_imap_url)
+        for key, n in tally.counts.items():
+            counts[key] = counts.get(key, 0) + n
+    return counts
