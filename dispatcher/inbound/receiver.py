@@ -17,7 +17,6 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
@@ -64,7 +63,7 @@ class InboundHandler:
             done = apply_raw(
                 self.sessions, self.settings, self.signer, raw, source="smtp", envelope=rcpts
             )
-        except OperationalError:
+        except spool.DATABASE_AWAY:
             report = classify(raw, unsubscribe_local=self._unsubscribe_local())
             if report.kind is Kind.UNSUBSCRIBE:
                 try:

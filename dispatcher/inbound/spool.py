@@ -20,9 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
+
+# What "the database cannot be reached" looks like through SQLAlchemy.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,7 +95,7 @@ def drain(spool: Path, apply: Applier) -> int:
             continue
         try:
             apply(payload, body)
-        except OperationalError:
+        except DATABASE_AWAY:
             log.warning("spool: database still away; %d entries wait", len(claimed) - done)
             return done
         path.unlink(missing_ok=True)

@@ -7,7 +7,6 @@ import hashlib
 from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, request
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
@@ -150,7 +149,7 @@ def unsubscribe(token: str) -> Any:
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
     try:
         return _unsubscribe(token, one_click)
-    except OperationalError:
+    except spool.DATABASE_AWAY:
         return _spool_unsubscribe(token, one_click)
 
 
