@@ -174,6 +174,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
 
+    dkim_key = values.get("dkim_key_file")
+    if dkim_key and not os.access(dkim_key, os.R_OK):
+        raise SettingsError(f"dkim_key_file: cannot read {dkim_key}")
+
     keys = _parse_keys(values.pop("secret_keys", None))
     if not keys:
         if not embedded:

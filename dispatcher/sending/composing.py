@@ -11,6 +11,7 @@ from email.utils import parseaddr
 from dispatcher.campaigns.services import campaign_view
 from dispatcher.inbound import returnpath
 from dispatcher.models import Campaign
+from dispatcher.sending.dkim_signing import DkimSigner
 from dispatcher.sending.messages import build_message
 from dispatcher.sending.rendering import (
     PreparedCampaign,
@@ -57,6 +58,19 @@ def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
     return prepared
 
 
+_dkim: dict[tuple[str, str, str], DkimSigner] = {}
+
+
+def _dkim_for(settings: Settings, sender_domain: str) -> DkimSigner | None:
+    """The DKIM signer for these settings (key read once per process), or None."""
+    if not settings.dkim_key_file:
+        return None
+    key = (settings.dkim_key_file, settings.dkim_selector, settings.dkim_domain or sender_domain)
+    if key not in _dkim:
+        _dkim[key] = DkimSigner(*key)
+    return _dkim[key]
+
+
 class MessageFactory:
     """Turns a claimed row into the bytes of its message: links, rendering, headers."""
 
@@ -75,6 +89,7 @@ class MessageFactory:
         self.sender_address = parseaddr(settings.sender)[1]
         self.sender_domain = self.sender_address.rpartition("@")[2]
         self.marketing = campaign.purpose == Purpose.MARKETING
+        self.dkim = _dkim_for(settings, self.sender_domain)
 
     def links(self, address_id: int) -> tuple[str, str]:
         return self._links(address_id)[:2]
@@ -105,7 +120,11 @@ class MessageFactory:
             )
         name = " ".join(p for p in (row.first_name, row.last_name) if p) or None
         with self.clock.stage("build"):
-            return self._build(rendered, row, name, unsubscribe_url, token)
+            message = self._build(rendered, row, name, unsubscribe_url, token)
+        if self.dkim is not None:
+            with self.clock.stage("dkim"):
+                message = self.dkim.sign(message)
+        return message
 
     def _build(
         self,
