@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.inbound import returnpath
 from dispatcher.inbound.classify import Kind, Report, classify
+from dispatcher.inbound.rates import pause_if_over
 from dispatcher.models import Contact, Delivery, InboundMessage
 from dispatcher.settings import Settings
 from suppression.address import canonical_address
@@ -95,7 +96,34 @@ def process_message(
 ) -> Processed:
     """Record ``raw`` once and apply what it says (in the caller's transaction)."""
     report = classify(raw, unsubscribe_local=_local(settings.unsubscribe_mailto))
-    done = Processed(key=message_key(report, raw), report=report)
+    return apply_report(
+        session,
+        settings,
+        signer,
+        report,
+        key=message_key(report, raw),
+        raw=raw,
+        source=source,
+        envelope=envelope,
+    )
+
+
+def apply_report(
+    session: Session,
+    settings: Settings,
+    signer: TokenSigner,
+    report: Report,
+    *,
+    key: str,
+    raw: bytes,
+    source: str,
+    envelope: tuple[str, ...] = (),
+) -> Processed:
+    """Record a classified message or provider event under ``key`` (once) and apply it.
+
+    ``raw`` is kept (bounded) and searched for our VERP address and Message-ID tags.
+    """
+    done = Processed(key=key, report=report)
     row_id = _record(session, settings, raw, done, source)
     if row_id is None:
         done.duplicate = True
@@ -109,8 +137,6 @@ def process_message(
     row.address_id = done.address_id
     row.detail = {**row.detail, **done.detail}
     if done.campaign_id is not None and report.kind in (Kind.HARD_BOUNCE, Kind.COMPLAINT):
-        from dispatcher.inbound.rates import pause_if_over
-
         session.flush()
         pause_if_over(session, settings, done.campaign_id)
     return done

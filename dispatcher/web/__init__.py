@@ -32,10 +32,11 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) ->
     engine = make_engine(settings.database_url)
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
-    from dispatcher.web import affiliates, public
+    from dispatcher.web import affiliates, providers, public
 
     app.register_blueprint(public.bp)
     app.register_blueprint(affiliates.bp)
+    app.register_blueprint(providers.bp)
     security.install(app, settings, trusted_proxies)
     from dispatcher.inbound.drain import drain_if_pending
 
