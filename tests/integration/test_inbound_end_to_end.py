@@ -5,7 +5,6 @@ receiver on 127.0.0.1, and the next campaign skips exactly the addresses they we
 from __future__ import annotations
 
 import smtplib
-import socket
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import unquote
@@ -26,16 +25,11 @@ from dispatcher.models import Delivery, InboundMessage
 from suppression.models import Address, Event, Suppression
 from tests.factories import make_contact
 from tests.support.backends import Backend
+from tests.support.web_server import free_port
 from workers.process import WorkerProcess, wait_until
 
 PEOPLE = ["ann", "bounce", "complain", "victim", "unsub", "soft"]
 ADDRESS = {p: f"{p}@example.org" for p in PEOPLE}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def postfix_dsn(original: EmailMessage, status: str = "5.1.1", action: str = "failed") -> bytes:

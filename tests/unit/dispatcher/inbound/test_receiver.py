@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import smtplib
-import socket
 import tracemalloc
 import zipfile
 from collections.abc import Iterator
@@ -21,12 +20,7 @@ from dispatcher.models import InboundMessage
 from dispatcher.settings import Settings
 from suppression.models import Suppression
 from suppression.tokens import TokenSigner
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.web_server import free_port
 
 
 @pytest.fixture(params=["smtp", "lmtp"])
