@@ -25,7 +25,8 @@ class InboundError(Exception):
 
 
 def read_paths(paths: list[Path], *, limit: int) -> Iterator[tuple[str, bytes]]:
-    """(name, raw bytes) of each file, or of each message of each maildir, in order.
+    """(name, raw bytes) of each file, of each file in a folder, or of each message of a
+    maildir (cur/ and new/), in order.
 
     A message larger than ``limit`` bytes is read only up to ``limit + 1`` bytes, so it is
     recorded (as too large) without being loaded whole.
@@ -39,8 +40,12 @@ def read_paths(paths: list[Path], *, limit: int) -> Iterator[tuple[str, bytes]]:
         elif path.is_file():
             with path.open("rb") as handle:
                 yield str(path), handle.read(limit + 1)
+        elif path.is_dir():  # a plain folder of message files
+            for child in sorted(p for p in path.iterdir() if p.is_file()):
+                with child.open("rb") as handle:
+                    yield str(child), handle.read(limit + 1)
         else:
-            raise InboundError(f"{path}: not a file or a maildir (needs cur/ and new/)")
+            raise InboundError(f"{path}: not a file, a folder or a maildir")
 
 
 def apply_raw(

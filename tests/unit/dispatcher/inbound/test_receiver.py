@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
 import smtplib
+import socket
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -21,6 +27,9 @@ from dispatcher.settings import Settings
 from suppression.models import Suppression
 from suppression.tokens import TokenSigner
 from tests.support.web_server import free_port
+from workers.process import wait_until
+
+CORPUS = Path(__file__).resolve().parents[3] / "data" / "inbound"
 
 
 @pytest.fixture(params=["smtp", "lmtp"])
@@ -113,3 +122,37 @@ def test_a_20_megabyte_message_is_processed_in_bounded_memory(
     assert row.raw_size == len(raw)
     # The message itself is 20 MB; processing it adds a bounded amount, not a multiple.
     assert peak < 16 * 1024 * 1024, peak
+
+
+def test_dispatcher_inbound_serve_runs_until_stopped(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DISPATCHER_HOME": str(settings.home),
+        "DISPATCHER_SECRET_KEYS": ",".join(settings.secret_keys),
+    }
+    argv = [sys.executable, "-c", "from workers.cli import main; main()"]
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [*argv, "inbound", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+    )
+    try:
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, 120, 0.2, what="receiver listening")
+        raw = (CORPUS / "local" / "gmail_dsn.eml").read_bytes().replace(b"\n", b"\r\n")
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as conn:
+            conn.ehlo("mx.example")
+            conn.mail("")
+            conn.rcpt("bounces@killertracks.com")
+            assert conn.data(raw) == (250, b"2.0.0 unmatched")  # not ours: nothing changed
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        log.close()

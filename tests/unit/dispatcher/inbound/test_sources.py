@@ -91,13 +91,17 @@ def test_process_applies_a_maildir_once_however_often_it_is_run(
 
 
 def test_process_names_a_path_it_cannot_read(settings: Settings, tmp_path: Path) -> None:
-    (tmp_path / "empty-dir").mkdir()
     result = CliRunner().invoke(
         main,
-        ["inbound", "process", str(tmp_path / "empty-dir")],
+        ["inbound", "process", "/dev/null"],
         env={"DISPATCHER_HOME": str(settings.home), "DISPATCHER_SECRET_KEYS": "x" * 20},
     )
-    assert result.exit_code != 0 and "not a file or a maildir" in result.stderr
+    assert result.exit_code != 0 and "not a file, a folder or a maildir" in result.stderr
+
+
+def test_a_plain_folder_is_read_file_by_file(settings: Settings) -> None:
+    code, out, _ = cli(settings, "classify", str(CORPUS / "local"))
+    assert code == 0 and len(out.splitlines()) == len(list((CORPUS / "local").iterdir()))
 
 
 def test_the_maildir_poll_moves_each_applied_message_to_cur(
