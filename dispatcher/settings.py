@@ -66,6 +66,7 @@ class Settings:
     # Largest message the receiver accepts; raw messages are kept up to inbound_keep_bytes.
     inbound_max_bytes: int = 32 * 1024 * 1024
     inbound_keep_bytes: int = 256 * 1024
+    inbound_keep_days: int = 180
     # Mailboxes read on beat's schedule: a local maildir, an IMAP URL (imaps://user:pw@host/box).
     inbound_maildir: str = ""
     inbound_imap_url: str = field(default="", repr=False)
@@ -104,6 +105,7 @@ _INT_FIELDS = {
     "pause_min_sent",
     "inbound_max_bytes",
     "inbound_keep_bytes",
+    "inbound_keep_days",
 }
 _FLOAT_FIELDS = {
     "beat_interval_seconds",

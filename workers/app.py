@@ -65,6 +65,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "workers.tasks.recover_stalled",
                 "schedule": max(1.0, min(30.0, settings.claim_lease_seconds / 2)),
             },
+            "prune-inbound": {
+                "task": "workers.tasks.prune_inbound",
+                "schedule": 24 * 3600.0,
+            },
             **(
                 {
                     "read-inbound-mailboxes": {

@@ -40,3 +40,30 @@ def test_the_task_applies_new_mail_once(
     assert read_inbound_mailboxes() == {"applied": 1}
     assert read_inbound_mailboxes() == {}
     runtime_module.runtime().engine.dispose()
+
+
+def test_raw_messages_past_retention_are_dropped_and_the_rows_kept(
+    settings: Settings, session: Session
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from dispatcher.inbound.apply import process_message
+    from dispatcher.inbound.retention import prune_raw
+    from dispatcher.models import InboundMessage
+    from suppression.models import utcnow
+    from suppression.tokens import TokenSigner
+
+    signer = TokenSigner(settings.secret_keys)
+    for n in range(2):
+        raw = f"From: a@b.example\r\nMessage-ID: <m{n}@x>\r\n\r\nhi\r\n".encode()
+        process_message(session, settings, signer, raw, source="test")
+    old, new = session.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+    old.received_at = utcnow() - timedelta(days=settings.inbound_keep_days + 1)
+    session.flush()
+
+    assert prune_raw(session, settings) == 1
+    session.refresh(old)
+    session.refresh(new)
+    assert old.raw is None and old.kind == "not_feedback" and new.raw is not None
