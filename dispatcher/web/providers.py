@@ -46,7 +46,8 @@ def _refused(source: str, body: bytes, exc: Refused) -> Response:
             source=source,
             why=str(exc),
             raw=body,
-            keep=settings.inbound_keep_bytes,
+            # Anyone can post here: keep enough to see what it was, not what a flood sends.
+            keep=min(settings.inbound_keep_bytes, 4096),
         )
     return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
 
