@@ -224,3 +224,33 @@ def test_forged_sendgrid_posts_get_4xx_and_change_nothing(
     response = sendgrid_post(app, [event], **headers)
     assert 400 <= response.status_code < 500
     assert counts(session_factory) == (0, {"rejected": 1})
+
+
+def test_a_signed_subscription_confirmation_is_confirmed_and_a_forged_one_is_not(
+    app: Flask,
+) -> None:
+    visited: list[str] = []
+    app.config["SNS_CONFIRMER"] = lambda url: visited.append(url) or b""
+    url = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=t"
+    fields = {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": "c-1",
+        "Token": "t",
+        "TopicArn": TOPIC,
+        "Message": "You have chosen to subscribe",
+        "SubscribeURL": url,
+        "Timestamp": "2026-12-01T01:00:00.000Z",
+        "SignatureVersion": "2",
+        "SigningCertURL": CERT_URL,
+    }
+    text = "".join(
+        f"{k}\n{fields[k]}\n"
+        for k in ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
+    )
+    signature = base64.b64encode(SNS_KEY.sign(text.encode(), padding.PKCS1v15(), hashes.SHA256()))
+    forged = {**fields, "SubscribeURL": url.replace("eu-west-1", "us-east-1")}
+    client = app.test_client()
+    good = client.post("/inbound/ses", data=json.dumps({**fields, "Signature": signature.decode()}))
+    bad = client.post("/inbound/ses", data=json.dumps({**forged, "Signature": signature.decode()}))
+    assert (good.status_code, bad.status_code) == (200, 403)
+    assert visited == [url]
