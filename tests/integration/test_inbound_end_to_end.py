@@ -24,6 +24,7 @@ from dispatcher.inbound.receiver import start_receiver
 from dispatcher.models import Delivery, InboundMessage
 from suppression.models import Address, Event, Suppression
 from tests.factories import make_contact
+from tests.integration.test_campaign_end_to_end import run_campaign
 from tests.support.backends import Backend
 from tests.support.web_server import free_port
 from workers.process import WorkerProcess, wait_until
@@ -113,23 +114,8 @@ def test_reports_reach_suppression_and_the_next_campaign_skips_them(
             make_contact(session, address)
     env = backend.env(mail_url=smtp_sink.url)
 
-    def run(name: str) -> int:
-        with session_scope(sessions) as session:
-            campaign = create_campaign(
-                session, backend.settings, name=name, subject="new tracks", template="new-releases"
-            )
-            schedule_campaign(session, backend.settings, campaign.id)
-            campaign_id = campaign.id
-
-        def done() -> bool:
-            with session_scope(sessions) as session:
-                return campaign_report(session, campaign_id).status == "done"
-
-        wait_until(done, 120, what=f"campaign {name} done")
-        return campaign_id
-
     with WorkerProcess(env, tmp_path / "worker1.log"):
-        run("first")
+        run_campaign(backend, "first")
     sent = {m.envelope_to[0]: m for m in smtp_sink.messages()}
     assert set(sent) == set(ADDRESS.values())
     assert all(m.envelope_from.startswith("bounces+d") for m in sent.values())
