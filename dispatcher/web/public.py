@@ -156,8 +156,9 @@ def unsubscribe(token: str) -> Any:
 def _spool_unsubscribe(token: str, one_click: bool) -> Any:
     try:
         _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
-    except BadToken as exc:
-        return _invalid("unsubscribe", exc)
+    except BadToken:
+        # The same page as ever; the hit cannot be recorded while the database is away.
+        return render_template("invalid.html", settings=_settings()), 400
     if not one_click and not _form_ok(token):
         return Response("Please try again in a few minutes.\n", status=503, mimetype="text/plain")
     hit = _hit()
