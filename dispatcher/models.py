@@ -6,7 +6,16 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from suppression.models import Base, BigId, utcnow
@@ -23,6 +32,7 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Heartbeat",
+    "InboundMessage",
     "RateLimit",
     "RequestLimit",
     "SignupRequest",
@@ -86,6 +96,8 @@ class Campaign(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Why the campaign is paused (e.g. a complaint rate over the threshold).
+    status_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class CampaignTaskError(Base):
@@ -169,6 +181,9 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # What came back about a sent message: hard_bounce, soft_bounce or complaint (the worst).
+    feedback: Mapped[str | None] = mapped_column(String(16))
+    feedback_at: Mapped[datetime | None]
 
 
 class RateLimit(Base):
@@ -304,3 +319,32 @@ class WebHitTally(Base):
     outcome: Mapped[str] = mapped_column(String(64), primary_key=True)
     count: Mapped[int] = mapped_column(default=0)
     last_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InboundMessage(Base):
+    """Every message or provider event that came back, recorded once, with what it changed.
+
+    ``key`` is the report's Message-ID (or a provider's event id, or a hash of the raw bytes
+    when it has none), so replaying a mailbox applies nothing twice. The raw message is kept
+    for audit up to a bound; ``raw_size`` says how large it was.
+    """
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        Index("ix_inbound_messages_address_kind", "address_id", "kind", "received_at"),
+        Index("ix_inbound_messages_received", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    source: Mapped[str] = mapped_column(String(32))  # smtp | maildir | imap | file | ses | …
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))
+    # applied | unmatched | unverified | ignored | rejected | unparsed
+    outcome: Mapped[str] = mapped_column(String(16))
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id"))
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
+    address_id: Mapped[int | None] = mapped_column(ForeignKey("addresses.id"))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    raw_size: Mapped[int] = mapped_column(default=0)

@@ -80,6 +80,33 @@ class Settings:
     # and the threads per web process (the database pool is sized to match).
     trusted_proxies: int = 0
     web_threads: int = 16
+    # Inbound mail (dispatcher/inbound). The envelope sender of every message is
+    # <local>+d<delivery>.<tag>@<domain> of this address (VERP), so a bounce names its delivery.
+    return_path: str = "bounces@killertracks.com"
+    # N soft bounces within D days suppress the address like a hard bounce.
+    soft_bounce_limit: int = 3
+    soft_bounce_days: int = 7
+    # A campaign pauses itself past these rates, once this many messages have gone.
+    complaint_pause_rate: float = 0.003
+    bounce_pause_rate: float = 0.05
+    pause_min_sent: int = 200
+    # Largest message the receiver accepts; raw messages are kept up to inbound_keep_bytes.
+    inbound_max_bytes: int = 32 * 1024 * 1024
+    inbound_keep_bytes: int = 256 * 1024
+    inbound_keep_days: int = 180
+    # Mailboxes read on beat's schedule: a local maildir, an IMAP URL (imaps://user:pw@host/box).
+    inbound_maildir: str = ""
+    inbound_imap_url: str = field(default="", repr=False)
+    inbound_poll_seconds: float = 60.0
+    # Where an unsubscribe accepted while the database is away waits (default: home/spool).
+    spool_dir: str = ""
+    # DKIM: sign outgoing mail when a private key file is given.
+    dkim_key_file: str = ""
+    dkim_selector: str = "dispatcher"
+    dkim_domain: str = ""
+    # Provider webhooks: SendGrid's verification key (base64 DER), SNS topics we accept.
+    sendgrid_public_key: str = ""
+    sns_topic_arns: str = ""
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -89,11 +116,27 @@ class Settings:
             return Path(self.mail_url.removeprefix("maildir://"))
         return None
 
+    @property
+    def spool(self) -> Path:
+        return Path(self.spool_dir) if self.spool_dir else self.home / "spool"
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
-_INT_FIELDS = {"batch_size", "stats_min_cell", "signup_ip_limit", "trusted_proxies", "web_threads"}
+_INT_FIELDS = {
+    "batch_size",
+    "stats_min_cell",
+    "signup_ip_limit",
+    "trusted_proxies",
+    "web_threads",
+    "soft_bounce_limit",
+    "soft_bounce_days",
+    "pause_min_sent",
+    "inbound_max_bytes",
+    "inbound_keep_bytes",
+    "inbound_keep_days",
+}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -107,6 +150,9 @@ _FLOAT_FIELDS = {
     "retention_share_days",
     "signup_link_seconds",
     "signup_ip_window_seconds",
+    "complaint_pause_rate",
+    "bounce_pause_rate",
+    "inbound_poll_seconds",
 }
 _PATH_FIELDS = {"templates_dir"}
 _LIST_FIELDS = {"signup_fields"}
@@ -132,6 +178,15 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "signup_ip_window_seconds": (1, 7 * 86_400, True),
     "trusted_proxies": (0, 10, True),
     "web_threads": (1, 256, True),
+    "soft_bounce_limit": (1, 1_000, True),
+    "soft_bounce_days": (1, 3_650, True),
+    "pause_min_sent": (0, 100_000_000, True),
+    "complaint_pause_rate": (0, 1, False),
+    "bounce_pause_rate": (0, 1, False),
+    "inbound_max_bytes": (1_024, 1 << 31, True),
+    "inbound_keep_bytes": (0, 1 << 31, True),
+    "inbound_keep_days": (1, 36_500, True),
+    "inbound_poll_seconds": (1, 86_400, True),
 }
 MIN_KEY_LENGTH = 16
 _DATABASE_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}
@@ -197,6 +252,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             )
     _check_writable("home", home)
     _check_values(values)
+
+    dkim_key = values.get("dkim_key_file")
+    if dkim_key and not os.access(dkim_key, os.R_OK):
+        raise SettingsError(f"dkim_key_file: cannot read {dkim_key}")
 
     keys = _parse_keys(values.pop("secret_keys", None))
     if not keys:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
@@ -10,6 +11,8 @@ from dispatcher.campaigns.fanout import campaign_purpose, due_campaigns, fan_out
 from dispatcher.campaigns.problems import FAN_OUT, SEND_BATCH, START, recording_errors
 from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import session_scope
+from dispatcher.inbound.retention import prune_raw
+from dispatcher.inbound.sources import poll_imap, poll_maildir
 from dispatcher.privacy.retention import apply_retention
 from dispatcher.sending.batch import describe, send_batch
 from dispatcher.sending.transports import TransientSendError
@@ -110,3 +113,28 @@ def prune_signups() -> tuple[int, int]:
     rt = runtime()
     with session_scope(rt.sessions) as session:
         return signup_prune(session, rt.settings)
+
+
+@app.task(name="workers.tasks.read_inbound_mailboxes")
+def read_inbound_mailboxes() -> dict[str, int]:
+    """Beat: apply what arrived in the configured maildir and IMAP mailbox. Safe to run
+    twice: each message is recorded once under its Message-ID."""
+    rt = runtime()
+    counts: dict[str, int] = {}
+    if rt.settings.inbound_maildir:
+        tally = poll_maildir(rt.sessions, rt.settings, rt.signer, Path(rt.settings.inbound_maildir))
+        for key, n in tally.counts.items():
+            counts[key] = counts.get(key, 0) + n
+    if rt.settings.inbound_imap_url:
+        tally = poll_imap(rt.sessions, rt.settings, rt.signer, rt.settings.inbound_imap_url)
+        for key, n in tally.counts.items():
+            counts[key] = counts.get(key, 0) + n
+    return counts
+
+
+@app.task(name="workers.tasks.prune_inbound")
+def prune_inbound() -> int:
+    """Beat, daily: drop raw inbound messages past their retention (the rows stay)."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        return prune_raw(session, rt.settings)

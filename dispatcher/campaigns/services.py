@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns.audience import AudienceError, validate_audience
+from dispatcher.inbound.rates import campaign_rates
 from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from dispatcher.sending.rendering import CampaignView, TemplateProblem, check_campaign
 from dispatcher.settings import Settings
@@ -166,6 +167,7 @@ def resume_campaign(session: Session, campaign_id: int, *, actor: str | None = N
         raise CampaignError(f"campaign {campaign_id} is {campaign.status}, not paused")
     campaign.status = CampaignStatus.SCHEDULED.value
     campaign.scheduled_at = utcnow()
+    campaign.status_reason = None
     record_event(session, "campaign_resumed", actor=actor, campaign_id=campaign_id)
 
 
@@ -210,6 +212,9 @@ class CampaignReport:
     finished_at: datetime | None
     by_status: dict[str, int] = field(default_factory=dict)
     by_reason: dict[str, int] = field(default_factory=dict)
+    status_reason: str | None = None
+    # What came back about sent messages (dispatcher/inbound): counts and rates.
+    feedback: dict[str, float | int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -231,6 +236,8 @@ class CampaignReport:
             "total": self.total,
             "deliveries": self.by_status,
             "skipped_by_reason": self.by_reason,
+            "status_reason": self.status_reason,
+            "feedback": self.feedback,
         }
 
 
@@ -263,4 +270,6 @@ def campaign_report(session: Session, campaign_id: int) -> CampaignReport:
         finished_at=campaign.finished_at,
         by_status=dict(by_status),
         by_reason=by_reason,
+        status_reason=campaign.status_reason,
+        feedback=campaign_rates(session, campaign_id).as_dict(),
     )

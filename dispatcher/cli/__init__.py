@@ -79,6 +79,7 @@ def _register() -> None:
         campaigns,
         contacts,
         database,
+        inbound,
         privacy,
         services,
         stats,
@@ -86,7 +87,18 @@ def _register() -> None:
         web,
     )
 
-    modules = (database, contacts, suppress, campaigns, affiliates, stats, privacy, services, web)
+    modules = (
+        database,
+        contacts,
+        suppress,
+        campaigns,
+        affiliates,
+        stats,
+        privacy,
+        inbound,
+        services,
+        web,
+    )
     for module in modules:
         for command in getattr(module, "COMMANDS", ()):
             main.add_command(command)

@@ -223,6 +223,8 @@ def print_health(health: CampaignHealth) -> None:
 
 def print_report(report: CampaignReport) -> None:
     click.echo(f"campaign {report.id} {report.name!r}: {report.status} ({report.purpose})")
+    if report.status_reason and report.status == "paused":
+        click.echo(f"  paused: {report.status_reason}")
     click.echo(f"  {'deliveries':<24}{report.total:>8}")
     for status, count in report.by_status.items():
         click.echo(f"    {status:<22}{count:>8}")
@@ -230,6 +232,14 @@ def print_report(report: CampaignReport) -> None:
         click.echo("  skipped or failed, by reason")
         for reason, count in report.by_reason.items():
             click.echo(f"    {reason:<22}{count:>8}")
+    fb = report.feedback
+    if fb:
+        click.echo(
+            f"  {'hard bounces':<24}{fb['hard_bounces']:>8}  ({fb['bounce_rate']:.2%} of sent)"
+        )
+        click.echo(
+            f"  {'complaints':<24}{fb['complaints']:>8}  ({fb['complaint_rate']:.2%} of sent)"
+        )
 
 
 @campaign.command("status")

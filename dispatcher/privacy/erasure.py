@@ -22,6 +22,7 @@ from dispatcher.models import (
     Contact,
     ContactTag,
     Delivery,
+    InboundMessage,
     SignupRequest,
 )
 from dispatcher.privacy.files import forget_export_files

@@ -230,7 +230,7 @@ def _deliver(
             before_send(row)
         try:
             with factory.clock.stage("send"):
-                transport.send(factory.sender_address, row.address, message)
+                transport.send(factory.envelope_from(row), row.address, message)
         except NeedsSmtpUtf8 as exc:
             # The relay cannot carry this address; folding it into ASCII would reach
             # another mailbox. Not sent, not retried, not a bounce.

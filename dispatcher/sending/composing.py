@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 
 from dispatcher.campaigns.services import campaign_view
+from dispatcher.inbound import returnpath
 from dispatcher.models import Campaign
-from dispatcher.sending.messages import HeaderInjection, build_message, message_id_for
+from dispatcher.sending.dkim_signing import DkimSigner
+from dispatcher.sending.messages import HeaderInjection, build_message
 from dispatcher.sending.rendering import (
     PreparedCampaign,
     Recipient,
@@ -58,6 +60,19 @@ def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
     return prepared
 
 
+_dkim: dict[tuple[str, str, str], DkimSigner] = {}
+
+
+def _dkim_for(settings: Settings, sender_domain: str) -> DkimSigner | None:
+    """The DKIM signer for these settings (key read once per process), or None."""
+    if not settings.dkim_key_file:
+        return None
+    key = (settings.dkim_key_file, settings.dkim_selector, settings.dkim_domain or sender_domain)
+    if key not in _dkim:
+        _dkim[key] = DkimSigner(*key)
+    return _dkim[key]
+
+
 class MessageFactory:
     """Turns a claimed row into the bytes of its message: links, rendering, headers."""
 
@@ -76,16 +91,26 @@ class MessageFactory:
         self.sender_address = parseaddr(settings.sender)[1]
         self.sender_domain = self.sender_address.rpartition("@")[2]
         self.marketing = campaign.purpose == Purpose.MARKETING
+        self.dkim = _dkim_for(settings, self.sender_domain)
 
     def links(self, address_id: int) -> tuple[str, str]:
+        return self._links(address_id)[:2]
+
+    def _links(self, address_id: int) -> tuple[str, str, str]:
         base = self.settings.base_url
         unsubscribe = self.signer.sign_link(LinkPurpose.UNSUBSCRIBE, address_id, self.campaign.id)
         preferences = self.signer.sign_link(LinkPurpose.PREFERENCES, address_id, self.campaign.id)
-        return f"{base}/u/{unsubscribe}", f"{base}/preferences/{preferences}"
+        return f"{base}/u/{unsubscribe}", f"{base}/preferences/{preferences}", unsubscribe
+
+    def envelope_from(self, row: ClaimedRow) -> str:
+        """The per-delivery return path (VERP), so a bounce names its delivery."""
+        if not self.settings.return_path:
+            return self.sender_address
+        return returnpath.verp_address(self.signer, self.settings.return_path, row.delivery_id)
 
     def build(self, row: ClaimedRow) -> bytes:
         with self.clock.stage("sign"):
-            unsubscribe_url, preferences_url = self.links(row.address_id)
+            unsubscribe_url, preferences_url, token = self._links(row.address_id)
         with self.clock.stage("render"):
             rendered = self.prepared.render(
                 Recipient(
@@ -97,19 +122,33 @@ class MessageFactory:
             )
         name = " ".join(p for p in (row.first_name, row.last_name) if p) or None
         with self.clock.stage("build"):
-            return self._build(rendered, row, name, unsubscribe_url)
+            message = self._build(rendered, row, name, unsubscribe_url, token)
+        if self.dkim is not None:
+            with self.clock.stage("dkim"):
+                message = self.dkim.sign(message)
+        return message
 
     def _build(
-        self, rendered: RenderedMessage, row: ClaimedRow, name: str | None, unsubscribe_url: str
+        self,
+        rendered: RenderedMessage,
+        row: ClaimedRow,
+        name: str | None,
+        unsubscribe_url: str,
+        token: str,
     ) -> bytes:
         if row.address is None:
             raise HeaderInjection("the To header has no address that matches the contact; not sent")
+        mailto = self.settings.unsubscribe_mailto
+        if mailto and self.marketing:
+            mailto = returnpath.unsubscribe_mailto(mailto, token)
         return build_message(
             rendered,
             sender=self.settings.sender,
             to_address=row.address,
             to_name=name,
-            message_id=message_id_for(self.campaign.id, row.contact_id, self.sender_domain),
+            message_id=returnpath.message_id(
+                self.signer, self.campaign.id, row.contact_id, self.sender_domain
+            ),
             list_unsubscribe_url=unsubscribe_url if self.marketing else None,
-            unsubscribe_mailto=self.settings.unsubscribe_mailto if self.marketing else None,
+            unsubscribe_mailto=mailto if self.marketing else None,
         )

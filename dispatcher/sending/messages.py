@@ -68,7 +68,9 @@ def _list_unsubscribe(url: str, mailto: str | None) -> bytes:
     """RFC 2369 header; when long, folded between the targets, never inside a URL."""
     targets = [f"<{_clean('List-Unsubscribe', url)}>"]
     if mailto:
-        targets.append(f"<mailto:{_clean('List-Unsubscribe', mailto)}?subject=unsubscribe>")
+        if "?" not in mailto:
+            mailto += "?subject=unsubscribe"
+        targets.append(f"<mailto:{_clean('List-Unsubscribe', mailto)}>")
     value = ", ".join(targets)
     if not value.isascii():
         raise HeaderInjection("the List-Unsubscribe header needs ASCII URLs; not sent")

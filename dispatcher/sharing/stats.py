@@ -166,6 +166,17 @@ def report(session: Session, k: int) -> dict[str, Any]:
         or 0
     )
     unsubscribes = None if 0 < unsubscribed < k else unsubscribed
+    # What came back (dispatcher/inbound), as totals over all campaigns, small ones withheld.
+    feedback = dict(
+        session.execute(
+            select(Delivery.feedback, func.count())
+            .where(Delivery.feedback.in_(["hard_bounce", "complaint"]))
+            .group_by(Delivery.feedback)
+        ).all()
+    )
+    bounces, complaints = (int(feedback.get(f, 0)) for f in ("hard_bounce", "complaint"))
+    hard_bounces = None if 0 < bounces < k else bounces
+    complained = None if 0 < complaints < k else complaints
     summary: dict[str, Any] = {"contacts": contacts}
     summary.update({c.outcome: c.count for c in consent})
     opted_in = consent[0].count
@@ -175,6 +186,10 @@ def report(session: Session, k: int) -> dict[str, Any]:
             "messages_sent": sent,
             "unsubscribes": unsubscribes,
             "unsubscribe_rate_per_message": _rate(unsubscribes, sent) if sent else None,
+            "hard_bounces": hard_bounces,
+            "hard_bounce_rate_per_message": _rate(hard_bounces, sent) if sent else None,
+            "complaints": complained,
+            "complaint_rate_per_message": _rate(complained, sent) if sent else None,
             "min_cell": k,
         }
     )

@@ -41,10 +41,14 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int | None 
     engine = make_engine(settings.database_url, **pool)
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
-    from dispatcher.web import affiliates, public, signup
+    from dispatcher.web import affiliates, providers, public, signup
 
     app.register_blueprint(public.bp)
     app.register_blueprint(affiliates.bp)
     app.register_blueprint(signup.bp)
+    app.register_blueprint(providers.bp)
     security.install(app, settings, trusted_proxies)
+    from dispatcher.inbound.drain import drain_if_pending
+
+    drain_if_pending(app)
     return app

@@ -11,6 +11,8 @@ from werkzeug.exceptions import BadRequest
 
 from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.db import session_scope
+from dispatcher.inbound import spool
+from dispatcher.inbound.drain import start_drainer
 from dispatcher.models import Campaign
 from dispatcher.settings import Settings
 from dispatcher.web import limits
@@ -140,8 +142,42 @@ def unsubscribe_page(token: str) -> Any:
 @bp.post("/u/<token>")
 def unsubscribe(token: str) -> Any:
     """RFC 8058 one-click (body ``List-Unsubscribe=One-Click``: no cookie, no page), or the
-    button of our own page (with its form token)."""
+    button of our own page (with its form token).
+
+    With the database away, a request whose link verifies is written to the local spool
+    and answered 202: it is applied when the database is back, never lost.
+    """
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    try:
+        return _unsubscribe(token, one_click)
+    except spool.DATABASE_AWAY:
+        return _spool_unsubscribe(token, one_click)
+
+
+def _spool_unsubscribe(token: str, one_click: bool) -> Any:
+    try:
+        _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
+    except BadToken:
+        # The same page as ever; the hit cannot be recorded while the database is away.
+        return render_template("invalid.html", settings=_settings()), 400
+    if not one_click and not _form_ok(token):
+        return Response("Please try again in a few minutes.\n", status=503, mimetype="text/plain")
+    hit = _hit()
+    settings = _settings()
+    spool.write(
+        settings.spool,
+        "one_click",
+        {"token": token, "ip": hit.ip, "user_agent": (hit.user_agent or "")[:512]},
+    )
+    start_drainer(current_app)
+    return Response(
+        "Unsubscribe accepted; it takes effect within minutes.\n",
+        status=202,
+        mimetype="text/plain",
+    )
+
+
+def _unsubscribe(token: str, one_click: bool) -> Any:
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
         with session_scope(sessions) as session:

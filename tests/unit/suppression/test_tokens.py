@@ -73,3 +73,15 @@ def test_timed_tokens_expire() -> None:
 def test_no_usable_key_is_an_error(keys: list[str]) -> None:
     with pytest.raises(ValueError):
         TokenSigner(keys)
+
+
+def test_header_tags_verify_case_blind_across_rotation_and_not_across_purposes() -> None:
+    old = TokenSigner(["older-key-0000000000"])
+    new = TokenSigner(["newer-key-1111111111", "older-key-0000000000"])
+    tag = old.tag(LinkPurpose.RETURN_PATH, 42)
+    assert len(tag) == 20 and tag == tag.lower()
+    assert new.check_tag(LinkPurpose.RETURN_PATH, tag.upper(), 42)  # MTAs may fold case
+    assert not new.check_tag(LinkPurpose.RETURN_PATH, tag, 43)  # another delivery
+    assert not new.check_tag(LinkPurpose.MESSAGE_ID, tag, 42)  # another purpose
+    assert not TokenSigner(["newer-key-1111111111"]).check_tag(LinkPurpose.RETURN_PATH, tag, 42)
+    assert not new.check_tag(LinkPurpose.RETURN_PATH, tag[:-1], 42)

@@ -133,3 +133,16 @@ def test_stats_command_prints_no_small_cell(settings: Settings) -> None:
     table = runner.invoke(main, ["stats"], env=env)
     assert table.exit_code == 0 and "<5" in table.output and "@" not in table.output
     assert runner.invoke(main, ["stats", "--k", "0"], env=env).exit_code != 0
+
+
+def test_bounce_and_complaint_totals_and_rates_with_small_ones_withheld(session: Session) -> None:
+    campaign_with(session, {("sent", None): 20})
+    rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+    for delivery in rows[:6]:
+        delivery.feedback = "hard_bounce"
+    for delivery in rows[6:8]:
+        delivery.feedback = "complaint"
+    session.flush()
+    summary = report(session, 5)["summary"]
+    assert (summary["hard_bounces"], summary["hard_bounce_rate_per_message"]) == (6, 0.3)
+    assert (summary["complaints"], summary["complaint_rate_per_message"]) == (None, None)

@@ -1,0 +1,24 @@
+"""Raw inbound messages are kept for audit for ``inbound_keep_days``; then only the row
+(kind, outcome, matched delivery, why) stays."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from dispatcher.models import InboundMessage
+from dispatcher.settings import Settings
+from suppression.models import utcnow
+
+
+def prune_raw(session: Session, settings: Settings) -> int:
+    """Drop the raw bytes of messages older than the retention; returns how many."""
+    before = utcnow() - timedelta(days=settings.inbound_keep_days)
+    result = session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.received_at < before, InboundMessage.raw.is_not(None))
+        .values(raw=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
