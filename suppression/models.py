@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -115,6 +116,9 @@ class Consent(Base):
     status: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(200))
     occurred_at: Mapped[datetime]
+    # False when the source gave no time: occurred_at is then when we recorded it, and the
+    # rule in consent.py ranks an undated opt-in below every opt-out.
+    dated: Mapped[bool] = mapped_column(default=True, server_default=true())
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
     actor: Mapped[str | None] = mapped_column(String(200))
     ip: Mapped[str | None] = mapped_column(String(64))
@@ -134,6 +138,7 @@ class ConsentState(Base):
     status: Mapped[str] = mapped_column(String(16))
     consent_id: Mapped[int] = mapped_column(ForeignKey("consents.id"))
     occurred_at: Mapped[datetime]
+    dated: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
 class Suppression(Base):
