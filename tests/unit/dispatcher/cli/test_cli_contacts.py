@@ -108,3 +108,24 @@ def test_help_documents_the_columns_and_the_exit_code(settings: Settings) -> Non
     assert result.exit_code == 0
     for word in ("marketing_consent", "consent_at", "tags", "Exit code 1"):
         assert word in result.output
+
+
+def test_map_and_preset_options(
+    tmp_path: Path, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text("Mail,Vorname\na@example.com,Anna\n")
+    result = cli(
+        settings, "contacts", "import", str(path), "--map", "Mail=email,Vorname=first_name"
+    )
+    assert result.exit_code == 0, result.output
+    listmonk = tmp_path / "subscribers.csv"
+    listmonk.write_text(
+        "uuid,email,name,attributes,status,created_at,updated_at\n"
+        "u,b@example.com,Bo,{},blocklisted,2021-01-01 00:00:00 +0000 UTC,"
+        "2021-02-01 00:00:00 +0000 UTC\n"
+    )
+    result = cli(settings, "contacts", "import", str(listmonk), "--preset", "listmonk")
+    assert result.exit_code == 0, result.output
+    assert "1 changed a state" in result.stdout
+    assert count(session_factory, Contact) == 2
