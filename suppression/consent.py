@@ -282,7 +282,9 @@ def merge_consents(
         f2.c.occurred_at == f.c.occurred_at,
         f2.c.line < f.c.line,
     )
-    conn.execute(update(f).where(or_(same_in_ledger, repeated)).values(verdict=Verdict.KNOWN))
+    # (two statements: an OR of two EXISTS keeps PostgreSQL from planning either as a join)
+    conn.execute(update(f).where(same_in_ledger).values(verdict=Verdict.KNOWN))
+    conn.execute(update(f).where(repeated).values(verdict=Verdict.KNOWN))
     # Each new fact against the current state.
     s = ConsentState.__table__
     against_state = (
@@ -358,7 +360,7 @@ def merge_consents(
     # change that committed meanwhile (an unsubscribe) is never overwritten.
     winners = f.c.verdict.in_([Verdict.CHANGED, Verdict.RENEWED])
     ledger_id = (
-        select(c.id)
+        select(func.min(c.id))
         .where(
             c.address_id == f.c.address_id,
             c.scope == f.c.scope,
@@ -367,8 +369,6 @@ def merge_consents(
             c.dated == f.c.dated,
             c.id > before,
         )
-        .order_by(c.id)
-        .limit(1)
         .scalar_subquery()
     )
     upsert = insert_for(session, ConsentState).from_select(

@@ -187,7 +187,19 @@ def merge(
     # as the oldest, then by line), its origin from its first line.
     last = [r.c.consent_at.is_(None), r.c.consent_at.desc(), r.c.line.desc()]
     by_address = [r.c.address]
-    people = select(
+    # Most addresses are on one row: only the others need the window functions (and sorts).
+    multi = select(r.c.address).group_by(r.c.address).having(func.count() > 1)
+    single = select(
+        r.c.address,
+        literal(1, Integer()).label("rank"),
+        r.c.submitted,
+        r.c.first_name,
+        r.c.last_name,
+        r.c.source,
+        r.c.consent_at.label("collected_at"),
+        r.c.attributes,
+    ).where(r.c.address.not_in(multi))
+    windowed = select(
         r.c.address,
         func.row_number().over(partition_by=by_address, order_by=last).label("rank"),
         r.c.submitted,
@@ -204,7 +216,8 @@ def merge(
         func.first_value(r.c.attributes)
         .over(partition_by=by_address, order_by=[r.c.attributes.is_(None), *last])
         .label("attributes"),
-    ).subquery()
+    ).where(r.c.address.in_(multi))
+    people = union_all(single, windowed).subquery()
     a = Address.__table__
     contacts = Contact.__table__
     conn.execute(
@@ -297,29 +310,30 @@ def merge(
             .order_by(p.c.address),
         )
     )
-    conn.execute(
-        update(p)
-        .where(p.c.is_new == true())
-        .values(contact_id=select(old.id).where(old.address_id == p.c.address_id).scalar_subquery())
-    )
     # Tags: a new tag on an existing contact is a change.
     ct = ContactTag.__table__
-    new_tag = (
-        select(p.c.contact_id, t.c.tag)
+    tagged = (
+        select(p.c.contact_id)
         .select_from(t)
         .join(p, p.c.address == t.c.address)
-        .where(~exists().where(ct.c.contact_id == p.c.contact_id, ct.c.tag == t.c.tag))
-        .distinct()
+        .where(
+            p.c.is_new == false(),
+            ~exists().where(ct.c.contact_id == p.c.contact_id, ct.c.tag == t.c.tag),
+        )
     )
-    tagged = new_tag.where(p.c.is_new == false()).subquery()
     conn.execute(
-        update(p)
-        .where(p.c.contact_id.in_(select(tagged.c.contact_id)), p.c.changed == false())
-        .values(changed=true())
+        update(p).where(p.c.contact_id.in_(tagged), p.c.changed == false()).values(changed=true())
     )
     conn.execute(
         insert_for(session, ContactTag)
-        .from_select(["contact_id", "tag"], new_tag)
+        .from_select(
+            ["contact_id", "tag"],
+            select(old.id, t.c.tag)
+            .select_from(t)
+            .join(p, p.c.address == t.c.address)
+            .join(contacts, old.address_id == p.c.address_id)
+            .where(true()),
+        )
         .on_conflict_do_nothing()
     )
     # Consent: every fact of the file, to the one place that holds the rule.
