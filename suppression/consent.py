@@ -42,9 +42,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
-    text,
     tuple_,
-    update,
 )
 from sqlalchemy.orm import Session
 
@@ -262,68 +260,53 @@ def merge_consents(
     f = _FACTS
     f.drop(conn, checkfirst=True)
     f.create(conn)
-    conn.execute(f.insert().from_select([c.name for c in f.c if c.name != "verdict"], facts))
-    conn.execute(text(f"CREATE INDEX ix_{f.name} ON {f.name} (address_id, scope)"))
-    # Facts the ledger already holds (a re-import), and repeats within the file.
+    # Every fact and its verdict in one pass: facts the ledger already holds (a re-import) or
+    # that repeat an earlier line are known; the others are judged against the current state,
+    # and among the candidates of an address and scope the latest word wins, the rest is
+    # history.
+    given = facts.subquery()
     c = Consent.__table__.c
-    same_in_ledger = exists().where(
-        c.address_id == f.c.address_id,
-        c.scope == f.c.scope,
-        c.status == f.c.status,
-        c.dated == f.c.dated,
-        or_(f.c.dated == false(), c.occurred_at == f.c.occurred_at),
-    )
-    f2 = f.alias("f2")
-    repeated = exists().where(
-        f2.c.address_id == f.c.address_id,
-        f2.c.scope == f.c.scope,
-        f2.c.status == f.c.status,
-        f2.c.dated == f.c.dated,
-        f2.c.occurred_at == f.c.occurred_at,
-        f2.c.line < f.c.line,
-    )
-    # (two statements: an OR of two EXISTS keeps PostgreSQL from planning either as a join)
-    conn.execute(update(f).where(same_in_ledger).values(verdict=Verdict.KNOWN))
-    conn.execute(update(f).where(repeated).values(verdict=Verdict.KNOWN))
-    # Each new fact against the current state.
     s = ConsentState.__table__
-    against_state = (
-        select(judge(_fact(f), _fact(s)))
-        .where(s.c.address_id == f.c.address_id, s.c.scope == f.c.scope)
-        .scalar_subquery()
+    identity = [given.c.address_id, given.c.scope, given.c.status, given.c.dated]
+    same_in_ledger = exists().where(
+        c.address_id == given.c.address_id,
+        c.scope == given.c.scope,
+        c.status == given.c.status,
+        c.dated == given.c.dated,
+        or_(given.c.dated == false(), c.occurred_at == given.c.occurred_at),
     )
-    conn.execute(
-        update(f)
-        .where(f.c.verdict.is_(None))
-        .values(verdict=func.coalesce(against_state, "candidate"))
+    repeat = func.row_number().over(
+        partition_by=[*identity, given.c.occurred_at], order_by=given.c.line
     )
-    # The file's latest word among the candidates; the other candidates are history.
-    ranked = (
+    judged = (
         select(
-            f.c.line,
-            f.c.scope,
-            func.row_number()
-            .over(partition_by=[f.c.address_id, f.c.scope], order_by=latest_first(_fact(f)))
-            .label("rank"),
+            given,
+            case(
+                (same_in_ledger, str(Verdict.KNOWN)),
+                (repeat > 1, str(Verdict.KNOWN)),
+                else_=judge(_fact(given), _fact(s)),
+            ).label("base"),
+            s.c.status.label("state_status"),
         )
-        .where(f.c.verdict == "candidate")
+        .select_from(given)
+        .outerjoin(s, and_(s.c.address_id == given.c.address_id, s.c.scope == given.c.scope))
         .subquery()
     )
-    beaten = select(ranked.c.line, ranked.c.scope).where(ranked.c.rank > 1)
-    conn.execute(
-        update(f)
-        .where(f.c.verdict == "candidate", tuple_(f.c.line, f.c.scope).in_(beaten))
-        .values(verdict=Verdict.HISTORY)
+    rank = func.row_number().over(
+        partition_by=[judged.c.address_id, judged.c.scope, judged.c.base],
+        order_by=latest_first(_fact(judged)),
     )
-    same_status = (
-        exists()
-        .where(s.c.address_id == f.c.address_id, s.c.scope == f.c.scope)
-        .where(s.c.status == f.c.status)
+    verdict = case(
+        (judged.c.base != "candidate", judged.c.base),
+        (rank > 1, str(Verdict.HISTORY)),
+        (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
+        else_=str(Verdict.CHANGED),
     )
+    names = [col.name for col in f.c]
     conn.execute(
-        update(f)
-        .where(f.c.verdict == "candidate")
-        .values(verdict=case((same_status, Verdict.RENEWED), else_=Verdict.CHANGED))
+        f.insert().from_select(
+            names, select(*(judged.c[n] for n in names[:-1]), verdict.label("verdict"))
+        )
     )
     # The ledger: every fact that is not refused and not already there.
     before = conn.scalar(select(func.coalesce(func.max(c.id), 0)))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import IO
 
@@ -36,6 +37,7 @@ _YES = {"yes", "y", "true", "1", "opted_in", "opt_in", "in"}
 _NO = {"no", "n", "false", "0", "opted_out", "opt_out", "out"}
 MAX_FIELD = 200
 MAX_TAG = 100  # ContactTag.tag's column length
+_JSON = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class ImportFileError(ValueError):
@@ -81,6 +83,14 @@ def _consent_value(text: str) -> str | None:
 
 
 def _timestamp(text: str, now: datetime) -> datetime | None:
+    parsed = _parse_time(text)
+    if parsed is not None and parsed > now:
+        raise ValueError(f"{text!r} is in the future")
+    return parsed
+
+
+@lru_cache(maxsize=1 << 16)  # exports repeat their times (a day, a campaign's send)
+def _parse_time(text: str) -> datetime | None:
     value = text.strip()
     if not value:
         return None
@@ -94,8 +104,6 @@ def _timestamp(text: str, now: datetime) -> datetime | None:
         parsed = datetime(day.year, day.month, day.day)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    if parsed > now:
-        raise ValueError(f"{text!r} is in the future")
     return parsed.astimezone(UTC)
 
 
@@ -194,7 +202,7 @@ class _Parser:
             consent_at,
             consents["marketing_consent"],
             consents["affiliates_consent"],
-            json.dumps(attributes, ensure_ascii=False) if attributes else None,
+            _JSON(attributes) if attributes else None,
         )
         return row, tags
 

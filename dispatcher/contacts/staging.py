@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -95,6 +96,7 @@ PEOPLE = Table(
 _ROW_COLUMNS = [c.name for c in ROWS.c]
 
 
+@lru_cache(maxsize=1 << 16)
 def _sqlite_time(value: datetime | None) -> str | None:
     # The text form SQLAlchemy's SQLite DateTime stores, so the rule compares like with like.
     if value is None:
