@@ -123,6 +123,22 @@ def _state_fact() -> Fact:
     return Fact(ConsentState.status, ConsentState.occurred_at, ConsentState.dated)
 
 
+def _unless_overtaken(upsert: Any, *, recipient_action: bool) -> Any:
+    """The state upsert, which the rule decides again in the database: a change that committed
+    meanwhile (an unsubscribe racing an import) is never overwritten by an older word."""
+    excluded = Fact(upsert.excluded.status, upsert.excluded.occurred_at, upsert.excluded.dated)
+    return upsert.on_conflict_do_update(
+        index_elements=[ConsentState.address_id, ConsentState.scope],
+        set_={
+            "status": upsert.excluded.status,
+            "consent_id": upsert.excluded.consent_id,
+            "occurred_at": upsert.excluded.occurred_at,
+            "dated": upsert.excluded.dated,
+        },
+        where=judge(excluded, _state_fact(), recipient_action=recipient_action) == "candidate",
+    )
+
+
 def current_consent(session: Session, address_id: int, scope: Scope) -> ConsentState | None:
     return session.get(ConsentState, (address_id, str(scope)))
 
@@ -179,19 +195,7 @@ def record_consent(
         occurred_at=occurred_at,
         dated=True,
     )
-    excluded = Fact(upsert.excluded.status, upsert.excluded.occurred_at, upsert.excluded.dated)
-    # A concurrent writer may have moved the state on: the rule decides again, in the database.
-    upsert = upsert.on_conflict_do_update(
-        index_elements=[ConsentState.address_id, ConsentState.scope],
-        set_={
-            "status": upsert.excluded.status,
-            "consent_id": upsert.excluded.consent_id,
-            "occurred_at": upsert.excluded.occurred_at,
-            "dated": upsert.excluded.dated,
-        },
-        where=judge(excluded, _state_fact(), recipient_action=recipient_action) == "candidate",
-    )
-    session.execute(upsert)
+    session.execute(_unless_overtaken(upsert, recipient_action=recipient_action))
     cached = session.identity_map.get(session.identity_key(ConsentState, (address_id, str(scope))))
     if cached is not None:
         session.expire(cached)
@@ -360,19 +364,7 @@ def merge_consents(
             winners
         ),
     )
-    excluded = Fact(upsert.excluded.status, upsert.excluded.occurred_at, upsert.excluded.dated)
-    conn.execute(
-        upsert.on_conflict_do_update(
-            index_elements=[ConsentState.address_id, ConsentState.scope],
-            set_={
-                "status": upsert.excluded.status,
-                "consent_id": upsert.excluded.consent_id,
-                "occurred_at": upsert.excluded.occurred_at,
-                "dated": upsert.excluded.dated,
-            },
-            where=judge(excluded, _state_fact()) == "candidate",
-        )
-    )
+    conn.execute(_unless_overtaken(upsert, recipient_action=False))
     conn.execute(
         insert_for(session, Event).from_select(
             ["occurred_at", "kind", "address_id", "actor", "outcome", "detail"],

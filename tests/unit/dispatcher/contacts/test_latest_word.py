@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.contacts.importer import import_contacts
-from dispatcher.db import session_scope
-from suppression.models import Address, ConsentState
+from tests.unit.dispatcher.contacts.test_contacts import states
 
 HEADER = "email,marketing_consent,affiliates_consent,consent_at\n"
 
@@ -18,16 +16,6 @@ def write(tmp_path: Path, body: str, name: str = "c.csv") -> Path:
     path = tmp_path / name
     path.write_text(HEADER + body, encoding="utf-8")
     return path
-
-
-def states(factory: sessionmaker[Session]) -> dict[tuple[str, str], str]:
-    with session_scope(factory) as session:
-        rows = session.execute(
-            select(Address.address, ConsentState.scope, ConsentState.status).join(
-                Address, Address.id == ConsentState.address_id
-            )
-        )
-        return {(a, scope): status for a, scope, status in rows}
 
 
 def test_a_later_opt_out_on_another_row_of_the_same_file_wins(
