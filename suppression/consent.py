@@ -376,6 +376,18 @@ def merge_consents(
                 f.c.status,
                 _json_detail(session, "scope", f.c.scope, "source", f.c.source),
             )
+            # one event per state this import wrote (not one a concurrent change kept)
+            .select_from(f)
+            .join(
+                s,
+                and_(
+                    s.c.address_id == f.c.address_id,
+                    s.c.scope == f.c.scope,
+                    s.c.consent_id > before,
+                    s.c.status == f.c.status,
+                    s.c.occurred_at == f.c.occurred_at,
+                ),
+            )
             .where(winners)
             .order_by(f.c.line),
         )

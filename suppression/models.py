@@ -126,7 +126,7 @@ class Consent(Base):
 
 
 class ConsentState(Base):
-    """The latest ledger row per (address, scope), kept in step by ``consent.record_consent``.
+    """The latest word per (address, scope): a ledger row, chosen by the rule in ``consent.py``.
 
     The gate reads this by primary key, so its cost does not grow with the ledger's history.
     """

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.contacts.importer import import_contacts
+from dispatcher.db import session_scope
+from suppression.models import Consent, Event
 from tests.unit.dispatcher.contacts.test_contacts import states
 
 HEADER = "email,marketing_consent,affiliates_consent,consent_at\n"
@@ -28,7 +31,17 @@ def test_a_later_opt_out_on_another_row_of_the_same_file_wins(
         "ann@example.com,no,,2016-01-01\n"
         "ann@example.com,,no,2017-01-01\n",
     )
-    import_contacts(session_factory, path, source="test")
+    report = import_contacts(session_factory, path, source="test")
+    assert report.consent == {
+        "marketing:changed": 1,
+        "marketing:history": 1,
+        "affiliates:changed": 1,
+        "affiliates:history": 1,
+    }
+    with session_scope(session_factory) as session:
+        events = session.scalars(select(Event.outcome).where(Event.kind == "consent_changed"))
+        assert sorted(events) == ["opted_out", "opted_out"]
+        assert len(session.scalars(select(Consent.id)).all()) == 4  # history kept
     assert states(session_factory) == {
         ("ann@example.com", "marketing"): "opted_out",
         ("ann@example.com", "affiliates"): "opted_out",
