@@ -240,7 +240,7 @@ def import_contacts(
             layout = layout_for(header.fields, mapping=mapping, preset=preset)
         except ValueError as exc:
             raise ImportFileError(str(exc)) from None
-        parser = _Parser(layout, source, now, report.errors)
+        parser = _Parser(layout, source[:MAX_FIELD], now, report.errors)
         stage = Stage(session)
         staged: list[StagedRow] = []
         tags: list[tuple[str, str]] = []
