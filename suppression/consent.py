@@ -1,16 +1,68 @@
-"""The consent ledger: append-only history, whose latest row per (address, scope) decides."""
+"""The consent ledger: append-only history, and the one rule that decides which word is latest.
+
+Every change of consent is a ledger row (``consents``); the current state per (address, scope)
+is ``consent_states``, which the gate reads. Which fact becomes the current state is decided
+here, once, as SQL: :func:`judge` compares a new fact with the current one, and
+:func:`latest_first` orders facts from the latest word down. Both :func:`record_consent` (one
+change, from a page or a staff tool) and :func:`merge_consents` (an import, set-based) use them.
+
+The rule:
+
+- the fact with the latest time decides; at equal times ``opted_out`` wins; an opt-in whose
+  time is unknown (``dated`` false) loses to every opt-out. An opt-out without a time is
+  recorded at the time we learn it, so it wins over everything known until then;
+- a fact older than the current state is history: kept in the ledger, state unchanged;
+- only the person (``recipient_action``) can turn an opt-out into an opt-in; an import or a
+  staff tool that tries is refused and nothing is written.
+"""
 
 from __future__ import annotations
 
 import enum
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ColumnElement,
+    Integer,
+    MetaData,
+    Select,
+    String,
+    Table,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.orm import Session
 
 from suppression.events import Hit, record_event
-from suppression.models import Consent, ConsentState, ConsentStatus, Scope
+from suppression.models import (
+    BigId,
+    Consent,
+    ConsentState,
+    ConsentStatus,
+    Event,
+    Scope,
+    UTCDateTime,
+)
 from suppression.sql import insert_for
+
+IN, OUT = str(ConsentStatus.OPTED_IN), str(ConsentStatus.OPTED_OUT)
+
+REFUSED_REASON = (
+    "an import cannot turn an opt-out into an opt-in (only the person can, on the preference page)"
+)
 
 
 class ConsentOutcome(enum.StrEnum):
@@ -18,6 +70,73 @@ class ConsentOutcome(enum.StrEnum):
     UNCHANGED = "unchanged"
     KEPT_OPT_OUT = "kept_opt_out"
     STALE = "stale"
+
+
+class Verdict(enum.StrEnum):
+    """What became of one consent fact of an import."""
+
+    CHANGED = "changed"  # became the current state, with another status (or the first one)
+    RENEWED = "renewed"  # became the current state, same status, later time
+    HISTORY = "history"  # written to the ledger; older than the latest word
+    REFUSED = "refused"  # an opt-in over an opt-out: not written
+    KNOWN = "known"  # the ledger already holds this fact (a re-import): nothing written
+
+
+@dataclass(frozen=True)
+class Fact:
+    """Columns (or values) that describe one consent fact, for the SQL rule."""
+
+    status: Any
+    occurred_at: Any
+    dated: Any
+
+
+def _key(fact: Fact) -> tuple[ColumnElement[Any], ...]:
+    """The order of the latest word: an undated opt-in first, then by time, opt-out on a tie."""
+    tier = case((and_(fact.dated == false(), fact.status == IN), 0), else_=1)
+    out_wins = case((fact.status == OUT, 1), else_=0)
+    return (tier, fact.occurred_at, out_wins)
+
+
+def latest_first(fact: Fact) -> list[ColumnElement[Any]]:
+    """ORDER BY terms that put the latest word first."""
+    return [term.desc() for term in _key(fact)]
+
+
+def is_later(new: Fact, old: Fact) -> ColumnElement[bool]:
+    return tuple_(*_key(new)) > tuple_(*_key(old))
+
+
+def judge(new: Fact, old: Fact, *, recipient_action: bool = False) -> ColumnElement[str]:
+    """SQL: ``history``, ``refused`` or ``candidate`` (may become the state) for ``new``
+    against the current state ``old`` (whose columns are NULL when there is none)."""
+    whens: list[tuple[ColumnElement[bool], str]] = [
+        (old.status.is_(None), "candidate"),
+        (not_(is_later(new, old)), str(Verdict.HISTORY)),
+    ]
+    if not recipient_action:
+        whens.append((and_(new.status == IN, old.status == OUT), str(Verdict.REFUSED)))
+    return case(*whens, else_="candidate")
+
+
+def _state_fact() -> Fact:
+    return Fact(ConsentState.status, ConsentState.occurred_at, ConsentState.dated)
+
+
+def _unless_overtaken(upsert: Any, *, recipient_action: bool) -> Any:
+    """The state upsert, which the rule decides again in the database: a change that committed
+    meanwhile (an unsubscribe racing an import) is never overwritten by an older word."""
+    excluded = Fact(upsert.excluded.status, upsert.excluded.occurred_at, upsert.excluded.dated)
+    return upsert.on_conflict_do_update(
+        index_elements=[ConsentState.address_id, ConsentState.scope],
+        set_={
+            "status": upsert.excluded.status,
+            "consent_id": upsert.excluded.consent_id,
+            "occurred_at": upsert.excluded.occurred_at,
+            "dated": upsert.excluded.dated,
+        },
+        where=judge(excluded, _state_fact(), recipient_action=recipient_action) == "candidate",
+    )
 
 
 def current_consent(session: Session, address_id: int, scope: Scope) -> ConsentState | None:
@@ -37,25 +156,24 @@ def record_consent(
     hit: Hit | None = None,
     policy_version: str | None = None,
 ) -> ConsentOutcome:
-    """Append a consent change and move the current state to it, when it is one.
+    """Record one change of consent and move the current state to it, when the rule says so.
 
-    Only the recipient's own action (``recipient_action=True``: the preference page, a signed
-    re-subscribe) may turn an opt-out back into an opt-in; an import or a staff tool cannot.
-    A change older than the current state, or equal to it, adds nothing.
+    Repeating the current status adds nothing (a retried unsubscribe is not a new fact); an
+    older change is kept as history; an opt-in over an opt-out is refused unless it is the
+    recipient's own action (the preference page, a signed re-subscribe).
     """
-    state = current_consent(session, address_id, scope)
-    if state is not None:
-        if state.status == status:
-            return ConsentOutcome.UNCHANGED
-        if (
-            status == ConsentStatus.OPTED_IN
-            and state.status == ConsentStatus.OPTED_OUT
-            and not recipient_action
-        ):
-            return ConsentOutcome.KEPT_OPT_OUT
-        if occurred_at < state.occurred_at:
-            return ConsentOutcome.STALE
-    row = Consent(
+    new = Fact(literal(str(status)), literal(occurred_at, UTCDateTime()), literal(True))
+    row = session.execute(
+        select(
+            judge(new, _state_fact(), recipient_action=recipient_action), ConsentState.status
+        ).where(ConsentState.address_id == address_id, ConsentState.scope == str(scope))
+    ).first()
+    verdict, current = (row[0], row[1]) if row is not None else ("candidate", None)
+    if verdict == Verdict.REFUSED:
+        return ConsentOutcome.KEPT_OPT_OUT
+    if verdict == "candidate" and current == str(status):
+        return ConsentOutcome.UNCHANGED
+    ledger = Consent(
         address_id=address_id,
         scope=str(scope),
         status=str(status),
@@ -65,28 +183,22 @@ def record_consent(
         ip=hit.ip if hit else None,
         policy_version=policy_version,
     )
-    session.add(row)
+    session.add(ledger)
     session.flush()
+    if verdict == Verdict.HISTORY:
+        return ConsentOutcome.STALE
     upsert = insert_for(session, ConsentState).values(
         address_id=address_id,
         scope=str(scope),
         status=str(status),
-        consent_id=row.id,
+        consent_id=ledger.id,
         occurred_at=occurred_at,
+        dated=True,
     )
-    # A concurrent writer may have moved the state on; only a change at least as new wins.
-    upsert = upsert.on_conflict_do_update(
-        index_elements=[ConsentState.address_id, ConsentState.scope],
-        set_={
-            "status": upsert.excluded.status,
-            "consent_id": upsert.excluded.consent_id,
-            "occurred_at": upsert.excluded.occurred_at,
-        },
-        where=ConsentState.occurred_at <= upsert.excluded.occurred_at,
-    )
-    session.execute(upsert)
-    if state is not None:
-        session.expire(state)
+    session.execute(_unless_overtaken(upsert, recipient_action=recipient_action))
+    cached = session.identity_map.get(session.identity_key(ConsentState, (address_id, str(scope))))
+    if cached is not None:
+        session.expire(cached)
     record_event(
         session,
         "consent_changed",
@@ -98,6 +210,203 @@ def record_consent(
         source=source,
     )
     return ConsentOutcome.RECORDED
+
+
+@dataclass
+class MergeTally:
+    """How an import's consent facts fared: counts per ``scope:verdict`` and refused lines."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (line, scope)
+
+
+_facts_meta = MetaData()
+_FACTS = Table(
+    "import_consent_facts",
+    _facts_meta,
+    Column("line", Integer, nullable=False),
+    Column("address_id", BigId, nullable=False),
+    Column("scope", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+    Column("dated", Boolean, nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("verdict", String(16)),
+    prefixes=["TEMPORARY"],
+)
+
+
+def _fact(table: Any) -> Fact:
+    return Fact(table.c.status, table.c.occurred_at, table.c.dated)
+
+
+def _json_detail(session: Session, *pairs: Any) -> Any:
+    name = session.get_bind().dialect.name
+    return func.json_build_object(*pairs) if name == "postgresql" else func.json_object(*pairs)
+
+
+def merge_consents(
+    session: Session,
+    facts: Select[Any],
+    *,
+    actor: str | None,
+    policy_version: str | None,
+    now: datetime,
+) -> MergeTally:
+    """Apply an import's consent facts at once, set-based, under the rule above.
+
+    ``facts`` selects ``line, address_id, scope, status, occurred_at, dated, source``: every
+    fact of one file. The file's own history is settled first (its latest word per address and
+    scope), then compared with the current state. Ledger rows, states and one
+    ``consent_changed`` audit event per state written are added in ``session``'s transaction.
+    """
+    conn = session.connection()
+    f = _FACTS
+    f.drop(conn, checkfirst=True)
+    f.create(conn)
+    # Every fact and its verdict in one pass: facts the ledger already holds (a re-import) or
+    # that repeat an earlier line are known; the others are judged against the current state,
+    # and among the candidates of an address and scope the latest word wins, the rest is
+    # history.
+    given = facts.subquery()
+    c = Consent.__table__.c
+    s = ConsentState.__table__
+    identity = [given.c.address_id, given.c.scope, given.c.status, given.c.dated]
+    same_in_ledger = exists().where(
+        c.address_id == given.c.address_id,
+        c.scope == given.c.scope,
+        c.status == given.c.status,
+        c.dated == given.c.dated,
+        or_(given.c.dated == false(), c.occurred_at == given.c.occurred_at),
+    )
+    repeat = func.row_number().over(
+        partition_by=[*identity, given.c.occurred_at], order_by=given.c.line
+    )
+    judged = (
+        select(
+            given,
+            case(
+                (same_in_ledger, str(Verdict.KNOWN)),
+                (repeat > 1, str(Verdict.KNOWN)),
+                else_=judge(_fact(given), _fact(s)),
+            ).label("base"),
+            s.c.status.label("state_status"),
+        )
+        .select_from(given)
+        .outerjoin(s, and_(s.c.address_id == given.c.address_id, s.c.scope == given.c.scope))
+        .subquery()
+    )
+    rank = func.row_number().over(
+        partition_by=[judged.c.address_id, judged.c.scope, judged.c.base],
+        order_by=latest_first(_fact(judged)),
+    )
+    verdict = case(
+        (judged.c.base != "candidate", judged.c.base),
+        (rank > 1, str(Verdict.HISTORY)),
+        (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
+        else_=str(Verdict.CHANGED),
+    )
+    names = [col.name for col in f.c]
+    conn.execute(
+        f.insert().from_select(
+            names, select(*(judged.c[n] for n in names[:-1]), verdict.label("verdict"))
+        )
+    )
+    # The ledger: every fact that is not refused and not already there.
+    before = conn.scalar(select(func.coalesce(func.max(c.id), 0)))
+    written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
+    conn.execute(
+        insert_for(session, Consent).from_select(
+            [
+                "address_id",
+                "scope",
+                "status",
+                "source",
+                "occurred_at",
+                "dated",
+                "recorded_at",
+                "actor",
+                "policy_version",
+            ],
+            select(
+                f.c.address_id,
+                f.c.scope,
+                f.c.status,
+                f.c.source,
+                f.c.occurred_at,
+                f.c.dated,
+                literal(now, UTCDateTime()),
+                literal(actor, String()),
+                literal(policy_version, String()),
+            )
+            .where(f.c.verdict.in_(written))
+            .order_by(f.c.line),
+        )
+    )
+    # The states, pointing at their ledger rows; the rule decides again in the upsert, so a
+    # change that committed meanwhile (an unsubscribe) is never overwritten.
+    winners = f.c.verdict.in_([Verdict.CHANGED, Verdict.RENEWED])
+    ledger_id = (
+        select(func.min(c.id))
+        .where(
+            c.address_id == f.c.address_id,
+            c.scope == f.c.scope,
+            c.status == f.c.status,
+            c.occurred_at == f.c.occurred_at,
+            c.dated == f.c.dated,
+            c.id > before,
+        )
+        .scalar_subquery()
+    )
+    upsert = insert_for(session, ConsentState).from_select(
+        ["address_id", "scope", "status", "consent_id", "occurred_at", "dated"],
+        select(f.c.address_id, f.c.scope, f.c.status, ledger_id, f.c.occurred_at, f.c.dated).where(
+            winners
+        ),
+    )
+    conn.execute(_unless_overtaken(upsert, recipient_action=False))
+    conn.execute(
+        insert_for(session, Event).from_select(
+            ["occurred_at", "kind", "address_id", "actor", "outcome", "detail"],
+            select(
+                literal(now, UTCDateTime()),
+                literal("consent_changed", String()),
+                f.c.address_id,
+                literal(actor, String()),
+                f.c.status,
+                _json_detail(session, "scope", f.c.scope, "source", f.c.source),
+            )
+            # one event per state this import wrote (not one a concurrent change kept)
+            .select_from(f)
+            .join(
+                s,
+                and_(
+                    s.c.address_id == f.c.address_id,
+                    s.c.scope == f.c.scope,
+                    s.c.consent_id > before,
+                    s.c.status == f.c.status,
+                    s.c.occurred_at == f.c.occurred_at,
+                ),
+            )
+            .where(winners)
+            .order_by(f.c.line),
+        )
+    )
+    tally = MergeTally()
+    for scope, verdict, n in conn.execute(
+        select(f.c.scope, f.c.verdict, func.count()).group_by(f.c.scope, f.c.verdict)
+    ):
+        tally.counts[f"{scope}:{verdict}"] += n
+    tally.refused = [
+        (line, scope)
+        for line, scope in conn.execute(
+            select(f.c.line, f.c.scope)
+            .where(f.c.verdict == Verdict.REFUSED)
+            .order_by(f.c.line, f.c.scope)
+        )
+    ]
+    f.drop(conn)
+    return tally
 
 
 def consent_history(session: Session, address_id: int) -> list[Consent]:

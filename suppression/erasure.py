@@ -42,6 +42,14 @@ def erased_among(session: Session, signer: TokenSigner, canonicals: Iterable[str
     return {forms[f] for f in found}
 
 
+def any_erased(session: Session) -> bool:
+    """Whether any address was ever erased (then imports must check against the hashes)."""
+    return (
+        session.scalar(select(Address.id).where(Address.address.startswith(ERASED_PREFIX)).limit(1))
+        is not None
+    )
+
+
 @dataclass(frozen=True)
 class ErasedAddress:
     address_id: int

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -117,6 +118,9 @@ class Consent(Base):
     status: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(200))
     occurred_at: Mapped[datetime]
+    # False when the source gave no time: occurred_at is then when we recorded it, and the
+    # rule in consent.py ranks an undated opt-in below every opt-out.
+    dated: Mapped[bool] = mapped_column(default=True, server_default=true())
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
     actor: Mapped[str | None] = mapped_column(String(200))
     ip: Mapped[str | None] = mapped_column(String(64))
@@ -124,7 +128,7 @@ class Consent(Base):
 
 
 class ConsentState(Base):
-    """The latest ledger row per (address, scope), kept in step by ``consent.record_consent``.
+    """The latest word per (address, scope): a ledger row, chosen by the rule in ``consent.py``.
 
     The gate reads this by primary key, so its cost does not grow with the ledger's history.
     """
@@ -136,6 +140,7 @@ class ConsentState(Base):
     status: Mapped[str] = mapped_column(String(16))
     consent_id: Mapped[int] = mapped_column(ForeignKey("consents.id"))
     occurred_at: Mapped[datetime]
+    dated: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
 class Suppression(Base):

@@ -57,6 +57,7 @@ def demo(app: AppContext, timeout: float) -> None:
         source="demo import",
         actor="demo",
         policy_version=settings.policy_version,
+        signer=app.signer,
     )
     click.echo(f"2. contacts: {report.created} imported, {report.invalid} invalid rows refused:")
     for error in report.errors:

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, true
 from dispatcher.models import Contact, ContactTag
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+ATTRIBUTE_NAME = _KEY  # what an imported column must be called to be usable here
 
 
 class AudienceError(ValueError):

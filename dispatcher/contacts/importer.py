@@ -1,50 +1,48 @@
-"""Importing contacts and their consent from CSV: streamed, chunked, idempotent.
+"""Importing contacts and their consent from CSV: streamed, set-based, all or nothing.
 
-Invalid rows are reported with their line, field and reason and skipped; the rest go in.
-An import records consent through :func:`suppression.consent.record_consent`, which never
-lets an import turn an opt-out back into an opt-in.
+Rows are parsed and checked in Python; every problem is reported with the line where its row
+starts, the field and the reason, and the row is skipped. The valid rows are loaded into
+temporary tables and merged in one transaction (see :mod:`dispatcher.contacts.staging`), so an
+import either goes in whole or leaves nothing behind. Consent follows the rule in
+:mod:`suppression.consent`: the latest word per address and scope wins, an opt-out wins a tie,
+older rows are kept as history, and an import never turns an opt-out into an opt-in.
 """
 
 from __future__ import annotations
 
 import codecs
-import csv
 import io
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.contacts.csvread import BadField, Record, check_field, records
+from dispatcher.contacts.mapping import Layout, layout_for
+from dispatcher.contacts.staging import Stage, StagedRow, merge
 from dispatcher.db import session_scope
-from dispatcher.models import Contact, ContactTag
 from suppression.address import InvalidAddress, canonical_address
-from suppression.consent import ConsentOutcome, record_consent
-from suppression.models import ConsentState, ConsentStatus, Scope, utcnow
-from suppression.registry import ensure_addresses
-from suppression.sql import insert_for
+from suppression.consent import REFUSED_REASON, Verdict
+from suppression.erasure import any_erased, erased_among
+from suppression.events import record_event
+from suppression.models import ConsentStatus, utcnow
+from suppression.tokens import TokenSigner
 
-REQUIRED_COLUMNS = ("email",)
-KNOWN_COLUMNS = (
-    "email",
-    "first_name",
-    "last_name",
-    "marketing_consent",
-    "affiliates_consent",
-    "consent_source",
-    "consent_at",
-    "tags",
-)
-CONSENT_COLUMNS = {"marketing_consent": Scope.MARKETING, "affiliates_consent": Scope.AFFILIATES}
 _YES = {"yes", "y", "true", "1", "opted_in", "opt_in", "in"}
 _NO = {"no", "n", "false", "0", "opted_out", "opt_out", "out"}
 MAX_FIELD = 200
 MAX_TAG = 100  # ContactTag.tag's column length
+_JSON = json.JSONEncoder(ensure_ascii=False).encode
+
+
+ERASED_REASON = "this address was erased at its owner's request and cannot be added again"
 
 
 class ImportFileError(ValueError):
@@ -65,39 +63,39 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     errors: list[RowError] = field(default_factory=list)
+    # "scope:verdict" -> facts (suppression.consent.Verdict: changed, renewed, history,
+    # refused, known)
     consent: Counter[str] = field(default_factory=Counter)
+    refused: list[RowError] = field(default_factory=list)
 
     @property
     def invalid(self) -> int:
         return len({e.line for e in self.errors})
 
-
-@dataclass(frozen=True)
-class _Row:
-    line: int
-    address: str
-    submitted: str
-    first_name: str | None
-    last_name: str | None
-    consents: dict[Scope, ConsentStatus]
-    consent_source: str | None
-    consent_at: datetime | None
-    tags: frozenset[str]
-    attributes: dict[str, str]
+    def count(self, verdict: Verdict) -> int:
+        return sum(n for k, n in self.consent.items() if k.endswith(f":{verdict}"))
 
 
-def _consent_value(text: str) -> ConsentStatus | None:
+def _consent_value(text: str) -> str | None:
     value = text.strip().lower()
     if not value:
         return None
     if value in _YES:
-        return ConsentStatus.OPTED_IN
+        return str(ConsentStatus.OPTED_IN)
     if value in _NO:
-        return ConsentStatus.OPTED_OUT
+        return str(ConsentStatus.OPTED_OUT)
     raise ValueError(f"{text!r} is not a consent value (use yes or no; empty if never asked)")
 
 
-def _timestamp(text: str) -> datetime | None:
+def _timestamp(text: str, now: datetime) -> datetime | None:
+    parsed = _parse_time(text)
+    if parsed is not None and parsed > now:
+        raise ValueError(f"{text!r} is in the future")
+    return parsed
+
+
+@lru_cache(maxsize=1 << 16)  # exports repeat their times (a day, a campaign's send)
+def _parse_time(text: str) -> datetime | None:
     value = text.strip()
     if not value:
         return None
@@ -111,200 +109,107 @@ def _timestamp(text: str) -> datetime | None:
         parsed = datetime(day.year, day.month, day.day)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    if parsed > utcnow():
-        raise ValueError(f"{text!r} is in the future")
     return parsed.astimezone(UTC)
 
 
-def _text(value: str | None, name: str) -> str | None:
+def _text(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    if any(ch in value for ch in "\r\n\x00"):
+    if "\n" in value or "\r" in value:
         raise ValueError("contains a line break")
     if len(value) > MAX_FIELD:
         raise ValueError(f"is longer than {MAX_FIELD} characters")
     return value or None
 
 
-def _parse(
-    line: int, record: dict[str, str | None], extra: list[str], errors: list[RowError]
-) -> _Row | None:
-    def fail(field_name: str, reason: str) -> None:
-        errors.append(RowError(line, field_name, reason))
+class _Parser:
+    """Turns records into staged rows, reporting what is wrong with the others."""
 
-    raw = record.get("email") or ""
-    try:
-        address = canonical_address(raw)
-    except InvalidAddress as exc:
-        fail("email", str(exc))
-        return None
-    bad = False
-    names: dict[str, str | None] = {}
-    for name in ("first_name", "last_name", "consent_source"):
-        try:
-            names[name] = _text(record.get(name), name)
-        except ValueError as exc:
-            fail(name, str(exc))
-            bad = True
-    consents: dict[Scope, ConsentStatus] = {}
-    for column, scope in CONSENT_COLUMNS.items():
-        try:
-            status = _consent_value(record.get(column) or "")
-        except ValueError as exc:
-            fail(column, str(exc))
-            bad = True
-            continue
-        if status is not None:
-            consents[scope] = status
-    try:
-        consent_at = _timestamp(record.get("consent_at") or "")
-    except ValueError as exc:
-        fail("consent_at", str(exc))
-        bad = True
-        consent_at = None
-    tags = frozenset(t.strip().lower() for t in (record.get("tags") or "").split(";") if t.strip())
-    long_tags = [t for t in tags if len(t) > MAX_TAG]
-    if long_tags:
-        fail("tags", f"the tag {long_tags[0][:20]!r}... is longer than {MAX_TAG} characters")
-        bad = True
-    attributes = {}
-    for key in extra:
-        try:
-            value = _text(record.get(key), key)
-        except ValueError as exc:
-            fail(key, str(exc))
-            bad = True
-            continue
-        if value is not None:
-            attributes[key] = value
-    if bad:
-        return None
-    return _Row(
-        line,
-        address,
-        raw.strip(),
-        names["first_name"],
-        names["last_name"],
-        consents,
-        names["consent_source"],
-        consent_at,
-        tags,
-        attributes,
-    )
+    def __init__(self, layout: Layout, source: str, now: datetime, errors: list[RowError]):
+        self.layout = layout
+        self.source = source
+        self.now = now
+        self.errors = errors
 
+    def parse(self, record: Record) -> tuple[StagedRow, list[str]] | None:
+        line = record.line
+        layout = self.layout
+        if len(record.fields) > layout.width:
+            self.errors.append(RowError(line, "(row)", "the row has more fields than the header"))
+            return None
+        if record.suspect:
+            bad = False
+            for name, value in zip(layout.header, record.fields, strict=False):
+                try:
+                    check_field(value)
+                except BadField as exc:
+                    self.errors.append(RowError(line, name, str(exc)))
+                    bad = True
+            if bad:
+                return None
+        try:
+            values = layout.extract(record.fields)
+        except ValueError as exc:
+            column, _, reason = str(exc).partition(": ")
+            self.errors.append(RowError(line, column, reason))
+            return None
+        errors_before = len(self.errors)
 
-def _rows(handle: IO[str], errors: list[RowError]) -> Iterator[tuple[_Row | None, int]]:
-    reader = csv.DictReader(handle, restval=None)
-    header = [h.strip() if h else "" for h in (reader.fieldnames or [])]
-    if not header:
-        raise ImportFileError("the file is empty (no header row)")
-    reader.fieldnames = header
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ImportFileError(
-            f"the header lacks the column(s) {', '.join(missing)} (found: {', '.join(header)})"
+        def fail(name: str, reason: str) -> None:
+            self.errors.append(RowError(line, layout.column_of(name), reason))
+
+        raw = values.email or ""
+        try:
+            address = canonical_address(raw)
+        except InvalidAddress as exc:
+            fail("email", str(exc))
+            return None
+        texts: dict[str, str | None] = {}
+        for name in ("first_name", "last_name", "consent_source"):
+            try:
+                texts[name] = _text(getattr(values, name))
+            except ValueError as exc:
+                fail(name, str(exc))
+        consents: dict[str, str | None] = {}
+        for name in ("marketing_consent", "affiliates_consent"):
+            try:
+                consents[name] = _consent_value(getattr(values, name) or "")
+            except ValueError as exc:
+                fail(name, str(exc))
+        try:
+            consent_at = _timestamp(values.consent_at or "", self.now)
+        except ValueError as exc:
+            fail("consent_at", str(exc))
+            consent_at = None
+        tags = sorted({t.strip().lower() for t in values.tags if t.strip()})
+        long_tags = [t for t in tags if len(t) > MAX_TAG]
+        if long_tags:
+            fail("tags", f"the tag {long_tags[0][:20]!r}... is longer than {MAX_TAG} characters")
+        attributes: dict[str, str] = {}
+        for key, value in values.attributes.items():
+            try:
+                kept = _text(value)
+            except ValueError as exc:
+                self.errors.append(RowError(line, layout.column_of(key), str(exc)))
+                continue
+            if kept is not None:
+                attributes[key] = kept
+        if len(self.errors) > errors_before:
+            return None
+        row: StagedRow = (
+            line,
+            address,
+            raw.strip(),
+            texts["first_name"],
+            texts["last_name"],
+            texts["consent_source"] or self.source,
+            consent_at,
+            consents["marketing_consent"],
+            consents["affiliates_consent"],
+            _JSON(attributes) if attributes else None,
         )
-    dupes = {h for h in header if header.count(h) > 1}
-    if dupes:
-        raise ImportFileError(f"the header names {', '.join(sorted(dupes))} twice")
-    extra = [h for h in header if h and h not in KNOWN_COLUMNS]
-    for record in reader:
-        line = reader.line_num
-        if None in record:
-            errors.append(RowError(line, "(row)", "the row has more fields than the header"))
-            yield None, line
-            continue
-        yield _parse(line, record, extra, errors), line
-
-
-def _apply(
-    session: Session,
-    rows: list[_Row],
-    report: ImportReport,
-    *,
-    source: str,
-    actor: str | None,
-    policy_version: str | None,
-) -> None:
-    """One chunk, in one transaction: a handful of set-based statements plus the consent
-    changes, which go through the ledger's own function one by one."""
-    ids = ensure_addresses(session, [r.address for r in rows])
-    address_ids = list(ids.values())
-    existing = {
-        c.address_id: c
-        for c in session.scalars(select(Contact).where(Contact.address_id.in_(address_ids)))
-    }
-    # Loaded into the identity map so record_consent's lookup by key costs no query.
-    session.scalars(select(ConsentState).where(ConsentState.address_id.in_(address_ids))).all()
-    have_tags = set(
-        session.execute(
-            select(ContactTag.contact_id, ContactTag.tag).where(
-                ContactTag.contact_id.in_([c.id for c in existing.values()])
-            )
-        ).all()
-    )
-    now = utcnow()
-    changed: set[int] = set()  # address ids of existing contacts this chunk changed
-    contacts: dict[int, Contact] = dict(existing)
-    for row in rows:
-        address_id = ids[row.address]
-        contact = existing.get(address_id)
-        if contact is None:
-            contacts[address_id] = Contact(
-                address_id=address_id,
-                submitted_address=row.submitted,
-                first_name=row.first_name,
-                last_name=row.last_name,
-                attributes=row.attributes,
-                source=row.consent_source or source,
-                collected_at=row.consent_at or now,
-            )
-            session.add(contacts[address_id])
-            continue
-        for name, value in (("first_name", row.first_name), ("last_name", row.last_name)):
-            if value is not None and getattr(contact, name) != value:
-                setattr(contact, name, value)
-                changed.add(address_id)
-        merged = {**contact.attributes, **row.attributes}
-        if merged != contact.attributes:
-            contact.attributes = merged
-            changed.add(address_id)
-    session.flush()  # new contacts in one batch, so the consent loop flushes little
-    with session.no_autoflush:
-        for row in rows:
-            address_id = ids[row.address]
-            for scope, status in row.consents.items():
-                outcome = record_consent(
-                    session,
-                    address_id,
-                    scope,
-                    status,
-                    source=row.consent_source or source,
-                    occurred_at=row.consent_at or now,
-                    actor=actor,
-                    policy_version=policy_version,
-                )
-                report.consent[f"{scope}:{outcome}"] += 1
-                if outcome == ConsentOutcome.RECORDED:
-                    changed.add(address_id)
-    new_tags = []
-    for row in rows:
-        contact_id = contacts[ids[row.address]].id
-        for tag in sorted(row.tags):
-            if (contact_id, tag) not in have_tags:
-                new_tags.append({"contact_id": contact_id, "tag": tag})
-                changed.add(ids[row.address])
-    if new_tags:
-        session.execute(insert_for(session, ContactTag).values(new_tags).on_conflict_do_nothing())
-    for row in rows:
-        address_id = ids[row.address]
-        if address_id not in existing:
-            report.created += 1
-        elif address_id in changed:
-            report.updated += 1
-        else:
-            report.unchanged += 1
+        return row, tags
 
 
 def import_contacts(
@@ -315,52 +220,136 @@ def import_contacts(
     actor: str | None = None,
     policy_version: str | None = None,
     progress: Callable[[int], None] | None = None,
-    chunk_size: int = 1000,
+    chunk_size: int = 5000,
+    mapping: dict[str, str] | str | None = None,
+    preset: str | None = None,
+    signer: TokenSigner | None = None,
 ) -> ImportReport:
-    """Import ``path``; commits every ``chunk_size`` rows. ``progress`` gets bytes read."""
+    """Import ``path`` in one transaction. ``progress`` gets bytes read as the file is read.
+
+    ``mapping`` renames the file's columns (``{"Email Address": "email", ...}`` or the
+    ``"Email Address=email,..."`` text of ``--map``); ``preset`` reads another product's
+    export (see :mod:`dispatcher.contacts.mapping`). Raises :class:`ImportFileError`, having
+    imported nothing, when the file as a whole cannot be imported.
+
+    ``signer`` recognises addresses erased at their owner's request, which are refused row by
+    row; it may be left out only while no address was ever erased.
+    """
     report = ImportReport()
-
-    def commit(rows: list[_Row]) -> None:
-        with session_scope(sessions) as session:
-            _apply(session, rows, report, source=source, actor=actor, policy_version=policy_version)
-
-    with open_csv(path) as (raw, handle):
-        chunk: list[_Row] = []
-        seen: dict[str, int] = {}
+    now = utcnow()
+    with _open_bytes(path) as raw, session_scope(sessions) as session:
+        failed: list[tuple[int, str]] = []
+        rows = records(raw, failed)
+        header = next(rows, None)
+        if header is None:
+            raise ImportFileError("the file is empty (no header row)")
+        if header.suspect:
+            raise ImportFileError("the header row holds bytes that are not UTF-8 text")
+        try:
+            layout = layout_for(header.fields, mapping=mapping, preset=preset)
+        except ValueError as exc:
+            raise ImportFileError(str(exc)) from None
+        parser = _Parser(layout, source[:MAX_FIELD], now, report.errors)
+        if signer is None and any_erased(session):
+            raise ImportFileError("addresses were erased on request: this import needs the signer")
+        stage = Stage(session)
+        staged: list[StagedRow] = []
+        tags: list[tuple[str, str]] = []
         last_pos = 0
-        for row, line in _rows(handle, report.errors):
+
+        def flush() -> None:
+            nonlocal last_pos
+            if signer is not None and staged:
+                _refuse_erased(session, signer, staged, tags, layout, report)
+            stage.load(staged, tags)
+            staged.clear()
+            tags.clear()
+            if progress is not None:
+                position = raw.tell()
+                progress(position - last_pos)
+                last_pos = position
+
+        for record in _counted(rows, report):
+            parsed = parser.parse(record)
+            if parsed is not None:
+                row, row_tags = parsed
+                staged.append(row)
+                tags.extend((row[1], tag) for tag in row_tags)
+            if len(staged) >= chunk_size:
+                flush()
+        flush()
+        for line, reason in failed:
             report.read += 1
-            if row is not None:
-                first = seen.setdefault(row.address, line)
-                if first != line:
-                    report.errors.append(
-                        RowError(line, "email", f"the same address as line {first}; skipped")
-                    )
-                else:
-                    chunk.append(row)
-            if len(chunk) >= chunk_size:
-                commit(chunk)
-                chunk = []
-                if progress is not None:
-                    position = raw.tell()
-                    progress(position - last_pos)
-                    last_pos = position
-        if chunk:
-            commit(chunk)
-        if progress is not None:
-            progress(raw.tell() - last_pos)
+            report.errors.append(RowError(line, "(row)", reason))
+        report.errors.sort(key=lambda e: e.line)
+        merged = merge(stage, actor=actor, policy_version=policy_version, now=now)
+        stage.drop()
+        report.created, report.updated, report.unchanged = (
+            merged.created,
+            merged.updated,
+            merged.unchanged,
+        )
+        report.consent.update(merged.consent.counts)
+        report.refused = [
+            RowError(line, layout.column_of(f"{scope}_consent"), REFUSED_REASON)
+            for line, scope in merged.consent.refused
+        ]
+        record_event(
+            session,
+            "contacts_imported",
+            actor=actor,
+            outcome="imported",
+            source=source,
+            read=report.read,
+            invalid=report.invalid,
+            created=report.created,
+            updated=report.updated,
+            unchanged=report.unchanged,
+            consent=dict(report.consent),
+        )
     return report
 
 
+def _refuse_erased(
+    session: Session,
+    signer: TokenSigner,
+    staged: list[StagedRow],
+    tags: list[tuple[str, str]],
+    layout: Layout,
+    report: ImportReport,
+) -> None:
+    """Drop the rows of addresses erased at their owner's request, each reported by line."""
+    erased = erased_among(session, signer, [row[1] for row in staged])
+    if not erased:
+        return
+    for row in staged:
+        if row[1] in erased:
+            report.errors.append(RowError(row[0], layout.column_of("email"), ERASED_REASON))
+    staged[:] = [row for row in staged if row[1] not in erased]
+    tags[:] = [tag for tag in tags if tag[0] not in erased]
+
+
+def _counted(rows: Iterator[Record], report: ImportReport) -> Iterator[Record]:
+    for record in rows:
+        report.read += 1
+        yield record
+
+
 @contextmanager
-def open_csv(path: Path | str) -> Iterator[tuple[IO[bytes], IO[str]]]:
-    """The file as bytes (for progress) and as UTF-8 text; ImportFileError, reading nothing
-    into the database, when it cannot be read or is not UTF-8."""
+def _open_bytes(path: Path | str) -> Iterator[IO[bytes]]:
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
     with raw:
+        yield raw
+
+
+@contextmanager
+def open_csv(path: Path | str) -> Iterator[tuple[IO[bytes], IO[str]]]:
+    """The file as bytes and as UTF-8 text, for small staff files (suppressions) read whole:
+    ImportFileError, reading nothing into the database, when it is not UTF-8."""
+    with _open_bytes(path) as raw:
         check_utf8(raw)
         yield raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 

@@ -22,7 +22,6 @@ from dispatcher.models import (
     Contact,
     ContactTag,
     Delivery,
-    InboundMessage,
     SignupRequest,
 )
 from dispatcher.privacy.files import forget_export_files

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from suppression.address import (
     InvalidAddress,
@@ -83,3 +87,33 @@ def test_the_folded_key_is_not_the_mailbox() -> None:
     assert canonical_address("Straße@example.com") == canonical_address("STRASSE@example.com")
     assert delivery_address("Straße@example.com") != delivery_address("STRASSE@example.com")
     assert not is_delivery_form_of("bob@example.com", canonical_address("ann@example.com"))
+
+
+_LOCAL = "abcXYZ019.!#$%&'*+/=?^_`{|}~-\"(),:;<>@[\\] é"
+_DOMAIN = "abcxyzABC019.-_é"
+
+
+@given(
+    local=st.text(alphabet=_LOCAL, min_size=0, max_size=70),
+    domain=st.one_of(
+        st.text(alphabet=_DOMAIN, min_size=0, max_size=30),
+        st.sampled_from(["example.com", "x.invalid", "localhost", "a..b", "-a.com", "1.2.3.4"]),
+    ),
+)
+@settings(max_examples=400, deadline=None)
+def test_the_quick_path_agrees_with_email_validator(local: str, domain: str) -> None:
+    """canonical_address decides plain addresses without the full parse; same answers."""
+    from suppression.address import _canonical_in_full
+
+    text = f"{local}@{domain}"
+
+    def outcome(fn: Callable[[str], str]) -> tuple[str, str]:
+        try:
+            return ("ok", fn(text))
+        except InvalidAddress as exc:
+            return ("invalid", str(exc))
+
+    quick, full = outcome(canonical_address), outcome(_canonical_in_full)
+    assert quick[0] == full[0]
+    if quick[0] == "ok":
+        assert quick == full

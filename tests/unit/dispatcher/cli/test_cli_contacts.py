@@ -83,12 +83,24 @@ def test_kept_opt_outs_are_reported(
 def test_a_file_level_problem_is_an_error_that_imports_nothing(
     tmp_path: Path, settings: Settings, session_factory: sessionmaker[Session]
 ) -> None:
-    path = tmp_path / "latin1.csv"
-    path.write_bytes(b"email,first_name\na@example.com,J\xf6rg\n")
+    path = tmp_path / "nomail.csv"
+    path.write_bytes(b"name,first_name\na@example.com,Jo\n")
     result = cli(settings, "contacts", "import", str(path))
     assert result.exit_code == 1
-    assert "not UTF-8" in result.stderr and "nothing was imported" in result.stderr
+    assert "lacks the column(s) email" in result.stderr
+    assert "nothing was imported" in result.stderr
     assert count(session_factory, Address) == 0
+
+
+def test_a_row_that_is_not_utf8_is_named_and_the_others_go_in(
+    tmp_path: Path, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"email,first_name\na@example.com,J\xf6rg\nb@example.com,Bo\n")
+    result = cli(settings, "contacts", "import", str(path))
+    assert result.exit_code == 1
+    assert "line 2: first_name: is not UTF-8 text" in result.stderr
+    assert count(session_factory, Address) == 1
 
 
 def test_help_documents_the_columns_and_the_exit_code(settings: Settings) -> None:
@@ -96,3 +108,24 @@ def test_help_documents_the_columns_and_the_exit_code(settings: Settings) -> Non
     assert result.exit_code == 0
     for word in ("marketing_consent", "consent_at", "tags", "Exit code 1"):
         assert word in result.output
+
+
+def test_map_and_preset_options(
+    tmp_path: Path, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text("Mail,Vorname\na@example.com,Anna\n")
+    result = cli(
+        settings, "contacts", "import", str(path), "--map", "Mail=email,Vorname=first_name"
+    )
+    assert result.exit_code == 0, result.output
+    listmonk = tmp_path / "subscribers.csv"
+    listmonk.write_text(
+        "uuid,email,name,attributes,status,created_at,updated_at\n"
+        "u,b@example.com,Bo,{},blocklisted,2021-01-01 00:00:00 +0000 UTC,"
+        "2021-02-01 00:00:00 +0000 UTC\n"
+    )
+    result = cli(settings, "contacts", "import", str(listmonk), "--preset", "listmonk")
+    assert result.exit_code == 0, result.output
+    assert "1 changed a state" in result.stdout
+    assert count(session_factory, Contact) == 2

@@ -243,3 +243,28 @@ def test_a_signup_of_an_erased_address_sends_nothing_and_records_nothing(
         assert (outcome, mail) == ("blocked", None)
         assert session.scalar(select(func.count()).select_from(SignupRequest)) == 0
         assert "back@example.org" not in every_text(session).lower()
+
+
+def test_an_import_refuses_an_erased_address_by_line(
+    settings: Settings, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from dispatcher.contacts.importer import ImportFileError, import_contacts
+
+    signer = _signer(settings)
+    with session_scope(session_factory) as session:
+        erase_person(session, signer, "gone@example.org", reason="r", actor="d")
+    path = tmp_path / "c.csv"
+    path.write_text(
+        "email,first_name,marketing_consent\n"
+        "ok@example.org,Ann,opted_in\n"
+        "GONE@example.org,Zed,opted_in\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ImportFileError, match="signer"):
+        import_contacts(session_factory, path, source="t")
+    report = import_contacts(session_factory, path, source="t", signer=signer)
+    assert [(e.line, e.field) for e in report.errors] == [(3, "email")]
+    assert "erased" in report.errors[0].reason
+    with session_scope(session_factory) as session:
+        text = every_text(session).lower()
+        assert "ok@example.org" in text and "gone@example.org" not in text and "zed" not in text

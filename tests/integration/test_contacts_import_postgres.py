@@ -1,0 +1,83 @@
+"""The set-based import on PostgreSQL (COPY, JSONB merges, the rule's SQL): the latest-word
+property, bad bytes that PostgreSQL itself refuses (NUL), and updates of existing contacts."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.contacts.importer import import_contacts
+from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade
+from dispatcher.models import Contact
+from tests.conftest import settings_for
+from tests.support.backends import postgres_database, require
+from tests.unit.dispatcher.contacts.test_latest_word_property import check, histories
+
+pytestmark = pytest.mark.integration
+
+TABLES = "events, contact_tags, contacts, consent_states, consents, addresses"
+
+
+@pytest.fixture(scope="module")
+def pg_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
+    require("postgresql")
+    with postgres_database() as url:
+        upgrade(settings_for(tmp_path_factory.mktemp("pg"), database_url=url))
+        engine = make_engine(url)
+        try:
+            yield make_sessionmaker(engine)
+        finally:
+            engine.dispose()
+
+
+def _empty(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as session:
+        session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(files=histories())
+def test_imports_keep_the_latest_word_on_postgres(
+    pg_factory: sessionmaker[Session], files: list
+) -> None:
+    _empty(pg_factory)
+    with tempfile.TemporaryDirectory() as tmp:
+        check(pg_factory, files, Path(tmp))
+
+
+def test_nul_bytes_and_updates_on_postgres(
+    pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    _empty(pg_factory)
+    path = tmp_path / "a.csv"
+    path.write_bytes(
+        b"email,first_name,marketing_consent,consent_at,tags,genre,city\n"
+        b"a@example.com,Ann,yes,2015-01-01,jazz,jazz,\n"
+        b"b@example.com,Bob,yes,2015-01-01,,ro\x00ck,\n"
+        b"c@example.com,Cat,no,2015-01-01,,,Oslo\n"
+    )
+    report = import_contacts(pg_factory, path, source="pg")
+    assert [(e.line, e.field) for e in report.errors] == [(3, "genre")]
+    assert report.created == 2
+    again = tmp_path / "b.csv"
+    again.write_text(
+        "email,first_name,marketing_consent,consent_at,tags,genre,city\n"
+        "a@example.com,,yes,2015-01-01,blues,,Rome\n"
+        "c@example.com,Cat,no,2015-01-01,,,Oslo\n",
+        encoding="utf-8",
+    )
+    second = import_contacts(pg_factory, again, source="pg")
+    assert (second.created, second.updated, second.unchanged) == (0, 1, 1)
+    with session_scope(pg_factory) as session:
+        ann = session.scalars(select(Contact).where(Contact.first_name == "Ann")).one()
+        assert ann.attributes == {"genre": "jazz", "city": "Rome"}

@@ -1,0 +1,171 @@
+"""Property: any consent history, split into files imported in any order, ends in the state
+the rule gives when computed in plain Python, with every state its ledger's latest word.
+
+This drives the set-based SQL path (dispatcher.contacts.staging → suppression.consent
+.merge_consents), where the rule is expressed; the model below is written independently.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.contacts.importer import import_contacts
+from dispatcher.db import make_engine, make_sessionmaker, session_scope
+from suppression.consent import Verdict
+from suppression.models import Address, Consent, ConsentState
+
+ADDRESSES = ("ann@example.com", "bob@example.com")
+TIMES = (None, "2015-01-01T00:00:00Z", "2015-01-02T00:00:00Z", "2015-01-03T00:00:00Z")
+SCOPES = ("marketing", "affiliates")
+ANSWERS = {"yes": "opted_in", "no": "opted_out", "": None}
+
+
+@dataclass(frozen=True)
+class Row:
+    address: str
+    marketing: str
+    affiliates: str
+    at: str | None
+
+
+rows = st.builds(
+    Row,
+    st.sampled_from(ADDRESSES),
+    st.sampled_from(list(ANSWERS)),
+    st.sampled_from(list(ANSWERS)),
+    st.sampled_from(TIMES),
+)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[list[Row]]:
+    history = draw(st.lists(rows, min_size=1, max_size=10))
+    files = draw(st.integers(min_value=1, max_value=3))
+    where = draw(st.lists(st.integers(0, files - 1), min_size=len(history), max_size=len(history)))
+    split = [[r for r, w in zip(history, where, strict=True) if w == i] for i in range(files)]
+    return draw(st.permutations([f for f in split if f]))
+
+
+def model(files: list[list[Row]]) -> dict[tuple[str, str], str]:
+    """The rule in plain Python, import by import."""
+
+    def key(status: str, at: str | None, imported: int) -> tuple[int, float, int]:
+        out = 1 if status == "opted_out" else 0
+        if at is None:
+            # undated: an opt-in ranks below everything, an opt-out is as of its import
+            return (0, 0.0, 0) if not out else (1, 1e12 + imported, out)
+        return (1, datetime.fromisoformat(at).timestamp(), out)
+
+    state: dict[tuple[str, str], tuple[tuple[int, float, int], str]] = {}
+    for imported, rows_ in enumerate(files):
+        for address in ADDRESSES:
+            for scope in SCOPES:
+                facts = []
+                for r in rows_:
+                    status = ANSWERS[getattr(r, scope)]
+                    if r.address == address and status is not None:
+                        facts.append((key(status, r.at, imported), status))
+                current = state.get((address, scope))
+                if current is not None:
+                    facts = [f for f in facts if f[0] > current[0]]
+                    if current[1] == "opted_out":  # an import never opts anyone back in
+                        facts = [f for f in facts if f[1] != "opted_in"]
+                if facts:
+                    state[(address, scope)] = max(facts)
+    return {k: status for k, (_, status) in state.items()}
+
+
+def write(path: Path, rows_: list[Row]) -> Path:
+    lines = ["email,marketing_consent,affiliates_consent,consent_at"]
+    lines += [f"{r.address},{r.marketing},{r.affiliates},{r.at or ''}" for r in rows_]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def check(factory: sessionmaker[Session], files: list[list[Row]], tmp: Path) -> None:
+    for i, rows_ in enumerate(files):
+        import_contacts(factory, write(tmp / f"{i}.csv", rows_), source="prop")
+    with session_scope(factory) as session:
+        got = {
+            (a, s): status
+            for a, s, status in session.execute(
+                select(Address.address, ConsentState.scope, ConsentState.status).join(
+                    Address, Address.id == ConsentState.address_id
+                )
+            )
+        }
+        assert got == model(files)
+        # Every state is its ledger row, and no ledger row is a later word than the state.
+        for state in session.scalars(select(ConsentState)):
+            ledger = session.get(Consent, state.consent_id)
+            assert ledger is not None
+            assert (ledger.status, ledger.occurred_at, ledger.dated) == (
+                state.status,
+                state.occurred_at,
+                state.dated,
+            )
+
+            def rank(status: str, at: datetime, dated: bool) -> tuple[int, datetime, int]:
+                tier = 0 if (not dated and status == "opted_in") else 1
+                return (tier, at, 1 if status == "opted_out" else 0)
+
+            for row in session.scalars(
+                select(Consent).where(
+                    Consent.address_id == state.address_id, Consent.scope == state.scope
+                )
+            ):
+                assert rank(row.status, row.occurred_at, row.dated) <= rank(
+                    state.status, state.occurred_at, state.dated
+                )
+        # Importing everything again changes nothing.
+        ledger_size = len(session.scalars(select(Consent.id)).all())
+    for i, rows_ in enumerate(files):
+        report = import_contacts(factory, write(tmp / f"again{i}.csv", rows_), source="prop")
+        written = (Verdict.CHANGED, Verdict.RENEWED, Verdict.HISTORY)
+        assert sum(report.count(v) for v in written) == 0
+    with session_scope(factory) as session:
+        assert len(session.scalars(select(Consent.id)).all()) == ledger_size
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(files=histories())
+def test_imports_keep_the_latest_word_on_sqlite(
+    _migrated_template: Path, files: list[list[Row]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "dispatcher.db"
+        shutil.copy(_migrated_template, db)
+        engine = make_engine(f"sqlite:///{db}")
+        try:
+            check(make_sessionmaker(engine), files, Path(tmp))
+        finally:
+            engine.dispose()
+
+
+def test_the_model_itself() -> None:
+    """The model says what the issue says, on the cases it names."""
+    later_out = [Row(ADDRESSES[0], "yes", "", TIMES[1]), Row(ADDRESSES[0], "no", "", TIMES[2])]
+    assert model([later_out]) == {(ADDRESSES[0], "marketing"): "opted_out"}
+    tie = [Row(ADDRESSES[0], "yes", "", TIMES[1]), Row(ADDRESSES[0], "no", "", TIMES[1])]
+    assert model([tie[::-1]]) == {(ADDRESSES[0], "marketing"): "opted_out"}
+    undated_in = [Row(ADDRESSES[0], "yes", "", None)]
+    old_out = [Row(ADDRESSES[0], "no", "", TIMES[1])]
+    assert model([undated_in, old_out]) == {(ADDRESSES[0], "marketing"): "opted_out"}
+    # an older opt-out is history; a later opt-in cannot undo an opt-out already held
+    assert model([[later_out[1]], [later_out[0]]]) == {(ADDRESSES[0], "marketing"): "opted_out"}
+    assert model([[Row(ADDRESSES[0], "yes", "", TIMES[3])], old_out]) == {
+        (ADDRESSES[0], "marketing"): "opted_in"
+    }
