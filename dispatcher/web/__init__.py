@@ -15,7 +15,7 @@ from flask import Flask
 
 from dispatcher.db import make_engine, make_sessionmaker
 from dispatcher.settings import Settings, load_settings
-from dispatcher.web import security
+from dispatcher.web import redact, security
 
 
 def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) -> Flask:
@@ -37,4 +37,5 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) ->
     app.register_blueprint(public.bp)
     app.register_blueprint(affiliates.bp)
     security.install(app, settings, trusted_proxies)
+    redact.install(app)
     return app
