@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +65,10 @@ class CampaignStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+def new_message_nonce() -> str:
+    return secrets.token_hex(8)
+
+
 class Campaign(Base):
     __tablename__ = "campaigns"
     __table_args__ = (Index("ix_campaigns_status_scheduled_at", "status", "scheduled_at"),)
@@ -80,6 +85,9 @@ class Campaign(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The random part of the campaign's Message-IDs: fixed for the campaign (a retry keeps
+    # its Message-ID), different on every installation (no receiver sees one twice).
+    message_nonce: Mapped[str] = mapped_column(String(32), default=new_message_nonce)
 
 
 class DeliveryStatus(enum.StrEnum):

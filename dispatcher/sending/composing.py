@@ -10,7 +10,12 @@ from email.utils import parseaddr
 
 from dispatcher.campaigns.services import campaign_view
 from dispatcher.models import Campaign
-from dispatcher.sending.messages import build_message, message_id_for
+from dispatcher.sending.messages import (
+    build_message,
+    feedback_id_for,
+    list_id_for,
+    message_id_for,
+)
 from dispatcher.sending.rendering import (
     PreparedCampaign,
     Recipient,
@@ -74,6 +79,12 @@ class MessageFactory:
         self.sender_address = parseaddr(settings.sender)[1]
         self.sender_domain = self.sender_address.rpartition("@")[2]
         self.marketing = campaign.purpose == Purpose.MARKETING
+        self.list_id = (
+            list_id_for(settings.company_name, self.sender_domain, campaign.purpose)
+            if self.marketing
+            else None
+        )
+        self.feedback_id = feedback_id_for(campaign.id, campaign.purpose, self.sender_domain)
 
     def links(self, address_id: int) -> tuple[str, str]:
         base = self.settings.base_url
@@ -105,7 +116,12 @@ class MessageFactory:
             sender=self.settings.sender,
             to_address=row.address,
             to_name=name,
-            message_id=message_id_for(self.campaign.id, row.contact_id, self.sender_domain),
+            message_id=message_id_for(
+                self.campaign.id, self.campaign.message_nonce, row.contact_id, self.sender_domain
+            ),
             list_unsubscribe_url=unsubscribe_url if self.marketing else None,
             unsubscribe_mailto=self.settings.unsubscribe_mailto if self.marketing else None,
+            list_id=self.list_id,
+            feedback_id=self.feedback_id,
+            bulk=True,
         )
