@@ -44,6 +44,7 @@ def escapes(marker: Path) -> list[str]:
         "{{ campaign.__class__.__init__.__globals__ }}",
         "{{ (campaign|attr('__class__')) }}",
         f"{{% set x = cycler %}}{{{{ x.__init__.__globals__.os.system('{touch}') }}}}",
+        '{{ "{0.__class__.__init__.__globals__}".format(campaign) }}',
     ]
 
 
@@ -57,6 +58,7 @@ PAYLOAD_IDS = [
     "campaign-globals",
     "attr-filter",
     "set-alias",
+    "str-format",
 ]
 
 
