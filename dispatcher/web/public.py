@@ -238,6 +238,21 @@ def _choice(name: str) -> bool | None:
     return _CHOICES[value]
 
 
+def _refused(
+    session: Session,
+    token: str,
+    address: Address,
+    subject: LinkSubject,
+    choice: str,
+    why: str | None = None,
+) -> tuple[str, int]:
+    """A choice that cannot take effect: recorded, nothing changed, 409 and the page."""
+    _record_hit(session, "preferences", TokenOutcome.VALID.value, "resubscribe_refused", address.id)
+    return _preferences_view(
+        session, token, address, subject, [why] if why else None, 409, refused=choice
+    )
+
+
 @bp.post("/preferences/<token>")
 def preferences(token: str) -> Any:
     """Change consent per scope; written to the ledger (source ``preferences``, time, IP).
@@ -267,32 +282,14 @@ def preferences(token: str) -> Any:
             before = standing(session, address.id)
             if want_affiliates and not before.can_change:
                 # Sharing needs marketing mail, which only staff can restore here.
-                _record_hit(
-                    session,
-                    "preferences",
-                    TokenOutcome.VALID.value,
-                    "resubscribe_refused",
-                    address.id,
-                )
-                return _preferences_view(
-                    session, token, address, subject, status=409, refused="sharing"
-                )
+                return _refused(session, token, address, subject, "sharing")
             if want_marketing is not None and want_marketing != before.receives_marketing:
                 if want_marketing:
                     try:
                         with session.begin_nested():
                             resubscribe(session, address.id, hit=_hit(), source="preferences")
                     except CannotResubscribe as exc:
-                        _record_hit(
-                            session,
-                            "preferences",
-                            TokenOutcome.VALID.value,
-                            "resubscribe_refused",
-                            address.id,
-                        )
-                        return _preferences_view(
-                            session, token, address, subject, [str(exc)], 409, "marketing"
-                        )
+                        return _refused(session, token, address, subject, "marketing", str(exc))
                 else:
                     unsubscribe_address(
                         session,
