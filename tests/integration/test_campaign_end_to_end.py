@@ -109,7 +109,9 @@ def test_campaign_reaches_exactly_the_eligible_and_unsubscribe_closes_the_loop(
             assert message["From"] == "Killer Tracks <info@killertracks.com>"
             assert address in message["To"]
             assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-            assert re.fullmatch(rf"<c{first}\.r\d+@killertracks\.com>", message["Message-ID"])
+            assert re.fullmatch(
+                rf"<c{first}\.[0-9a-f]{{16}}\.r\d+@killertracks\.com>", message["Message-ID"]
+            )
             links = re.findall(r"<([^>]+)>", message["List-Unsubscribe"])
             https = [u for u in links if u.startswith("http")]
             assert len(https) == 1 and any(u.startswith("mailto:") for u in links)
