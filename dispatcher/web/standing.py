@@ -41,6 +41,9 @@ DONE = {
 }
 
 
+_SHARING_SCOPES = frozenset({GLOBAL_SCOPE, str(Scope.MARKETING), str(Scope.AFFILIATES)})
+
+
 @dataclass(frozen=True)
 class StaffStop:
     """A suppression the recipient cannot lift here: why, and since when."""
@@ -59,6 +62,7 @@ class Standing:
     sharing_opted_in: bool
     receives_service_notices: bool
     stopped: StaffStop | None
+    sharing_suppressed: bool = False
 
     @property
     def can_change(self) -> bool:
@@ -68,7 +72,9 @@ class Standing:
 
     @property
     def shares(self) -> bool:
-        return self.sharing_opted_in and self.receives_marketing
+        """As the gate's ``affiliate_shareable`` decides for every affiliate (one affiliate
+        may be excluded on its own besides)."""
+        return self.sharing_opted_in and self.receives_marketing and not self.sharing_suppressed
 
 
 def standing(session: Session, address_id: int) -> Standing:
@@ -79,10 +85,11 @@ def standing(session: Session, address_id: int) -> Standing:
     marketing_block, service_block = session.execute(gate).one()
     sharing = current_consent(session, address_id, Scope.AFFILIATES)
     stopped = None
+    active = active_suppressions(session, address_id)
     staff_only = staff_only_suppressions(session, address_id)
     if staff_only:
         first = min(
-            (s for s in active_suppressions(session, address_id) if s.reason in staff_only),
+            (s for s in active if s.reason in staff_only),
             key=lambda s: (s.scope not in (GLOBAL_SCOPE, str(Scope.MARKETING)), s.id),
         )
         stopped = StaffStop(STAFF_REASONS.get(first.reason, "of a request"), first.created_at)
@@ -91,12 +98,18 @@ def standing(session: Session, address_id: int) -> Standing:
         sharing_opted_in=sharing is not None and sharing.status == ConsentStatus.OPTED_IN,
         receives_service_notices=service_block is None,
         stopped=stopped,
+        sharing_suppressed=any(s.scope in _SHARING_SCOPES for s in active),
     )
 
 
 def done_messages(codes: str | None, now: Standing) -> list[str]:
     """The sentences for ``?done=`` codes (unknown codes are ignored)."""
-    messages = [DONE[code] for code in (codes or "").split(",") if code in DONE]
-    if "sharing-on" in (codes or "") and not now.receives_marketing:
-        messages.append("Sharing starts only while you receive our marketing e-mail.")
+    asked = [code for code in (codes or "").split(",") if code in DONE]
+    messages = [DONE[code] for code in asked]
+    if "sharing-on" in asked and not now.shares:
+        messages.append(
+            "Sharing starts only while you receive our marketing e-mail."
+            if not now.receives_marketing
+            else "Your details are still not shared: our staff stopped sharing them."
+        )
     return messages

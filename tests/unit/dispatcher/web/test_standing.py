@@ -110,3 +110,18 @@ def test_unknown_done_codes_show_nothing(
     url = link(settings, LinkPurpose.PREFERENCES, contact_id)
     page = client.get(url + "?done=<script>,marketing-on")
     assert b"<script>" not in page.data and b"You are subscribed again" in page.data
+
+
+def test_sharing_stopped_by_staff_is_not_shown_as_shared(
+    client: FlaskClient, settings: Settings, session_factory, contact_id: int
+) -> None:
+    """Ann is opted in to sharing, but staff stopped sharing her details (affiliates scope)."""
+    with session_scope(session_factory) as session:
+        add_suppression(
+            session, contact_id, scope="affiliates", reason=Reason.MANUAL, source="staff"
+        )
+    page = client.get(link(settings, LinkPurpose.PREFERENCES, contact_id) + "?done=sharing-on")
+    words = text(page.data)
+    assert "Marketing e-mail: yes" in words
+    assert "Details shared with affiliated companies: no" in words
+    assert "Your details are still not shared" in words
