@@ -104,10 +104,18 @@ def postgres() -> Iterator[str]:
 
 
 def delete_queue(queue: str) -> None:
+    """Remove what a run with default queue ``queue`` made in RabbitMQ: the queue, its
+    notices queue, and the direct exchange Celery named after it."""
     from kombu import Connection
 
+    from workers.app import NOTICES_SUFFIX
+
     with suppress(Exception), Connection(BROKER, connect_timeout=5) as conn:
-        conn.channel().queue_delete(queue)
+        channel = conn.channel()
+        for name in (queue, queue + NOTICES_SUFFIX):
+            with suppress(Exception):
+                channel.queue_delete(name)
+        channel.exchange_delete(queue)
 
 
 def bench_env(home: Path, database_url: str, queue: str, **extra: str) -> dict[str, str]:

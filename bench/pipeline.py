@@ -60,7 +60,14 @@ def timeline(log: Path, scheduled_at: float) -> dict[str, float]:
 def sample_message(home: Path) -> bytes:
     """One message exactly as the pipeline composes it (same template, links, headers)."""
     settings = settings_from(bench_env(home, "sqlite://", "unused"))
-    campaign = Campaign(id=1, name="bench", subject=SUBJECT, template=TEMPLATE, purpose="marketing")
+    campaign = Campaign(
+        id=1,
+        name="bench",
+        subject=SUBJECT,
+        template=TEMPLATE,
+        purpose="marketing",
+        message_nonce="0123456789abcdef",
+    )
     factory = MessageFactory(settings, campaign, TokenSigner(settings.secret_keys))
     return factory.build(
         ClaimedRow(12345, 12345, 12345, "r12345@example.com", "First12345", "Last")

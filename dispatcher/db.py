@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,21 @@ from dispatcher.settings import PROJECT_ROOT, Settings
 MIGRATIONS = PROJECT_ROOT / "migrations"
 
 
+def private_sqlite_file(path: Path) -> None:
+    """Create a SQLite database file mode 0600 (its folder 0700 when we make it) before SQLite
+    does, so that it never exists readable by other users; SQLite gives its -wal and -shm
+    files the database file's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
     """An engine tuned for this project's two backends."""
     if database_url.startswith("sqlite"):
-        path = database_url.split("///", 1)[-1]
+        path = database_url.split("///", 1)[-1].split("?", 1)[0]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_file(Path(path))
         engine = create_engine(
             database_url, connect_args={"timeout": 60}, pool_pre_ping=False, **kwargs
         )

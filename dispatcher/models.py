@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -80,6 +81,10 @@ class CampaignStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+def new_message_nonce() -> str:
+    return secrets.token_hex(8)
+
+
 class Campaign(Base):
     __tablename__ = "campaigns"
     __table_args__ = (Index("ix_campaigns_status_scheduled_at", "status", "scheduled_at"),)
@@ -98,6 +103,9 @@ class Campaign(Base):
     finished_at: Mapped[datetime | None]
     # Why the campaign is paused (e.g. a complaint rate over the threshold).
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # The random part of the campaign's Message-IDs: fixed for the campaign (a retry keeps
+    # its Message-ID), different on every installation (no receiver sees one twice).
+    message_nonce: Mapped[str] = mapped_column(String(32), default=new_message_nonce)
 
 
 class CampaignTaskError(Base):

@@ -36,6 +36,9 @@ class Settings:
     sender: str = "Killer Tracks <info@killertracks.com>"
     postal_address: str = "2110 Colorado Avenue, Suite 110, Santa Monica, CA 90404"
     company_name: str = "Killer Tracks"
+    # The company's own web site, which templates link to (the catalogue, the terms); the
+    # recipient pages live under ``base_url``, a different host.
+    site_url: str = "https://www.killertracks.com"
     unsubscribe_mailto: str = "unsubscribe@killertracks.com"
     policy_version: str = "2016-01-06"
     templates_dir: Path = DEFAULT_TEMPLATES
@@ -236,6 +239,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             )
         values[name] = str(values[name]).replace("{home}", str(home))
     values["base_url"] = values["base_url"].rstrip("/")
+    if "site_url" in values:
+        values["site_url"] = str(values["site_url"]).rstrip("/")
     for name in _INT_FIELDS & values.keys():
         values[name] = _number(name, values[name], int)
     for name in _FLOAT_FIELDS & values.keys():
@@ -310,7 +315,7 @@ def _parse_keys(value: Any) -> tuple[str, ...]:
 
 def _embedded_keys(home: Path) -> tuple[str, ...]:
     """The demo's signing key: made once under ``home`` with mode 0600, then reused."""
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = home / KEY_FILE_NAME
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -7,12 +7,14 @@ built the first time Celery needs it (``add_defaults`` with a callable).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
 from dispatcher.campaigns.fleet import DEFAULT_QUEUE, NOTICES_SUFFIX, queue_for
+from dispatcher.db import private_sqlite_file
 from dispatcher.settings import Settings, SettingsError, load_settings
 from workers.broker import use_fast_sqlalchemy_transport
 
@@ -25,6 +27,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith("sqla+"):
         use_fast_sqlalchemy_transport()
+        if settings.broker_url.startswith("sqla+sqlite:///"):
+            private_sqlite_file(Path(settings.broker_url.removeprefix("sqla+sqlite:///")))
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Redis redelivers an unacknowledged task after this; it must exceed the longest
         # batch, or a slow batch is handed to a second worker while the first still sends.

@@ -56,7 +56,7 @@ def worker(
 def beat(app: AppContext, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Run the scheduler that starts due campaigns (one per deployment)."""
     schedule = app.settings.home / "celerybeat-schedule"
-    app.settings.home.mkdir(parents=True, exist_ok=True)
+    app.settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     argv = _celery_argv("beat", f"--loglevel={loglevel}", f"--schedule={schedule}")
     os.execv(sys.executable, [*argv, *celery_args])
 

@@ -24,7 +24,7 @@ FRESH = ("dispatcher.db", "broker.db", "outbox", "logs")
 
 def _fresh_home(home: Path) -> None:
     """Remove what an earlier demo left (database, queue, outbox); keep the signing key."""
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     for entry in home.iterdir():
         if entry.name == KEY_FILE_NAME:
             continue

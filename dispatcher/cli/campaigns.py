@@ -11,11 +11,13 @@ import click
 
 from dispatcher.campaigns.fleet import probe_fleet
 from dispatcher.campaigns.health import CampaignHealth, campaign_health, campaigns_in_trouble
+from dispatcher.campaigns.links import dead_own_links
 from dispatcher.campaigns.preview import preview_message
 from dispatcher.campaigns.services import (
     CampaignError,
     CampaignReport,
     campaign_report,
+    campaign_view,
     cancel_campaign,
     create_campaign,
     get_campaign,
@@ -140,9 +142,16 @@ def schedule(app: AppContext, campaign_id: int, at: datetime | None, actor: str)
         with session_scope(app.sessions) as session:
             row = schedule_campaign(session, app.settings, campaign_id, at=at, actor=actor)
             when = row.scheduled_at
+            dead = dead_own_links(app.settings, campaign_view(row))
     except CampaignError as exc:
         raise _fail(exc) from None
     click.echo(f"campaign {campaign_id} scheduled for {when:%Y-%m-%d %H:%M:%S %Z}")
+    for link in dead:
+        click.echo(
+            f"warning: {link} is on our own host ({app.settings.base_url}), which answers"
+            " 404 there; a link to the company's site uses {{ site_url }}",
+            err=True,
+        )
 
 
 def _simple(action: str, help_text: str) -> click.Command:

@@ -1,7 +1,7 @@
 """What we put in outgoing mail so that what comes back can be traced, and reading it back.
 
 - the envelope sender (Return-Path) is ``bounces+d<delivery id>.<tag>@domain`` (VERP);
-- the Message-ID is ``<c<campaign>.r<contact>.<tag>@domain>``;
+- the Message-ID is ``<c<campaign>.<nonce>.r<contact>.<tag>@domain>``;
 - the ``List-Unsubscribe`` mailto's subject carries the recipient's unsubscribe token.
 
 Tags come from :meth:`suppression.tokens.TokenSigner.tag`, so a report that merely names a
@@ -15,13 +15,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from dispatcher.sending.messages import message_id_for
 from suppression.tokens import LinkPurpose, TokenSigner
 
 # Bounds the scan of a (possibly huge) report for our identifiers.
 MAX_CANDIDATES = 50
 
 _TAG = r"([0-9a-fA-F]{20})"
-_MESSAGE_ID = re.compile(rb"<c(\d{1,18})\.r(\d{1,18})\.([0-9a-fA-F]{20})@", re.IGNORECASE)
+_MESSAGE_ID = re.compile(
+    rb"<c(\d{1,18})\.(?:[0-9a-zA-Z]{1,32}\.)?r(\d{1,18})\.([0-9a-fA-F]{20})@", re.IGNORECASE
+)
 _UNSUBSCRIBE_TOKEN = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-.]+)")
 
 
@@ -41,9 +44,14 @@ def verp_address(signer: TokenSigner, return_path: str, delivery_id: int) -> str
     return f"{local}+d{delivery_id}.{tag}@{domain}"
 
 
-def message_id(signer: TokenSigner, campaign_id: int, contact_id: int, domain: str) -> str:
+def message_id(
+    signer: TokenSigner, campaign_id: int, contact_id: int, domain: str, nonce: str
+) -> str:
+    """Stable per (campaign, contact), so a resend keeps its id; the campaign's random
+    ``nonce`` keeps it unique across database resets and installations; the tag proves a
+    report that quotes it is about a message we sent."""
     tag = signer.tag(LinkPurpose.MESSAGE_ID, campaign_id, contact_id)
-    return f"<c{campaign_id}.r{contact_id}.{tag}@{domain}>"
+    return message_id_for(campaign_id, nonce, contact_id, domain, tag)
 
 
 def unsubscribe_mailto(mailbox: str, token: str) -> str:

@@ -12,7 +12,12 @@ from dispatcher.campaigns.services import campaign_view
 from dispatcher.inbound import returnpath
 from dispatcher.models import Campaign
 from dispatcher.sending.dkim_signing import DkimSigner
-from dispatcher.sending.messages import HeaderInjection, build_message
+from dispatcher.sending.messages import (
+    HeaderInjection,
+    build_message,
+    feedback_id_for,
+    list_id_for,
+)
 from dispatcher.sending.rendering import (
     PreparedCampaign,
     Recipient,
@@ -92,6 +97,12 @@ class MessageFactory:
         self.sender_domain = self.sender_address.rpartition("@")[2]
         self.marketing = campaign.purpose == Purpose.MARKETING
         self.dkim = _dkim_for(settings, self.sender_domain)
+        self.list_id = (
+            list_id_for(settings.company_name, self.sender_domain, campaign.purpose)
+            if self.marketing
+            else None
+        )
+        self.feedback_id = feedback_id_for(campaign.id, campaign.purpose, self.sender_domain)
 
     def links(self, address_id: int) -> tuple[str, str]:
         return self._links(address_id)[:2]
@@ -147,8 +158,15 @@ class MessageFactory:
             to_address=row.address,
             to_name=name,
             message_id=returnpath.message_id(
-                self.signer, self.campaign.id, row.contact_id, self.sender_domain
+                self.signer,
+                self.campaign.id,
+                row.contact_id,
+                self.sender_domain,
+                self.campaign.message_nonce,
             ),
             list_unsubscribe_url=unsubscribe_url if self.marketing else None,
             unsubscribe_mailto=mailto if self.marketing else None,
+            list_id=self.list_id,
+            feedback_id=self.feedback_id,
+            bulk=True,
         )

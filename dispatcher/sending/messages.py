@@ -15,9 +15,10 @@ from __future__ import annotations
 import binascii
 import re
 import secrets
+from datetime import UTC, datetime
 from email.header import Header
 from email.policy import Compat32
-from email.utils import formataddr, formatdate, parseaddr, quote
+from email.utils import format_datetime, formataddr, parseaddr, quote
 from functools import lru_cache
 
 from dispatcher.sending.rendering import RenderedMessage
@@ -51,9 +52,31 @@ def _clean(header: str, value: str) -> str:
     return value
 
 
-def message_id_for(campaign_id: int, contact_id: int, sender_domain: str) -> str:
-    """Stable per (campaign, contact): a resend of the same message has the same id."""
-    return f"<c{campaign_id}.r{contact_id}@{sender_domain}>"
+def message_id_for(
+    campaign_id: int, nonce: str, contact_id: int, sender_domain: str, tag: str
+) -> str:
+    """Stable per (campaign, contact): a resend of the same message has the same id. The
+    campaign's random ``nonce`` keeps it unique across database resets and installations
+    (receivers drop a Message-ID they have seen as a duplicate); ``tag`` lets a bounce that
+    quotes it be traced (``dispatcher.inbound.returnpath``)."""
+    return f"<c{campaign_id}.{nonce}.r{contact_id}.{tag}@{sender_domain}>"
+
+
+def list_id_for(company_name: str, sender_domain: str, purpose: str) -> str:
+    """RFC 2919 ``List-Id``: one list per purpose and sending domain, so mail clients can
+    file and filter it (``Killer Tracks marketing <marketing.killertracks.com>``)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", purpose.lower()).strip("-") or "mail"
+    phrase = re.sub(r"[^A-Za-z0-9 &'-]", "", f"{company_name} {purpose.replace('_', ' ')}")
+    phrase = " ".join(phrase.split())
+    return f"{phrase} <{label}.{sender_domain}>" if phrase else f"<{label}.{sender_domain}>"
+
+
+def feedback_id_for(campaign_id: int, purpose: str, sender_domain: str) -> str:
+    """Gmail's feedback-loop header, ``CampaignId:MailType:SenderId``: complaints are
+    reported per campaign and purpose; the sender id (the domain's first label) is
+    constant for all our mail."""
+    sender_id = re.sub(r"[^a-z0-9]", "", sender_domain.split(".")[0].lower()) or "dispatcher"
+    return f"c{campaign_id}:{purpose}:{sender_id}"
 
 
 def _header(name: str, value: str | Header) -> bytes:
@@ -127,11 +150,16 @@ def build_message(
     message_id: str,
     list_unsubscribe_url: str | None,
     unsubscribe_mailto: str | None,
+    list_id: str | None = None,
+    feedback_id: str | None = None,
+    bulk: bool = False,
 ) -> bytes:
     """The message as bytes: multipart/alternative (text, then HTML), UTF-8, CRLF.
 
     Marketing mail (``list_unsubscribe_url`` given) carries ``List-Unsubscribe`` with the
-    https link and a mailto, and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``.
+    https link and a mailto, and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``;
+    ``list_id``, ``feedback_id`` and ``bulk`` add ``List-Id``, ``Feedback-ID`` and
+    ``Precedence: bulk``. ``Date`` is in UTC as ``+0000`` (RFC 5322; ``GMT`` is obsolete).
     Raises :class:`HeaderInjection`, naming the header, when a value for any header carries
     a line break, NUL or other control character; nothing is stripped.
     """
@@ -145,9 +173,15 @@ def build_message(
         _header("From", _sender(sender)),
         _header("To", _mailbox("To", to_name, to_address)),
         _header("Subject", subject_value),
-        _header("Date", formatdate(usegmt=True)),
+        _header("Date", format_datetime(datetime.now(UTC).replace(microsecond=0))),
         _header("Message-ID", _clean("Message-ID", message_id)),
     ]
+    if list_id:
+        head.append(_header("List-Id", _clean("List-Id", list_id)))
+    if feedback_id:
+        head.append(_header("Feedback-ID", _clean("Feedback-ID", feedback_id)))
+    if bulk:
+        head.append(b"Precedence: bulk\r\n")
     if list_unsubscribe_url:
         head.append(_list_unsubscribe(list_unsubscribe_url, unsubscribe_mailto))
         head.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")

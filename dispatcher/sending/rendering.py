@@ -16,24 +16,35 @@ from __future__ import annotations
 import logging
 import tomllib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import premailer
 from jinja2 import (
-    Environment,
-    FileSystemLoader,
-    StrictUndefined,
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
     UndefinedError,
-    select_autoescape,
 )
+from jinja2.sandbox import SecurityError
 from markupsafe import Markup
 
 from dispatcher.sending.placeholders import ESCAPE_ATTR, ESCAPE_TEXT, Placeholders, Segments, proven
+from dispatcher.sending.sandbox import (
+    BODY_TEMPLATE_NAMES,
+    RECIPIENT_NAMES,
+    SUBJECT_NAMES,
+    CampaignView,
+    Recipient,
+    TemplateProblem,
+    campaign_context,
+    check_source,
+    check_template,
+    file_environment,
+    recipient_values,
+    render_staff_text,
+    usable_names,
+)
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,38 +53,17 @@ PARTS = ("body.html", "body.txt")
 META = "template.toml"
 # Far above what a mail client shows; it keeps a subject line well inside SMTP's limits.
 MAX_SUBJECT = 250
-RECIPIENT_FIELDS = (
-    "first_name",
-    "last_name",
-    "greeting_name",
-    "unsubscribe_url",
-    "preferences_url",
-)
-
-
-class TemplateProblem(Exception):
-    """A template that cannot be used as it is; the message names the template and why."""
-
-
-@dataclass(frozen=True)
-class CampaignView:
-    """What a template may know about its campaign."""
-
-    id: int
-    name: str
-    subject: str
-    purpose: str
-    template: str
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """What a template may know about its recipient."""
-
-    first_name: str | None
-    last_name: str | None
-    unsubscribe_url: str
-    preferences_url: str
+RECIPIENT_FIELDS = tuple(RECIPIENT_NAMES)
+__all__ = [
+    "CampaignView",
+    "Recipient",
+    "RenderedMessage",
+    "TemplateProblem",
+    "check_campaign",
+    "check_template",
+    "prepare_campaign",
+    "render_staff_text",
+]
 
 
 @dataclass(frozen=True)
@@ -97,16 +87,6 @@ SAMPLE_RECIPIENTS = (
         "https://example.invalid/preferences/x?a=1&b=2'<>!#$%()*+,-./:;=@[\\]^_`{|}~",
     ),
 )
-
-
-@lru_cache(maxsize=8)
-def _environment(templates_dir: Path) -> Environment:
-    return Environment(
-        loader=FileSystemLoader(str(templates_dir)),
-        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
-        undefined=StrictUndefined,
-        keep_trailing_newline=False,
-    )
 
 
 def list_templates(settings: Settings) -> list[str]:
@@ -138,26 +118,6 @@ def template_purpose(settings: Settings, name: str) -> str:
     return str(purpose)
 
 
-def _campaign_context(settings: Settings, campaign: CampaignView) -> dict[str, Any]:
-    return {
-        "campaign": campaign,
-        "company_name": settings.company_name,
-        "postal_address": settings.postal_address,
-        "base_url": settings.base_url,
-        "marketing": campaign.purpose == "marketing",
-    }
-
-
-def _recipient_values(recipient: Recipient) -> dict[str, str]:
-    return {
-        "first_name": recipient.first_name or "",
-        "last_name": recipient.last_name or "",
-        "greeting_name": recipient.first_name or "there",
-        "unsubscribe_url": recipient.unsubscribe_url,
-        "preferences_url": recipient.preferences_url,
-    }
-
-
 def _inline_css(template: str, html: str) -> str:
     if not html.strip():
         raise TemplateProblem(f"template {template!r}: body.html renders to nothing")
@@ -182,10 +142,10 @@ class _Renderer:
     """Renders one campaign's parts; raises TemplateProblem naming the file and line at fault."""
 
     def __init__(self, settings: Settings, campaign: CampaignView) -> None:
-        self.env = _environment(settings.templates_dir)
+        self.env = file_environment(settings.templates_dir)
         self.root = settings.templates_dir / "email"
         self.campaign = campaign
-        self.context = _campaign_context(settings, campaign)
+        self.context = campaign_context(settings, campaign)
 
     def render(self, template: str, values: dict[str, Any], *, file: str) -> str:
         name = self.campaign.template
@@ -194,13 +154,14 @@ class _Renderer:
                 return self.env.from_string(template).render({**self.context, **values})
             return self.env.get_template(template).render({**self.context, **values})
         except UndefinedError as exc:
-            names = {*self.context, *RECIPIENT_FIELDS} | (
-                {"subject"} if file != "subject" else set()
-            )
-            usable = ", ".join(sorted(names))
+            usable = usable_names(SUBJECT_NAMES if file == "subject" else BODY_TEMPLATE_NAMES)
             raise TemplateProblem(
                 f"template {name!r}, {self._where(exc, file)}: {exc.message}"
                 f" (a template may use: {usable})"
+            ) from None
+        except SecurityError as exc:
+            raise TemplateProblem(
+                f"template {name!r}, {self._where(exc, file)}: refused by the sandbox: {exc}"
             ) from None
         except TemplateSyntaxError as exc:
             source = self._relative(exc.filename) if exc.filename else file
@@ -228,7 +189,7 @@ class _Renderer:
         while tb is not None:
             filename = tb.tb_frame.f_code.co_filename
             if filename == "<template>":
-                where = f"{file} line {tb.tb_lineno}" if file != "subject" else "the subject"
+                where = f"{'the subject' if file == 'subject' else file} line {tb.tb_lineno}"
             elif Path(filename).is_relative_to(self.root):
                 where = f"{self._relative(filename)} line {tb.tb_lineno}"
             tb = tb.tb_next
@@ -267,7 +228,7 @@ class PreparedCampaign:
         return self._fast is not None
 
     def render(self, recipient: Recipient) -> RenderedMessage:
-        values = _recipient_values(recipient)
+        values = recipient_values(recipient)
         names = (recipient.first_name, recipient.last_name)
         urls = (recipient.unsubscribe_url, recipient.preferences_url)
         if self._fast is None or not proven(names, urls):
@@ -279,7 +240,7 @@ class PreparedCampaign:
 
     def render_full(self, recipient: Recipient) -> RenderedMessage:
         """The reference: everything rendered and inlined for this one recipient."""
-        values = _recipient_values(recipient)
+        values = recipient_values(recipient)
         return _render_full(self._renderer, self._paths, self._subject_source, values)
 
 
@@ -293,13 +254,39 @@ def _sources(settings: Settings, template: str) -> tuple[dict[str, str], str | N
     return {p: f"email/{template}/{p}" for p in PARTS}, subject
 
 
+def _read_first(
+    renderer: _Renderer, paths: dict[str, str], subject_source: str, subject_file: bool
+) -> None:
+    """Every part, and every file it extends or includes, read (not run) by the sandbox's
+    check before anything renders: an unknown name or a ``_`` attribute is refused here."""
+    name, env = renderer.campaign.template, renderer.env
+    subject_where = "subject.txt" if subject_file else "the subject"
+    check_source(
+        env, subject_source, where=f"template {name!r}: {subject_where}", allowed=SUBJECT_NAMES
+    )
+    pending, seen = list(paths.values()), set()
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            source, filename, _ = env.loader.get_source(env, path)  # type: ignore[union-attr]
+        except TemplateNotFound:
+            raise TemplateProblem(f"template {name!r} needs {path}, which is missing") from None
+        where = f"template {name!r}: {renderer._relative(filename or path)}"
+        pending += check_source(env, source, where=where, allowed=BODY_TEMPLATE_NAMES)
+
+
 def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampaign:
-    """Render the campaign's parts once (CSS inlined once) and prove the fast path."""
+    """Check the campaign's parts in the sandbox, render them once (CSS inlined once) and
+    prove the fast path."""
     name = campaign.template
     template_purpose(settings, name)
     paths, subject_file = _sources(settings, name)
     renderer = _Renderer(settings, campaign)
     subject_source = subject_file if subject_file is not None else campaign.subject
+    _read_first(renderer, paths, subject_source, subject_file is not None)
 
     placeholders = Placeholders(RECIPIENT_FIELDS)
     with_placeholders = _render_full(renderer, paths, subject_source, placeholders.values)

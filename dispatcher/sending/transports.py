@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import re
 import smtplib
@@ -32,6 +33,8 @@ from typing import NoReturn, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 SETTING = "DISPATCHER_MAIL_URL"
+
+log = logging.getLogger(__name__)
 
 
 class SendError(Exception):
@@ -125,7 +128,7 @@ class MaildirTransport:
     The file name is derived from the Message-ID and the recipient, so writing the same
     message twice leaves one file. ``X-Envelope-From`` and ``X-Envelope-To`` lines are put
     on top of the message, as local delivery agents do, so readers see who it was for.
-    The folders are created on the first send.
+    The folders are created on the first send, mode 0700, and every file mode 0600.
     """
 
     def __init__(self, root: Path) -> None:
@@ -134,8 +137,10 @@ class MaildirTransport:
 
     def _prepare(self) -> None:
         try:
+            # Messages hold addresses, names and signed links: readable by their owner only.
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for sub in ("tmp", "new", "cur"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise OutboxUnwritable(f"maildir {self.root} is not writable: {exc}") from None
         self._ready = True
@@ -156,7 +161,8 @@ class MaildirTransport:
         envelope = f"X-Envelope-From: <{envelope_from}>{eol}X-Envelope-To: <{recipient}>{eol}"
         tmp = self.root / "tmp" / f"{name}.{os.getpid()}.{time.monotonic_ns()}"
         try:
-            with open(tmp, "wb") as handle:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
                 handle.write(envelope.encode())
                 handle.write(message)
                 handle.flush()
@@ -208,6 +214,15 @@ def _local_name() -> str:
     return socket.getfqdn()
 
 
+def _relay_reply(reply: bytes | str, password: str | None) -> str:
+    """The relay's words, printable and short, with the password taken out should it echo it."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    text = " ".join(text.split())[:300]
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
 class SMTPTransport:
     """One SMTP connection for a batch: opened on the first send, reused, closed with QUIT.
 
@@ -242,8 +257,18 @@ class SMTPTransport:
                 conn.login(o.username, o.password or "")
         except smtplib.SMTPAuthenticationError as exc:
             self._close_quietly(conn)
+            reason = _relay_reply(exc.smtp_error, o.password)
+            # Said once here, where it happens: the batch only goes back to the queue.
+            log.error(
+                "the mail relay %s:%s refused the login as %r: %s %s",
+                o.host,
+                o.port,
+                o.username,
+                exc.smtp_code,
+                reason,
+            )
             raise RelayLoginRefused(
-                f"SMTP {o.host}:{o.port} refused the login ({exc.smtp_code}): "
+                f"SMTP {o.host}:{o.port} refused the login ({exc.smtp_code} {reason}): "
                 f"check the user and password in {SETTING}"
             ) from None
         except smtplib.SMTPNotSupportedError as exc:

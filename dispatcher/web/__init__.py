@@ -15,7 +15,7 @@ from flask import Flask
 
 from dispatcher.db import make_engine, make_sessionmaker
 from dispatcher.settings import Settings, load_settings
-from dispatcher.web import security
+from dispatcher.web import redact, security
 
 
 def create_app(settings: Settings | None = None, *, trusted_proxies: int | None = None) -> Flask:
@@ -51,4 +51,5 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int | None 
     from dispatcher.inbound.drain import drain_if_pending
 
     drain_if_pending(app)
+    redact.install(app)
     return app

@@ -3,9 +3,10 @@ and the preference center. Every hit is recorded with time, IP, user agent and o
 
 from __future__ import annotations
 
+from email.utils import parseaddr
 from typing import Any
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, current_app, redirect, render_template, request
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
@@ -17,6 +18,7 @@ from dispatcher.models import Campaign
 from dispatcher.settings import Settings
 from dispatcher.web import limits
 from dispatcher.web.security import client_hit, form_token, form_token_ok
+from dispatcher.web.standing import done_messages, standing
 from suppression.address import mask_address
 from suppression.consent import current_consent, record_consent
 from suppression.events import Hit, record_event
@@ -27,7 +29,6 @@ from suppression.unsubscribe import (
     CannotResubscribe,
     resolve_link,
     resubscribe,
-    staff_only_suppressions,
     unsubscribe_address,
 )
 
@@ -111,6 +112,7 @@ def _page(
         masked=mask_address(address.address),
         campaign_name=_campaign_name(session, subject),
         preferences_url=f"/preferences/{pref_token}",
+        reply_address=parseaddr(_settings().sender)[1],
         **extra,
     )
 
@@ -212,7 +214,12 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
                 return Response("Unsubscribed.\n", status=200, mimetype="text/plain")
             pref = _signer().sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
             return _page(
-                session, "unsubscribed.html", address, subject, form_token=_form_token(pref)
+                session,
+                "unsubscribed.html",
+                address,
+                subject,
+                form_token=_form_token(pref),
+                stopped=standing(session, address.id).stopped,
             )
     except BadToken as exc:
         return _invalid("unsubscribe", exc)
@@ -223,25 +230,20 @@ def _preferences_view(
     token: str,
     address: Address,
     subject: LinkSubject,
-    message: str | None = None,
+    messages: list[str] | None = None,
     status: int = 200,
+    refused: str | None = None,
 ) -> tuple[str, int]:
-    states = {scope: current_consent(session, address.id, scope) for scope in Scope}
-    opted = {
-        scope.value: (s is not None and s.status == ConsentStatus.OPTED_IN)
-        for scope, s in states.items()
-    }
-    if _unsubscribed(session, address.id):
-        opted["marketing"] = False
-    blocked = staff_only_suppressions(session, address.id)
+    """The page shows what the gate will do, and offers only choices that can take effect."""
+    now = standing(session, address.id)
     return _page(
         session,
         "preferences.html",
         address,
         subject,
-        opted=opted,
-        blocked=[b.replace("_", " ") for b in blocked],
-        message=message,
+        now=now,
+        messages=messages or [],
+        refused=refused,
         form_token=_form_token(token),
         action=f"/preferences/{token}",
     ), status
@@ -254,7 +256,8 @@ def preferences_page(token: str) -> Any:
         with session_scope(sessions) as session:
             subject, address = resolve_link(session, _signer(), LinkPurpose.PREFERENCES, token)
             _record_hit(session, "preferences", TokenOutcome.VALID.value, "shown", address.id)
-            return _preferences_view(session, token, address, subject)
+            done = done_messages(request.args.get("done"), standing(session, address.id))
+            return _preferences_view(session, token, address, subject, done)
     except BadToken as exc:
         return _invalid("preferences", exc)
 
@@ -272,12 +275,18 @@ def _choice(name: str) -> bool | None:
     return _CHOICES[value]
 
 
-def _marketing_on(session: Session, address_id: int) -> bool:
-    state = current_consent(session, address_id, Scope.MARKETING)
-    return (
-        state is not None
-        and state.status == ConsentStatus.OPTED_IN
-        and not _unsubscribed(session, address_id)
+def _refused(
+    session: Session,
+    token: str,
+    address: Address,
+    subject: LinkSubject,
+    choice: str,
+    why: str | None = None,
+) -> tuple[str, int]:
+    """A choice that cannot take effect: recorded, nothing changed, 409 and the page."""
+    _record_hit(session, "preferences", TokenOutcome.VALID.value, "resubscribe_refused", address.id)
+    return _preferences_view(
+        session, token, address, subject, [why] if why else None, 409, refused=choice
     )
 
 
@@ -285,7 +294,9 @@ def _marketing_on(session: Session, address_id: int) -> bool:
 def preferences(token: str) -> Any:
     """Change consent per scope; written to the ledger (source ``preferences``, time, IP).
 
-    The re-subscribe button of the confirmation page posts ``marketing=yes`` alone.
+    The re-subscribe button of the confirmation page posts ``marketing=yes`` alone. A saved
+    form answers 303 to the page (post/redirect/get: a refresh does not post again), which
+    says what changed; a choice that cannot take effect answers 409 and changes nothing.
     """
     want_marketing = _choice("marketing")
     want_affiliates = _choice("affiliates")
@@ -305,20 +316,17 @@ def preferences(token: str) -> Any:
                     "expired_form.html", settings=_settings(), again=f"/preferences/{token}"
                 ), 400
             changes: list[str] = []
-            if want_marketing is not None and want_marketing != _marketing_on(session, address.id):
+            before = standing(session, address.id)
+            if want_affiliates and not before.can_change:
+                # Sharing needs marketing mail, which only staff can restore here.
+                return _refused(session, token, address, subject, "sharing")
+            if want_marketing is not None and want_marketing != before.receives_marketing:
                 if want_marketing:
                     try:
                         with session.begin_nested():
                             resubscribe(session, address.id, hit=_hit(), source="preferences")
                     except CannotResubscribe as exc:
-                        _record_hit(
-                            session,
-                            "preferences",
-                            TokenOutcome.VALID.value,
-                            "resubscribe_refused",
-                            address.id,
-                        )
-                        return _preferences_view(session, token, address, subject, str(exc), 409)
+                        return _refused(session, token, address, subject, "marketing", str(exc))
                 else:
                     unsubscribe_address(
                         session,
@@ -354,12 +362,16 @@ def preferences(token: str) -> Any:
                 address.id,
                 changes=changes,
             )
-            message = (
-                "You are subscribed again."
-                if want_marketing and want_affiliates is None
-                else "Your preferences are saved."
-            )
-            return _preferences_view(session, token, address, subject, message)
+            codes = [
+                change.replace("affiliates:", "sharing-")
+                .replace("marketing:", "marketing-")
+                .replace("opted_in", "on")
+                .replace("opted_out", "off")
+                for change in changes
+            ]
+            done = ",".join(codes) or "unchanged"
+            # Relative: the browser resolves it against the URL it posted to; no Host header.
+            return redirect(f"/preferences/{token}?done={done}", 303)
     except BadToken as exc:
         return _invalid("preferences", exc)
 

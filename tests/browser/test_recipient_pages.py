@@ -13,7 +13,7 @@ from dispatcher.campaigns.services import create_campaign, schedule_campaign
 from dispatcher.db import session_scope
 from dispatcher.sending.batch import send_batch
 from dispatcher.settings import Settings
-from suppression.consent import current_consent
+from suppression.consent import consent_history, current_consent
 from suppression.models import Reason, Scope
 from suppression.suppressions import active_suppressions, add_suppression
 from suppression.tokens import TokenSigner
@@ -88,25 +88,47 @@ def test_unsubscribe_resubscribe_and_preferences_by_clicking(
         assert state(session_factory, ann) == (["unsubscribe"], "opted_out", None)
 
         page.get_by_role("button", name="Subscribe again").click()
-        page.wait_for_selector("text=You are subscribed again.")
+        page.wait_for_selector("text=You are subscribed again")
         page.screenshot(path=str(tmp_path / "3-resubscribed.png"))
         assert state(session_factory, ann) == ([], "opted_in", None)
 
         page.get_by_label("Yes, affiliates may contact me").check()
         page.get_by_role("button", name="Save preferences").click()
-        page.wait_for_selector("text=Your preferences are saved.")
+        page.wait_for_selector("text=Affiliated companies may receive your name and address")
         page.get_by_label("No marketing e-mail").check()
         page.get_by_role("button", name="Save preferences").click()
-        page.wait_for_selector("text=Your preferences are saved.")
+        page.wait_for_selector("text=You will receive no more marketing e-mail")
+        assert "Marketing e-mail: no" in page.locator("#state").inner_text()
         page.screenshot(path=str(tmp_path / "4-preferences.png"))
         assert state(session_factory, ann) == (["unsubscribe"], "opted_out", "opted_in")
+        # The form redirected after its POST: a refresh asks for the page, it posts nothing.
+        assert "?done=marketing-off" in page.url
+        with session_scope(session_factory) as session:
+            ledger = len(consent_history(session, ann))
+        page.reload()
+        page.wait_for_selector("text=You will receive no more marketing e-mail")
+        with session_scope(session_factory) as session:
+            assert len(consent_history(session, ann)) == ledger
         page.close()
     assert errors == []
     assert (tmp_path / "4-preferences.png").stat().st_size > 0
 
 
-def test_bounced_address_is_told_plainly_it_cannot_resubscribe(
-    browser, settings: Settings, session_factory, smtp_sink: SmtpSink, tmp_path: Path
+@pytest.mark.parametrize(
+    ("reason", "why"),
+    [
+        (Reason.HARD_BOUNCE, "returned as undeliverable"),
+        (Reason.COMPLAINT, "a complaint about our e-mail was reported"),
+    ],
+)
+def test_a_staff_suppressed_address_is_told_plainly_it_cannot_resubscribe(
+    browser,
+    settings: Settings,
+    session_factory,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+    reason: Reason,
+    why: str,
 ) -> None:
     port = free_port()
     local = settings.replace(base_url=f"http://127.0.0.1:{port}", mail_url=smtp_sink.url)
@@ -115,19 +137,20 @@ def test_bounced_address_is_told_plainly_it_cannot_resubscribe(
     send_campaign(local, session_factory)
     url = link_in_body(smtp_sink, "bob@example.com", "preferences")
     with session_scope(session_factory) as session:
-        # Bob unsubscribed once; later his mailbox bounced.
-        add_suppression(session, bob, scope="marketing", reason=Reason.UNSUBSCRIBE, source="link")
-        add_suppression(session, bob, scope="global", reason=Reason.HARD_BOUNCE, source="smtp")
+        # Bob is still opted in in the ledger; then his mailbox bounced, or he complained.
+        add_suppression(session, bob, scope="global", reason=reason, source="provider")
     with serve(local, port):
         page = browser.new_page()
         page.goto(url)
-        assert "cannot be subscribed to marketing here" in page.locator("#blocked").inner_text()
-        page.get_by_label("Yes, send me news about music and products").check()
-        page.get_by_role("button", name="Save preferences").click()
-        page.wait_for_selector("text=cannot be re-subscribed here")
+        blocked = page.locator("#blocked").inner_text()
+        assert why in blocked and "cannot be changed on this page" in blocked
+        assert "Marketing e-mail: no" in page.locator("#state").inner_text()
+        # No choice that cannot take effect is offered.
+        assert page.get_by_role("radio").count() == 0
+        assert page.get_by_role("button", name="Save preferences").count() == 0
         page.screenshot(path=str(tmp_path / "blocked.png"))
         page.close()
-    assert state(session_factory, bob)[0] == ["unsubscribe", "hard_bounce"]
+    assert state(session_factory, bob) == ([reason.value], "opted_in", None)
 
 
 def test_a_tampered_link_shows_the_invalid_page(

@@ -109,8 +109,8 @@ def test_campaign_reaches_exactly_the_eligible_and_unsubscribe_closes_the_loop(
             assert message["From"] == "Killer Tracks <info@killertracks.com>"
             assert address in message["To"]
             assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-            # Signed, so a report quoting it is known to be about our message.
-            message_id = rf"<c{first}\.r\d+\.[0-9a-f]{{20}}@killertracks\.com>"
+            # Unique per installation (nonce), signed so a report quoting it is ours (tag).
+            message_id = rf"<c{first}\.[0-9a-f]{{16}}\.r\d+\.[0-9a-f]{{20}}@killertracks\.com>"
             assert re.fullmatch(message_id, message["Message-ID"])
             links = re.findall(r"<([^>]+)>", message["List-Unsubscribe"])
             https = [u for u in links if u.startswith("http")]

@@ -123,9 +123,15 @@ def make_backend(name: str, home: Path) -> Iterator[Backend]:
 def _delete_queue(broker_url: str, queue: str) -> None:
     from kombu import Connection
 
+    from workers.app import NOTICES_SUFFIX
+
+    # The notices queue and the direct exchange Celery names after the queue go too.
     try:
         with Connection(broker_url, connect_timeout=5) as conn:
             channel = conn.channel()
             channel.queue_delete(queue)
+            channel.queue_delete(queue + NOTICES_SUFFIX)
+            if broker_url.startswith("amqp"):
+                channel.exchange_delete(queue)
     except Exception:  # noqa: BLE001 - cleanup only; a leftover empty queue harms nothing
         pass

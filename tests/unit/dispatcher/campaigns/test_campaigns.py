@@ -18,10 +18,11 @@ from tests.factories import make_contact
 from workers.cli import main
 
 
-def cli(settings: Settings, *args: str) -> tuple[int, str]:
+def cli(settings: Settings, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     env = {
         "DISPATCHER_HOME": str(settings.home),
         "DISPATCHER_SECRET_KEYS": ",".join(settings.secret_keys),
+        **(env or {}),
     }
     result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
     return result.exit_code, result.output

@@ -153,7 +153,9 @@ def test_a_report_naming_our_message_id_matches_without_verp(
 ) -> None:
     campaign = sent_campaign(session, "kim@yahoo.example")
     delivery = delivery_of(session, campaign, "kim@yahoo.example")
-    mid = returnpath.message_id(signer, campaign.id, delivery.contact_id, "killertracks.com")
+    mid = returnpath.message_id(
+        signer, campaign.id, delivery.contact_id, "killertracks.com", campaign.message_nonce
+    )
     raw = (
         (CORPUS / "local" / "arf_yahoo.eml")
         .read_bytes()
@@ -261,7 +263,9 @@ def test_complaints_over_the_threshold_pause_the_campaign_with_the_reason(
     arf = (CORPUS / "local" / "arf_yahoo.eml").read_bytes()
     for n, address in enumerate(addresses[:1]):
         delivery = delivery_of(session, campaign, address)
-        mid = returnpath.message_id(signer, campaign.id, delivery.contact_id, "killertracks.com")
+        mid = returnpath.message_id(
+            signer, campaign.id, delivery.contact_id, "killertracks.com", campaign.message_nonce
+        )
         raw = arf.replace(b"<c1.r1@killertracks.com>", mid.encode()).replace(
             b"arf-20261201-0815-0001", f"arf-{n}".encode()
         )

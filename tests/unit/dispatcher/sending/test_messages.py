@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.sending.messages import HeaderInjection, build_message, message_id_for
+from dispatcher.sending.messages import (
+    HeaderInjection,
+    build_message,
+    feedback_id_for,
+    list_id_for,
+    message_id_for,
+)
 from dispatcher.sending.rendering import CampaignView, Recipient, RenderedMessage, prepare_campaign
 from dispatcher.settings import Settings
 from tests.conftest import settings_for
@@ -31,7 +37,7 @@ def build(rendered: RenderedMessage = RENDERED, **overrides: object) -> bytes:
         "sender": SENDER,
         "to_address": "ann@example.com",
         "to_name": "Ann Lee",
-        "message_id": message_id_for(12, 345, "killertracks.com"),
+        "message_id": message_id_for(12, "5eed", 345, "killertracks.com", "0" * 20),
         "list_unsubscribe_url": UNSUBSCRIBE,
         "unsubscribe_mailto": MAILTO,
     }
@@ -62,9 +68,10 @@ def test_marketing_message_has_every_header_and_both_parts() -> None:
     assert message["From"] == SENDER
     assert message["To"] == "Ann Lee <ann@example.com>"
     assert message["Subject"] == RENDERED.subject
-    assert message["Message-ID"] == "<c12.r345@killertracks.com>"
+    assert message["Message-ID"] == f"<c12.5eed.r345.{'0' * 20}@killertracks.com>"
     assert message["MIME-Version"] == "1.0"
     assert parsedate_to_datetime(message["Date"]).tzinfo is not None
+    assert message["Date"].endswith(" +0000") and "GMT" not in message["Date"]
     assert message["List-Unsubscribe"] == f"<{UNSUBSCRIBE}>, <mailto:{MAILTO}?subject=unsubscribe>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message.get_content_type() == "multipart/alternative"
@@ -155,9 +162,24 @@ def test_internationalised_address_is_written_as_utf8() -> None:
 
 
 def test_message_id_is_stable_per_campaign_and_contact() -> None:
-    assert message_id_for(3, 9, "killertracks.com") == "<c3.r9@killertracks.com>"
-    assert message_id_for(3, 9, "killertracks.com") == message_id_for(3, 9, "killertracks.com")
-    assert message_id_for(3, 9, "k.com") != message_id_for(3, 10, "k.com")
+    tag = "0123456789abcdef0123"
+    expected = f"<c3.ab12.r9.{tag}@killertracks.com>"
+    assert message_id_for(3, "ab12", 9, "killertracks.com", tag) == expected
+    assert message_id_for(3, "n", 9, "k.com", tag) == message_id_for(3, "n", 9, "k.com", tag)
+    assert message_id_for(3, "n", 9, "k.com", tag) != message_id_for(3, "n", 10, "k.com", tag)
+    # Another installation (or the same after a reset) draws another nonce for campaign 3.
+    assert message_id_for(3, "n", 9, "k.com", tag) != message_id_for(3, "m", 9, "k.com", tag)
+
+
+def test_bulk_headers_list_id_and_feedback_id() -> None:
+    list_id = list_id_for("Killer Tracks", "killertracks.com", "marketing")
+    feedback = feedback_id_for(12, "marketing", "killertracks.com")
+    message = parse(build(list_id=list_id, feedback_id=feedback, bulk=True))
+    assert message["List-Id"] == "Killer Tracks marketing <marketing.killertracks.com>"
+    assert message["Feedback-ID"] == "c12:marketing:killertracks"
+    assert message["Precedence"] == "bulk"
+    plain = parse(build(list_unsubscribe_url=None, unsubscribe_mailto=None))
+    assert (plain["List-Id"], plain["Feedback-ID"], plain["Precedence"]) == (None, None, None)
 
 
 @pytest.mark.parametrize(

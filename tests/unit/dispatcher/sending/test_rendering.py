@@ -293,7 +293,7 @@ def test_undefined_variable_in_the_layout_names_the_layout(custom: tuple[Path, S
 
 
 def test_undefined_variable_in_the_subject(settings: Settings) -> None:
-    with pytest.raises(TemplateProblem, match="the subject: 'fist_name' is undefined"):
+    with pytest.raises(TemplateProblem, match="the subject line 1: 'fist_name' is undefined"):
         check_campaign(settings, view("new-releases", subject="Hi {{ fist_name }}"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import mailbox
 import socket
 from collections.abc import Iterator
@@ -312,6 +313,23 @@ def test_wrong_password_or_untrusted_certificate_is_transient(
     ):
         transport.send(SENDER, "ann@example.com", message(1))
     assert tls_sink.received() == []
+
+
+@pytest.mark.parametrize("tls_sink", [False], indirect=True)
+def test_a_refused_login_is_logged_with_the_relays_words_and_no_password(
+    tls_sink: SmtpSink, certificate: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    rest = tls_sink.url.split("://")[1]
+    wrong = f"smtp://us%40er:s3cret-wrong@{rest}?starttls=true&cafile={certificate[0]}"
+    caplog.set_level(logging.INFO)
+    with open_transport(wrong) as transport, pytest.raises(TransientSendError) as refused:
+        transport.send(SENDER, "ann@example.com", message(1))
+    [record] = [r for r in caplog.records if "refused the login" in r.getMessage()]
+    logged = record.getMessage()
+    assert record.levelno == logging.ERROR
+    assert "'us@er'" in logged and "535" in logged and "Authentication" in logged
+    assert "Authentication" in str(refused.value)
+    assert "s3cret-wrong" not in logged + str(refused.value)
 
 
 def test_tls_or_login_the_server_does_not_offer_is_transient(smtp_sink: SmtpSink) -> None:

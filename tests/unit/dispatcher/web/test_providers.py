@@ -105,7 +105,11 @@ def our_message(settings: Settings, session_factory: sessionmaker[Session]) -> d
         return {
             "source": returnpath.verp_address(signer, settings.return_path, delivery.id),
             "message_id": returnpath.message_id(
-                signer, campaign.id, delivery.contact_id, "killertracks.com"
+                signer,
+                campaign.id,
+                delivery.contact_id,
+                "killertracks.com",
+                campaign.message_nonce,
             ),
         }
 

@@ -1,0 +1,115 @@
+"""What the preference pages tell a recipient about their address: the truth, from the gate.
+
+Whether marketing mail reaches the address is asked of :mod:`suppression.gate` (the one
+place that decides it), not read off the consent ledger: an address suppressed after a
+complaint may still hold an opt-in there. A choice that cannot take effect (re-subscribing
+while a suppression only staff may lift is active) is not offered, and the page says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from suppression.consent import current_consent
+from suppression.gate import Purpose, blocking_reason
+from suppression.models import GLOBAL_SCOPE, ConsentStatus, Scope
+from suppression.suppressions import active_suppressions
+from suppression.unsubscribe import staff_only_suppressions
+
+# Why only staff can change it, in the recipient's words.
+STAFF_REASONS = {
+    "complaint": "a complaint about our e-mail was reported from this address (for example "
+    "with a “report spam” button)",
+    "hard_bounce": "e-mail to this address was returned as undeliverable",
+    "postal_request": "we received a request by post to stop writing to this address",
+    "legal": "of a legal request",
+    "manual": "our staff stopped e-mail to this address on request",
+}
+
+# What a saved form did, carried to the page the browser is sent to after the POST.
+DONE = {
+    "marketing-on": "You are subscribed again: you will receive our marketing e-mail.",
+    "marketing-off": "You will receive no more marketing e-mail from us. Mail already on "
+    "its way may still arrive within minutes.",
+    "sharing-on": "Affiliated companies may receive your name and address.",
+    "sharing-off": "We will not share your details with affiliated companies.",
+    "unchanged": "Nothing changed: these were already your choices.",
+}
+
+
+_SHARING_SCOPES = frozenset({GLOBAL_SCOPE, str(Scope.MARKETING), str(Scope.AFFILIATES)})
+
+
+@dataclass(frozen=True)
+class StaffStop:
+    """A suppression the recipient cannot lift here: why, and since when."""
+
+    why: str
+    since: datetime
+
+    @property
+    def since_text(self) -> str:
+        return f"{self.since.day} {self.since:%B %Y}"
+
+
+@dataclass(frozen=True)
+class Standing:
+    receives_marketing: bool
+    sharing_opted_in: bool
+    receives_service_notices: bool
+    stopped: StaffStop | None
+    sharing_suppressed: bool = False
+
+    @property
+    def can_change(self) -> bool:
+        """Whether any choice on the page can take effect (re-subscribing cannot while a
+        staff-only suppression is active; opting out of what one receives always can)."""
+        return self.stopped is None or self.receives_marketing
+
+    @property
+    def shares(self) -> bool:
+        """As the gate's ``affiliate_shareable`` decides for every affiliate (one affiliate
+        may be excluded on its own besides)."""
+        return self.sharing_opted_in and self.receives_marketing and not self.sharing_suppressed
+
+
+def standing(session: Session, address_id: int) -> Standing:
+    gate = select(
+        blocking_reason(address_id, Purpose.MARKETING),
+        blocking_reason(address_id, Purpose.SERVICE_NOTICE),
+    )
+    marketing_block, service_block = session.execute(gate).one()
+    sharing = current_consent(session, address_id, Scope.AFFILIATES)
+    stopped = None
+    active = active_suppressions(session, address_id)
+    staff_only = staff_only_suppressions(session, address_id)
+    if staff_only:
+        first = min(
+            (s for s in active if s.reason in staff_only),
+            key=lambda s: (s.scope not in (GLOBAL_SCOPE, str(Scope.MARKETING)), s.id),
+        )
+        stopped = StaffStop(STAFF_REASONS.get(first.reason, "of a request"), first.created_at)
+    return Standing(
+        receives_marketing=marketing_block is None,
+        sharing_opted_in=sharing is not None and sharing.status == ConsentStatus.OPTED_IN,
+        receives_service_notices=service_block is None,
+        stopped=stopped,
+        sharing_suppressed=any(s.scope in _SHARING_SCOPES for s in active),
+    )
+
+
+def done_messages(codes: str | None, now: Standing) -> list[str]:
+    """The sentences for ``?done=`` codes (unknown codes are ignored)."""
+    asked = [code for code in (codes or "").split(",") if code in DONE]
+    messages = [DONE[code] for code in asked]
+    if "sharing-on" in asked and not now.shares:
+        messages.append(
+            "Sharing starts only while you receive our marketing e-mail."
+            if not now.receives_marketing
+            else "Your details are still not shared: our staff stopped sharing them."
+        )
+    return messages
