@@ -76,6 +76,11 @@ class Settings:
     signup_link_seconds: float = 3 * 24 * 3600.0
     signup_ip_limit: int = 20
     signup_ip_window_seconds: float = 3600.0
+    # Logs: "text" (readable) or "json" (one object per line), and the lowest level written.
+    log_format: str = "text"
+    log_level: str = "info"
+    # Where `dispatcher metrics serve` listens for Prometheus (README, "Operations").
+    metrics_port: int = 9464
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -89,7 +94,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_INT_FIELDS = {"batch_size", "stats_min_cell", "signup_ip_limit"}
+_INT_FIELDS = {"batch_size", "stats_min_cell", "signup_ip_limit", "metrics_port"}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -126,6 +131,11 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "signup_link_seconds": (60, 90 * 86_400, True),
     "signup_ip_limit": (0, 1_000_000, True),
     "signup_ip_window_seconds": (1, 7 * 86_400, True),
+    "metrics_port": (1, 65_535, True),
+}
+_CHOICES = {
+    "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
 }
 MIN_KEY_LENGTH = 16
 _DATABASE_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}
@@ -245,7 +255,7 @@ def _parse_keys(value: Any) -> tuple[str, ...]:
 
 def _embedded_keys(home: Path) -> tuple[str, ...]:
     """The demo's signing key: made once under ``home`` with mode 0600, then reused."""
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = home / KEY_FILE_NAME
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -266,6 +276,11 @@ def _check_values(values: dict[str, Any]) -> None:
             raise SettingsError(
                 f"{_var(name)} must be {bound} and at most {high:g} (got {number:g})"
             )
+    for name, choices in _CHOICES.items():
+        if name in values:
+            values[name] = str(values[name]).lower()
+            if values[name] not in choices:
+                raise SettingsError(f"{_var(name)} must be one of {', '.join(choices)}")
     _check_database_url(values["database_url"])
     _check_broker_url(values["broker_url"])
     _check_base_url(values["base_url"])

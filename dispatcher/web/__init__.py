@@ -5,7 +5,8 @@ gunicorn in production::
 
     gunicorn -w 4 -b 127.0.0.1:8025 'dispatcher.web:create_app(trusted_proxies=1)'
 
-behind the TLS proxy that ``DISPATCHER_BASE_URL`` names (``trusted_proxies`` = how many
+behind the TLS proxy that ``DISPATCHER_BASE_URL`` names (``/healthz`` and ``/readyz`` for
+the load balancer: README, "Operations") (``trusted_proxies`` = how many
 proxies append to ``X-Forwarded-For``, so the audit log records the recipient's IP).
 """
 
@@ -32,7 +33,12 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) ->
     engine = make_engine(settings.database_url)
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
+    from dispatcher.ops import health
+    from dispatcher.ops.logs import setup_logging
     from dispatcher.web import affiliates, public, signup
+
+    setup_logging(settings.log_format, settings.log_level)
+    health.install(app, settings, engine)
 
     app.register_blueprint(public.bp)
     app.register_blueprint(affiliates.bp)

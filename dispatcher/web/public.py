@@ -12,6 +12,7 @@ from werkzeug.exceptions import BadRequest
 from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign
+from dispatcher.ops import metrics
 from dispatcher.settings import Settings
 from dispatcher.web.security import client_hit, form_token, form_token_ok
 from suppression.address import mask_address
@@ -159,6 +160,8 @@ def unsubscribe(token: str) -> Any:
                 source="one_click" if one_click else "unsubscribe_page",
                 campaign_id=subject.campaign_id,
             )
+            if result.newly_suppressed:
+                metrics.UNSUBSCRIBES.labels("one_click" if one_click else "unsubscribe_page").inc()
             _record_hit(
                 session,
                 "unsubscribe",
@@ -278,7 +281,7 @@ def preferences(token: str) -> Any:
                         )
                         return _preferences_view(session, token, address, subject, str(exc), 409)
                 else:
-                    unsubscribe_address(
+                    unsubscribed = unsubscribe_address(
                         session,
                         address,
                         stop_queued=stop_queued,
@@ -286,6 +289,8 @@ def preferences(token: str) -> Any:
                         source="preferences",
                         campaign_id=subject.campaign_id,
                     )
+                    if unsubscribed.newly_suppressed:
+                        metrics.UNSUBSCRIBES.labels("preferences").inc()
                 changes.append(f"marketing:{'opted_in' if want_marketing else 'opted_out'}")
             if want_affiliates is not None:
                 affiliates = current_consent(session, address.id, Scope.AFFILIATES)
