@@ -39,11 +39,17 @@ def redact(text: str) -> str:
     return _TOKEN.sub(_token_or_word, text)
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _token_or_word(match: re.Match[str]) -> str:
-    # Long identifiers like task names ("workers.tasks.send_batch") have no digits or dashes
-    # mixed in; a token (random base64url) nearly always has both letters and digits.
+    # A signed token is random base64url: upper- and lower-case letters and digits mixed.
+    # Identifiers (task names, file names, task ids as UUIDs, hex claim ids) are not.
     value = match.group(0)
-    if any(c.isdigit() for c in value) and any(c.isalpha() for c in value):
+    if _UUID.fullmatch(value):
+        return value
+    kinds = (str.isupper, str.islower, str.isdigit)
+    if all(any(kind(c) for c in value) for kind in kinds):
         return "<token>"
     return value
 
@@ -157,5 +163,6 @@ def setup_logging(log_format: str = "text", level: str | int = "INFO") -> loggin
     handler.addFilter(Context())
     handler.addFilter(Redact())
     root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings become log lines in the same format
     root.setLevel(level if isinstance(level, int) else level.upper())
     return handler
