@@ -26,6 +26,8 @@ __all__ = [
     "RateLimit",
     "RequestLimit",
     "SignupRequest",
+    "WebFailure",
+    "WebHitTally",
 ]
 
 
@@ -276,3 +278,29 @@ class RequestLimit(Base):
     key: Mapped[str] = mapped_column(String(120), primary_key=True)
     window_start: Mapped[float]
     count: Mapped[int]
+
+
+class WebFailure(Base):
+    """Failed credential checks per key (``ip:<network>`` or ``affiliate:<name>``) in the
+    current fixed window: every web worker process reads and writes the same counts."""
+
+    __tablename__ = "web_failures"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[float]
+    count: Mapped[int] = mapped_column(default=0)
+
+
+class WebHitTally(Base):
+    """Refused recipient hits (bad links, oversized or malformed requests) counted per
+    network, route, outcome and minute: the first of each gets an audit event, the rest
+    only raise ``count``, so garbage cannot grow the audit trail faster than this key."""
+
+    __tablename__ = "web_hit_tallies"
+
+    minute: Mapped[datetime] = mapped_column(primary_key=True)
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    route: Mapped[str] = mapped_column(String(32), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)
+    last_at: Mapped[datetime] = mapped_column(default=utcnow)

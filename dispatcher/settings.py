@@ -76,6 +76,10 @@ class Settings:
     signup_link_seconds: float = 3 * 24 * 3600.0
     signup_ip_limit: int = 20
     signup_ip_window_seconds: float = 3600.0
+    # Web: how many reverse proxies in front append to X-Forwarded-For (0: believe none),
+    # and the threads per web process (the database pool is sized to match).
+    trusted_proxies: int = 0
+    web_threads: int = 16
     # Logs: "text" (readable) or "json" (one object per line), and the lowest level written.
     log_format: str = "text"
     log_level: str = "info"
@@ -94,7 +98,14 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_INT_FIELDS = {"batch_size", "stats_min_cell", "signup_ip_limit", "metrics_port"}
+_INT_FIELDS = {
+    "batch_size",
+    "stats_min_cell",
+    "signup_ip_limit",
+    "trusted_proxies",
+    "web_threads",
+    "metrics_port",
+}
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -131,6 +142,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "signup_link_seconds": (60, 90 * 86_400, True),
     "signup_ip_limit": (0, 1_000_000, True),
     "signup_ip_window_seconds": (1, 7 * 86_400, True),
+    "trusted_proxies": (0, 10, True),
+    "web_threads": (1, 256, True),
     "metrics_port": (1, 65_535, True),
 }
 _CHOICES = {

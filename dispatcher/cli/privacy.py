@@ -84,7 +84,8 @@ def retention_run(app: AppContext, dry_run: bool) -> None:
         f"{verb}: IP and browser of {report.hits_anonymised} page hit(s) older than "
         f"{s.retention_hit_days:g} days; {report.export_files_removed} affiliate export file(s) "
         f"older than {s.retention_export_days:g} days; {report.shares_removed} share record(s) "
-        f"older than {s.retention_share_days:g} days"
+        f"older than {s.retention_share_days:g} days; {report.web_counters_removed} spent "
+        "counter(s) of refused web requests"
     )
 
 

@@ -10,23 +10,44 @@ from dispatcher.cli import AppContext, pass_app
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8025, show_default=True, type=int)
+@click.option(
+    "--read-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a connection may stay silent (while sending a request, or idle between "
+    "requests) before it is closed.",
+)
 @pass_app
-def serve(app: AppContext, host: str, port: int) -> None:
+def serve(app: AppContext, host: str, port: int, read_timeout: float) -> None:
     """Serve the unsubscribe and preference pages (built-in server).
 
-    In production run them under gunicorn, behind the TLS proxy that DISPATCHER_BASE_URL
-    names, with the same DISPATCHER_* environment:
+    In production run them under gunicorn with threaded workers, behind the TLS proxy that
+    DISPATCHER_BASE_URL names, with the same DISPATCHER_* environment:
 
-    gunicorn -w 4 -b 127.0.0.1:8025 'dispatcher.web:create_app(trusted_proxies=1)'
+    gunicorn -c python:dispatcher.web.gunicorn_conf 'dispatcher.web:create_app()'
 
-    (trusted_proxies: how many proxies append to X-Forwarded-For, so that the audit log
-    records the recipient's IP rather than the proxy's.)
+    (DISPATCHER_TRUSTED_PROXIES: how many proxies append to X-Forwarded-For, so that the
+    audit log records the recipient's IP rather than the proxy's.)
     """
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import WSGIRequestHandler, make_server
 
     from dispatcher.web import create_app
 
-    run_simple(host, port, create_app(app.settings), threaded=True)
+    class Handler(WSGIRequestHandler):
+        # socketserver applies it to every read: a client that stops sending is let go.
+        timeout = read_timeout
+
+    server = make_server(
+        host, port, create_app(app.settings), threaded=True, request_handler=Handler
+    )
+    click.echo(f"serving on http://{host}:{server.server_port} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 COMMANDS = [serve]

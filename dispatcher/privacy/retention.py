@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from dispatcher.models import AffiliateRelease, AffiliateShare
+from dispatcher.models import AffiliateRelease, AffiliateShare, WebFailure, WebHitTally
 from dispatcher.privacy.files import forget_export_files
 from dispatcher.settings import Settings
 from suppression.events import record_event
@@ -27,6 +27,8 @@ class RetentionReport:
     hits_anonymised: int
     export_files_removed: int
     shares_removed: int
+    # Spent counters of refused web requests (they name client networks).
+    web_counters_removed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,19 +49,30 @@ def apply_retention(
     old_shares = AffiliateShare.release_id.in_(
         select(AffiliateRelease.id).where(AffiliateRelease.created_at < share_cutoff)
     )
+    # A failure window is at most an hour; tallies are page hits and share their window.
+    old_failures = WebFailure.window_start < (now - timedelta(days=1)).timestamp()
+    old_tallies = WebHitTally.minute < hit_cutoff
     files = forget_export_files(
         session, AffiliateRelease.created_at < export_cutoff, dry_run=dry_run
     )
     if dry_run:
         hit_count = session.scalar(select(func.count()).where(*old_hits)) or 0
         share_count = session.scalar(select(func.count()).where(old_shares)) or 0
-        return RetentionReport(hit_count, files, share_count)
+        counters = sum(
+            session.scalar(select(func.count()).where(w)) or 0 for w in (old_failures, old_tallies)
+        )
+        return RetentionReport(hit_count, files, share_count, counters)
     hits = session.execute(update(Event).where(*old_hits).values(ip=None, user_agent=None))
     shares = session.execute(delete(AffiliateShare).where(old_shares))
+    counters = 0
+    for table, old in ((WebFailure, old_failures), (WebHitTally, old_tallies)):
+        removed = session.execute(delete(table).where(old))
+        counters += int(removed.rowcount or 0)  # type: ignore[attr-defined]
     report = RetentionReport(
         int(hits.rowcount or 0),  # type: ignore[attr-defined]
         files,
         int(shares.rowcount or 0),  # type: ignore[attr-defined]
+        counters,
     )
     if any(report.as_dict().values()):
         record_event(

@@ -43,6 +43,7 @@ from dispatcher.sending.rendering import (
 )
 from dispatcher.sending.stages import Stopwatch
 from dispatcher.sending.transports import (
+    NeedsSmtpUtf8,
     PermanentSendError,
     TransientSendError,
     Transport,
@@ -50,6 +51,7 @@ from dispatcher.sending.transports import (
     open_transport,
 )
 from dispatcher.settings import Settings
+from suppression.address import InvalidAddress, delivery_address, is_delivery_form_of
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import Address, Reason, utcnow
 from suppression.suppressions import add_suppression
@@ -71,6 +73,8 @@ class BatchResult:
     sent: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     bounced: dict[int, int] = field(default_factory=dict)  # delivery id -> address id
+    # failed delivery id -> its skip_reason, when not "render_error"
+    reasons: dict[int, str] = field(default_factory=dict)
     released: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     orphaned: int = 0
@@ -165,6 +169,7 @@ def claim_batch(
             Delivery.contact_id,
             Delivery.address_id,
             Address.address,
+            Contact.submitted_address,
             Contact.first_name,
             Contact.last_name,
         )
@@ -179,7 +184,30 @@ def claim_batch(
         )
         .order_by(Delivery.id)
     )
-    return [ClaimedRow(*row) for row in rows], skipped
+    return [_claimed(*row) for row in rows], skipped
+
+
+def _claimed(
+    delivery_id: int,
+    contact_id: int,
+    address_id: int,
+    canonical: str,
+    submitted: str,
+    first_name: str | None,
+    last_name: str | None,
+) -> ClaimedRow:
+    """The row to send, addressed as the person gave the address (never the matching key).
+
+    When the submitted address does not belong to the key the gate checked, the row carries
+    no address and fails unsent: mail goes only where the gate looked.
+    """
+    try:
+        address: str | None = delivery_address(submitted)
+    except InvalidAddress:
+        address = None
+    if address is None or not is_delivery_form_of(address, canonical):
+        address = None
+    return ClaimedRow(delivery_id, contact_id, address_id, address, first_name, last_name)
 
 
 def _deliver(
@@ -199,6 +227,12 @@ def _deliver(
             result.problem = exc
             result.released.extend(r.delivery_id for r in rows[index:])
             return
+        if row.address is None:
+            result.failed[row.delivery_id] = (
+                "not sent: the contact's submitted address does not match the address checked"
+            )
+            result.reasons[row.delivery_id] = "address_mismatch"
+            continue
         pacer.wait(index)
         try:
             message = factory.build(row)
@@ -211,6 +245,11 @@ def _deliver(
         try:
             with factory.clock.stage("send"), metrics.SEND_SECONDS.time():
                 transport.send(factory.sender_address, row.address, message)
+        except NeedsSmtpUtf8 as exc:
+            # The relay cannot carry this address; folding it into ASCII would reach
+            # another mailbox. Not sent, not retried, not a bounce.
+            result.failed[row.delivery_id] = str(exc)
+            result.reasons[row.delivery_id] = "needs_smtputf8"
         except PermanentSendError as exc:
             if exc.sender_refused:
                 # The relay refuses our own address: a configuration fault every message
@@ -223,6 +262,7 @@ def _deliver(
             result.failed[row.delivery_id] = f"refused by the mail server: {exc}"
             if exc.recipient_refused:
                 result.bounced[row.delivery_id] = row.address_id
+                result.reasons[row.delivery_id] = Reason.HARD_BOUNCE.value
         except UncertainSendError:
             result.unknown.append(row.delivery_id)
         except TransientSendError as exc:
@@ -299,9 +339,11 @@ def _record(session: Session, campaign_id: int, claim_token: str, result: BatchR
                 status=DeliveryStatus.FAILED.value,
                 finished_at=now,
                 skip_reason=case(
-                    (Delivery.id.in_(list(result.bounced)), Reason.HARD_BOUNCE.value),
+                    *((Delivery.id == i, r) for i, r in result.reasons.items()),
                     else_="render_error",
-                ),
+                )
+                if result.reasons
+                else "render_error",
                 error=case(
                     *((Delivery.id == i, e[:500]) for i, e in result.failed.items()),
                     else_=None,
@@ -384,7 +426,7 @@ def send_batch(
                     with session_scope(sessions) as session:
                         return throttle.schedule(session, addresses, limits)
 
-                pacer = throttle.Pacer(limits, reserve, [r.address for r in rows])
+                pacer = throttle.Pacer(limits, reserve, [r.address or "" for r in rows])
                 _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
         except TransientSendError as exc:
             # Opening or closing the connection failed: what was not sent goes back.

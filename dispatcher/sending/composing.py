@@ -10,7 +10,7 @@ from email.utils import parseaddr
 
 from dispatcher.campaigns.services import campaign_view
 from dispatcher.models import Campaign
-from dispatcher.sending.messages import build_message, message_id_for
+from dispatcher.sending.messages import HeaderInjection, build_message, message_id_for
 from dispatcher.sending.rendering import (
     PreparedCampaign,
     Recipient,
@@ -28,7 +28,9 @@ class ClaimedRow:
     delivery_id: int
     contact_id: int
     address_id: int
-    address: str
+    # The address to mail (suppression.address.delivery_address), never the matching key;
+    # None when the contact's address does not match the key the gate checked: not sent.
+    address: str | None
     first_name: str | None
     last_name: str | None
 
@@ -100,6 +102,8 @@ class MessageFactory:
     def _build(
         self, rendered: RenderedMessage, row: ClaimedRow, name: str | None, unsubscribe_url: str
     ) -> bytes:
+        if row.address is None:
+            raise HeaderInjection("the To header has no address that matches the contact; not sent")
         return build_message(
             rendered,
             sender=self.settings.sender,

@@ -90,6 +90,11 @@ class PermanentSendError(SendError):
         self.sender_refused = sender_refused
 
 
+class NeedsSmtpUtf8(PermanentSendError):
+    """The address has a non-ASCII local part and the relay does not offer SMTPUTF8
+    (RFC 6531): it cannot be sent there as it is, and no other spelling is the same mailbox."""
+
+
 class UncertainSendError(SendError):
     """The connection broke after the message was sent and before the server answered."""
 
@@ -293,8 +298,9 @@ class SMTPTransport:
         extensions = ""
         if not (sender.isascii() and recipient.isascii()):
             if not conn.has_extn("smtputf8"):
-                raise PermanentSendError(
-                    "not sent: the address needs SMTPUTF8, which this server does not offer",
+                raise NeedsSmtpUtf8(
+                    "not sent: the address has non-ASCII characters, which need SMTPUTF8, "
+                    "and the mail relay does not offer it",
                     code=553,
                     recipient=recipient,
                 )

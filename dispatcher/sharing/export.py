@@ -28,7 +28,7 @@ from dispatcher.models import Affiliate, AffiliateRelease, AffiliateShare, Conta
 from dispatcher.settings import Settings
 from dispatcher.sharing.affiliates import AffiliateError, get_affiliate
 from dispatcher.sharing.cells import safe_row
-from suppression.address import address_digest
+from suppression.address import address_digest, delivery_address
 from suppression.events import Hit, record_event
 from suppression.gate import affiliate_shareable
 from suppression.models import (
@@ -163,17 +163,21 @@ def _share(session: Session, affiliate_id: int, release_id: int) -> int:
 def _rows(session: Session, affiliate: Affiliate, release_id: int) -> Iterator[list[str]]:
     """The whitelisted fields of every contact in the release, streamed (server-side cursor)."""
     stmt = (
-        select(Address.address, Contact.first_name, Contact.last_name, Contact.attributes)
+        select(Contact.submitted_address, Contact.first_name, Contact.last_name, Contact.attributes)
         .select_from(AffiliateShare)
         .join(Contact, Contact.address_id == AffiliateShare.address_id)
-        .join(Address, Address.id == AffiliateShare.address_id)
         .where(AffiliateShare.affiliate_id == affiliate.id, AffiliateShare.release_id == release_id)
         .order_by(Contact.id)
         .execution_options(yield_per=CHUNK)
     )
     fields = list(affiliate.fields)
-    for address, first, last, attributes in session.execute(stmt):
-        known = {"email": address, "first_name": first or "", "last_name": last or ""}
+    for submitted, first, last, attributes in session.execute(stmt):
+        # The address as the person gave it (what mail goes to), not our matching key.
+        known = {
+            "email": delivery_address(submitted),
+            "first_name": first or "",
+            "last_name": last or "",
+        }
         extra = attributes or {}
         yield safe_row(known[f] if f in known else _text(extra.get(f)) for f in fields)
 

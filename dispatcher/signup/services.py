@@ -31,6 +31,7 @@ from dispatcher.signup import limits
 from dispatcher.signup.mail import MailKind, OutgoingMail, new_message_id, send
 from suppression.address import address_digest, canonical_address
 from suppression.consent import record_consent
+from suppression.erasure import erased_among
 from suppression.events import Hit, record_event
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import Address, ConsentStatus, Scope, utcnow
@@ -121,6 +122,10 @@ def request_signup(
         canonical = canonical_address(form.email)
     except ValueError as exc:
         raise SignupError("email", f"this e-mail address cannot be used: {exc}") from None
+    if erased_among(session, signer, [canonical]):
+        # Erased at the person's request: it is never added again, whoever asks.
+        _audit(session, hit, "blocked", None)
+        return "blocked", None
     known = session.scalar(select(Address.id).where(Address.address == canonical))
     if known is not None and (
         staff_only_suppressions(session, known) or _gate_blocks(session, known)

@@ -1,13 +1,13 @@
 """The web app: recipient pages and affiliate downloads. ``create_app(settings)`` builds it.
 
 Served by the built-in server on the embedded defaults (``dispatcher serve``) and by
-gunicorn in production::
+gunicorn in production, with threaded workers (``dispatcher/web/gunicorn_conf.py``)::
 
-    gunicorn -w 4 -b 127.0.0.1:8025 'dispatcher.web:create_app(trusted_proxies=1)'
+    gunicorn -c python:dispatcher.web.gunicorn_conf 'dispatcher.web:create_app()'
 
-behind the TLS proxy that ``DISPATCHER_BASE_URL`` names (``/healthz`` and ``/readyz`` for
-the load balancer: README, "Operations") (``trusted_proxies`` = how many
-proxies append to ``X-Forwarded-For``, so the audit log records the recipient's IP).
+behind the TLS proxy that ``DISPATCHER_BASE_URL`` names (``DISPATCHER_TRUSTED_PROXIES`` =
+how many proxies append to ``X-Forwarded-For``, so the audit log records the recipient's IP).
+``/healthz`` and ``/readyz`` are for the load balancer (README, "Operations").
 """
 
 from __future__ import annotations
@@ -19,9 +19,14 @@ from dispatcher.settings import Settings, load_settings
 from dispatcher.web import security
 
 
-def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) -> Flask:
-    """Build the Flask app for ``settings`` (read from the environment when not given)."""
+def create_app(settings: Settings | None = None, *, trusted_proxies: int | None = None) -> Flask:
+    """Build the Flask app for ``settings`` (read from the environment when not given).
+
+    ``trusted_proxies`` overrides the setting of that name (``DISPATCHER_TRUSTED_PROXIES``).
+    """
     settings = settings or load_settings()
+    if trusted_proxies is None:
+        trusted_proxies = settings.trusted_proxies
     web = settings.templates_dir / "web"
     app = Flask(
         __name__,
@@ -30,7 +35,11 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int = 0) ->
         static_url_path="/static",
     )
     app.config["DISPATCHER_SETTINGS"] = settings
-    engine = make_engine(settings.database_url)
+    pool: dict[str, int] = {}
+    if settings.database_url.startswith("postgresql"):
+        # One connection per request thread, so no thread waits for the pool.
+        pool = {"pool_size": settings.web_threads, "max_overflow": 4}
+    engine = make_engine(settings.database_url, **pool)
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
     from dispatcher.ops import health

@@ -26,6 +26,7 @@ from dispatcher.sharing.affiliates import (
     authenticate_bearer,
 )
 from dispatcher.sharing.export import feed, feed_body
+from dispatcher.web import limits
 from suppression.events import Hit, record_event
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 
@@ -56,20 +57,63 @@ def _refuse(status: int, message: str) -> Response:
     return response
 
 
+class RateLimited(Exception):
+    """Too many failed credential checks from this network or for this affiliate."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed sign-ins; try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
 def _caller(session: Session) -> Affiliate:
-    """The affiliate whose credential came with the request, or :class:`NotAuthenticated`."""
+    """The affiliate whose credential came with the request, or :class:`NotAuthenticated`.
+
+    Failed checks are counted per network and per affiliate name; over the budget the
+    request is refused (:class:`RateLimited`) before the costly hash is computed, and the
+    hash itself runs one at a time per process (:class:`limits.Busy` after a wait).
+    """
     auth = request.authorization
     if auth is None:
         raise NotAuthenticated("no_credential", "no credential given")
     if auth.type == "basic" and auth.username and auth.password:
-        return authenticate(session, auth.username, auth.password)
-    if auth.type == "bearer" and auth.token:
-        return authenticate_bearer(session, auth.token)
-    raise NotAuthenticated("no_credential", "use HTTP Basic or a Bearer credential")
+        name, check = auth.username, lambda: authenticate(session, auth.username, auth.password)
+    elif auth.type == "bearer" and auth.token:
+        token = auth.token
+        name, check = token.partition(".")[0], lambda: authenticate_bearer(session, token)
+    else:
+        raise NotAuthenticated("no_credential", "use HTTP Basic or a Bearer credential")
+    keys = limits.failure_keys(request.remote_addr, name)
+    wait = limits.retry_after(session, keys)
+    if wait:
+        raise RateLimited(wait)
+    with limits.one_check_at_a_time():
+        try:
+            return check()
+        except NotAuthenticated as exc:
+            if exc.outcome == "bad_credential":
+                limits.count_failure(session, keys)
+            raise
+
+
+def _refuse_caller(exc: RateLimited | limits.Busy) -> Response:
+    if isinstance(exc, RateLimited):
+        response = _refuse(429, f"Not signed in: {exc}.")
+    else:
+        response = _refuse(503, "Busy checking credentials; try again shortly.")
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _audit(session: Session, kind: str, outcome: str, **detail: Any) -> None:
     record_event(session, kind, hit=_hit(), outcome=outcome, **detail)
+
+
+def _audit_refusal(session: Session, kind: str, outcome: str, **detail: Any) -> None:
+    """Audit a refusal anyone can repeat at no cost (a garbage link, no credential, over
+    the limit): tallied per network and minute, with an event for the first of each only.
+    Wrong credentials keep an event each; the failure limit bounds them."""
+    if outcome == "bad_credential" or limits.tally_hit(session, _hit().ip, kind, outcome) == 1:
+        _audit(session, kind, outcome, **detail)
 
 
 def _sha256_of(path: Path) -> str:
@@ -96,13 +140,22 @@ def download(token: str) -> Response:
                 LinkPurpose.AFFILIATE_DOWNLOAD, token, int(settings.affiliate_link_seconds)
             )
         except BadToken as exc:
-            _audit(session, "affiliate_download", exc.outcome.value)
+            _audit_refusal(session, "affiliate_download", exc.outcome.value)
             return _refuse(403, f"This download link is not valid ({exc}). Ask for a new one.")
         release_id, owner_id = payload.get("r"), payload.get("a")
         try:
             affiliate = _caller(session)
+        except (RateLimited, limits.Busy) as exc:
+            _audit_refusal(
+                session,
+                "affiliate_download",
+                "rate_limited" if isinstance(exc, RateLimited) else "busy",
+                affiliate_id=owner_id,
+                release_id=release_id,
+            )
+            return _refuse_caller(exc)
         except NotAuthenticated as exc:
-            _audit(
+            _audit_refusal(
                 session,
                 "affiliate_download",
                 exc.outcome,
@@ -152,8 +205,15 @@ def suppression_feed() -> Response:
     with session_scope(_sessions()) as session:
         try:
             affiliate = _caller(session)
+        except (RateLimited, limits.Busy) as exc:
+            _audit_refusal(
+                session,
+                "affiliate_feed",
+                "rate_limited" if isinstance(exc, RateLimited) else "busy",
+            )
+            return _refuse_caller(exc)
         except NotAuthenticated as exc:
-            _audit(session, "affiliate_feed", exc.outcome)
+            _audit_refusal(session, "affiliate_feed", exc.outcome)
             return _refuse(403 if exc.outcome == "disabled" else 401, f"Not signed in: {exc}.")
         since = None
         if request.args.get("since"):

@@ -14,6 +14,7 @@ from dispatcher.db import session_scope
 from dispatcher.models import Campaign
 from dispatcher.ops import metrics
 from dispatcher.settings import Settings
+from dispatcher.web import limits
 from dispatcher.web.security import client_hit, form_token, form_token_ok
 from suppression.address import mask_address
 from suppression.consent import current_consent, record_consent
@@ -80,9 +81,14 @@ def _record_hit(
 
 
 def _invalid(route: str, exc: BadToken) -> tuple[str, int]:
-    """The same page for every bad link, whether or not the address exists."""
+    """The same page for every bad link, whether or not the address exists.
+
+    Bad links are tallied per network, route, outcome and minute; only the first of each
+    gets an audit event, so garbage cannot grow the audit trail by one row per request.
+    """
     with session_scope(current_app.extensions["dispatcher.sessions"]) as session:
-        _record_hit(session, route, exc.outcome.value, "refused")
+        if limits.tally_hit(session, request.remote_addr, route, exc.outcome.value) == 1:
+            _record_hit(session, route, exc.outcome.value, "refused")
     return render_template("invalid.html", settings=_settings()), 400
 
 

@@ -9,16 +9,19 @@ that reached a view.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections.abc import Sequence
+from urllib.parse import urljoin, urlsplit
 
 from flask import Flask, Response, current_app, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatcher.db import session_scope
 from dispatcher.settings import Settings
+from dispatcher.web.limits import tally_hit
 from suppression.events import Hit, record_event
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 
@@ -82,10 +85,17 @@ def install(app: Flask, settings: Settings, trusted_proxies: int = 0) -> None:
             app.wsgi_app, x_for=trusted_proxies, x_proto=trusted_proxies
         )
 
+    @app.before_request
+    def _bounded_chunked_body() -> None:
+        _read_chunked_body()
+
     @app.after_request
     def _security_headers(response: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        location = response.headers.get("Location")
+        if location is not None:
+            response.headers["Location"] = _on_base_url(settings.base_url, location)
         return response
 
     @app.errorhandler(HTTPException)
@@ -97,10 +107,50 @@ def install(app: Flask, settings: Settings, trusted_proxies: int = 0) -> None:
         return render_template("error.html", code=code, title=exc.name, settings=settings), code
 
 
+def _on_base_url(base_url: str, location: str) -> str:
+    """A redirect target on our own configured root, whatever Host the request named: the
+    Host header is the client's to choose, so a redirect built from it could send a
+    recipient anywhere."""
+    target = urlsplit(urljoin(request.path, location))
+    path = target.path if target.path.startswith("/") else f"/{target.path}"
+    return base_url + path + (f"?{target.query}" if target.query else "")
+
+
+def _read_chunked_body() -> None:
+    """A body without Content-Length (chunked) is read here, up to the limit: over it, 413;
+    under it, the request goes on as if it had come with its length. Werkzeug would
+    otherwise leave such a form unparsed, or read without bound."""
+    environ = request.environ
+    if request.method in ("GET", "HEAD", "OPTIONS") or environ.get("CONTENT_LENGTH"):
+        return
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return
+    stream = environ["wsgi.input"]
+    data = b""
+    try:
+        while len(data) <= MAX_BODY_BYTES:
+            block = stream.read(MAX_BODY_BYTES + 1 - len(data))
+            if not block:
+                break
+            data += block
+    except Exception:  # noqa: BLE001 - the server's own framing errors (gunicorn's are not OSError)
+        raise BadRequest("the chunked body could not be read") from None
+    if len(data) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+    environ["wsgi.input"] = io.BytesIO(data)
+    environ["CONTENT_LENGTH"] = str(len(data))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    environ.pop("wsgi.input_terminated", None)
+    request.__dict__.pop("stream", None)  # werkzeug caches the stream it made
+
+
 def _record_refusal(route: str, code: int) -> None:
     """Audit a recipient request refused before its token was read (413, 405, ...)."""
     try:
         with session_scope(current_app.extensions["dispatcher.sessions"]) as session:
+            outcome = f"refused_{code}"
+            if tally_hit(session, request.remote_addr, route, outcome) > 1:
+                return  # counted in web_hit_tallies; the first this minute has its event
             record_event(
                 session,
                 "web_hit",

@@ -125,7 +125,7 @@ def check_download(local: Settings, port: int, sessions: sessionmaker[Session], 
             .where(Event.kind == "affiliate_download")
             .order_by(Event.id)
         ).all()
-    assert [o for o, *_ in outcomes] == [
+    audited = [
         "served",
         "served",
         "no_credential",
@@ -137,6 +137,10 @@ def check_download(local: Settings, port: int, sessions: sessionmaker[Session], 
         "tampered",
         "expired",
     ]
+    # A refusal repeated from one network within a minute (the second bad link) is only
+    # tallied; its own event appears when the minute turned between the two.
+    got = [o for o, *_ in outcomes]
+    assert got in (audited, audited[:8] + audited[9:])
     assert all(ip == "127.0.0.1" and ua == "affiliate-test/1" for _, ip, ua, _ in outcomes)
     assert outcomes[0][3]["release_id"] == release.release_id
 

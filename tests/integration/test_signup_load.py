@@ -52,7 +52,7 @@ def call(url: str, data: dict[str, str] | None = None, ip: str = "127.0.0.1") ->
     body = urllib.parse.urlencode(data).encode() if data is not None else None
     request = urllib.request.Request(url, data=body, headers={"X-Forwarded-For": ip})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - loopback
             return int(response.status), response.read().decode()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read().decode()

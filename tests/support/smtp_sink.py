@@ -51,6 +51,8 @@ class Received:
     connection: int  # which connection (1, 2, …) carried it
     dropped: bool = False  # the connection was cut before the reply (outcome hidden)
     at: float = field(default_factory=time.time)
+    exact_recipients: tuple[str, ...] = ()  # RCPT TO as the client wrote it (case kept)
+    mail_options: tuple[str, ...] = ()  # MAIL FROM parameters (SMTPUTF8, BODY=8BITMIME)
 
     @property
     def message(self) -> SinkMessage:
@@ -186,6 +188,8 @@ class SinkHandler:
                     _raw(envelope),
                     connection=getattr(server, "connection_number", 0),
                     dropped=drop,
+                    exact_recipients=tuple(envelope.rcpt_tos),
+                    mail_options=tuple(envelope.mail_options),
                 )
             )
         if drop:

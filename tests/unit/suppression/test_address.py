@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from suppression.address import InvalidAddress, address_digest, canonical_address, mask_address
+from suppression.address import (
+    InvalidAddress,
+    address_digest,
+    canonical_address,
+    delivery_address,
+    is_delivery_form_of,
+    mask_address,
+)
 
 
 @pytest.mark.parametrize(
@@ -52,3 +59,27 @@ def test_digest_is_sha256_of_canonical_form() -> None:
     assert address_digest("ann@example.com") == (
         "71d4f55f72fa128dfb468a1a3901507c804b74316488744d769d7f4b16696476"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "delivery"),
+    [
+        ("Jörg.Straße@Example.COM", "Jörg.Straße@example.com"),
+        ("  Ann.Smith@Example.COM \t", "Ann.Smith@example.com"),
+        ("İdil@example.com", "İdil@example.com"),
+        ("user@BÜCHER.de", "user@xn--bcher-kva.de"),
+        ("ΣΑΣ@x.org", "ΣΑΣ@x.org"),
+        ("Jo\u0308rg@x.org", "J\u00f6rg@x.org"),  # NFC, as RFC 6532 asks
+    ],
+)
+def test_delivery_form_keeps_the_local_part_as_given(given: str, delivery: str) -> None:
+    assert delivery_address(given) == delivery
+    # The one relation the claim relies on: the key is the delivery form case-folded.
+    assert canonical_address(given) == delivery.casefold()
+    assert is_delivery_form_of(delivery, canonical_address(given))
+
+
+def test_the_folded_key_is_not_the_mailbox() -> None:
+    assert canonical_address("Straße@example.com") == canonical_address("STRASSE@example.com")
+    assert delivery_address("Straße@example.com") != delivery_address("STRASSE@example.com")
+    assert not is_delivery_form_of("bob@example.com", canonical_address("ann@example.com"))

@@ -224,3 +224,22 @@ def test_registry_address_of_erased_person_is_not_reused(
         assert erased_among(session, _signer(settings), ["again@example.org", "x@y.org"]) == {
             "again@example.org"
         }
+
+
+def test_a_signup_of_an_erased_address_sends_nothing_and_records_nothing(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    from dispatcher.models import SignupRequest
+    from dispatcher.signup.services import SignupForm, request_signup
+
+    signer = _signer(settings)
+    with session_scope(session_factory) as session:
+        make_contact(session, "back@example.org")
+    with session_scope(session_factory) as session:
+        erase_person(session, signer, "back@example.org", reason="r", actor="d")
+    with session_scope(session_factory) as session:
+        form = SignupForm(email="Back@Example.org", marketing=True, affiliates=False)
+        outcome, mail = request_signup(session, settings, signer, form, Hit(ip="192.0.2.1"))
+        assert (outcome, mail) == ("blocked", None)
+        assert session.scalar(select(func.count()).select_from(SignupRequest)) == 0
+        assert "back@example.org" not in every_text(session).lower()

@@ -74,3 +74,31 @@ def test_old_export_files_and_shares_go(
         report = apply_retention(session, settings)
         assert report.shares_removed == 1 and report.export_files_removed == 1
         assert session.scalars(select(AffiliateShare)).first() is None
+
+
+def test_spent_web_counters_go(settings: Settings, session_factory: sessionmaker[Session]) -> None:
+    from dispatcher.models import WebFailure, WebHitTally
+
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        session.add(
+            WebFailure(
+                key="ip:192.0.2.0", window_start=(now - timedelta(days=2)).timestamp(), count=3
+            )
+        )
+        session.add(WebFailure(key="ip:192.0.2.1", window_start=now.timestamp(), count=1))
+        for age, net in ((200, "198.51.100.0"), (1, "198.51.100.1")):
+            session.add(
+                WebHitTally(
+                    minute=now - timedelta(days=age),
+                    network=net,
+                    route="u",
+                    outcome="tampered",
+                    count=2,
+                )
+            )
+    with session_scope(session_factory) as session:
+        assert apply_retention(session, settings, dry_run=True).web_counters_removed == 2
+        assert apply_retention(session, settings).web_counters_removed == 2
+        assert [f.key for f in session.scalars(select(WebFailure))] == ["ip:192.0.2.1"]
+        assert [t.network for t in session.scalars(select(WebHitTally))] == ["198.51.100.1"]

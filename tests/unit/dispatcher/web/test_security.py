@@ -14,6 +14,7 @@ from dispatcher.web import create_app
 from suppression.models import Reason
 from suppression.suppressions import add_suppression
 from suppression.tokens import LinkPurpose
+from tests.conftest import settings_for
 from tests.unit.dispatcher.web.pages import csrf, events, link, state
 
 
@@ -139,3 +140,26 @@ def test_every_page_is_plain_accessible_html(
         assert all(i and i in page.labels for i in page.inputs), f"{name}: input without label"
         assert all(page.buttons), f"{name}: button without text"
     assert b"legal" in pages["blocked"].data
+
+
+@pytest.mark.parametrize(
+    ("proxies", "recorded"),
+    [("0", "127.0.0.1"), ("1", "203.0.113.9"), ("2", "198.51.100.1")],
+)
+def test_the_forwarded_for_depth_is_a_setting_and_counts_only_that_many_proxies(
+    settings: Settings, session_factory, contact_id: int, proxies: str, recorded: str
+) -> None:
+    configured = settings_for(settings.home, trusted_proxies=proxies)
+    client = create_app(configured).test_client()
+    client.get(
+        link(settings, LinkPurpose.UNSUBSCRIBE, contact_id),
+        # A client-written entry first, then what each of our proxies appended.
+        headers={"X-Forwarded-For": "10.9.9.9, 198.51.100.1, 203.0.113.9"},
+    )
+    assert events(session_factory)[-1].ip == recorded
+
+
+def test_a_redirect_never_follows_the_host_header(client: FlaskClient) -> None:
+    response = client.get("/static//site.css", headers={"Host": "evil.example"})
+    assert response.status_code == 308
+    assert response.headers["Location"] == "http://127.0.0.1:8025/static/site.css"
