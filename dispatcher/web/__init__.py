@@ -15,6 +15,7 @@ from __future__ import annotations
 from flask import Flask
 
 from dispatcher.db import make_engine, make_sessionmaker
+from dispatcher.ops.logs import setup_logging
 from dispatcher.settings import Settings, load_settings
 from dispatcher.web import security
 
@@ -24,7 +25,10 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int | None 
 
     ``trusted_proxies`` overrides the setting of that name (``DISPATCHER_TRUSTED_PROXIES``).
     """
-    settings = settings or load_settings()
+    if settings is None:
+        # The production entry point (gunicorn): this process's logging is set up here.
+        settings = load_settings()
+        setup_logging(settings.log_format, settings.log_level)
     if trusted_proxies is None:
         trusted_proxies = settings.trusted_proxies
     web = settings.templates_dir / "web"
@@ -43,10 +47,8 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int | None 
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
     from dispatcher.ops import health
-    from dispatcher.ops.logs import setup_logging
     from dispatcher.web import affiliates, public, signup
 
-    setup_logging(settings.log_format, settings.log_level)
     health.install(app, settings, engine)
 
     app.register_blueprint(public.bp)

@@ -11,14 +11,21 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
 from dispatcher.models import Delivery
+from dispatcher.ops.metrics import MULTIPROC_ENV
+from dispatcher.settings import Settings
+from suppression.tokens import LinkPurpose, TokenSigner
+from tests.conftest import TEST_KEYS
+from tests.factories import make_contact
 from tests.integration.test_campaign_end_to_end import ELIGIBLE, populate, run_campaign
+from tests.integration.test_web_servers import one_click, running
 from tests.support.backends import Backend
-from tests.support.smtp_sink import _free_port
+from tests.support.web_server import free_port
 from workers.process import WorkerProcess, wait_until
 
 BIN = Path(sys.executable).parent
@@ -67,7 +74,7 @@ def test_metrics_and_json_logs_of_a_real_campaign(
         "--without-mingle",
         "--without-heartbeat",
     ]
-    port = _free_port()
+    port = free_port()
     with worker:
         campaign_id = run_campaign(backend, "metrics")
         server = subprocess.Popen(
@@ -159,3 +166,59 @@ def test_metrics_and_json_logs_of_a_real_campaign(
     log_text = "\n".join(lines)
     for address in [*ELIGIBLE, "out@example.com", "never@example.com"]:
         assert address not in log_text
+
+
+def test_gunicorn_recipe_answers_health_and_counts_unsubscribes(
+    settings: Settings, session_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The production recipe of dispatcher-web.service: gunicorn with its multiprocess folder;
+    `dispatcher metrics serve` reads what its workers counted."""
+    with session_scope(session_factory) as session:
+        ann = make_contact(session, "ann@example.com").address_id
+    port, metrics_port = free_port(), free_port()
+    monkeypatch.setenv("DISPATCHER_WEB_BIND", f"127.0.0.1:{port}")
+    monkeypatch.setenv("DISPATCHER_WEB_WORKERS", "2")
+    monkeypatch.setenv("DISPATCHER_LOG_FORMAT", "json")
+    monkeypatch.setenv("DISPATCHER_HOME", str(settings.home))
+    monkeypatch.setenv("DISPATCHER_SECRET_KEYS", TEST_KEYS)
+    monkeypatch.setenv(MULTIPROC_ENV, str(settings.home / "metrics" / "web"))
+    (settings.home / "metrics" / "web").mkdir(parents=True)
+    command = [
+        str(BIN / "gunicorn"),
+        "-c",
+        "python:dispatcher.web.gunicorn_conf",
+        "dispatcher.web:create_app()",
+    ]
+    token = TokenSigner(settings.secret_keys).sign_link(LinkPurpose.UNSUBSCRIBE, ann, None)
+    with running(command, settings, tmp_path / "gunicorn.log", port) as base:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=10) as answer:
+            assert json.load(answer) == {"status": "ok"}
+        with urllib.request.urlopen(f"{base}/readyz", timeout=10) as answer:
+            ready = json.load(answer)
+        assert ready["status"] == "ok"
+        assert [c["name"] for c in ready["checks"]] == ["database", "migrations", "keys"]
+        for _ in range(2):  # the second changes nothing and is not counted
+            assert one_click(f"{base}/u/{token}", "198.51.100.7") == 200
+    monkeypatch.delenv(MULTIPROC_ENV)
+    server = subprocess.Popen(
+        [str(BIN / "dispatcher"), "metrics", "serve", "--port", str(metrics_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        found: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+
+        def scraped() -> bool:
+            nonlocal found
+            try:
+                found = scrape(metrics_port)
+            except OSError:
+                return False
+            return True
+
+        wait_until(scraped, 30, interval=0.2, what="metrics serve answering")
+    finally:
+        server.terminate()
+        server.wait(30)
+    key = ("dispatcher_unsubscribes_total", frozenset({("source", "one_click")}))
+    assert found.get(key) == 1
