@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,25 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_until(port: int, holds: Callable[[Samples], bool], what: str) -> Samples:
+    """Scrape until ``holds`` is true of the samples (the server may not listen yet)."""
+    found: Samples = {}
+
+    def scraped() -> bool:
+        nonlocal found
+        try:
+            found = scrape(port)
+        except OSError:
+            return False  # not listening yet
+        return holds(found)
+
+    wait_until(scraped, 60, interval=0.5, what=what)
+    return found
 
 
 def rows(backend: Backend, campaign_id: int) -> dict[tuple[str, str | None], int]:
@@ -93,6 +113,8 @@ def test_metrics_and_json_logs_of_a_real_campaign(
                 ("suppressed", r) for r in suppressed
             }
 
+            found: Samples = {}
+
             def marketing(name: str, **labels: str) -> float:
                 key = frozenset({"purpose": "marketing", **labels}.items())
                 return found.get((name, key), 0.0)
@@ -103,7 +125,9 @@ def test_metrics_and_json_logs_of_a_real_campaign(
                 **{("dispatcher_messages_suppressed_total", r): n for r, n in suppressed.items()},
             }
 
-            def counted() -> dict[tuple[str, str], float]:
+            def counted(samples: Samples) -> dict[tuple[str, str], float]:
+                nonlocal found
+                found = samples
                 return {
                     (name, value): marketing(
                         name,
@@ -112,22 +136,12 @@ def test_metrics_and_json_logs_of_a_real_campaign(
                     for name, value in expected
                 }
 
-            found: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-
-            def matches() -> bool:
-                nonlocal found
-                try:
-                    found = scrape(port)
-                except OSError:
-                    return False  # not listening yet
-                return counted() == expected
-
             # The worker counts a batch just after recording it: wait for the last one.
             try:
-                wait_until(matches, 60, interval=0.5, what="metrics equal to the rows")
+                scrape_until(port, lambda s: counted(s) == expected, "metrics equal to the rows")
             finally:
-                print(json.dumps({f"{k[0]}:{k[1]}": v for k, v in counted().items()}))
-            assert counted() == expected
+                print(json.dumps({f"{k[0]}:{k[1]}": v for k, v in counted(found).items()}))
+            assert counted(found) == expected
             assert marketing("dispatcher_messages_total", outcome="unknown") == 0
             replies = {
                 c: found.get(("dispatcher_smtp_replies_total", frozenset({("class", c)})), 0)
@@ -206,17 +220,7 @@ def test_gunicorn_recipe_answers_health_and_counts_unsubscribes(
         stderr=subprocess.DEVNULL,
     )
     try:
-        found: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-
-        def scraped() -> bool:
-            nonlocal found
-            try:
-                found = scrape(metrics_port)
-            except OSError:
-                return False
-            return True
-
-        wait_until(scraped, 30, interval=0.2, what="metrics serve answering")
+        found = scrape_until(metrics_port, lambda _: True, "metrics serve answering")
     finally:
         server.terminate()
         server.wait(30)
