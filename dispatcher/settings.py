@@ -110,6 +110,11 @@ class Settings:
     # Provider webhooks: SendGrid's verification key (base64 DER), SNS topics we accept.
     sendgrid_public_key: str = ""
     sns_topic_arns: str = ""
+    # Logs: "text" (readable) or "json" (one object per line), and the lowest level written.
+    log_format: str = "text"
+    log_level: str = "info"
+    # Where `dispatcher metrics serve` listens for Prometheus (README, "Operations").
+    metrics_port: int = 9464
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -139,6 +144,7 @@ _INT_FIELDS = {
     "inbound_max_bytes",
     "inbound_keep_bytes",
     "inbound_keep_days",
+    "metrics_port",
 }
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
@@ -190,6 +196,11 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "inbound_keep_bytes": (0, 1 << 31, True),
     "inbound_keep_days": (1, 36_500, True),
     "inbound_poll_seconds": (1, 86_400, True),
+    "metrics_port": (1, 65_535, True),
+}
+_CHOICES = {
+    "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
 }
 MIN_KEY_LENGTH = 16
 _DATABASE_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}
@@ -336,6 +347,11 @@ def _check_values(values: dict[str, Any]) -> None:
             raise SettingsError(
                 f"{_var(name)} must be {bound} and at most {high:g} (got {number:g})"
             )
+    for name, choices in _CHOICES.items():
+        if name in values:
+            values[name] = str(values[name]).lower()
+            if values[name] not in choices:
+                raise SettingsError(f"{_var(name)} must be one of {', '.join(choices)}")
     _check_database_url(values["database_url"])
     _check_broker_url(values["broker_url"])
     _check_base_url(values["base_url"])
