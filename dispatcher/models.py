@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from suppression.models import Base, BigId, utcnow
@@ -125,8 +125,14 @@ class Delivery(Base):
     claim_token: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    claimed_at: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]  # when this row was taken for sending
+    renewed_at: Mapped[datetime | None]  # the claim's last lease renewal
     finished_at: Mapped[datetime | None]
+
+    @classmethod
+    def lease_seen_at(cls) -> Any:
+        """The last sign of life of the row's claim: its renewal, or the claim itself."""
+        return func.coalesce(cls.renewed_at, cls.claimed_at)
 
 
 class RateLimit(Base):

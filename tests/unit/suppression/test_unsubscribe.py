@@ -4,65 +4,115 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dispatcher.campaigns.deliveries import stop_queued
+from dispatcher.models import Campaign, Contact, Delivery, DeliveryStatus
 from suppression.consent import current_consent
 from suppression.events import Hit
 from suppression.models import ConsentStatus, Event, Reason, Scope, Suppression
 from suppression.suppressions import active_suppressions, add_suppression
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
-from suppression.unsubscribe import CannotResubscribe, apply_unsubscribe, resubscribe
+from suppression.unsubscribe import (
+    CannotResubscribe,
+    resolve_link,
+    resubscribe,
+    unsubscribe_address,
+)
 from tests.factories import make_contact
 
 SIGNER = TokenSigner(["unit-test-key-0123456789"])
 HIT = Hit(ip="127.0.0.1", user_agent="pytest")
 
 
-def stopped_none(session: Session, address_id: int) -> int:
-    return 0
-
-
 def count(session: Session, model) -> int:
     return session.scalar(select(func.count()).select_from(model))
 
 
-def test_unsubscribe_suppresses_opts_out_and_is_idempotent(session: Session) -> None:
-    contact = make_contact(session, "ann@example.com")
-    token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id, 3)
-    stops: list[int] = []
+def queue(session: Session, contact: Contact, purpose: str = "marketing") -> Delivery:
+    """A queued delivery of a new sending campaign to ``contact``."""
+    campaign = Campaign(
+        name=purpose, subject="s", template="new-releases", purpose=purpose, status="sending"
+    )
+    session.add(campaign)
+    session.flush()
+    delivery = Delivery(
+        campaign_id=campaign.id,
+        contact_id=contact.id,
+        address_id=contact.address_id,
+        status=DeliveryStatus.QUEUED.value,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
 
-    def stop(session: Session, address_id: int) -> int:
-        stops.append(address_id)
-        return 2
 
-    first = apply_unsubscribe(session, SIGNER, token, stop_queued=stop, hit=HIT)
-    second = apply_unsubscribe(session, SIGNER, token, stop_queued=stop, hit=HIT)
+def unsubscribe_link(session: Session, token: str, source: str = "one_click"):
+    """What the one-click page does with a link: verify it, then the one unsubscribe."""
+    subject, address = resolve_link(session, SIGNER, LinkPurpose.UNSUBSCRIBE, token)
+    return unsubscribe_address(
+        session,
+        address,
+        stop_queued=stop_queued,
+        hit=HIT,
+        source=source,
+        campaign_id=subject.campaign_id,
+    )
+
+
+def test_unsubscribe_suppresses_opts_out_stops_queued_mail_and_is_idempotent(
+    session: Session,
+) -> None:
+    ann = make_contact(session, "ann@example.com")
+    bob = make_contact(session, "bob@example.com")
+    first_news, second_news = queue(session, ann), queue(session, ann)
+    notice = queue(session, ann, purpose="service_notice")
+    bobs = queue(session, bob)
+    token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, ann.address_id, 3)
+
+    first = unsubscribe_link(session, token)
+    second = unsubscribe_link(session, token)
 
     assert first.newly_suppressed and not second.newly_suppressed
-    assert first.masked_address == "a***@e***.com" and first.stopped == 2
-    assert stops == [contact.address_id, contact.address_id]
-    assert [s.reason for s in active_suppressions(session, contact.address_id)] == ["unsubscribe"]
-    assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_out"
+    assert first.masked_address == "a***@e***.com"
+    assert (first.stopped, second.stopped) == (2, 0)
+    session.expire_all()
+    # Her queued marketing is cancelled with the reason; a service notice and Bob's mail are not.
+    for delivery in (first_news, second_news):
+        assert (delivery.status, delivery.skip_reason) == ("cancelled", "unsubscribe")
+        assert delivery.finished_at is not None
+    assert notice.status == "queued" and bobs.status == "queued"
+    assert [s.reason for s in active_suppressions(session, ann.address_id)] == ["unsubscribe"]
+    assert current_consent(session, ann.address_id, Scope.MARKETING).status == "opted_out"
+    assert active_suppressions(session, bob.address_id) == []
+    events = session.scalars(select(Event).where(Event.kind == "unsubscribed")).all()
+    assert [(e.outcome, e.detail["stopped"], e.ip) for e in events] == [
+        ("suppressed", 2, "127.0.0.1"),
+        ("already_suppressed", 0, "127.0.0.1"),
+    ]
 
 
 def test_tampered_token_changes_nothing(session: Session) -> None:
     contact = make_contact(session, "ann@example.com")
+    delivery = queue(session, contact)
     token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
     before = (count(session, Suppression), count(session, Event))
     with pytest.raises(BadToken):
-        apply_unsubscribe(session, SIGNER, token[:-2] + "zz", stop_queued=stopped_none, hit=HIT)
+        unsubscribe_link(session, token[:-2] + "zz")
     assert (count(session, Suppression), count(session, Event)) == before
+    session.expire_all()
+    assert delivery.status == "queued"
 
 
 def test_token_for_an_unknown_address_is_refused_like_a_forged_one(session: Session) -> None:
     token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, 999_999)
     with pytest.raises(BadToken) as caught:
-        apply_unsubscribe(session, SIGNER, token, stop_queued=stopped_none, hit=HIT)
+        unsubscribe_link(session, token)
     assert str(caught.value) == "this link is not valid"
 
 
 def test_resubscribe_lifts_only_the_recipients_own_unsubscribe(session: Session) -> None:
     contact = make_contact(session, "ann@example.com")
     token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
-    apply_unsubscribe(session, SIGNER, token, stop_queued=stopped_none, hit=HIT)
+    unsubscribe_link(session, token)
     resubscribe(session, contact.address_id, hit=HIT)
     assert active_suppressions(session, contact.address_id) == []
     assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_in"
