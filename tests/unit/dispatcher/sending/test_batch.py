@@ -1,0 +1,161 @@
+"""One batch, claimed and sent for real (SMTP to the in-process sink): the two ways the send
+loop could hand a transport a message it must not (ARCHITECTURE.md, invariants 1 and 3).
+
+- The claim fails closed: when its statement errors, nothing is claimed and nothing sent.
+- An execution sends only the rows its own claim took, even when another execution holds
+  rows of the same batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.campaigns.fanout import create_deliveries
+from dispatcher.db import session_scope
+from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from dispatcher.sending.batch import send_batch
+from dispatcher.settings import Settings
+from suppression.models import Address, Reason, utcnow
+from tests.factories import make_contact
+from tests.support.smtp_sink import SmtpSink
+
+ADDRESSES = [f"r{n}@example.com" for n in range(6)]
+
+
+def sending_campaign(sessions: sessionmaker[Session], *suppressed: str) -> tuple[int, list[int]]:
+    """A sending campaign to ADDRESSES (those named suppressed for marketing); its row ids."""
+    with session_scope(sessions) as session:
+        for address in ADDRESSES:
+            make_contact(
+                session, address, suppressed=Reason.UNSUBSCRIBE if address in suppressed else None
+            )
+        campaign = Campaign(
+            name="c",
+            subject="s",
+            template="new-releases",
+            purpose="marketing",
+            status=CampaignStatus.SENDING.value,
+        )
+        session.add(campaign)
+        session.flush()
+        create_deliveries(session, campaign)
+        ids = list(
+            session.scalars(
+                select(Delivery.id).where(Delivery.campaign_id == campaign.id).order_by(Delivery.id)
+            )
+        )
+        return campaign.id, ids
+
+
+def rows(sessions: sessionmaker[Session], campaign_id: int) -> dict[str, tuple[str, str | None]]:
+    with sessions() as session:
+        found = session.execute(
+            select(Address.address, Delivery.status, Delivery.claim_token)
+            .join(Address, Address.id == Delivery.address_id)
+            .where(Delivery.campaign_id == campaign_id)
+        )
+        return {a: (s, t) for a, s, t in found}
+
+
+def sent_to(sink: SmtpSink) -> list[str]:
+    return sorted(r for message in sink.received() for r in message.recipients)
+
+
+@pytest.fixture
+def to_sink(settings: Settings, smtp_sink: SmtpSink) -> Settings:
+    return settings.replace(mail_url=smtp_sink.url)
+
+
+@pytest.fixture
+def send(
+    to_sink: Settings, session_factory: sessionmaker[Session]
+) -> Callable[[int, int, int], object]:
+    from suppression.tokens import TokenSigner
+
+    signer = TokenSigner(to_sink.secret_keys)
+    return lambda campaign_id, first, last: send_batch(
+        to_sink, session_factory, signer, campaign_id, first, last
+    )
+
+
+def test_a_batch_is_sent_to_the_eligible_rows_only(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1])
+    send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(set(ADDRESSES) - {ADDRESSES[1]})
+    assert rows(session_factory, campaign_id)[ADDRESSES[1]][0] == "suppressed"
+
+
+@pytest.mark.parametrize("table", ["suppressions", "consent_states"])
+def test_a_claim_whose_gate_cannot_be_read_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send, table: str
+) -> None:
+    """The gate's own table made unreadable: the gated claim statement errors. Whatever the
+    claim does about it, no row may be taken without the gate, so nothing is sent."""
+    campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1])
+    with session_scope(session_factory) as session:
+        session.execute(text(f"ALTER TABLE {table} RENAME TO {table}_unreadable"))
+    with pytest.raises(DBAPIError):
+        send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    assert {s for s, _ in rows(session_factory, campaign_id).values()} == {"queued"}
+
+
+def test_a_claim_cut_by_a_failing_statement_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    """The claim UPDATE itself raises (a trigger refusing it): nothing claimed, nothing sent."""
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            text(
+                "CREATE TRIGGER refuse_claims BEFORE UPDATE OF status ON deliveries "
+                "WHEN NEW.status <> OLD.status BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+    with pytest.raises(DBAPIError):
+        send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    assert {s for s, _ in rows(session_factory, campaign_id).values()} == {"queued"}
+
+
+def test_two_executions_holding_rows_of_one_batch_never_send_each_others_rows(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    """Half of the batch is held by another, live execution (claimed a moment ago, its lease
+    fresh); this execution must send exactly the other half, and leave the held rows alone."""
+    campaign_id, ids = sending_campaign(session_factory)
+    held = ids[::2]
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(held))
+            .values(status=DeliveryStatus.SENDING.value, claim_token="other", claimed_at=utcnow())
+        )
+    result = send(campaign_id, ids[0], ids[-1])
+    mine = [a for a, i in zip(ADDRESSES, ids, strict=True) if i not in held]
+    theirs = [a for a, i in zip(ADDRESSES, ids, strict=True) if i in held]
+    assert sent_to(smtp_sink) == sorted(mine)
+    after = rows(session_factory, campaign_id)
+    assert all(after[a] == ("sending", "other") for a in theirs)
+    assert all(after[a][0] == "sent" for a in mine)
+    assert result.claimed == len(mine) and result.orphaned == 0  # type: ignore[attr-defined]
+
+
+def test_a_second_execution_of_a_sent_batch_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory)
+    send(campaign_id, ids[0], ids[-1])
+    smtp_sink.clear()
+    send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    with session_factory() as session:
+        status = session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+    assert status == "done"
