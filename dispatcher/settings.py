@@ -62,8 +62,51 @@ class Settings:
             return Path(self.mail_url.removeprefix("maildir://"))
         return None
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
     def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes``, refused (:class:`SettingsError`) exactly where the loader
+        would refuse the same values: both build through :func:`_validate`."""
         return dataclasses.replace(self, **changes)
+
+
+# Durations and counts that must be positive (a lease, a link lifetime or a batch of 0 or less
+# would mean "expired at once" or "never"), and limits where 0 means "none".
+_POSITIVE = (
+    "batch_size",
+    "beat_interval_seconds",
+    "smtp_timeout_seconds",
+    "claim_lease_seconds",
+    "stall_seconds",
+    "affiliate_link_seconds",
+    "stats_min_cell",
+)
+_NOT_NEGATIVE = ("rate_per_second", "domain_rate_per_second")
+
+
+def _validate(settings: Settings) -> None:
+    """The rules every Settings obeys, however it was built."""
+    for name in ("database_url", "broker_url", "mail_url", "base_url"):
+        if not getattr(settings, name):
+            raise SettingsError(f"{name} is not set (config file or DISPATCHER_{name.upper()})")
+    for name in _POSITIVE + _NOT_NEGATIVE:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(f"{name} must be a number, not {value!r}")
+        if name in _POSITIVE and value <= 0:
+            raise SettingsError(f"{name} must be more than 0, not {value!r}")
+        if value < 0:
+            raise SettingsError(f"{name} must not be negative, not {value!r}")
+    if not settings.secret_keys:
+        raise SettingsError("secret_keys is empty: give at least one signing key")
+    # A typo in the mail URL fails now, not at the first batch.
+    from dispatcher.sending.transports import parse_mail_url
+
+    try:
+        parse_mail_url(settings.mail_url, timeout=settings.smtp_timeout_seconds)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 _INT_FIELDS = {"batch_size", "stats_min_cell"}
@@ -122,16 +165,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values[name] = _number(name, values[name], float)
     for name in _PATH_FIELDS & values.keys():
         values[name] = Path(values[name])
-    if values.get("batch_size", 1) < 1:
-        raise SettingsError("batch_size must be at least 1")
-
-    # A typo in the mail URL fails now, not at the first batch.
-    from dispatcher.sending.transports import parse_mail_url
-
-    try:
-        parse_mail_url(values["mail_url"], timeout=float(values.get("smtp_timeout_seconds", 30)))
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
 
     keys = _parse_keys(values.pop("secret_keys", None))
     if not keys:

@@ -63,7 +63,7 @@ def test_production_with_keys_starts(tmp_path: Path) -> None:
     ("env", "message"),
     [
         ({"DISPATCHER_BATCH_SIZE": "lots"}, "batch_size must be a number"),
-        ({"DISPATCHER_BATCH_SIZE": "0"}, "batch_size must be at least 1"),
+        ({"DISPATCHER_BATCH_SIZE": "0"}, "batch_size must be more than 0"),
         ({"DISPATCHER_CONFIG": "/nonexistent.toml"}, "no such file"),
     ],
 )
@@ -85,3 +85,35 @@ def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
 def test_a_mistyped_mail_url_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="DISPATCHER_MAIL_URL has unknown scheme 'smpt'"):
         load_settings({"DISPATCHER_HOME": str(tmp_path), "DISPATCHER_MAIL_URL": "smpt://relay"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("affiliate_link_seconds", "-1", "affiliate_link_seconds must be more than 0"),
+        ("claim_lease_seconds", "0", "claim_lease_seconds must be more than 0"),
+        ("batch_size", "-5", "batch_size must be more than 0"),
+        ("rate_per_second", "-1", "rate_per_second must not be negative"),
+        ("mail_url", "smpt://relay", "unknown scheme 'smpt'"),
+    ],
+)
+def test_replace_refuses_what_the_loader_refuses(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    """A test (or any code) building Settings by hand gets no settings the loader would not
+    give: both paths go through the same validation."""
+    with pytest.raises(SettingsError, match=message):
+        load_settings({"DISPATCHER_HOME": str(tmp_path), f"DISPATCHER_{name.upper()}": value})
+    good = load_settings({"DISPATCHER_HOME": str(tmp_path)})
+    typed = {"batch_size": int, "mail_url": str}.get(name, float)(value)
+    with pytest.raises(SettingsError, match=message):
+        good.replace(**{name: typed})
+    assert good.replace(**{name: getattr(good, name)}) == good
+
+
+def test_replace_refuses_a_setting_of_the_wrong_type(tmp_path: Path) -> None:
+    good = load_settings({"DISPATCHER_HOME": str(tmp_path)})
+    with pytest.raises(SettingsError, match="batch_size must be a number, not '50'"):
+        good.replace(batch_size="50")
+    with pytest.raises(SettingsError, match="secret_keys is empty"):
+        good.replace(secret_keys=())
