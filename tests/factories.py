@@ -106,3 +106,27 @@ def bulk_contacts(
             continue
         eligible.add(a)
     return eligible
+
+
+def make_sending_campaign(session: Session, purpose: str = "marketing") -> tuple[int, list[int]]:
+    """A ``sending`` campaign fanned out to every contact made so far: its id and its
+    delivery ids in order (one queued row per contact)."""
+    from sqlalchemy import select
+
+    from dispatcher.campaigns.fanout import create_deliveries
+    from dispatcher.models import Campaign, CampaignStatus, Delivery
+
+    campaign = Campaign(
+        name="c",
+        subject="s",
+        template="new-releases",
+        purpose=purpose,
+        status=CampaignStatus.SENDING.value,
+    )
+    session.add(campaign)
+    session.flush()
+    create_deliveries(session, campaign)
+    ids = session.scalars(
+        select(Delivery.id).where(Delivery.campaign_id == campaign.id).order_by(Delivery.id)
+    )
+    return campaign.id, list(ids)

@@ -18,13 +18,12 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns.fanout import create_deliveries
 from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade
-from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from dispatcher.models import Campaign, Delivery, DeliveryStatus
 from dispatcher.sending.batch import BatchResult, _record
 from tests.conftest import settings_for
-from tests.factories import make_contact
+from tests.factories import make_contact, make_sending_campaign
 from tests.support.backends import postgres_database, require
 
 WAIT = 120.0
@@ -48,27 +47,13 @@ def _campaign_with_two_claimed_rows(sessions: sessionmaker[Session]) -> tuple[in
     with session_scope(sessions) as session:
         make_contact(session, "one@example.com")
         make_contact(session, "two@example.com")
-        campaign = Campaign(
-            name="race",
-            subject="s",
-            template="new-releases",
-            purpose="marketing",
-            status=CampaignStatus.SENDING.value,
-        )
-        session.add(campaign)
-        session.flush()
-        create_deliveries(session, campaign)
-        ids = list(
-            session.scalars(
-                select(Delivery.id).where(Delivery.campaign_id == campaign.id).order_by(Delivery.id)
-            )
-        )
+        campaign_id, ids = make_sending_campaign(session)
         for n, delivery_id in enumerate(ids):
             delivery = session.get(Delivery, delivery_id)
             assert delivery is not None
             delivery.status = DeliveryStatus.SENDING.value
             delivery.claim_token = f"token-{n}"
-        return campaign.id, ids
+        return campaign_id, ids
 
 
 def _wait_until(condition: Callable[[], bool], what: str) -> None:

@@ -15,13 +15,12 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns.fanout import create_deliveries
 from dispatcher.db import session_scope
-from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from dispatcher.models import Campaign, Delivery, DeliveryStatus
 from dispatcher.sending.batch import send_batch
 from dispatcher.settings import Settings
 from suppression.models import Address, Reason, utcnow
-from tests.factories import make_contact
+from tests.factories import make_contact, make_sending_campaign
 from tests.support.smtp_sink import SmtpSink
 
 ADDRESSES = [f"r{n}@example.com" for n in range(6)]
@@ -34,22 +33,7 @@ def sending_campaign(sessions: sessionmaker[Session], *suppressed: str) -> tuple
             make_contact(
                 session, address, suppressed=Reason.UNSUBSCRIBE if address in suppressed else None
             )
-        campaign = Campaign(
-            name="c",
-            subject="s",
-            template="new-releases",
-            purpose="marketing",
-            status=CampaignStatus.SENDING.value,
-        )
-        session.add(campaign)
-        session.flush()
-        create_deliveries(session, campaign)
-        ids = list(
-            session.scalars(
-                select(Delivery.id).where(Delivery.campaign_id == campaign.id).order_by(Delivery.id)
-            )
-        )
-        return campaign.id, ids
+        return make_sending_campaign(session)
 
 
 def rows(sessions: sessionmaker[Session], campaign_id: int) -> dict[str, tuple[str, str | None]]:
