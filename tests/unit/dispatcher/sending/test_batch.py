@@ -9,17 +9,18 @@ loop could hand a transport a message it must not (ARCHITECTURE.md, invariants 1
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, Delivery, DeliveryStatus
-from dispatcher.sending.batch import send_batch
+from dispatcher.sending.batch import RetryLater, send_batch
 from dispatcher.settings import Settings
-from suppression.models import Address, Reason, utcnow
+from suppression.models import Address, Reason, Suppression, utcnow
 from tests.factories import make_contact, make_sending_campaign
 from tests.support.smtp_sink import SmtpSink
 
@@ -143,3 +144,133 @@ def test_a_second_execution_of_a_sent_batch_sends_nothing(
     with session_factory() as session:
         status = session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
     assert status == "done"
+
+
+def details(sessions: sessionmaker[Session], campaign_id: int) -> dict[str, tuple]:
+    """address -> (status, skip reason, error, attempts, claim token) of its row."""
+    with sessions() as session:
+        found = session.execute(
+            select(
+                Address.address,
+                Delivery.status,
+                Delivery.skip_reason,
+                Delivery.error,
+                Delivery.attempts,
+                Delivery.claim_token,
+                Delivery.finished_at,
+            )
+            .join(Address, Address.id == Delivery.address_id)
+            .where(Delivery.campaign_id == campaign_id)
+        )
+        return {a: tuple(rest) for a, *rest in found}
+
+
+def test_a_recipient_the_relay_refuses_fails_with_a_global_hard_bounce(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.reject(ADDRESSES[2], "550 5.1.1 mailbox unavailable")
+    campaign_id, ids = sending_campaign(session_factory)
+    result = send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(set(ADDRESSES) - {ADDRESSES[2]})
+    status, reason, error, attempts, _, finished = details(session_factory, campaign_id)[
+        ADDRESSES[2]
+    ]
+    assert (status, reason, attempts) == ("failed", "hard_bounce", 1)
+    assert "550" in error and finished is not None
+    assert result.failed and result.bounced  # type: ignore[attr-defined]
+    with session_factory() as session:
+        bounce = session.execute(
+            select(Suppression.scope, Suppression.reason, Suppression.source)
+            .join(Address, Address.id == Suppression.address_id)
+            .where(Address.address == ADDRESSES[2])
+        ).all()
+    assert bounce == [("global", "hard_bounce", f"smtp:campaign:{campaign_id}")]
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_a_temporary_refusal_puts_the_row_back_and_the_retry_sends_it_once(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.tempfail_next(1, "451 4.3.0 try again later")
+    campaign_id, ids = sending_campaign(session_factory)
+    with pytest.raises(RetryLater, match="1 messages put back"):
+        send(campaign_id, ids[0], ids[-1])
+    first = details(session_factory, campaign_id)
+    back = [a for a, row in first.items() if row[0] == "queued"]
+    assert len(back) == 1 and first[back[0]][4] is None  # claim released
+    assert sent_to(smtp_sink) == sorted(set(ADDRESSES) - set(back))
+    assert campaign_status(session_factory, campaign_id) == "sending"
+    send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(ADDRESSES)
+    after = details(session_factory, campaign_id)
+    assert after[back[0]][0] == "sent" and after[back[0]][3] == 2  # claimed twice
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_a_connection_lost_after_the_message_leaves_the_row_unknown(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.drop_connection_after_data(1)
+    campaign_id, ids = sending_campaign(session_factory)
+    try:
+        send(campaign_id, ids[0], ids[-1])
+    except RetryLater:
+        send(campaign_id, ids[0], ids[-1])
+    rows_now = details(session_factory, campaign_id)
+    unknown = [a for a, row in rows_now.items() if row[0] == "unknown"]
+    assert len(unknown) == 1 and rows_now[unknown[0]][1] == "connection_lost"
+    assert {row[0] for a, row in rows_now.items() if a not in unknown} == {"sent"}
+    # The hidden outcome is never resent on its own.
+    assert sum(r.recipients.count(unknown[0]) for r in smtp_sink.received()) == 1
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_a_relay_refusing_our_sender_fails_nobody_and_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.reject("info@killertracks.com", "550 5.7.1 sender not allowed")
+    campaign_id, ids = sending_campaign(session_factory)
+    with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back"):
+        send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    rows_now = details(session_factory, campaign_id)
+    assert {(row[0], row[4]) for row in rows_now.values()} == {("queued", None)}
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Suppression)) == 0
+
+
+def test_a_claim_of_a_paused_campaign_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(update(Campaign).where(Campaign.id == campaign_id).values(status="paused"))
+    result = send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == [] and result.claimed == 0  # type: ignore[attr-defined]
+    assert {row[0] for row in details(session_factory, campaign_id).values()} == {"queued"}
+
+
+def test_rows_a_dead_execution_left_sending_become_unknown_and_are_not_resent(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory)
+    long_ago = utcnow() - timedelta(hours=1)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == ids[0])
+            .values(status="sending", claim_token="dead", claimed_at=long_ago)
+        )
+    result = send(campaign_id, ids[0], ids[-1])
+    assert result.orphaned == 1  # type: ignore[attr-defined]
+    assert ADDRESSES[0] not in sent_to(smtp_sink)
+    assert details(session_factory, campaign_id)[ADDRESSES[0]][:2] == (
+        "unknown",
+        "outcome_hidden_by_crash",
+    )
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def campaign_status(sessions: sessionmaker[Session], campaign_id: int) -> str | None:
+    with sessions() as session:
+        return session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
