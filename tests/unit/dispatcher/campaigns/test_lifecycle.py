@@ -107,6 +107,20 @@ def test_start_only_a_scheduled_campaign_that_is_due(session: Session) -> None:
     assert not start_if_due(session, paused.id)
 
 
+def test_start_is_due_at_the_scheduled_moment_and_starts_only_that_campaign(
+    session: Session,
+) -> None:
+    at = utcnow()
+    made, other = campaign(session, S.SCHEDULED), campaign(session, S.SCHEDULED)
+    made.scheduled_at = other.scheduled_at = at
+    session.flush()
+    assert start_if_due(session, made.id, now=at)
+    session.refresh(made)
+    session.refresh(other)
+    assert (made.status, made.started_at) == ("sending", at)
+    assert (other.status, other.started_at) == ("scheduled", None)
+
+
 @pytest.mark.parametrize("pending", [DeliveryStatus.QUEUED, DeliveryStatus.SENDING])
 def test_finish_waits_for_every_pending_row(session: Session, pending: DeliveryStatus) -> None:
     made = campaign(session, S.SENDING, DeliveryStatus.SENT, pending)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
-from dispatcher.models import Campaign, Delivery, DeliveryStatus
+from dispatcher.models import Campaign, Delivery, DeliveryStatus, RateLimit
 from dispatcher.sending.batch import RetryLater, send_batch
 from dispatcher.settings import Settings
 from suppression.models import Address, Reason, Suppression, utcnow
@@ -274,3 +274,37 @@ def test_rows_a_dead_execution_left_sending_become_unknown_and_are_not_resent(
 def campaign_status(sessions: sessionmaker[Session], campaign_id: int) -> str | None:
     with sessions() as session:
         return session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+
+
+def test_a_recipient_whose_data_would_break_a_header_is_failed_and_the_rest_go(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    with session_scope(session_factory) as session:
+        make_contact(session, "eve@example.com", first_name="Eve\r\nBcc: x@evil.example")
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(subject="{{ greeting_name }}, new music")
+        )
+    send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(ADDRESSES)
+    status, reason, error, *_ = details(session_factory, campaign_id)["eve@example.com"]
+    assert (status, reason) == ("failed", "render_error")
+    assert error.startswith("not sent: ") and "header" in error
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_a_rate_limited_batch_is_paced_and_sends_everything(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    from suppression.tokens import TokenSigner
+
+    paced = to_sink.replace(rate_per_second=500.0, domain_rate_per_second=500.0)
+    campaign_id, ids = sending_campaign(session_factory)
+    send_batch(paced, session_factory, TokenSigner(paced.secret_keys), campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(ADDRESSES)
+    with session_factory() as session:
+        reserved = session.scalar(select(func.count()).select_from(RateLimit))
+    assert reserved  # the pacing went through the shared rate-limit table
