@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, Delivery, DeliveryStatus, RateLimit
-from dispatcher.sending.batch import RetryLater, send_batch
+from dispatcher.sending.batch import BatchResult, RetryLater, _record, send_batch
 from dispatcher.settings import Settings
 from suppression.models import Address, Reason, Suppression, utcnow
 from tests.factories import make_contact, make_sending_campaign
@@ -72,9 +72,49 @@ def test_a_batch_is_sent_to_the_eligible_rows_only(
     session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
 ) -> None:
     campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1])
-    send(campaign_id, ids[0], ids[-1])
+    result = send(campaign_id, ids[0], ids[-1])
     assert sent_to(smtp_sink) == sorted(set(ADDRESSES) - {ADDRESSES[1]})
     assert rows(session_factory, campaign_id)[ADDRESSES[1]][0] == "suppressed"
+    assert (result.claimed, result.skipped, len(result.sent)) == (5, 1, 5)  # type: ignore[attr-defined]
+    for address, (status, reason, error, attempts, token, finished) in details(
+        session_factory, campaign_id
+    ).items():
+        assert attempts == 1 and finished is not None and token is not None, address
+        assert (status, reason) == (
+            ("suppressed", "unsubscribe") if address == ADDRESSES[1] else ("sent", None)
+        )
+        assert error is None
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_recording_touches_only_rows_this_execution_still_holds(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Outcomes are written only to rows still 'sending' under this execution's token: a row
+    another execution took over (its lease renewed, or requeued and claimed again) keeps its
+    state, whatever this execution believes it did."""
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids[:2]))
+            .values(status="sending", claim_token="mine", claimed_at=utcnow())
+        )
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids[2:4]))
+            .values(status="sending", claim_token="other", claimed_at=utcnow())
+        )
+    outcome = BatchResult(sent=[ids[0], ids[2]], unknown=[ids[1], ids[3]])
+    with session_scope(session_factory) as session:
+        _record(session, campaign_id, "mine", outcome)
+    after = details(session_factory, campaign_id)
+    mine_sent, mine_unknown, theirs_a, theirs_b = (after[a] for a in ADDRESSES[:4])
+    assert mine_sent[0] == "sent" and mine_sent[5] is not None
+    assert mine_unknown[:2] == ("unknown", "connection_lost") and mine_unknown[5] is not None
+    assert theirs_a[0] == theirs_b[0] == "sending" and theirs_a[4] == theirs_b[4] == "other"
+    assert theirs_a[5] is None and theirs_b[5] is None
+    assert campaign_status(session_factory, campaign_id) == "sending"
 
 
 @pytest.mark.parametrize("table", ["suppressions", "consent_states"])
