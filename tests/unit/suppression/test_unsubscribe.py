@@ -6,9 +6,9 @@ from sqlalchemy.orm import Session
 
 from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.models import Campaign, Contact, Delivery, DeliveryStatus
-from suppression.consent import current_consent
+from suppression.consent import consent_history, current_consent
 from suppression.events import Hit
-from suppression.models import ConsentStatus, Event, Reason, Scope, Suppression
+from suppression.models import Address, ConsentStatus, Event, Reason, Scope, Suppression, utcnow
 from suppression.suppressions import active_suppressions, add_suppression
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 from suppression.unsubscribe import (
@@ -135,3 +135,59 @@ def test_staff_suppressions_block_resubscribe_and_nothing_changes(
     assert reason.value.replace("_", " ") in str(caught.value)
     assert len(active_suppressions(session, contact.address_id)) == 2
     assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_out"
+
+
+def test_every_record_of_an_unsubscribe_says_who_asked_how_and_from_which_campaign(
+    session: Session,
+) -> None:
+    ann = make_contact(session, "ann@example.com")
+    queue(session, ann)
+    token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, ann.address_id, 7)
+    before = utcnow()
+    result = unsubscribe_link(session, token, source="unsubscribe_page")
+    assert (result.address_id, result.campaign_id, result.stopped) == (ann.address_id, 7, 1)
+    suppression = session.get(Suppression, result.suppression_id)
+    assert suppression is not None
+    assert (suppression.address_id, suppression.scope, suppression.reason) == (
+        ann.address_id,
+        "marketing",
+        "unsubscribe",
+    )
+    assert (suppression.source, suppression.note, suppression.created_by) == (
+        "unsubscribe_page",
+        "campaign 7",
+        None,
+    )
+    opt_out = consent_history(session, ann.address_id)[-1]
+    assert (opt_out.scope, opt_out.status, opt_out.source, opt_out.ip) == (
+        "marketing",
+        "opted_out",
+        "unsubscribe_page",
+        "127.0.0.1",
+    )
+    assert opt_out.occurred_at >= before
+    event = session.scalars(select(Event).where(Event.kind == "unsubscribed")).one()
+    assert (event.address_id, event.outcome, event.ip, event.user_agent) == (
+        ann.address_id,
+        "suppressed",
+        "127.0.0.1",
+        "pytest",
+    )
+    assert event.detail == {"campaign_id": 7, "stopped": 1, "source": "unsubscribe_page"}
+
+
+def test_staff_passing_on_an_unsubscribe_are_named_with_their_note(session: Session) -> None:
+    ann = make_contact(session, "ann@example.com")
+    address = session.get(Address, ann.address_id)
+    result = unsubscribe_address(
+        session, address, stop_queued=stop_queued, source="staff", actor="rita", note="letter 12"
+    )
+    suppression = session.get(Suppression, result.suppression_id)
+    assert (suppression.source, suppression.note, suppression.created_by) == (
+        "staff",
+        "letter 12",
+        "rita",
+    )
+    event = session.scalars(select(Event).where(Event.kind == "unsubscribed")).one()
+    assert (event.actor, event.ip, event.detail["campaign_id"]) == ("rita", None, None)
+    assert result.campaign_id is None and result.masked_address == "a***@e***.com"

@@ -122,3 +122,34 @@ def test_fan_out_twice_adds_no_rows(session: Session) -> None:
     campaign = sending_campaign(session)
     assert create_deliveries(session, campaign) == 0
     assert len(rows(session, campaign)) == 2
+
+
+def test_a_claim_starts_a_fresh_lease_even_on_a_row_renewed_by_an_earlier_claim(
+    session: Session,
+) -> None:
+    """A row put back in the queue after lease renewals, then claimed again, is alive for
+    the new claim: another execution must not take it for dead by the old renewal time."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from suppression.models import utcnow
+
+    make_contact(session, "in@example.com")
+    campaign = sending_campaign(session)
+    session.execute(
+        update(Delivery)
+        .where(Delivery.campaign_id == campaign.id)
+        .values(renewed_at=utcnow() - timedelta(hours=1))
+    )
+    claimed, _ = claim_batch(session, campaign, 0, 10**9, "live")
+    assert len(claimed) == 1
+    assert orphan_stale_claims(session, campaign.id, 0, 10**9, "redelivered", 60) == 0
+    row = session.scalars(select(Delivery).where(Delivery.campaign_id == campaign.id)).one()
+    assert (row.status, row.claim_token, row.renewed_at, row.attempts) == (
+        "sending",
+        "live",
+        None,
+        1,
+    )
+    assert row.claimed_at is not None
