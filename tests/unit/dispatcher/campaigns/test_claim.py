@@ -83,6 +83,7 @@ def test_suppression_after_fan_out_is_seen_by_the_claim(session: Session) -> Non
 def test_paused_campaign_claims_nothing(session: Session) -> None:
     make_contact(session, "in@example.com")
     campaign = sending_campaign(session)
+    sending_campaign(session)  # another campaign still sending does not unpause this one
     campaign.status = CampaignStatus.PAUSED.value
     session.flush()
     claimed, skipped = claim_batch(session, campaign, 0, 10**9, "tok")

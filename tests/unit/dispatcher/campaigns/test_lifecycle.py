@@ -72,6 +72,11 @@ def test_the_table_allows_exactly_the_documented_transitions(
     assert str(caught.value) == (
         f"campaign {made.id} is {current.value}; it cannot become {wanted.value}"
     )
+    assert (caught.value.campaign_id, caught.value.current, caught.value.wanted) == (
+        made.id,
+        current.value,
+        wanted,
+    )
     session.refresh(made)
     assert made.status == current.value
 
@@ -85,6 +90,13 @@ def test_transitions_stamp_their_times(session: Session) -> None:
     assert made.finished_at is not None
     move(session, made.id, S.SCHEDULED)
     assert made.finished_at is None
+
+
+def test_a_transition_stamps_the_time_it_is_given(session: Session) -> None:
+    at = utcnow() - timedelta(minutes=5)
+    made = campaign(session, S.SCHEDULED)
+    assert move(session, made.id, S.SENDING, now=at).started_at == at
+    assert move(session, made.id, S.DONE, now=at).finished_at == at
 
 
 def test_an_unknown_campaign_is_named(session: Session) -> None:

@@ -348,3 +348,71 @@ def test_a_rate_limited_batch_is_paced_and_sends_everything(
     with session_factory() as session:
         reserved = session.scalar(select(func.count()).select_from(RateLimit))
     assert reserved  # the pacing went through the shared rate-limit table
+
+
+def test_a_long_refusal_is_kept_to_500_characters(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.reject(ADDRESSES[0], "550 5.1.1 " + "x" * 480)
+    campaign_id, ids = sending_campaign(session_factory)
+    send(campaign_id, ids[0], ids[-1])
+    error = details(session_factory, campaign_id)[ADDRESSES[0]][2]
+    assert len(error) == 500 and error.startswith("refused by the mail server:")
+
+
+def test_a_relay_closing_the_connection_puts_the_rest_of_the_batch_back(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    """421: the relay is going away. Nothing more is tried over this connection; every row
+    not yet sent goes back to the queue for the retry."""
+    smtp_sink.tempfail_next(1, "421 4.3.2 shutting down")
+    campaign_id, ids = sending_campaign(session_factory)
+    with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back"):
+        send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    assert {(r[0], r[4]) for r in details(session_factory, campaign_id).values()} == {
+        ("queued", None)
+    }
+
+
+def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    """The lease renewal fails (the database answers no more): nothing more is sent; the
+    outcome already known is recorded once the database answers, the rest goes back."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    from suppression.tokens import TokenSigner
+
+    gone = {"now": False}
+    engine = session_factory.kw["bind"]
+
+    def refuse_renewals(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if gone["now"] and statement.lstrip().startswith("UPDATE deliveries SET renewed_at"):
+            raise OperationalError(statement, None, Exception("database went away"))
+
+    event.listen(engine, "before_cursor_execute", refuse_renewals)
+    fast_lease = to_sink.replace(claim_lease_seconds=0.004)  # renew before every message
+
+    def after_the_first(row) -> None:  # type: ignore[no-untyped-def]
+        gone["now"] = True
+
+    campaign_id, ids = sending_campaign(session_factory)
+    try:
+        with pytest.raises(RetryLater, match=f"{len(ADDRESSES) - 1} messages put back"):
+            send_batch(
+                fast_lease,
+                session_factory,
+                TokenSigner(fast_lease.secret_keys),
+                campaign_id,
+                ids[0],
+                ids[-1],
+                before_send=after_the_first,
+            )
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse_renewals)
+    assert sent_to(smtp_sink) == [ADDRESSES[0]]
+    after = details(session_factory, campaign_id)
+    assert after[ADDRESSES[0]][0] == "sent"
+    assert {(after[a][0], after[a][4]) for a in ADDRESSES[1:]} == {("queued", None)}
