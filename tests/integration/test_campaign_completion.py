@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.campaigns.lifecycle import IllegalTransition, move
 from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade
-from dispatcher.models import Campaign, Delivery, DeliveryStatus
+from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from dispatcher.sending.batch import BatchResult, _record
 from tests.conftest import settings_for
 from tests.factories import make_contact, make_sending_campaign
@@ -137,3 +138,48 @@ def test_the_sweep_closes_a_sending_campaign_whose_rows_are_all_final(
     with session_scope(pg_sessions) as session:
         assert stalled_campaigns(session, lease_seconds=600, stall_seconds=600) == []
     assert _status(pg_sessions, campaign_id) == "done"
+
+
+def test_two_staff_transitions_at_once_are_decided_one_after_the_other(
+    pg_sessions: sessionmaker[Session],
+) -> None:
+    """Cancel and pause of the same sending campaign at the same moment: the lifecycle locks
+    the row it decides on, so the pause waits for the cancel, sees 'cancelled' and is
+    refused. Without the lock both read 'sending' and the pause overwrites the cancel."""
+    campaign_id, _ = _campaign_with_two_claimed_rows(pg_sessions)
+    cancelled = threading.Event()
+    outcome: list[BaseException | str] = []
+    pid: list[int] = []
+
+    def pause() -> None:
+        try:
+            with pg_sessions() as session, session.begin():
+                pid.append(int(session.scalar(text("SELECT pg_backend_pid()")) or 0))
+                assert cancelled.wait(WAIT)
+                move(session, campaign_id, CampaignStatus.PAUSED)
+                outcome.append("paused")
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome.append(exc)
+
+    with pg_sessions() as session, session.begin():
+        move(session, campaign_id, CampaignStatus.CANCELLED)
+        thread = threading.Thread(target=pause, daemon=True)
+        thread.start()
+        cancelled.set()
+
+        def pause_waits_on_the_lock() -> bool:
+            if not pid:
+                return False
+            with pg_sessions() as other:
+                waiting = other.scalar(
+                    text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
+                    {"pid": pid[0]},
+                )
+            return waiting == "Lock" or bool(outcome)
+
+        _wait_until(pause_waits_on_the_lock, "the pause waiting for the cancel")
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], IllegalTransition), outcome
+    assert str(outcome[0]) == f"campaign {campaign_id} is cancelled; it cannot become paused"
+    assert _status(pg_sessions, campaign_id) == "cancelled"
