@@ -10,20 +10,13 @@ from dispatcher.models import Campaign, CampaignStatus, Delivery
 from dispatcher.sending.batch import claim_batch, orphan_stale_claims
 from suppression.models import ConsentStatus, Reason
 from suppression.suppressions import add_suppression
-from tests.factories import make_contact
+from tests.factories import make_contact, make_sending_campaign
 
 
 def sending_campaign(session: Session, purpose: str = "marketing") -> Campaign:
-    campaign = Campaign(
-        name="c",
-        subject="s",
-        template="new-releases",
-        purpose=purpose,
-        status=CampaignStatus.SENDING.value,
-    )
-    session.add(campaign)
-    session.flush()
-    create_deliveries(session, campaign)
+    campaign_id, _ = make_sending_campaign(session, purpose)
+    campaign = session.get(Campaign, campaign_id)
+    assert campaign is not None
     return campaign
 
 
