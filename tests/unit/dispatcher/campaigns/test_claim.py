@@ -147,3 +147,23 @@ def test_a_claim_starts_a_fresh_lease_even_on_a_row_renewed_by_an_earlier_claim(
         1,
     )
     assert row.claimed_at is not None
+
+
+def test_a_claim_takes_only_its_own_campaigns_rows_in_its_own_range(session: Session) -> None:
+    for n in range(4):
+        make_contact(session, f"r{n}@example.com")
+    campaign = sending_campaign(session)
+    other = sending_campaign(session)  # ids after this campaign's, inside a wide range
+    ids = sorted(session.scalars(select(Delivery.id).where(Delivery.campaign_id == campaign.id)))
+    claimed, _ = claim_batch(session, campaign, ids[1], ids[2], "tok")
+    assert sorted(r.delivery_id for r in claimed) == ids[1:3]
+    statuses = dict(
+        session.execute(
+            select(Delivery.id, Delivery.status).where(Delivery.campaign_id == campaign.id)
+        ).all()
+    )
+    assert [statuses[i] for i in ids] == ["queued", "sending", "sending", "queued"]
+    claim_batch(session, campaign, 0, 10**9, "wide")
+    assert set(
+        session.scalars(select(Delivery.status).where(Delivery.campaign_id == other.id))
+    ) == {"queued"}

@@ -85,6 +85,9 @@ def test_a_batch_is_sent_to_the_eligible_rows_only(
         )
         assert error is None
     assert campaign_status(session_factory, campaign_id) == "done"
+    messages = [r.message for r in smtp_sink.received()]
+    assert all(m["To"].startswith("Ann Example <") for m in messages)
+    assert len({m["Message-ID"] for m in messages}) == len(messages)  # one per recipient
 
 
 def test_recording_touches_only_rows_this_execution_still_holds(
