@@ -174,6 +174,8 @@ def test_every_record_of_an_unsubscribe_says_who_asked_how_and_from_which_campai
         "pytest",
     )
     assert event.detail == {"campaign_id": 7, "stopped": 1, "source": "unsubscribe_page"}
+    added = session.scalars(select(Event).where(Event.kind == "suppression_added")).one()
+    assert (added.address_id, added.ip, added.user_agent) == (ann.address_id, "127.0.0.1", "pytest")
 
 
 def test_staff_passing_on_an_unsubscribe_are_named_with_their_note(session: Session) -> None:
