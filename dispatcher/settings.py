@@ -128,7 +128,12 @@ class Settings:
     def spool(self) -> Path:
         return Path(self.spool_dir) if self.spool_dir else self.home / "spool"
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
     def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes``, refused (:class:`SettingsError`) exactly where the loader
+        would refuse the same values: both build through :func:`_validate`."""
         return dataclasses.replace(self, **changes)
 
 
@@ -146,6 +151,31 @@ _INT_FIELDS = {
     "inbound_keep_days",
     "metrics_port",
 }
+
+
+def _validate(settings: Settings) -> None:
+    """The rules every Settings obeys, however it was built (the loader, or ``replace``)."""
+    for name in ("database_url", "broker_url", "mail_url", "base_url"):
+        if not getattr(settings, name):
+            raise SettingsError(f"{name} is not set (config file or DISPATCHER_{name.upper()})")
+    numbers: dict[str, Any] = {}
+    for name in _RANGES:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(f"{_var(name)} must be a number, not {value!r}")
+        numbers[name] = value
+    _check_ranges(numbers)
+    if not settings.secret_keys:
+        raise SettingsError("secret_keys is empty: give at least one signing key")
+    # A typo in the mail URL fails now, not at the first batch.
+    from dispatcher.sending.transports import parse_mail_url
+
+    try:
+        parse_mail_url(settings.mail_url, timeout=settings.smtp_timeout_seconds)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -335,9 +365,7 @@ def _embedded_keys(home: Path) -> tuple[str, ...]:
     return _parse_keys(path.read_text(encoding="utf-8").replace("\n", ","))
 
 
-def _check_values(values: dict[str, Any]) -> None:
-    """Each setting checked by its kind (numbers, URLs, paths, addresses): the first one that
-    cannot work raises :class:`SettingsError` naming it and the fix."""
+def _check_ranges(values: Mapping[str, Any]) -> None:
     for name, (low, high, low_ok) in _RANGES.items():
         if name not in values:
             continue
@@ -347,6 +375,12 @@ def _check_values(values: dict[str, Any]) -> None:
             raise SettingsError(
                 f"{_var(name)} must be {bound} and at most {high:g} (got {number:g})"
             )
+
+
+def _check_values(values: dict[str, Any]) -> None:
+    """Each setting checked by its kind (numbers, URLs, paths, addresses): the first one that
+    cannot work raises :class:`SettingsError` naming it and the fix."""
+    _check_ranges(values)
     for name, choices in _CHOICES.items():
         if name in values:
             values[name] = str(values[name]).lower()

@@ -31,7 +31,7 @@ from sqlalchemy import ColumnElement, and_, case, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns.fanout import finish_if_done
+from dispatcher.campaigns.lifecycle import finish_if_done
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
 from dispatcher.ops import metrics
@@ -100,7 +100,7 @@ def orphan_stale_claims(
             Delivery.id.between(first_id, last_id),
             Delivery.status == DeliveryStatus.SENDING,
             Delivery.claim_token != claim_token,
-            Delivery.claimed_at < utcnow() - timedelta(seconds=lease_seconds),
+            Delivery.lease_seen_at() < utcnow() - timedelta(seconds=lease_seconds),
         )
         .values(
             status=DeliveryStatus.UNKNOWN.value,
@@ -150,6 +150,7 @@ def claim_batch(
             finished_at=case((reason.is_(None), None), else_=now),
             claim_token=claim_token,
             claimed_at=now,
+            renewed_at=None,
             attempts=Delivery.attempts + 1,
         )
         .returning(Delivery.id, Delivery.status, Delivery.skip_reason)
@@ -303,7 +304,7 @@ class _Lease:
                     Delivery.claim_token == self.claim_token,
                     Delivery.status == DeliveryStatus.SENDING,
                 )
-                .values(claimed_at=utcnow())
+                .values(renewed_at=utcnow())
             )
         self.last = time.monotonic()
 
