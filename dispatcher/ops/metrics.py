@@ -168,11 +168,49 @@ class _Queues(Collector):
         yield oldest
 
 
+class _Trouble(Collector):
+    """Campaigns in trouble, as ``campaign list`` and ``campaign status`` say it: open task
+    errors by code, and campaigns still scheduled well after their time."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        from dispatcher.campaigns.health import campaigns_in_trouble
+        from dispatcher.models import CampaignTaskError
+
+        errors = GaugeMetricFamily(
+            "dispatcher_campaign_task_errors",
+            "Tasks of a campaign whose last run failed and has not succeeded since, by code",
+            labels=["campaign", "code"],
+        )
+        trouble = GaugeMetricFamily(
+            "dispatcher_campaign_in_trouble",
+            "1 for a campaign in trouble (errors, or overdue: scheduled well past its time)",
+            labels=["campaign", "kind"],
+        )
+        with self.sessions() as session:
+            rows = session.execute(
+                select(CampaignTaskError.campaign_id, CampaignTaskError.code, func.count())
+                .where(CampaignTaskError.resolved_at.is_(None))
+                .group_by(CampaignTaskError.campaign_id, CampaignTaskError.code)
+            ).all()
+            troubled = campaigns_in_trouble(session, self.settings)
+        for campaign_id, code, count in rows:
+            errors.add_metric([str(campaign_id), str(code)], count)
+        for campaign_id, kind in troubled.items():
+            trouble.add_metric([str(campaign_id), kind], 1)
+        yield errors
+        yield trouble
+
+
 def registry(settings: Settings, sessions: sessionmaker[Session]) -> CollectorRegistry:
-    """What ``dispatcher metrics serve`` exposes: every role's files plus the queues."""
+    """What ``dispatcher metrics serve`` exposes: every role's files, the queues, trouble."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_MergedFiles(settings.home / "metrics"))
     reg.register(_Queues(sessions))
+    reg.register(_Trouble(settings, sessions))
     return reg
 
 

@@ -73,3 +73,37 @@ def test_multiprocess_env_empties_the_role_folder(settings: Settings) -> None:
     (folder / "counter_1.db").write_bytes(b"old")
     metrics.multiprocess_env(settings, "worker")
     assert list(folder.iterdir()) == [] and oct(folder.stat().st_mode & 0o777) == "0o700"
+
+
+def test_campaigns_in_trouble_are_metrics_like_campaign_status_says(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    from dispatcher.campaigns.problems import record_task_error, resolve_task_errors
+    from dispatcher.sending.transports import RelayLoginRefused
+
+    with session_scope(session_factory) as session:
+        campaign = Campaign(
+            name="n", subject="s", template="new-releases", purpose="marketing", status="sending"
+        )
+        session.add(campaign)
+        session.flush()
+        campaign_id = campaign.id
+        said = record_task_error(
+            session, campaign_id, "send_batch", RelayLoginRefused("refused"), 1, 5
+        )
+
+    def found() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return samples(generate_latest(metrics.registry(settings, session_factory)).decode())
+
+    errors = (
+        "dispatcher_campaign_task_errors",
+        (("campaign", str(campaign_id)), ("code", said.code)),
+    )
+    trouble = (
+        "dispatcher_campaign_in_trouble",
+        (("campaign", str(campaign_id)), ("kind", "errors")),
+    )
+    assert found()[errors] == 1 and found()[trouble] == 1
+    with session_scope(session_factory) as session:
+        resolve_task_errors(session, campaign_id, ("send_batch",), 1)
+    assert errors not in found() and trouble not in found()
