@@ -1,5 +1,6 @@
-"""Property: any consent history, split into files imported in any order, ends in the state
-the rule gives when computed in plain Python, with every state its ledger's latest word.
+"""Property: any consent history, split into files imported in any order, ends in the states
+and the ledger the rule gives when computed in plain Python, with every state its ledger's
+latest word, and importing the same files again writes nothing.
 
 This drives the set-based SQL path (dispatcher.contacts.staging → suppression.consent
 .merge_consents), where the rule is expressed; the model below is written independently.
@@ -212,3 +213,11 @@ def test_the_model_itself() -> None:
     assert model([[Row(ADDRESSES[0], "yes", "", TIMES[3])], old_out]) == {
         (ADDRESSES[0], "marketing"): "opted_in"
     }
+    # an opt-in just after an opt-out is refused, also once a later opt-out is the state
+    out_in_out = [
+        old_out,
+        [Row(ADDRESSES[0], "no", "", TIMES[3])],
+        [Row(ADDRESSES[0], "yes", "", TIMES[2])],
+    ]
+    assert (ADDRESSES[0], "marketing", "opted_in", TIMES[2]) not in replay(out_in_out)[1]
+    assert (ADDRESSES[0], "marketing", "opted_in", TIMES[2]) in replay(out_in_out[1:])[1]
