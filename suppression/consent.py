@@ -13,7 +13,10 @@ The rule:
   recorded at the time we learn it, so it wins over everything known until then;
 - a fact older than the current state is history: kept in the ledger, state unchanged;
 - only the person (``recipient_action``) can turn an opt-out into an opt-in; an import or a
-  staff tool that tries is refused and nothing is written.
+  staff tool that tries is refused and nothing is written. That holds in the past too: an
+  opt-in whose nearest earlier word in the ledger is an opt-out is refused, even when a later
+  opt-out has since become the state. So whether an opt-in is refused does not depend on what
+  arrived after it, and importing the same files again writes nothing.
 """
 
 from __future__ import annotations
@@ -107,15 +110,44 @@ def is_later(new: Fact, old: Fact) -> ColumnElement[bool]:
     return tuple_(*_key(new)) > tuple_(*_key(old))
 
 
-def judge(new: Fact, old: Fact, *, recipient_action: bool = False) -> ColumnElement[str]:
+def word_before(new: Fact, address_id: Any, scope: Any) -> ColumnElement[Any]:
+    """SQL: the status of the ledger's latest word earlier than ``new`` (NULL if none)."""
+    ledger = Fact(Consent.status, Consent.occurred_at, Consent.dated)
+    return (
+        select(Consent.status)
+        .where(
+            Consent.address_id == address_id,
+            Consent.scope == scope,
+            tuple_(*_key(ledger)) < tuple_(*_key(new)),
+        )
+        .order_by(*latest_first(ledger))
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def judge(
+    new: Fact,
+    old: Fact,
+    *,
+    recipient_action: bool = False,
+    earlier: ColumnElement[Any] | None = None,
+) -> ColumnElement[str]:
     """SQL: ``history``, ``refused`` or ``candidate`` (may become the state) for ``new``
-    against the current state ``old`` (whose columns are NULL when there is none)."""
-    whens: list[tuple[ColumnElement[bool], str]] = [
-        (old.status.is_(None), "candidate"),
-        (not_(is_later(new, old)), str(Verdict.HISTORY)),
-    ]
+    against the current state ``old`` (whose columns are NULL when there is none).
+
+    ``earlier`` is :func:`word_before` for ``new``: an opt-in older than the state is refused,
+    not history, when the word just before it is an opt-out. Without it (a single change, which
+    repeats nothing) an older opt-in is history."""
+    later = is_later(new, old)
+    whens: list[tuple[ColumnElement[bool], str]] = [(old.status.is_(None), "candidate")]
     if not recipient_action:
-        whens.append((and_(new.status == IN, old.status == OUT), str(Verdict.REFUSED)))
+        whens.append((and_(new.status == IN, old.status == OUT, later), str(Verdict.REFUSED)))
+        if earlier is not None:
+            whens.append(
+                (and_(new.status == IN, not_(later), earlier == OUT), str(Verdict.REFUSED))
+            )
+    whens.append((not_(later), str(Verdict.HISTORY)))
     return case(*whens, else_="candidate")
 
 
@@ -288,7 +320,11 @@ def merge_consents(
             case(
                 (same_in_ledger, str(Verdict.KNOWN)),
                 (repeat > 1, str(Verdict.KNOWN)),
-                else_=judge(_fact(given), _fact(s)),
+                else_=judge(
+                    _fact(given),
+                    _fact(s),
+                    earlier=word_before(_fact(given), given.c.address_id, given.c.scope),
+                ),
             ).label("base"),
             s.c.status.label("state_status"),
         )

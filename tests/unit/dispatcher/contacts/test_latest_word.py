@@ -46,3 +46,47 @@ def test_a_later_opt_out_on_another_row_of_the_same_file_wins(
         ("ann@example.com", "marketing"): "opted_out",
         ("ann@example.com", "affiliates"): "opted_out",
     }
+
+
+def _ledger_size(session_factory: sessionmaker[Session]) -> int:
+    with session_scope(session_factory) as session:
+        return len(session.scalars(select(Consent.id)).all())
+
+
+def test_an_opt_in_refused_once_stays_refused_when_a_later_opt_out_arrives(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Importing the same files again writes nothing, even after the refused opt-in's time was
+    overtaken by an opt-out (the file's own undated one, or a later file's dated one).
+
+    The defect: the opt-in was refused against the opt-out of the day, then judged again
+    against the later opt-out and written as history by the re-import."""
+    first = write(tmp_path, "ann@example.com,no,no,2015-01-01\n", "first.csv")
+    second = write(
+        tmp_path,
+        "ann@example.com,yes,,2015-01-02\nann@example.com,,no,\nann@example.com,,yes,2015-01-02\n",
+        "second.csv",
+    )
+    third = write(tmp_path, "ann@example.com,no,,2015-01-03\n", "third.csv")
+    for path in (first, second, third):
+        import_contacts(session_factory, path, source="test")
+    size = _ledger_size(session_factory)
+    for path in (first, second, third):
+        report = import_contacts(session_factory, path, source="test")
+        assert set(report.consent) <= {
+            "marketing:known",
+            "affiliates:known",
+            "marketing:refused",
+            "affiliates:refused",
+        }, path.name
+    assert _ledger_size(session_factory) == size
+    again = import_contacts(session_factory, second, source="test")
+    assert again.consent == {"marketing:refused": 1, "affiliates:refused": 1, "affiliates:known": 1}
+    assert [(r.line, r.field) for r in again.refused] == [
+        (2, "marketing_consent"),
+        (4, "affiliates_consent"),
+    ]
+    assert states(session_factory) == {
+        ("ann@example.com", "marketing"): "opted_out",
+        ("ann@example.com", "affiliates"): "opted_out",
+    }

@@ -1,5 +1,6 @@
-"""Property: any consent history, split into files imported in any order, ends in the state
-the rule gives when computed in plain Python, with every state its ledger's latest word.
+"""Property: any consent history, split into files imported in any order, ends in the states
+and the ledger the rule gives when computed in plain Python, with every state its ledger's
+latest word, and importing the same files again writes nothing.
 
 This drives the set-based SQL path (dispatcher.contacts.staging → suppression.consent
 .merge_consents), where the rule is expressed; the model below is written independently.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,33 +57,62 @@ def histories(draw: st.DrawFn) -> list[list[Row]]:
     return draw(st.permutations([f for f in split if f]))
 
 
-def model(files: list[list[Row]]) -> dict[tuple[str, str], str]:
-    """The rule in plain Python, import by import."""
+Key = tuple[int, float, int]
+Ledger = Counter[tuple[str, str, str, str | None]]  # address, scope, status, consent_at
 
-    def key(status: str, at: str | None, imported: int) -> tuple[int, float, int]:
+
+def model(files: list[list[Row]]) -> dict[tuple[str, str], str]:
+    """The resulting states, by the rule in plain Python."""
+    return replay(files)[0]
+
+
+def replay(files: list[list[Row]]) -> tuple[dict[tuple[str, str], str], Ledger]:
+    """The rule in plain Python, import by import: the states and what the ledger holds."""
+
+    def key(status: str, at: str | None, imported: int) -> Key:
         out = 1 if status == "opted_out" else 0
         if at is None:
             # undated: an opt-in ranks below everything, an opt-out is as of its import
-            return (0, 0.0, 0) if not out else (1, 1e12 + imported, out)
+            return (0, imported, 0) if not out else (1, 1e12 + imported, out)
         return (1, datetime.fromisoformat(at).timestamp(), out)
 
-    state: dict[tuple[str, str], tuple[tuple[int, float, int], str]] = {}
+    state: dict[tuple[str, str], tuple[Key, str]] = {}
+    written: dict[tuple[str, str], list[tuple[Key, str, str | None]]] = {}
     for imported, rows_ in enumerate(files):
         for address in ADDRESSES:
             for scope in SCOPES:
-                facts = []
+                ledger = written.setdefault((address, scope), [])
+                current = state.get((address, scope))
+                seen: set[tuple[str, str | None]] = set()
+                candidates, new = [], []
                 for r in rows_:
                     status = ANSWERS[getattr(r, scope)]
-                    if r.address == address and status is not None:
-                        facts.append((key(status, r.at, imported), status))
-                current = state.get((address, scope))
-                if current is not None:
-                    facts = [f for f in facts if f[0] > current[0]]
-                    if current[1] == "opted_out":  # an import never opts anyone back in
-                        facts = [f for f in facts if f[1] != "opted_in"]
-                if facts:
-                    state[(address, scope)] = max(facts)
-    return {k: status for k, (_, status) in state.items()}
+                    if r.address != address or status is None or (status, r.at) in seen:
+                        continue
+                    seen.add((status, r.at))
+                    if any(s == status and a == r.at for _, s, a in ledger):
+                        continue  # known: the ledger holds it (an undated word: any time)
+                    k = key(status, r.at, imported)
+                    if current is None or k > current[0]:
+                        if status == "opted_in" and current and current[1] == "opted_out":
+                            continue  # an import never opts anyone back in
+                        candidates.append((k, status, r.at))
+                    else:
+                        before = max((w for w in ledger if w[0] < k), default=None)
+                        if status == "opted_in" and before and before[1] == "opted_out":
+                            continue  # nor in the past: refused, as it was the first time
+                        new.append((k, status, r.at))
+                ledger += new + candidates
+                if candidates:
+                    k, status, _ = max(candidates)
+                    state[(address, scope)] = (k, status)
+    states = {k: status for k, (_, status) in state.items()}
+    held: Ledger = Counter(
+        (address, scope, status, at)
+        for (address, scope), facts in written.items()
+        for _, status, at in facts
+    )
+    return states, held
 
 
 def write(path: Path, rows_: list[Row]) -> Path:
@@ -103,7 +134,20 @@ def check(factory: sessionmaker[Session], files: list[list[Row]], tmp: Path) -> 
                 )
             )
         }
-        assert got == model(files)
+        states, ledger = replay(files)
+        assert got == states
+        held = Counter(
+            (
+                address,
+                row.scope,
+                row.status,
+                f"{row.occurred_at:%Y-%m-%dT%H:%M:%SZ}" if row.dated else None,
+            )
+            for row, address in session.execute(
+                select(Consent, Address.address).join(Address, Address.id == Consent.address_id)
+            )
+        )
+        assert held == ledger
         # Every state is its ledger row, and no ledger row is a later word than the state.
         for state in session.scalars(select(ConsentState)):
             ledger = session.get(Consent, state.consent_id)
@@ -169,3 +213,11 @@ def test_the_model_itself() -> None:
     assert model([[Row(ADDRESSES[0], "yes", "", TIMES[3])], old_out]) == {
         (ADDRESSES[0], "marketing"): "opted_in"
     }
+    # an opt-in just after an opt-out is refused, also once a later opt-out is the state
+    out_in_out = [
+        old_out,
+        [Row(ADDRESSES[0], "no", "", TIMES[3])],
+        [Row(ADDRESSES[0], "yes", "", TIMES[2])],
+    ]
+    assert (ADDRESSES[0], "marketing", "opted_in", TIMES[2]) not in replay(out_in_out)[1]
+    assert (ADDRESSES[0], "marketing", "opted_in", TIMES[2]) in replay(out_in_out[1:])[1]
