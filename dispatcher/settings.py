@@ -53,6 +53,11 @@ class Settings:
     # Throttling; 0 means no limit.
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
+    # Staff console: its public root (https makes its cookies Secure), the idle time after
+    # which a session ends, and how long a set-password link works.
+    console_url: str = "http://127.0.0.1:8026"
+    console_idle_seconds: float = 1800.0
+    staff_link_seconds: float = 48 * 3600.0
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -75,6 +80,8 @@ _FLOAT_FIELDS = {
     "affiliate_link_seconds",
     "rate_per_second",
     "domain_rate_per_second",
+    "console_idle_seconds",
+    "staff_link_seconds",
 }
 _PATH_FIELDS = {"templates_dir"}
 

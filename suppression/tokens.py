@@ -48,6 +48,8 @@ class LinkPurpose(enum.StrEnum):
     PREFERENCES = "preferences"
     AFFILIATE_DOWNLOAD = "affiliate-download"
     FORM = "form"  # CSRF: a form's proof that it came from our own page
+    STAFF_PASSWORD = "staff-password"  # one-time, expiring set-password link for staff
+    CONSOLE_SESSION = "console-session"  # the staff console's session cookie
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ def _register() -> None:
     from dispatcher.cli import (
         affiliates,
         campaigns,
+        console,
         contacts,
         database,
         services,
@@ -74,7 +75,17 @@ def _register() -> None:
         web,
     )
 
-    for module in (database, contacts, suppress, campaigns, affiliates, stats, services, web):
+    for module in (
+        database,
+        contacts,
+        suppress,
+        campaigns,
+        affiliates,
+        stats,
+        services,
+        web,
+        console,
+    ):
         for command in getattr(module, "COMMANDS", ()):
             main.add_command(command)
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import premailer
 from jinja2 import (
+    ChoiceLoader,
     Environment,
     FileSystemLoader,
+    FunctionLoader,
     StrictUndefined,
     TemplateError,
     TemplateNotFound,
@@ -34,6 +36,14 @@ from jinja2 import (
 from markupsafe import Markup
 
 from dispatcher.sending.placeholders import ESCAPE_ATTR, ESCAPE_TEXT, Placeholders, Segments, proven
+from dispatcher.sending.staff_text import (
+    StaffContent,
+    StaffTextProblem,
+    body_html_source,
+    check_body_markup,
+    render_staff_text,
+    text_from_html,
+)
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +74,8 @@ class CampaignView:
     subject: str
     purpose: str
     template: str
+    # Staff-written content (the console); None: the folder ``template`` names.
+    content: StaffContent | None = None
 
 
 @dataclass(frozen=True)
@@ -99,10 +111,44 @@ SAMPLE_RECIPIENTS = (
 )
 
 
+# Staff-written bodies sit in a layout's content block. The wrapper is ours (trusted); the
+# staff text itself is rendered in the sandbox and passed in as a value.
+_STAFF_WRAPPERS = {
+    "body.html": (
+        '{% extends "email/LAYOUT/base.html" %}{% block content %}'
+        '{% if staff_preheader %}<div class="preheader" style="display:none;max-height:0;'
+        'overflow:hidden">{{ staff_preheader }}</div>{% endif %}'
+        "{{ staff_body }}{% endblock %}"
+    ),
+    "body.txt": '{% extends "email/LAYOUT/base.txt" %}{% block content %}{{ staff_body }}'
+    "{% endblock %}",
+}
+
+
+def _staff_wrapper(name: str) -> str | None:
+    """``staff/<layout>/body.html`` (or ``.txt``): the layout around a staff-written body."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != "staff" or parts[2] not in _STAFF_WRAPPERS:
+        return None
+    return _STAFF_WRAPPERS[parts[2]].replace("LAYOUT", parts[1])
+
+
+def list_layouts(settings: Settings) -> list[str]:
+    """Folders of templates/email/ that a staff-written body can sit in (base.html + .txt)."""
+    root = settings.templates_dir / "email"
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and (p / "base.html").is_file() and (p / "base.txt").is_file()
+    )
+
+
 @lru_cache(maxsize=8)
 def _environment(templates_dir: Path) -> Environment:
     return Environment(
-        loader=FileSystemLoader(str(templates_dir)),
+        loader=ChoiceLoader([FileSystemLoader(str(templates_dir)), FunctionLoader(_staff_wrapper)]),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=StrictUndefined,
         keep_trailing_newline=False,
@@ -189,6 +235,14 @@ class _Renderer:
 
     def render(self, template: str, values: dict[str, Any], *, file: str) -> str:
         name = self.campaign.template
+        content = self.campaign.content
+        if content is not None:
+            try:
+                return self._render_staff(content, template, values, file=file)
+            except StaffTextProblem as exc:
+                raise TemplateProblem(
+                    f"campaign {self.campaign.id} content version {content.version}: {exc}"
+                ) from None
         try:
             if file == "subject":
                 return self.env.from_string(template).render({**self.context, **values})
@@ -213,6 +267,50 @@ class _Renderer:
             ) from None
         except TemplateError as exc:
             raise TemplateProblem(f"template {name!r}: {file}: {exc}") from None
+
+    def _render_staff(
+        self, content: StaffContent, template: str, values: dict[str, Any], *, file: str
+    ) -> str:
+        """Staff text in the sandbox; the layout around it with the trusted environment."""
+        names = {**self.context, **values}
+        if file == "subject":
+            return render_staff_text(template, names, html=False, part="the subject")
+        body_html = render_staff_text(
+            body_html_source(content.body_format, content.body),
+            {**names, "subject": str(values.get("subject", ""))},
+            html=True,
+            part="the body",
+        )
+        check_body_markup(body_html)
+        if file == "body.html":
+            staff: dict[str, Any] = {
+                # Rendered by the sandbox with autoescape: the staff member's own markup,
+                # every value in it escaped.
+                "staff_body": Markup(body_html),  # noqa: S704
+                "staff_preheader": content.preheader,
+            }
+        elif content.body_text is not None:
+            staff = {
+                "staff_body": render_staff_text(
+                    content.body_text,
+                    {**names, "subject": str(values.get("subject", ""))},
+                    html=False,
+                    part="the text part",
+                )
+            }
+        else:
+            staff = {"staff_body": text_from_html(body_html)}
+        try:
+            return self.env.get_template(template).render({**names, **staff})
+        except TemplateNotFound as exc:
+            raise TemplateProblem(
+                f"campaign {self.campaign.id}: layout {content.layout!r} needs {exc.name},"
+                " which is missing"
+            ) from None
+        except TemplateError as exc:
+            raise TemplateProblem(
+                f"campaign {self.campaign.id}: layout {content.layout!r}: {exc}"
+            ) from None
 
     def _relative(self, filename: str) -> str:
         path = Path(filename)
@@ -293,11 +391,26 @@ def _sources(settings: Settings, template: str) -> tuple[dict[str, str], str | N
     return {p: f"email/{template}/{p}" for p in PARTS}, subject
 
 
+def _staff_sources(
+    settings: Settings, campaign: CampaignView, content: StaffContent
+) -> tuple[dict[str, str], str]:
+    if content.layout not in list_layouts(settings):
+        known = ", ".join(list_layouts(settings)) or "none"
+        raise TemplateProblem(
+            f"campaign {campaign.id}: no layout named {content.layout!r} (known: {known})"
+        )
+    return {p: f"staff/{content.layout}/{p}" for p in PARTS}, content.subject
+
+
 def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampaign:
     """Render the campaign's parts once (CSS inlined once) and prove the fast path."""
     name = campaign.template
-    template_purpose(settings, name)
-    paths, subject_file = _sources(settings, name)
+    subject_file: str | None
+    if campaign.content is not None:
+        paths, subject_file = _staff_sources(settings, campaign, campaign.content)
+    else:
+        template_purpose(settings, name)
+        paths, subject_file = _sources(settings, name)
     renderer = _Renderer(settings, campaign)
     subject_source = subject_file if subject_file is not None else campaign.subject
 
@@ -334,7 +447,7 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> None:
     unsubscribe link and the postal address in both the HTML and the text part.
     """
     name = campaign.template
-    declared = template_purpose(settings, name)
+    declared = campaign.purpose if campaign.content else template_purpose(settings, name)
     if declared != campaign.purpose:
         raise TemplateProblem(
             f"template {name!r} is for {declared} mail, but the campaign is {campaign.purpose}"
