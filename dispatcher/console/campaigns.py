@@ -48,7 +48,10 @@ def audience_counts(session: Session, purpose: str, audience: str | None) -> Aud
     except (AudienceError, ValueError) as exc:
         raise CampaignError(f"audience: {exc}") from None
     reasons = (
-        select(blocking_reason(Contact.address_id, checked).label("reason")).where(where).subquery()
+        select(blocking_reason(Contact.address_id, checked).label("reason"))
+        .select_from(Contact)
+        .where(where)
+        .subquery()
     )
     counts = AudienceCounts()
     for reason, count in session.execute(
