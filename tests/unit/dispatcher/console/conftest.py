@@ -10,19 +10,10 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.console import create_console_app
-from dispatcher.console.staff import add_staff, read_password_link, set_password
-from dispatcher.db import session_scope
 from dispatcher.settings import Settings
-from suppression.events import Hit
+from tests.support.console import PASSWORD, make_staff
 
-PASSWORD = "correct horse battery staple"
-
-
-def make_staff(settings: Settings, sessions: sessionmaker[Session], email: str, role: str) -> None:
-    with session_scope(sessions) as session:
-        _, link = add_staff(session, settings, email, role, actor="test")
-        staff = read_password_link(session, settings, link.rsplit("/", 1)[1])
-        set_password(session, staff, PASSWORD, PASSWORD, Hit(ip="127.0.0.1"))
+__all__ = ["PASSWORD", "make_staff"]
 
 
 def csrf(client: FlaskClient, path: str = "/sign-in") -> str:
