@@ -27,7 +27,7 @@ from tests.support.backends import make_backend
 from tests.support.console import PASSWORD, make_staff, serve_console
 from tests.support.smtp_sink import SmtpSink
 from tests.support.web_server import free_port, serve
-from workers.process import WorkerProcess, wait_until
+from workers.process import WorkerProcess
 
 pytestmark = pytest.mark.browser
 
