@@ -21,6 +21,7 @@ from dispatcher.contacts.suppress import lift_address, suppress_address
 from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, Campaign, Contact, Delivery, StaffRole
 from dispatcher.sharing.affiliates import AffiliateError, add_affiliate, disable_affiliate
+from dispatcher.sharing.export import export
 from dispatcher.sharing.stats import report as stats_report
 from suppression.address import InvalidAddress, canonical_address
 from suppression.consent import consent_history
@@ -179,14 +180,18 @@ def contacts_import() -> Any:
 @requires(StaffRole.ADMIN)
 def affiliates() -> Any:
     credential = None
+    exported = None
     if request.method == "POST":
         form = request.form
         try:
-            with session_scope(sessions()) as db:
-                if form.get("action") == "disable":
+            if form.get("action") == "export":
+                exported = export(sessions(), settings(), form.get("name", ""), actor=actor())
+            elif form.get("action") == "disable":
+                with session_scope(sessions()) as db:
                     disable_affiliate(db, form.get("name", ""), actor=actor())
-                    flash(f"Disabled {form.get('name')}.")
-                else:
+                flash(f"Disabled {form.get('name')}.")
+            else:
+                with session_scope(sessions()) as db:
                     _, credential = add_affiliate(
                         db,
                         form.get("name", ""),
@@ -201,7 +206,13 @@ def affiliates() -> Any:
             audit("console_affiliate", action=form.get("action", "add"), name=form.get("name"))
     with sessions()() as db:
         rows = list(db.scalars(select(Affiliate).order_by(Affiliate.name)))
-    return render_template("affiliates.html", rows=rows, credential=credential)
+    return render_template(
+        "affiliates.html",
+        rows=rows,
+        credential=credential,
+        exported=exported,
+        link_days=settings().affiliate_link_seconds / 86400,
+    )
 
 
 @bp.get("/stats")

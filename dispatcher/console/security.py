@@ -198,6 +198,10 @@ def install(app: Flask, config: Settings, trusted_proxies: int = 0) -> None:
             response.headers.setdefault(name, value)
         return response
 
+    @app.template_filter("utc")
+    def _utc(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
+
     @app.context_processor
     def _template_globals() -> dict[str, Any]:
         return {"csrf_token": csrf_token, "me": g.get("staff"), "has_role": has_role}
