@@ -133,16 +133,18 @@ def _staff_wrapper(name: str) -> str | None:
     return _STAFF_WRAPPERS[parts[2]].replace("LAYOUT", parts[1])
 
 
+def _email_folders(settings: Settings) -> list[Path]:
+    root = settings.templates_dir / "email"
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
 def list_layouts(settings: Settings) -> list[str]:
     """Folders of templates/email/ that a staff-written body can sit in (base.html + .txt)."""
-    root = settings.templates_dir / "email"
-    if not root.is_dir():
-        return []
-    return sorted(
+    return [
         p.name
-        for p in root.iterdir()
-        if p.is_dir() and (p / "base.html").is_file() and (p / "base.txt").is_file()
-    )
+        for p in _email_folders(settings)
+        if (p / "base.html").is_file() and (p / "base.txt").is_file()
+    ]
 
 
 @lru_cache(maxsize=8)
@@ -156,14 +158,11 @@ def _environment(templates_dir: Path) -> Environment:
 
 
 def list_templates(settings: Settings) -> list[str]:
-    root = settings.templates_dir / "email"
-    if not root.is_dir():
-        return []
-    return sorted(
+    return [
         p.name
-        for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith("_") and (p / META).exists()
-    )
+        for p in _email_folders(settings)
+        if not p.name.startswith("_") and (p / META).exists()
+    ]
 
 
 def template_purpose(settings: Settings, name: str) -> str:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.serving import make_server
 
 from dispatcher.console import create_console_app
 from dispatcher.console.staff import add_staff, read_password_link, set_password
 from dispatcher.db import session_scope
 from dispatcher.settings import Settings
 from suppression.events import Hit
+from tests.support.web_server import serve_app
 
 PASSWORD = "correct horse battery staple"
 
@@ -29,11 +28,5 @@ def make_staff(settings: Settings, sessions: sessionmaker[Session], email: str, 
 @contextmanager
 def serve_console(settings: Settings) -> Iterator[str]:
     """The console over real HTTP on 127.0.0.1 (threaded); yields its base URL."""
-    server = make_server("127.0.0.1", 0, create_console_app(settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
+    with serve_app(create_console_app(settings)) as url:
+        yield url

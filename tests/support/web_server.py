@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from flask import Flask
 from werkzeug.serving import make_server
 
 from dispatcher.settings import Settings
@@ -22,7 +23,14 @@ def free_port() -> int:
 @contextmanager
 def serve(settings: Settings, port: int | None = None) -> Iterator[str]:
     """Serve ``create_app(settings)``; yields its base URL. Threaded, like production."""
-    server = make_server("127.0.0.1", port or free_port(), create_app(settings), threaded=True)
+    with serve_app(create_app(settings), port) as url:
+        yield url
+
+
+@contextmanager
+def serve_app(app: Flask, port: int | None = None) -> Iterator[str]:
+    """Serve any of our Flask apps on 127.0.0.1 in a thread; yields its base URL."""
+    server = make_server("127.0.0.1", port or free_port(), app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
