@@ -122,7 +122,8 @@ def audit(kind: str, *, outcome: str = "ok", **detail: Any) -> None:
                 actor=who.email if who is not None else None,
                 hit=hit(),
                 outcome=outcome,
-                path=request.path,
+                # The route, not the path: a set-password token or an address stays out.
+                path=request.url_rule.rule if request.url_rule else request.path[:64],
                 method=request.method,
                 **detail,
             )

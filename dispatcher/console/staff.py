@@ -7,7 +7,6 @@ The CLI (``dispatcher staff …``) and the console's pages call these; nothing e
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -20,7 +19,7 @@ from dispatcher.settings import Settings
 from suppression.address import InvalidAddress, canonical_address
 from suppression.events import Hit, record_event
 from suppression.models import Event, utcnow
-from suppression.tokens import BadToken, LinkPurpose, TokenSigner
+from suppression.tokens import BadToken, LinkPurpose, TokenOutcome, TokenSigner
 
 # The sixth wrong password in a row locks the account for LOCK_FOR.
 MAX_FAILED = 6
@@ -120,12 +119,6 @@ def list_staff(session: Session) -> list[Staff]:
     return list(session.scalars(select(Staff).order_by(Staff.email)))
 
 
-@dataclass(frozen=True)
-class LinkHolder:
-    staff_id: int
-    email: str
-
-
 def read_password_link(session: Session, settings: Settings, token: str) -> Staff:
     """The staff member a set-password link is for; BadToken when used, replaced or expired."""
     payload = TokenSigner(settings.secret_keys).read_timed(
@@ -142,8 +135,6 @@ def read_password_link(session: Session, settings: Settings, token: str) -> Staf
         or staff.password_nonce is None
         or not secrets.compare_digest(nonce, staff.password_nonce)
     ):
-        from suppression.tokens import TokenOutcome
-
         raise BadToken(TokenOutcome.UNKNOWN_SUBJECT, "this link has been used or replaced")
     return staff
 

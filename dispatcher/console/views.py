@@ -101,21 +101,18 @@ def sign_in() -> Any:
     if request.method == "POST":
         address = request.form.get("email", "")[:320]
         password = request.form.get("password", "")[:1024]
-        try:
-            with session_scope(sessions()) as db:
-                try:
-                    who = check_sign_in(db, address, password, hit())
-                    staff_id = who.id
-                except SignInRefused as exc:
-                    error = exc
-                    staff_id = None
-        except Exception:
-            raise
+        # The refusal is committed too: the failure counter and the audit record stay.
+        with session_scope(sessions()) as db:
+            try:
+                staff_id: int | None = check_sign_in(db, address, password, hit()).id
+            except SignInRefused as exc:
+                error = exc
+                staff_id = None
         if error is None and staff_id is not None:
             session.clear()
             session["staff"] = staff_id
             target = request.args.get("next", "")
-            if not target.startswith("/") or target.startswith("//"):
+            if not target.startswith("/") or target.startswith("//") or "\\" in target:
                 target = url_for("console.campaigns")
             return redirect(target)
         code = 429 if error and error.outcome == "throttled" else 401
@@ -352,15 +349,15 @@ def campaign_progress(campaign_id: int) -> Response:
         return jsonify(progress(db, campaign_id))
 
 
-@bp.get("/campaigns/<int:campaign_id>/audience.json")
+@bp.get("/audience.json")
 @requires(StaffRole.VIEWER)
-def audience_json(campaign_id: int) -> Any:
-    """The gate's answer for an audience typed in the editor (or the campaign's own)."""
+def audience_json() -> Any:
+    """The gate's answer for an audience typed in the editor, as it stands now."""
     with sessions()() as db:
-        row = _campaign_or_404(db, campaign_id)
-        expression = request.args.get("audience", row.audience or "")
         try:
-            counts = audience_counts(db, request.args.get("purpose", row.purpose), expression)
+            counts = audience_counts(
+                db, request.args.get("purpose", "marketing"), request.args.get("audience", "")
+            )
         except CampaignError as exc:
             return jsonify(error=str(exc)), 400
     return jsonify(matched=counts.matched, eligible=counts.eligible, skipped=counts.skipped)

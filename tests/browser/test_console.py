@@ -113,6 +113,11 @@ def test_write_preview_test_schedule_watch_unsubscribe(
             page.get_by_label("Subject", exact=True).fill("{{ greeting_name }}, forty new tracks")
             page.get_by_label("Preheader").fill("Fresh production music")
             page.get_by_label("Body", exact=True).fill(BODY)
+            # Live counts from the gate for the audience as typed.
+            page.wait_for_selector("#audience-counts:has-text('5 matched, 2 eligible')")
+            page.get_by_label("Audience").fill("tag:nobody")
+            page.wait_for_selector("#audience-counts:has-text('0 matched')")
+            page.get_by_label("Audience").fill("")
             check_page(page, tmp_path, "03-write")
             page.get_by_role("button", name="Save draft").click()
             page.wait_for_selector("h1:has-text('December news')")
@@ -138,7 +143,10 @@ def test_write_preview_test_schedule_watch_unsubscribe(
             page.get_by_label("For the contact").fill("ann@example.com")
             page.get_by_role("button", name="Show").click()
             assert page.locator("#subject").inner_text() == "Ann, forty new tracks"
-            page.get_by_role("link", name="Back to the campaign").click()
+            # A click while the preview's iframe is still loading was once lost: wait for it.
+            page.wait_for_load_state("load")
+            with page.expect_navigation():
+                page.get_by_role("link", name="Back to the campaign").click()
 
             # Send a test: it arrives, marked, and is counted nowhere.
             page.get_by_role("button", name=f"Send a test to {EDITOR}").click()

@@ -263,6 +263,7 @@ def test_every_page_renders_for_an_admin(signed_in, session_factory) -> None:
         "/campaigns/1/preview",
         "/campaigns/1/preview.html",
         "/campaigns/1/progress.json",
+        "/audience.json?audience=tag:jazz",
         "/campaigns/1/pause",
         "/people",
         "/people?address=ann@example.com",
