@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns.audience import AudienceError, audience_filter
-from dispatcher.campaigns.services import CampaignError, campaign_report, get_campaign
+from dispatcher.campaigns.services import (
+    CampaignError,
+    CampaignReport,
+    campaign_report,
+    get_campaign,
+)
 from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
 from dispatcher.sending.composing import MessageFactory
 from dispatcher.sending.messages import build_message
@@ -53,6 +58,10 @@ def audience_counts(session: Session, purpose: str, audience: str | None) -> Aud
         .where(where)
         .subquery()
     )
+    if session.get_bind().dialect.name == "postgresql":
+        # The planner's estimate for a gate over every contact crosses jit_above_cost, and
+        # compiling the expression took longer than running it (2 s of 2.9 s at 20k rows).
+        session.execute(text("SET LOCAL jit = off"))
     counts = AudienceCounts()
     for reason, count in session.execute(
         select(reasons.c.reason, func.count()).group_by(reasons.c.reason)
@@ -66,9 +75,11 @@ def audience_counts(session: Session, purpose: str, audience: str | None) -> Aud
     return counts
 
 
-def progress(session: Session, campaign_id: int) -> dict[str, Any]:
+def progress(
+    session: Session, campaign_id: int, report: CampaignReport | None = None
+) -> dict[str, Any]:
     """Counts per status, the send rate over the last minute and the ETA (for the JSON poll)."""
-    report = campaign_report(session, campaign_id)
+    report = report or campaign_report(session, campaign_id)
     since = utcnow() - RATE_WINDOW
     recent = int(
         session.scalar(

@@ -28,8 +28,6 @@ from suppression.consent import consent_history
 from suppression.models import Address, Event, Reason, Suppression
 from suppression.suppressions import SuppressionError, list_suppressions
 
-AUDIT_KINDS_PREFIX = ("staff_", "console_", "campaign_", "suppression", "affiliate", "contacts")
-
 
 @bp.get("/people")
 @requires(StaffRole.EDITOR)
@@ -237,7 +235,14 @@ def stats() -> str:
 def audit_log() -> str:
     kind = request.args.get("kind") or None
     with sessions()() as db:
-        stmt = select(Event).where(or_(*[Event.kind.startswith(p) for p in AUDIT_KINDS_PREFIX]))
+        # Staff sign-ins, actions and refusals: whatever a staff member did or was refused.
+        stmt = select(Event).where(
+            or_(
+                Event.kind.startswith("staff_"),
+                Event.kind.startswith("console_"),
+                Event.actor.is_not(None),
+            )
+        )
         if kind:
             stmt = stmt.where(Event.kind == kind)
         rows = list(db.scalars(stmt.order_by(Event.id.desc()).limit(300)))

@@ -300,11 +300,15 @@ def campaign(campaign_id: int) -> str:
     with sessions()() as db:
         row = _campaign_or_404(db, campaign_id)
         report = campaign_report(db, campaign_id)
-        state = progress(db, campaign_id)
-        try:
-            gate = audience_counts(db, row.purpose, row.audience)
-        except CampaignError:
-            gate = None
+        state = progress(db, campaign_id, report)
+        gate = None
+        if row.status in ("draft", "scheduled"):
+            # Before fan-out: the gate's answer now. After it, the report below shows what
+            # the gate decided for each message (and a gate over every contact is costly).
+            try:
+                gate = audience_counts(db, row.purpose, row.audience)
+            except CampaignError:
+                gate = None
         versions = list(
             db.execute(
                 select(
