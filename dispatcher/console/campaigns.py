@@ -80,17 +80,20 @@ def progress(
 ) -> dict[str, Any]:
     """Counts per status, the send rate over the last minute and the ETA (for the JSON poll)."""
     report = report or campaign_report(session, campaign_id)
-    since = utcnow() - RATE_WINDOW
-    recent = int(
-        session.scalar(
-            select(func.count()).where(
-                Delivery.campaign_id == campaign_id,
-                Delivery.finished_at >= since,
-                Delivery.status != DeliveryStatus.CANCELLED,
+    finished = report.status in (CampaignStatus.DONE, CampaignStatus.CANCELLED)
+    recent = 0
+    if not finished:  # a finished campaign sends nothing; spare the scan of its rows
+        since = utcnow() - RATE_WINDOW
+        recent = int(
+            session.scalar(
+                select(func.count()).where(
+                    Delivery.campaign_id == campaign_id,
+                    Delivery.finished_at >= since,
+                    Delivery.status != DeliveryStatus.CANCELLED,
+                )
             )
+            or 0
         )
-        or 0
-    )
     rate = recent / RATE_WINDOW.total_seconds()
     pending = report.pending
     eta = round(pending / rate) if rate > 0 and pending else None
@@ -99,7 +102,7 @@ def progress(
         rate_per_second=round(rate, 2),
         eta_seconds=eta,
         pending=pending,
-        finished=report.status in (CampaignStatus.DONE, CampaignStatus.CANCELLED),
+        finished=finished,
     )
     return data
 
