@@ -77,6 +77,7 @@ def _register() -> None:
     from dispatcher.cli import (
         affiliates,
         campaigns,
+        console,
         contacts,
         database,
         inbound,
@@ -98,6 +99,7 @@ def _register() -> None:
         inbound,
         services,
         web,
+        console,
     )
     for module in modules:
         for command in getattr(module, "COMMANDS", ()):
