@@ -159,7 +159,7 @@ def gate_cost(suppressions: int, workdir: Path, contacts: int = 10_000) -> GateC
 
 # --- N+1 --------------------------------------------------------------------------------------
 
-LEASE = re.compile(r"^\s*UPDATE deliveries SET claimed_at=", re.S)
+LEASE = re.compile(r"^\s*UPDATE deliveries SET renewed_at=", re.S)
 
 
 def statements_per_batch(batch_size: int, sink_port: int, workdir: Path) -> dict[str, Any]:

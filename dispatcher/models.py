@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -243,11 +244,17 @@ class Delivery(Base):
     claim_token: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    claimed_at: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]  # when this row was taken for sending
+    renewed_at: Mapped[datetime | None]  # the claim's last lease renewal
     finished_at: Mapped[datetime | None]
     # What came back about a sent message: hard_bounce, soft_bounce or complaint (the worst).
     feedback: Mapped[str | None] = mapped_column(String(16))
     feedback_at: Mapped[datetime | None]
+
+    @classmethod
+    def lease_seen_at(cls) -> Any:
+        """The last sign of life of the row's claim: its renewal, or the claim itself."""
+        return func.coalesce(cls.renewed_at, cls.claimed_at)
 
 
 class RateLimit(Base):

@@ -115,6 +115,11 @@ class Settings:
     console_url: str = "http://127.0.0.1:8026"
     console_idle_seconds: float = 1800.0
     staff_link_seconds: float = 48 * 3600.0
+    # Logs: "text" (readable) or "json" (one object per line), and the lowest level written.
+    log_format: str = "text"
+    log_level: str = "info"
+    # Where `dispatcher metrics serve` listens for Prometheus (README, "Operations").
+    metrics_port: int = 9464
     # Extra Celery settings (``celery_*`` keys of the file, ``DISPATCHER_CELERY_*`` variables).
     celery: Mapping[str, Any] = field(default_factory=dict)
 
@@ -128,7 +133,12 @@ class Settings:
     def spool(self) -> Path:
         return Path(self.spool_dir) if self.spool_dir else self.home / "spool"
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
     def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes``, refused (:class:`SettingsError`) exactly where the loader
+        would refuse the same values: both build through :func:`_validate`."""
         return dataclasses.replace(self, **changes)
 
 
@@ -144,7 +154,33 @@ _INT_FIELDS = {
     "inbound_max_bytes",
     "inbound_keep_bytes",
     "inbound_keep_days",
+    "metrics_port",
 }
+
+
+def _validate(settings: Settings) -> None:
+    """The rules every Settings obeys, however it was built (the loader, or ``replace``)."""
+    for name in ("database_url", "broker_url", "mail_url", "base_url"):
+        if not getattr(settings, name):
+            raise SettingsError(f"{name} is not set (config file or DISPATCHER_{name.upper()})")
+    numbers: dict[str, Any] = {}
+    for name in _RANGES:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(f"{_var(name)} must be a number, not {value!r}")
+        numbers[name] = value
+    _check_ranges(numbers)
+    if not settings.secret_keys:
+        raise SettingsError("secret_keys is empty: give at least one signing key")
+    # A typo in the mail URL fails now, not at the first batch.
+    from dispatcher.sending.transports import parse_mail_url
+
+    try:
+        parse_mail_url(settings.mail_url, timeout=settings.smtp_timeout_seconds)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 _FLOAT_FIELDS = {
     "beat_interval_seconds",
     "smtp_timeout_seconds",
@@ -199,6 +235,11 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "inbound_poll_seconds": (1, 86_400, True),
     "console_idle_seconds": (60, 7 * 86_400, True),
     "staff_link_seconds": (60, 30 * 86_400, True),
+    "metrics_port": (1, 65_535, True),
+}
+_CHOICES = {
+    "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
 }
 MIN_KEY_LENGTH = 16
 _DATABASE_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}
@@ -333,9 +374,7 @@ def _embedded_keys(home: Path) -> tuple[str, ...]:
     return _parse_keys(path.read_text(encoding="utf-8").replace("\n", ","))
 
 
-def _check_values(values: dict[str, Any]) -> None:
-    """Each setting checked by its kind (numbers, URLs, paths, addresses): the first one that
-    cannot work raises :class:`SettingsError` naming it and the fix."""
+def _check_ranges(values: Mapping[str, Any]) -> None:
     for name, (low, high, low_ok) in _RANGES.items():
         if name not in values:
             continue
@@ -345,6 +384,17 @@ def _check_values(values: dict[str, Any]) -> None:
             raise SettingsError(
                 f"{_var(name)} must be {bound} and at most {high:g} (got {number:g})"
             )
+
+
+def _check_values(values: dict[str, Any]) -> None:
+    """Each setting checked by its kind (numbers, URLs, paths, addresses): the first one that
+    cannot work raises :class:`SettingsError` naming it and the fix."""
+    _check_ranges(values)
+    for name, choices in _CHOICES.items():
+        if name in values:
+            values[name] = str(values[name]).lower()
+            if values[name] not in choices:
+                raise SettingsError(f"{_var(name)} must be one of {', '.join(choices)}")
     _check_database_url(values["database_url"])
     _check_broker_url(values["broker_url"])
     _check_base_url(values["base_url"])

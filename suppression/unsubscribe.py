@@ -36,6 +36,7 @@ class UnsubscribeResult:
     campaign_id: int | None
     newly_suppressed: bool
     stopped: int
+    suppression_id: int
 
 
 def resolve_link(
@@ -52,42 +53,25 @@ def resolve_link(
     return subject, address
 
 
-def apply_unsubscribe(
-    session: Session,
-    signer: TokenSigner,
-    token: str,
-    *,
-    stop_queued: StopQueued,
-    hit: Hit,
-    source: str = "unsubscribe_link",
-) -> UnsubscribeResult:
-    """Verify ``token`` and unsubscribe its address from marketing, at once.
-
-    In the caller's transaction: a marketing ``unsubscribe`` suppression, an opt-out in the
-    consent ledger, queued deliveries stopped, an audit event. Repeating it changes nothing
-    more. A bad token raises :class:`BadToken` before anything is written.
-    """
-    subject, address = resolve_link(session, signer, LinkPurpose.UNSUBSCRIBE, token)
-    return unsubscribe_address(
-        session,
-        address,
-        stop_queued=stop_queued,
-        hit=hit,
-        source=source,
-        campaign_id=subject.campaign_id,
-    )
-
-
 def unsubscribe_address(
     session: Session,
     address: Address,
     *,
     stop_queued: StopQueued,
-    hit: Hit,
     source: str,
+    hit: Hit | None = None,
     campaign_id: int | None = None,
+    actor: str | None = None,
+    note: str | None = None,
 ) -> UnsubscribeResult:
-    """The recipient's own opt-out from marketing (the caller verified their link)."""
+    """The one way an address is unsubscribed from marketing, whoever asks: the recipient's
+    link or one-click (the caller verified it with :func:`resolve_link`), the preference
+    page, staff acting on a request, inbound mail.
+
+    In the caller's transaction: a marketing ``unsubscribe`` suppression, an opt-out in the
+    consent ledger, queued deliveries the gate now refuses stopped, an audit event. Repeating
+    it adds no second suppression.
+    """
     added = add_suppression(
         session,
         address.id,
@@ -95,7 +79,8 @@ def unsubscribe_address(
         reason=Reason.UNSUBSCRIBE,
         source=source,
         hit=hit,
-        note=f"campaign {campaign_id}" if campaign_id else None,
+        actor=actor,
+        note=note or (f"campaign {campaign_id}" if campaign_id else None),
     )
     record_consent(
         session,
@@ -112,6 +97,7 @@ def unsubscribe_address(
         "unsubscribed",
         address_id=address.id,
         hit=hit,
+        actor=actor,
         outcome="suppressed" if added.created else "already_suppressed",
         campaign_id=campaign_id,
         stopped=stopped,
@@ -123,6 +109,7 @@ def unsubscribe_address(
         campaign_id=campaign_id,
         newly_suppressed=added.created,
         stopped=stopped,
+        suppression_id=added.suppression_id,
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import make_engine, make_sessionmaker, upgrade
-from dispatcher.settings import Settings, load_settings
+from dispatcher.settings import PROJECT_ROOT, Settings, load_settings
 
 TEST_KEYS = "test-signing-key-newest-0001,test-signing-key-older-0000"
 
@@ -36,12 +38,27 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+def _migrations_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((PROJECT_ROOT / "migrations").rglob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
 def _migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite file migrated with Alembic per test session; each test gets a copy."""
+    """One SQLite file migrated with Alembic; each test gets a copy. Kept between sessions
+    under the system's temporary folder, keyed by the migrations' content, so the many short
+    sessions of a mutation run (scripts/mutation) do not each migrate again."""
+    cached = Path(tempfile.gettempdir()) / f"killertracks-migrated-{_migrations_digest()}.db"
+    if cached.exists():
+        return cached
     home = tmp_path_factory.mktemp("template")
     upgrade(settings_for(home))
-    return home / "dispatcher.db"
+    partial = cached.with_suffix(f".{os.getpid()}.partial")
+    shutil.copy(home / "dispatcher.db", partial)
+    os.replace(partial, cached)  # atomic: a parallel session sees all of it or nothing
+    return cached
 
 
 @pytest.fixture

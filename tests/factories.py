@@ -58,12 +58,17 @@ def bulk_contacts(
     not_opted_in_every: int = 0,
     suppressed_every: int = 0,
 ) -> set[str]:
-    """``count`` contacts inserted set-wise (fast for thousands); every ``not_opted_in_every``
-    th has no consent and every ``suppressed_every``-th a global suppression. Returns the
-    addresses that are eligible for marketing."""
+    """``count`` contacts for fault and load tests; every ``not_opted_in_every``-th has no
+    consent and every ``suppressed_every``-th a global complaint suppression. Returns the
+    addresses that are eligible for marketing.
+
+    Addresses and contacts go in set-wise (thousands in a moment); consent and suppressions
+    go through the functions production uses (``record_consent``, ``add_suppression``), so
+    the gate is tested against rows as production writes them.
+    """
     from sqlalchemy import insert, select
 
-    from suppression.models import Address, Consent, ConsentState, Suppression
+    from suppression.models import Address
 
     addresses = [f"{prefix}{i:06d}@{domain}" for i in range(count)]
     session.execute(insert(Address), [{"address": a, "created_at": T0} for a in addresses])
@@ -90,61 +95,38 @@ def bulk_contacts(
         ],
     )
     eligible: set[str] = set()
-    consenting = []
     for i, a in enumerate(addresses):
         if not_opted_in_every and i % not_opted_in_every == 1:
             continue
-        consenting.append(a)
+        record_consent(
+            session, ids[a], Scope.MARKETING, ConsentStatus.OPTED_IN, source="bulk", occurred_at=T0
+        )
         if suppressed_every and i % suppressed_every == 2:
+            add_suppression(session, ids[a], scope="global", reason=Reason.COMPLAINT, source="bulk")
             continue
         eligible.add(a)
-    session.execute(
-        insert(Consent),
-        [
-            {
-                "address_id": ids[a],
-                "scope": "marketing",
-                "status": "opted_in",
-                "source": "bulk",
-                "occurred_at": T0,
-                "recorded_at": T0,
-            }
-            for a in consenting
-        ],
-    )
-    consent_ids = dict(
-        session.execute(
-            select(Consent.address_id, Consent.id).where(Consent.source == "bulk")
-        ).all()
-    )
-    session.execute(
-        insert(ConsentState),
-        [
-            {
-                "address_id": ids[a],
-                "scope": "marketing",
-                "status": "opted_in",
-                "consent_id": consent_ids[ids[a]],
-                "occurred_at": T0,
-            }
-            for a in consenting
-        ],
-    )
-    suppressed = [
-        a for i, a in enumerate(addresses) if suppressed_every and i % suppressed_every == 2
-    ]
-    if suppressed:
-        session.execute(
-            insert(Suppression),
-            [
-                {
-                    "address_id": ids[a],
-                    "scope": "global",
-                    "reason": "complaint",
-                    "source": "bulk",
-                    "created_at": T0,
-                }
-                for a in suppressed
-            ],
-        )
     return eligible
+
+
+def make_sending_campaign(session: Session, purpose: str = "marketing") -> tuple[int, list[int]]:
+    """A ``sending`` campaign fanned out to every contact made so far: its id and its
+    delivery ids in order (one queued row per contact)."""
+    from sqlalchemy import select
+
+    from dispatcher.campaigns.fanout import create_deliveries
+    from dispatcher.models import Campaign, CampaignStatus, Delivery
+
+    campaign = Campaign(
+        name="c",
+        subject="s",
+        template="new-releases",
+        purpose=purpose,
+        status=CampaignStatus.SENDING.value,
+    )
+    session.add(campaign)
+    session.flush()
+    create_deliveries(session, campaign)
+    ids = session.scalars(
+        select(Delivery.id).where(Delivery.campaign_id == campaign.id).order_by(Delivery.id)
+    )
+    return campaign.id, list(ids)

@@ -3,6 +3,7 @@
 ``celery -A workers worker`` finds the app here.
 """
 
+from workers import observability  # noqa: F401 - our logging replaces Celery's
 from workers.app import app
 
 __all__ = ["app"]

@@ -19,6 +19,17 @@ def _celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers", *args]
 
 
+def _metrics_files(app: AppContext, role: str) -> None:
+    """Metrics of every process of this worker (or beat) go to files under var/metrics/,
+    where ``dispatcher metrics serve`` reads them (prometheus-client's multiprocess mode)."""
+    from dispatcher.ops.metrics import MULTIPROC_ENV, multiprocess_env
+
+    # What the worker and beat write under var/ is theirs alone (``dispatcher doctor`` checks).
+    os.umask(0o077)
+    if not os.environ.get(MULTIPROC_ENV):
+        os.environ.update(multiprocess_env(app.settings, role))
+
+
 @main.command("worker", context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=int, default=None, help="processes or threads")
 @click.option(
@@ -41,6 +52,7 @@ def worker(
 ) -> None:
     """Run a Celery worker with the project's app (extra arguments go to celery)."""
     app.settings.home.mkdir(parents=True, exist_ok=True)
+    _metrics_files(app, "worker")
     argv = _celery_argv("worker", f"--pool={pool}", f"--loglevel={loglevel}")
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
@@ -57,6 +69,7 @@ def beat(app: AppContext, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Run the scheduler that starts due campaigns (one per deployment)."""
     schedule = app.settings.home / "celerybeat-schedule"
     app.settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _metrics_files(app, "beat")
     argv = _celery_argv("beat", f"--loglevel={loglevel}", f"--schedule={schedule}")
     os.execv(sys.executable, [*argv, *celery_args])
 

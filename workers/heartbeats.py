@@ -27,6 +27,7 @@ from dispatcher.campaigns.fleet import (
 )
 from dispatcher.campaigns.problems import explain
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
+from dispatcher.ops import metrics
 from dispatcher.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,15 @@ class HeartbeatScheduler(PersistentScheduler):
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kw: Any) -> Any:
         global _publish_problem
+        task = str(getattr(entry, "task", "?"))
         try:
             result = super().apply_async(entry, producer, advance, **kw)
         except Exception as exc:
             _publish_problem = "the beat could not queue its work: " + explain(exc, "beat").message
+            metrics.BEAT_FAILED.labels(task).inc()
             raise
         _publish_problem = None
+        metrics.BEAT_PUBLISHED.labels(task).inc()
         return result
 
 

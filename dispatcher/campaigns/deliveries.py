@@ -15,7 +15,7 @@ def stop_queued(session: Session, address_id: int) -> int:
     refuses; returns how many. The gate decides, so an unsubscribe stops marketing but not a
     queued service notice, while a postal request stops both.
 
-    Passed to :func:`suppression.unsubscribe.apply_unsubscribe` and called by staff
+    Passed to :func:`suppression.unsubscribe.unsubscribe_address` and called by staff
     suppressions, so the stop commits in the same transaction as the suppression.
     """
     stopped = 0

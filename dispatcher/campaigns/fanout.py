@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import Integer, func, literal, select, update
+from sqlalchemy import Integer, func, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.campaigns.audience import audience_filter
+from dispatcher.campaigns.lifecycle import finish_if_done, start_if_due
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
 from suppression.events import record_event
@@ -33,21 +34,6 @@ def campaign_purpose(session: Session, campaign_id: int) -> str:
     """The campaign's purpose (``marketing`` when the campaign is unknown: it sends nothing)."""
     purpose = session.scalar(select(Campaign.purpose).where(Campaign.id == campaign_id))
     return purpose or "marketing"
-
-
-def start_campaign(session: Session, campaign_id: int, now: datetime | None = None) -> bool:
-    """``scheduled`` → ``sending`` when due, in one statement (a second caller gets False)."""
-    now = now or utcnow()
-    result = session.execute(
-        update(Campaign)
-        .where(
-            Campaign.id == campaign_id,
-            Campaign.status == CampaignStatus.SCHEDULED,
-            Campaign.scheduled_at <= now,
-        )
-        .values(status=CampaignStatus.SENDING.value, started_at=now)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def create_deliveries(session: Session, campaign: Campaign) -> int:
@@ -90,7 +76,7 @@ def fan_out(
     whose tasks were lost) says otherwise.
     """
     with session_scope(sessions) as session:
-        started = start_campaign(session, campaign_id)
+        started = start_if_due(session, campaign_id)
         campaign = session.get(Campaign, campaign_id)
         if campaign is None or campaign.status != CampaignStatus.SENDING:
             return
@@ -124,21 +110,3 @@ def fan_out(
     yield from batches
     with session_scope(sessions) as session:
         finish_if_done(session, campaign_id)
-
-
-def finish_if_done(session: Session, campaign_id: int) -> bool:
-    """Mark a sending campaign done once none of its rows is queued or sending."""
-    pending = (
-        select(Delivery.id)
-        .where(
-            Delivery.campaign_id == campaign_id,
-            Delivery.status.in_([DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value]),
-        )
-        .exists()
-    )
-    result = session.execute(
-        update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING, ~pending)
-        .values(status=CampaignStatus.DONE.value, finished_at=utcnow())
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from dispatcher.campaigns.fanout import finish_if_done
+from dispatcher.campaigns.lifecycle import close_finished, finish_if_done
 from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from suppression.models import utcnow
 
@@ -22,7 +22,7 @@ def expire_dead_claims(session: Session, lease_seconds: float) -> list[int]:
             update(Delivery)
             .where(
                 Delivery.status == DeliveryStatus.SENDING,
-                Delivery.claimed_at < now - timedelta(seconds=lease_seconds),
+                Delivery.lease_seen_at() < now - timedelta(seconds=lease_seconds),
             )
             .values(
                 status=DeliveryStatus.UNKNOWN.value,
@@ -40,12 +40,20 @@ def expire_dead_claims(session: Session, lease_seconds: float) -> list[int]:
 
 def stalled_campaigns(session: Session, lease_seconds: float, stall_seconds: float) -> list[int]:
     """Ids of sending campaigns whose batches were lost, to fan out again (after marking
-    dead claims ``unknown``)."""
+    dead claims ``unknown`` and closing every sending campaign whose rows are all final)."""
     now = utcnow()
     expire_dead_claims(session, lease_seconds)
+    close_finished(session)
     last_activity = (
         select(
-            func.max(func.coalesce(Delivery.finished_at, Delivery.claimed_at, Delivery.created_at))
+            func.max(
+                func.coalesce(
+                    Delivery.finished_at,
+                    Delivery.renewed_at,
+                    Delivery.claimed_at,
+                    Delivery.created_at,
+                )
+            )
         )
         .where(Delivery.campaign_id == Campaign.id)
         .scalar_subquery()

@@ -9,7 +9,9 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from dispatcher.campaigns import lifecycle
 from dispatcher.campaigns.audience import AudienceError, validate_audience
+from dispatcher.campaigns.lifecycle import CampaignError, IllegalTransition, get_campaign
 from dispatcher.inbound.rates import campaign_rates
 from dispatcher.models import Campaign, CampaignContent, CampaignStatus, Delivery, DeliveryStatus
 from dispatcher.sending.rendering import CampaignView, TemplateProblem, check_campaign
@@ -19,9 +21,7 @@ from suppression.events import record_event
 from suppression.gate import Purpose
 from suppression.models import utcnow
 
-
-class CampaignError(ValueError):
-    """A staff request about a campaign that cannot be carried out; the message says why."""
+__all__ = ["CampaignError", "IllegalTransition", "get_campaign"]
 
 
 def staff_content(row: CampaignContent) -> StaffContent:
@@ -46,16 +46,6 @@ def campaign_view(campaign: Campaign) -> CampaignView:
         template=content.layout if content is not None else campaign.template,
         content=staff_content(content) if content is not None else None,
     )
-
-
-def get_campaign(session: Session, campaign_id: int, *, for_update: bool = False) -> Campaign:
-    stmt = select(Campaign).where(Campaign.id == campaign_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    campaign = session.scalar(stmt)
-    if campaign is None:
-        raise CampaignError(f"no campaign with id {campaign_id}")
-    return campaign
 
 
 def _valid_purpose(purpose: str) -> Purpose:
@@ -174,16 +164,15 @@ def schedule_campaign(
     if the template does not render, lacks the unsubscribe link or postal address."""
     campaign = get_campaign(session, campaign_id, for_update=True)
     if campaign.status != CampaignStatus.DRAFT:
-        raise CampaignError(
-            f"campaign {campaign_id} is {campaign.status}; only a draft can be scheduled"
-        )
+        # Scheduled is also reached by resume and requeue; staff schedule drafts only.
+        raise IllegalTransition(campaign_id, campaign.status, CampaignStatus.SCHEDULED)
     if at is not None and at.tzinfo is None:
         raise CampaignError("--at needs a time zone (e.g. 2026-12-01T09:00:00+00:00)")
     try:
         check_campaign(settings, campaign_view(campaign))
     except TemplateProblem as exc:
         raise CampaignError(f"campaign {campaign_id} cannot be scheduled: {exc}") from None
-    campaign.status = CampaignStatus.SCHEDULED.value
+    lifecycle.transition(session, campaign, CampaignStatus.SCHEDULED)
     campaign.scheduled_at = at or utcnow()
     record_event(
         session,
@@ -200,11 +189,7 @@ def cancel_campaign(session: Session, campaign_id: int, *, actor: str | None = N
 
     Batches already in flight finish their current messages.
     """
-    campaign = get_campaign(session, campaign_id, for_update=True)
-    if campaign.status in (CampaignStatus.DONE, CampaignStatus.CANCELLED):
-        raise CampaignError(f"campaign {campaign_id} is already {campaign.status}")
-    campaign.status = CampaignStatus.CANCELLED.value
-    campaign.finished_at = utcnow()
+    lifecycle.move(session, campaign_id, CampaignStatus.CANCELLED)
     dropped = session.execute(
         update(Delivery)
         .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.QUEUED)
@@ -222,10 +207,7 @@ def cancel_campaign(session: Session, campaign_id: int, *, actor: str | None = N
 
 def pause_campaign(session: Session, campaign_id: int, *, actor: str | None = None) -> None:
     """Stop claiming new batches; the batch in flight finishes. ``resume`` goes on."""
-    campaign = get_campaign(session, campaign_id, for_update=True)
-    if campaign.status not in (CampaignStatus.SENDING, CampaignStatus.SCHEDULED):
-        raise CampaignError(f"campaign {campaign_id} is {campaign.status}; it cannot be paused")
-    campaign.status = CampaignStatus.PAUSED.value
+    lifecycle.move(session, campaign_id, CampaignStatus.PAUSED)
     record_event(session, "campaign_paused", actor=actor, campaign_id=campaign_id)
 
 
@@ -233,8 +215,9 @@ def resume_campaign(session: Session, campaign_id: int, *, actor: str | None = N
     """Schedule a paused campaign again, now: the beat re-queues what is left of it."""
     campaign = get_campaign(session, campaign_id, for_update=True)
     if campaign.status != CampaignStatus.PAUSED:
-        raise CampaignError(f"campaign {campaign_id} is {campaign.status}, not paused")
-    campaign.status = CampaignStatus.SCHEDULED.value
+        # Scheduled is also reached from a draft or by requeue; resume is for a pause.
+        raise IllegalTransition(campaign_id, campaign.status, CampaignStatus.SCHEDULED)
+    lifecycle.transition(session, campaign, CampaignStatus.SCHEDULED)
     campaign.scheduled_at = utcnow()
     campaign.status_reason = None
     record_event(session, "campaign_resumed", actor=actor, campaign_id=campaign_id)
@@ -248,7 +231,7 @@ def requeue_unknown(session: Session, campaign_id: int, *, actor: str | None = N
     """
     campaign = get_campaign(session, campaign_id, for_update=True)
     if campaign.status == CampaignStatus.CANCELLED:
-        raise CampaignError(f"campaign {campaign_id} is cancelled")
+        raise IllegalTransition(campaign_id, campaign.status, CampaignStatus.SCHEDULED)
     count = session.execute(
         update(Delivery)
         .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.UNKNOWN)
@@ -256,10 +239,10 @@ def requeue_unknown(session: Session, campaign_id: int, *, actor: str | None = N
             status=DeliveryStatus.QUEUED.value, claim_token=None, skip_reason=None, finished_at=None
         )
     ).rowcount  # type: ignore[attr-defined]
+    if count and campaign.status != CampaignStatus.SCHEDULED:
+        lifecycle.transition(session, campaign, CampaignStatus.SCHEDULED)
     if count:
-        campaign.status = CampaignStatus.SCHEDULED.value
         campaign.scheduled_at = utcnow()
-        campaign.finished_at = None
     record_event(
         session, "campaign_unknown_requeued", actor=actor, campaign_id=campaign_id, count=count
     )

@@ -70,7 +70,12 @@ def main(ctx: click.Context) -> None:
     ctx.call_on_close(app.close)
     # Every command checks every setting before doing anything: a key too short or a URL
     # mistyped stops it here with one line, not a worker later with a traceback.
-    app.settings  # noqa: B018
+    settings = app.settings
+    # Staff commands print their own results; their log shows warnings and worse only.
+    from dispatcher.ops.logs import setup_logging
+
+    level = settings.log_level.upper()
+    setup_logging(settings.log_format, level if level in ("WARNING", "ERROR") else "WARNING")
 
 
 def _register() -> None:
@@ -81,6 +86,7 @@ def _register() -> None:
         contacts,
         database,
         inbound,
+        ops,
         privacy,
         services,
         stats,
@@ -100,6 +106,7 @@ def _register() -> None:
         services,
         web,
         console,
+        ops,
     )
     for module in modules:
         for command in getattr(module, "COMMANDS", ()):

@@ -24,7 +24,9 @@ def console(app: AppContext, host: str, port: int) -> None:
     from werkzeug.serving import run_simple
 
     from dispatcher.console import create_console_app
+    from dispatcher.ops.logs import setup_logging
 
+    setup_logging(app.settings.log_format, app.settings.log_level)
     run_simple(host, port, create_console_app(app.settings), threaded=True)
 
 

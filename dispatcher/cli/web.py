@@ -32,7 +32,10 @@ def serve(app: AppContext, host: str, port: int, read_timeout: float) -> None:
     """
     from werkzeug.serving import WSGIRequestHandler, make_server
 
+    from dispatcher.ops.logs import setup_logging
     from dispatcher.web import create_app
+
+    setup_logging(app.settings.log_format, app.settings.log_level)
 
     class Handler(WSGIRequestHandler):
         # socketserver applies it to every read: a client that stops sending is let go.

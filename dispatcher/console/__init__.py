@@ -14,12 +14,16 @@ from __future__ import annotations
 from flask import Flask
 
 from dispatcher.db import make_engine, make_sessionmaker
+from dispatcher.ops.logs import setup_logging
 from dispatcher.settings import Settings, load_settings
 
 
 def create_console_app(settings: Settings | None = None, *, trusted_proxies: int = 0) -> Flask:
     """Build the console for ``settings`` (read from the environment when not given)."""
-    settings = settings or load_settings()
+    if settings is None:
+        # The production entry point (gunicorn): this process's logging is set up here.
+        settings = load_settings()
+        setup_logging(settings.log_format, settings.log_level)
     folder = settings.templates_dir / "console"
     app = Flask(
         __name__,
@@ -32,7 +36,10 @@ def create_console_app(settings: Settings | None = None, *, trusted_proxies: int
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
     from dispatcher.console import security, views
+    from dispatcher.ops import health
 
+    # /healthz and /readyz for the load balancer: no session, no sign-in, no audit.
+    health.install(app, settings, engine)
     security.install(app, settings, trusted_proxies)
     app.register_blueprint(views.bp)
     views.install_errors(app)

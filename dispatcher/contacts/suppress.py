@@ -15,7 +15,7 @@ from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.contacts.importer import ImportFileError, RowError, open_csv
 from dispatcher.db import session_scope
 from suppression.address import InvalidAddress
-from suppression.models import GLOBAL_SCOPE, Reason, Scope
+from suppression.models import GLOBAL_SCOPE, Address, Reason, Scope
 from suppression.registry import ensure_address, find_address
 from suppression.suppressions import (
     SuppressionError,
@@ -24,6 +24,7 @@ from suppression.suppressions import (
     valid_reason,
     valid_scope,
 )
+from suppression.unsubscribe import unsubscribe_address
 
 # What a hand-made suppression covers unless staff say otherwise: a recipient's own
 # unsubscribe is about marketing; everything else means "no mail at all".
@@ -55,6 +56,14 @@ def suppress_address(
     checked = valid_reason(reason)
     scope = valid_scope(scope or default_scope(checked))
     address_id = ensure_address(session, address)
+    if checked == Reason.UNSUBSCRIBE and scope == str(Scope.MARKETING):
+        # The recipient's own wish, passed on by staff: the same act as their link.
+        row = session.get(Address, address_id)
+        assert row is not None
+        done = unsubscribe_address(
+            session, row, stop_queued=stop_queued, source=source, actor=actor, note=note
+        )
+        return Suppressed(done.suppression_id, done.newly_suppressed, done.stopped)
     added = add_suppression(
         session, address_id, scope=scope, reason=checked, source=source, note=note, actor=actor
     )

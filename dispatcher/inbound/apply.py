@@ -3,7 +3,7 @@
 - hard bounce → global ``hard_bounce`` suppression, the delivery marked bounced;
 - soft bounce → counted; ``soft_bounce_limit`` within ``soft_bounce_days`` → suppression;
 - complaint → global ``complaint`` suppression;
-- mailto unsubscribe with a valid token → :func:`suppression.unsubscribe.apply_unsubscribe`
+- mailto unsubscribe with a valid token → :func:`suppression.unsubscribe.unsubscribe_address`
   (the same act as the web's); without one, from an address we know → the same act on
   marketing, recorded ``unverified``;
 - auto-replies and anything else → recorded, nothing changed.
@@ -37,8 +37,8 @@ from suppression.events import Hit, record_event
 from suppression.models import GLOBAL_SCOPE, Address, Reason, utcnow
 from suppression.sql import insert_for
 from suppression.suppressions import add_suppression
-from suppression.tokens import BadToken, TokenSigner
-from suppression.unsubscribe import apply_unsubscribe, unsubscribe_address
+from suppression.tokens import BadToken, LinkPurpose, TokenSigner
+from suppression.unsubscribe import resolve_link, unsubscribe_address
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,14 @@ def _unsubscribe(session: Session, signer: TokenSigner, done: Processed, source:
     token = returnpath.unsubscribe_token(done.report.subject)
     if token is not None:
         try:
-            # TODO(merge): another change merges apply_unsubscribe and unsubscribe_address
-            # into one function; this call follows it.
-            result = apply_unsubscribe(
-                session, signer, token, stop_queued=stop_queued, hit=hit, source="mailto"
+            subject, address = resolve_link(session, signer, LinkPurpose.UNSUBSCRIBE, token)
+            result = unsubscribe_address(
+                session,
+                address,
+                stop_queued=stop_queued,
+                hit=hit,
+                source="mailto",
+                campaign_id=subject.campaign_id,
             )
         except BadToken as exc:
             done.detail["token"] = str(exc.outcome)
@@ -283,17 +287,17 @@ def _unsubscribe(session: Session, signer: TokenSigner, done: Processed, source:
             done.outcome = Outcome.APPLIED
             done.address_id, done.campaign_id = result.address_id, result.campaign_id
             return
-    address = _known_address(session, done.report.sender)
-    if address is None:
+    known = _known_address(session, done.report.sender)
+    if known is None:
         done.outcome = Outcome.UNMATCHED
         return
     # No valid token: the From address can be forged, so this does no more than the
     # recipient's own opt-out from marketing would, and says it was not verified.
     unsubscribe_address(
-        session, address, stop_queued=stop_queued, hit=hit, source="mailto_unverified"
+        session, known, stop_queued=stop_queued, hit=hit, source="mailto_unverified"
     )
     done.outcome = Outcome.UNVERIFIED
-    done.address_id = address.id
+    done.address_id = known.id
 
 
 def _known_address(session: Session, sender: str | None) -> Address | None:

@@ -12,8 +12,8 @@ from dispatcher.db import session_scope
 from dispatcher.inbound.sources import apply_raw
 from dispatcher.settings import Settings
 from suppression.events import Hit
-from suppression.tokens import BadToken, TokenSigner
-from suppression.unsubscribe import apply_unsubscribe
+from suppression.tokens import BadToken, LinkPurpose, TokenSigner
+from suppression.unsubscribe import resolve_link, unsubscribe_address
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,16 @@ def apply_spooled(
         hit = Hit(ip=payload.get("ip"), user_agent=payload.get("user_agent"), source="spool")
         try:
             with session_scope(sessions) as session:
-                # TODO(merge): becomes the one merged unsubscribe function.
-                apply_unsubscribe(
+                subject, address = resolve_link(
+                    session, signer, LinkPurpose.UNSUBSCRIBE, str(payload.get("token", ""))
+                )
+                unsubscribe_address(
                     session,
-                    signer,
-                    str(payload.get("token", "")),
+                    address,
                     stop_queued=stop_queued,
                     hit=hit,
                     source="one_click",
+                    campaign_id=subject.campaign_id,
                 )
         except BadToken as exc:  # its address was erased meanwhile: nothing to apply
             log.warning("spool: one-click token no longer resolves (%s)", exc.outcome)

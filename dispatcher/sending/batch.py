@@ -21,6 +21,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter as CountOf
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,9 +31,10 @@ from sqlalchemy import ColumnElement, and_, case, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns.fanout import finish_if_done
+from dispatcher.campaigns.lifecycle import finish_if_done
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
+from dispatcher.ops import metrics
 from dispatcher.sending import throttle
 from dispatcher.sending.composing import ClaimedRow, MessageFactory
 from dispatcher.sending.messages import HeaderInjection
@@ -76,6 +78,7 @@ class BatchResult:
     released: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     orphaned: int = 0
+    skip_reasons: CountOf[str] = field(default_factory=CountOf)
     # Why rows went back to the queue: the cause of RetryLater, for the campaign's record.
     problem: Exception | None = None
 
@@ -97,7 +100,7 @@ def orphan_stale_claims(
             Delivery.id.between(first_id, last_id),
             Delivery.status == DeliveryStatus.SENDING,
             Delivery.claim_token != claim_token,
-            Delivery.claimed_at < utcnow() - timedelta(seconds=lease_seconds),
+            Delivery.lease_seen_at() < utcnow() - timedelta(seconds=lease_seconds),
         )
         .values(
             status=DeliveryStatus.UNKNOWN.value,
@@ -109,12 +112,18 @@ def orphan_stale_claims(
 
 
 def claim_batch(
-    session: Session, campaign: Campaign, first_id: int, last_id: int, claim_token: str
+    session: Session,
+    campaign: Campaign,
+    first_id: int,
+    last_id: int,
+    claim_token: str,
+    reasons: CountOf[str] | None = None,
 ) -> tuple[list[ClaimedRow], int]:
     """Claim the batch's queued rows through the gate, in ONE statement.
 
-    Returns the rows to send and how many were skipped by the gate. Nothing is claimed unless
-    the campaign is still ``sending`` (pause and cancel take effect here).
+    Returns the rows to send and how many were skipped by the gate (counted by reason into
+    ``reasons`` when given). Nothing is claimed unless the campaign is still ``sending``
+    (pause and cancel take effect here).
     """
     purpose = Purpose(campaign.purpose)
     reason = blocking_reason(Delivery.address_id, purpose)
@@ -141,12 +150,18 @@ def claim_batch(
             finished_at=case((reason.is_(None), None), else_=now),
             claim_token=claim_token,
             claimed_at=now,
+            renewed_at=None,
             attempts=Delivery.attempts + 1,
         )
-        .returning(Delivery.id, Delivery.status)
+        .returning(Delivery.id, Delivery.status, Delivery.skip_reason)
     )
     outcome = session.execute(stmt).all()
-    skipped = sum(1 for _, status in outcome if status == DeliveryStatus.SUPPRESSED)
+    skipped = 0
+    for _, status, skip_reason in outcome:
+        if status == DeliveryStatus.SUPPRESSED:
+            skipped += 1
+            if reasons is not None:
+                reasons[skip_reason or "unknown"] += 1
     if len(outcome) == skipped:
         return [], skipped
     rows = session.execute(
@@ -229,7 +244,7 @@ def _deliver(
         if before_send is not None:
             before_send(row)
         try:
-            with factory.clock.stage("send"):
+            with factory.clock.stage("send"), metrics.SEND_SECONDS.time():
                 transport.send(factory.envelope_from(row), row.address, message)
         except NeedsSmtpUtf8 as exc:
             # The relay cannot carry this address; folding it into ASCII would reach
@@ -289,7 +304,7 @@ class _Lease:
                     Delivery.claim_token == self.claim_token,
                     Delivery.status == DeliveryStatus.SENDING,
                 )
-                .values(claimed_at=utcnow())
+                .values(renewed_at=utcnow())
             )
         self.last = time.monotonic()
 
@@ -381,6 +396,7 @@ def send_batch(
     the queue, so the task retries later with backoff. ``before_send`` is a test seam."""
     claim_token = uuid.uuid4().hex
     result = BatchResult()
+    started = time.perf_counter()
     clock = Stopwatch(settings.stage_timings)
     with session_scope(sessions) as session:
         campaign = session.get(Campaign, campaign_id)
@@ -391,9 +407,12 @@ def send_batch(
             session, campaign_id, first_id, last_id, claim_token, settings.claim_lease_seconds
         )
         with clock.stage("claim"):
-            rows, result.skipped = claim_batch(session, campaign, first_id, last_id, claim_token)
+            rows, result.skipped = claim_batch(
+                session, campaign, first_id, last_id, claim_token, result.skip_reasons
+            )
         result.claimed = len(rows)
         session.expunge(campaign)
+        purpose = campaign.purpose
     if rows:
         factory = MessageFactory(settings, campaign, signer, clock)
         try:
@@ -418,6 +437,15 @@ def send_batch(
     with clock.stage("record"):
         _record_durably(sessions, campaign_id, claim_token, result)
     clock.write(len(rows))
+    metrics.observe_batch(
+        purpose,
+        sent=len(result.sent),
+        failed=len(result.failed),
+        unknown=len(result.unknown) + result.orphaned,
+        retried=len(result.released),
+        suppressed=result.skip_reasons,
+        seconds=time.perf_counter() - started,
+    )
     log.info(
         "campaign %s batch %s-%s: claimed %s, skipped %s, sent %s, failed %s, released %s, "
         "unknown %s, orphaned %s",

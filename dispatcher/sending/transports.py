@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import NoReturn, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from dispatcher.ops import metrics
+
 SETTING = "DISPATCHER_MAIL_URL"
 
 log = logging.getLogger(__name__)
@@ -282,6 +284,12 @@ class SMTPTransport:
         self._conn, self._fresh = conn, True
         return conn
 
+    def check(self) -> None:
+        """Connect, EHLO, STARTTLS and AUTH as configured, then QUIT: sends nothing.
+        Raises the same errors as a batch would meet (``dispatcher doctor`` uses it)."""
+        self._connection()
+        self.close()
+
     def _tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.options.cafile)
 
@@ -346,6 +354,7 @@ class SMTPTransport:
         stages = ("MAIL FROM", "RCPT TO", "DATA")
         for stage, (code, text), ok in zip(stages, replies, expected, strict=False):
             if code not in ok:
+                metrics.smtp_reply(code)
                 self._abort(conn, data_open=replies[-1][0] == 354 and len(replies) == 3)
                 self._refused(stage, code, text, recipient)
         try:
@@ -360,6 +369,7 @@ class SMTPTransport:
             raise UncertainSendError(
                 f"SMTP connection lost after the message was sent, before the reply: {exc}"
             ) from None
+        metrics.smtp_reply(code)
         if 200 <= code < 300:
             return
         if code < 400 or code >= 600:

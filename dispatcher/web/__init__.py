@@ -7,6 +7,7 @@ gunicorn in production, with threaded workers (``dispatcher/web/gunicorn_conf.py
 
 behind the TLS proxy that ``DISPATCHER_BASE_URL`` names (``DISPATCHER_TRUSTED_PROXIES`` =
 how many proxies append to ``X-Forwarded-For``, so the audit log records the recipient's IP).
+``/healthz`` and ``/readyz`` are for the load balancer (README, "Operations").
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from flask import Flask
 
 from dispatcher.db import make_engine, make_sessionmaker
+from dispatcher.ops.logs import setup_logging
 from dispatcher.settings import Settings, load_settings
 from dispatcher.web import redact, security
 
@@ -23,7 +25,10 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int | None 
 
     ``trusted_proxies`` overrides the setting of that name (``DISPATCHER_TRUSTED_PROXIES``).
     """
-    settings = settings or load_settings()
+    if settings is None:
+        # The production entry point (gunicorn): this process's logging is set up here.
+        settings = load_settings()
+        setup_logging(settings.log_format, settings.log_level)
     if trusted_proxies is None:
         trusted_proxies = settings.trusted_proxies
     web = settings.templates_dir / "web"
@@ -41,7 +46,10 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int | None 
     engine = make_engine(settings.database_url, **pool)
     app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
 
+    from dispatcher.ops import health
     from dispatcher.web import affiliates, providers, public, signup
+
+    health.install(app, settings, engine)
 
     app.register_blueprint(public.bp)
     app.register_blueprint(affiliates.bp)

@@ -15,6 +15,7 @@ from dispatcher.db import session_scope
 from dispatcher.inbound import spool
 from dispatcher.inbound.drain import start_drainer
 from dispatcher.models import Campaign
+from dispatcher.ops import metrics
 from dispatcher.settings import Settings
 from dispatcher.web import limits
 from dispatcher.web.security import client_hit, form_token, form_token_ok
@@ -203,6 +204,8 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
                 source="one_click" if one_click else "unsubscribe_page",
                 campaign_id=subject.campaign_id,
             )
+            if result.newly_suppressed:
+                metrics.UNSUBSCRIBES.labels("one_click" if one_click else "unsubscribe_page").inc()
             _record_hit(
                 session,
                 "unsubscribe",
@@ -328,7 +331,7 @@ def preferences(token: str) -> Any:
                     except CannotResubscribe as exc:
                         return _refused(session, token, address, subject, "marketing", str(exc))
                 else:
-                    unsubscribe_address(
+                    unsubscribed = unsubscribe_address(
                         session,
                         address,
                         stop_queued=stop_queued,
@@ -336,6 +339,8 @@ def preferences(token: str) -> Any:
                         source="preferences",
                         campaign_id=subject.campaign_id,
                     )
+                    if unsubscribed.newly_suppressed:
+                        metrics.UNSUBSCRIBES.labels("preferences").inc()
                 changes.append(f"marketing:{'opted_in' if want_marketing else 'opted_out'}")
             if want_affiliates is not None:
                 affiliates = current_consent(session, address.id, Scope.AFFILIATES)

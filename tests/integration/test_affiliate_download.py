@@ -6,12 +6,16 @@ import base64
 import csv
 import hashlib
 import io
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
+import itsdangerous.timed
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -59,6 +63,14 @@ def fetch(
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
+
+
+def signed_ago(signer: TokenSigner, payload: dict[str, object], seconds: float) -> str:
+    """A download token as ``signer`` made it ``seconds`` ago (itsdangerous reads the clock
+    when it signs; the lifetime itself stays what the settings say)."""
+    past = time.time() - seconds
+    with mock.patch.object(itsdangerous.timed, "time", SimpleNamespace(time=lambda: past)):
+        return signer.sign_timed(LinkPurpose.AFFILIATE_DOWNLOAD, payload)
 
 
 def test_download_needs_signature_and_own_credential(db: Backend, web: Serve) -> None:
@@ -110,8 +122,10 @@ def check_download(local: Settings, port: int, sessions: sessionmaker[Session], 
                 one,
             ),
         }
-    with web(local.replace(affiliate_link_seconds=-1)) as expired_base:
-        refused["expired"] = fetch(f"{expired_base}/affiliates/download/{token}", "label-one", one)
+        # The same release's link as it was signed a day longer ago than links live.
+        payload = signer.read_timed(LinkPurpose.AFFILIATE_DOWNLOAD, token, 60)
+        old = signed_ago(signer, payload, local.affiliate_link_seconds + 86400)
+        refused["expired"] = fetch(f"{base}/affiliates/download/{old}", "label-one", one)
     for case, (status, body) in refused.items():
         assert status in (401, 403), case
         assert b"ann@example.com" not in body, case

@@ -9,17 +9,15 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.campaigns.services import campaign_report, create_campaign, schedule_campaign
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
 from dispatcher.models import Delivery
-from suppression.events import Hit
 from suppression.models import ConsentStatus, Reason
 from suppression.suppressions import lift_suppressions
 from suppression.tokens import LinkPurpose, TokenSigner
-from suppression.unsubscribe import apply_unsubscribe
 from tests.factories import make_contact
 from tests.support.backends import Backend
+from tests.support.recipient import Recipient
 from workers.process import WorkerProcess, wait_until
 
 ELIGIBLE = {
@@ -129,14 +127,7 @@ def test_campaign_reaches_exactly_the_eligible_and_unsubscribe_closes_the_loop(
             u for u in re.findall(r"<([^>]+)>", ann["List-Unsubscribe"]) if u.startswith("http")
         ][0]
         sessions = make_sessionmaker(make_engine(backend.settings.database_url))
-        with session_scope(sessions) as session:
-            apply_unsubscribe(
-                session,
-                signer,
-                url.rsplit("/", 1)[1],
-                stop_queued=stop_queued,
-                hit=Hit(ip="127.0.0.1", user_agent="test"),
-            )
+        Recipient(backend.settings).one_click(url.rsplit("/", 1)[1])
         smtp_sink.clear()
 
         second = run_campaign(backend, "second")

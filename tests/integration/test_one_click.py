@@ -7,7 +7,19 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from tests.integration.faults import delivery_statuses, populate, start_campaign, wait_done
+from sqlalchemy import select
+
+from dispatcher.db import session_scope
+from dispatcher.models import Delivery
+from dispatcher.settings import Settings
+from suppression.models import Address
+from tests.integration.faults import (
+    delivery_statuses,
+    populate,
+    sessions_for,
+    start_campaign,
+    wait_done,
+)
 from tests.support.backends import Backend
 from tests.support.smtp_sink import SmtpSink
 from tests.support.web_server import free_port, serve
@@ -27,6 +39,17 @@ def one_click(url: str) -> int:
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
         return int(response.status)
+
+
+def row_of(settings: Settings, campaign_id: int, address: str) -> tuple[str, str | None]:
+    """(status, skip reason) of ``address``'s delivery in the campaign."""
+    with session_scope(sessions_for(settings)) as session:
+        row = session.execute(
+            select(Delivery.status, Delivery.skip_reason)
+            .join(Address, Address.id == Delivery.address_id)
+            .where(Delivery.campaign_id == campaign_id, Address.address == address)
+        ).one()
+    return row[0], row[1]
 
 
 def https_link(header: str) -> str:
@@ -66,7 +89,15 @@ def test_one_click_from_a_received_message_stops_running_and_next_campaigns(
             lambda got: sum(f"<c{running}." in r.message["Message-ID"] for r in got) >= 20,
             timeout=120,
         )
+        # The target's batch is the campaign's last: its row is still queued, so the click
+        # itself must stop it ("cancelled"); a row left for the claim's gate would end
+        # "suppressed" instead, and the two must not be confused.
+        assert delivery_statuses(settings, running)[target] == "queued", (
+            "the target's batch was claimed before the click: the test cannot tell a stopped "
+            "row from one the gate refused"
+        )
         assert one_click(url) == 200
+        assert row_of(settings, running, target) == ("cancelled", "unsubscribe")
         wait_done(settings, running, 120)
         after = start_campaign(settings, "after")
         wait_done(settings, after, 120)
@@ -75,8 +106,8 @@ def test_one_click_from_a_received_message_stops_running_and_next_campaigns(
     assert got[f"c{first}"][target] == 1
     assert got[f"c{running}"][target] == 0, "the campaign in flight still mailed the address"
     assert got[f"c{after}"][target] == 0, "the next campaign mailed the address"
-    assert delivery_statuses(settings, running)[target] in ("cancelled", "suppressed")
-    assert delivery_statuses(settings, after)[target] == "suppressed"
+    assert row_of(settings, running, target) == ("cancelled", "unsubscribe")
+    assert row_of(settings, after, target) == ("suppressed", "unsubscribe")
     for campaign in (f"c{running}", f"c{after}"):
         assert set(got[campaign]) == eligible - {target}
         assert max(got[campaign].values()) == 1

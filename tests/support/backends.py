@@ -7,6 +7,7 @@ FAILS under CI=true, so a green CI always means the services were really used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -121,17 +122,19 @@ def make_backend(name: str, home: Path) -> Iterator[Backend]:
 
 
 def _delete_queue(broker_url: str, queue: str) -> None:
+    """Remove the test's queues (the campaign queue and its ``.notices`` twin, which every
+    worker declares) and, on RabbitMQ, the exchanges Celery declared under the same names."""
     from kombu import Connection
 
     from workers.app import NOTICES_SUFFIX
 
-    # The notices queue and the direct exchange Celery names after the queue go too.
+    operations = [("queue_delete", name) for name in (queue, queue + NOTICES_SUFFIX)]
+    if broker_url.startswith("amqp"):
+        operations += [("exchange_delete", name) for name in (queue, queue + NOTICES_SUFFIX)]
     try:
         with Connection(broker_url, connect_timeout=5) as conn:
-            channel = conn.channel()
-            channel.queue_delete(queue)
-            channel.queue_delete(queue + NOTICES_SUFFIX)
-            if broker_url.startswith("amqp"):
-                channel.exchange_delete(queue)
+            for operation, name in operations:
+                with contextlib.suppress(Exception):  # already gone: nothing to clean
+                    getattr(conn.channel(), operation)(name)
     except Exception:  # noqa: BLE001 - cleanup only; a leftover empty queue harms nothing
         pass

@@ -156,3 +156,35 @@ def test_signup_fields_from_the_environment_and_refused_names(tmp_path: Path) ->
     for bad in ("Email", "email", "comment", "two words"):
         with pytest.raises(SettingsError, match="signup_fields"):
             load_settings({**env, "DISPATCHER_SIGNUP_FIELDS": bad})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("affiliate_link_seconds", "-1", "DISPATCHER_AFFILIATE_LINK_SECONDS must be at least 60"),
+        ("claim_lease_seconds", "0", "DISPATCHER_CLAIM_LEASE_SECONDS must be at least 1"),
+        ("batch_size", "-5", "DISPATCHER_BATCH_SIZE must be at least 1"),
+        ("rate_per_second", "-1", "DISPATCHER_RATE_PER_SECOND must be at least 0"),
+        ("mail_url", "smpt://relay", "unknown scheme 'smpt'"),
+    ],
+)
+def test_replace_refuses_what_the_loader_refuses(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    """A test (or any code) building Settings by hand gets no settings the loader would not
+    give: both paths go through the same validation."""
+    with pytest.raises(SettingsError, match=message):
+        load_settings({"DISPATCHER_HOME": str(tmp_path), f"DISPATCHER_{name.upper()}": value})
+    good = load_settings({"DISPATCHER_HOME": str(tmp_path)})
+    typed = {"batch_size": int, "mail_url": str}.get(name, float)(value)
+    with pytest.raises(SettingsError, match=message):
+        good.replace(**{name: typed})
+    assert good.replace(**{name: getattr(good, name)}) == good
+
+
+def test_replace_refuses_a_setting_of_the_wrong_type(tmp_path: Path) -> None:
+    good = load_settings({"DISPATCHER_HOME": str(tmp_path)})
+    with pytest.raises(SettingsError, match="batch_size must be a number, not '50'"):
+        good.replace(batch_size="50")
+    with pytest.raises(SettingsError, match="secret_keys is empty"):
+        good.replace(secret_keys=())

@@ -4,65 +4,115 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from suppression.consent import current_consent
+from dispatcher.campaigns.deliveries import stop_queued
+from dispatcher.models import Campaign, Contact, Delivery, DeliveryStatus
+from suppression.consent import consent_history, current_consent
 from suppression.events import Hit
-from suppression.models import ConsentStatus, Event, Reason, Scope, Suppression
+from suppression.models import Address, ConsentStatus, Event, Reason, Scope, Suppression, utcnow
 from suppression.suppressions import active_suppressions, add_suppression
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
-from suppression.unsubscribe import CannotResubscribe, apply_unsubscribe, resubscribe
+from suppression.unsubscribe import (
+    CannotResubscribe,
+    resolve_link,
+    resubscribe,
+    unsubscribe_address,
+)
 from tests.factories import make_contact
 
 SIGNER = TokenSigner(["unit-test-key-0123456789"])
 HIT = Hit(ip="127.0.0.1", user_agent="pytest")
 
 
-def stopped_none(session: Session, address_id: int) -> int:
-    return 0
-
-
 def count(session: Session, model) -> int:
     return session.scalar(select(func.count()).select_from(model))
 
 
-def test_unsubscribe_suppresses_opts_out_and_is_idempotent(session: Session) -> None:
-    contact = make_contact(session, "ann@example.com")
-    token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id, 3)
-    stops: list[int] = []
+def queue(session: Session, contact: Contact, purpose: str = "marketing") -> Delivery:
+    """A queued delivery of a new sending campaign to ``contact``."""
+    campaign = Campaign(
+        name=purpose, subject="s", template="new-releases", purpose=purpose, status="sending"
+    )
+    session.add(campaign)
+    session.flush()
+    delivery = Delivery(
+        campaign_id=campaign.id,
+        contact_id=contact.id,
+        address_id=contact.address_id,
+        status=DeliveryStatus.QUEUED.value,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
 
-    def stop(session: Session, address_id: int) -> int:
-        stops.append(address_id)
-        return 2
 
-    first = apply_unsubscribe(session, SIGNER, token, stop_queued=stop, hit=HIT)
-    second = apply_unsubscribe(session, SIGNER, token, stop_queued=stop, hit=HIT)
+def unsubscribe_link(session: Session, token: str, source: str = "one_click"):
+    """What the one-click page does with a link: verify it, then the one unsubscribe."""
+    subject, address = resolve_link(session, SIGNER, LinkPurpose.UNSUBSCRIBE, token)
+    return unsubscribe_address(
+        session,
+        address,
+        stop_queued=stop_queued,
+        hit=HIT,
+        source=source,
+        campaign_id=subject.campaign_id,
+    )
+
+
+def test_unsubscribe_suppresses_opts_out_stops_queued_mail_and_is_idempotent(
+    session: Session,
+) -> None:
+    ann = make_contact(session, "ann@example.com")
+    bob = make_contact(session, "bob@example.com")
+    first_news, second_news = queue(session, ann), queue(session, ann)
+    notice = queue(session, ann, purpose="service_notice")
+    bobs = queue(session, bob)
+    token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, ann.address_id, 3)
+
+    first = unsubscribe_link(session, token)
+    second = unsubscribe_link(session, token)
 
     assert first.newly_suppressed and not second.newly_suppressed
-    assert first.masked_address == "a***@e***.com" and first.stopped == 2
-    assert stops == [contact.address_id, contact.address_id]
-    assert [s.reason for s in active_suppressions(session, contact.address_id)] == ["unsubscribe"]
-    assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_out"
+    assert first.masked_address == "a***@e***.com"
+    assert (first.stopped, second.stopped) == (2, 0)
+    session.expire_all()
+    # Her queued marketing is cancelled with the reason; a service notice and Bob's mail are not.
+    for delivery in (first_news, second_news):
+        assert (delivery.status, delivery.skip_reason) == ("cancelled", "unsubscribe")
+        assert delivery.finished_at is not None
+    assert notice.status == "queued" and bobs.status == "queued"
+    assert [s.reason for s in active_suppressions(session, ann.address_id)] == ["unsubscribe"]
+    assert current_consent(session, ann.address_id, Scope.MARKETING).status == "opted_out"
+    assert active_suppressions(session, bob.address_id) == []
+    events = session.scalars(select(Event).where(Event.kind == "unsubscribed")).all()
+    assert [(e.outcome, e.detail["stopped"], e.ip) for e in events] == [
+        ("suppressed", 2, "127.0.0.1"),
+        ("already_suppressed", 0, "127.0.0.1"),
+    ]
 
 
 def test_tampered_token_changes_nothing(session: Session) -> None:
     contact = make_contact(session, "ann@example.com")
+    delivery = queue(session, contact)
     token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
     before = (count(session, Suppression), count(session, Event))
     with pytest.raises(BadToken):
-        apply_unsubscribe(session, SIGNER, token[:-2] + "zz", stop_queued=stopped_none, hit=HIT)
+        unsubscribe_link(session, token[:-2] + "zz")
     assert (count(session, Suppression), count(session, Event)) == before
+    session.expire_all()
+    assert delivery.status == "queued"
 
 
 def test_token_for_an_unknown_address_is_refused_like_a_forged_one(session: Session) -> None:
     token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, 999_999)
     with pytest.raises(BadToken) as caught:
-        apply_unsubscribe(session, SIGNER, token, stop_queued=stopped_none, hit=HIT)
+        unsubscribe_link(session, token)
     assert str(caught.value) == "this link is not valid"
 
 
 def test_resubscribe_lifts_only_the_recipients_own_unsubscribe(session: Session) -> None:
     contact = make_contact(session, "ann@example.com")
     token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
-    apply_unsubscribe(session, SIGNER, token, stop_queued=stopped_none, hit=HIT)
+    unsubscribe_link(session, token)
     resubscribe(session, contact.address_id, hit=HIT)
     assert active_suppressions(session, contact.address_id) == []
     assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_in"
@@ -85,3 +135,61 @@ def test_staff_suppressions_block_resubscribe_and_nothing_changes(
     assert reason.value.replace("_", " ") in str(caught.value)
     assert len(active_suppressions(session, contact.address_id)) == 2
     assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_out"
+
+
+def test_every_record_of_an_unsubscribe_says_who_asked_how_and_from_which_campaign(
+    session: Session,
+) -> None:
+    ann = make_contact(session, "ann@example.com")
+    queue(session, ann)
+    token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, ann.address_id, 7)
+    before = utcnow()
+    result = unsubscribe_link(session, token, source="unsubscribe_page")
+    assert (result.address_id, result.campaign_id, result.stopped) == (ann.address_id, 7, 1)
+    suppression = session.get(Suppression, result.suppression_id)
+    assert suppression is not None
+    assert (suppression.address_id, suppression.scope, suppression.reason) == (
+        ann.address_id,
+        "marketing",
+        "unsubscribe",
+    )
+    assert (suppression.source, suppression.note, suppression.created_by) == (
+        "unsubscribe_page",
+        "campaign 7",
+        None,
+    )
+    opt_out = consent_history(session, ann.address_id)[-1]
+    assert (opt_out.scope, opt_out.status, opt_out.source, opt_out.ip) == (
+        "marketing",
+        "opted_out",
+        "unsubscribe_page",
+        "127.0.0.1",
+    )
+    assert opt_out.occurred_at >= before
+    event = session.scalars(select(Event).where(Event.kind == "unsubscribed")).one()
+    assert (event.address_id, event.outcome, event.ip, event.user_agent) == (
+        ann.address_id,
+        "suppressed",
+        "127.0.0.1",
+        "pytest",
+    )
+    assert event.detail == {"campaign_id": 7, "stopped": 1, "source": "unsubscribe_page"}
+    added = session.scalars(select(Event).where(Event.kind == "suppression_added")).one()
+    assert (added.address_id, added.ip, added.user_agent) == (ann.address_id, "127.0.0.1", "pytest")
+
+
+def test_staff_passing_on_an_unsubscribe_are_named_with_their_note(session: Session) -> None:
+    ann = make_contact(session, "ann@example.com")
+    address = session.get(Address, ann.address_id)
+    result = unsubscribe_address(
+        session, address, stop_queued=stop_queued, source="staff", actor="rita", note="letter 12"
+    )
+    suppression = session.get(Suppression, result.suppression_id)
+    assert (suppression.source, suppression.note, suppression.created_by) == (
+        "staff",
+        "letter 12",
+        "rita",
+    )
+    event = session.scalars(select(Event).where(Event.kind == "unsubscribed")).one()
+    assert (event.actor, event.ip, event.detail["campaign_id"]) == ("rita", None, None)
+    assert result.campaign_id is None and result.masked_address == "a***@e***.com"

@@ -121,7 +121,7 @@ def test_only_a_draft_can_be_scheduled(settings: Settings, session: Session) -> 
     make_contact(session, "a@example.com")
     campaign = create_campaign(session, settings, name="x", subject="s", template="new-releases")
     schedule_campaign(session, settings, campaign.id)
-    with pytest.raises(CampaignError, match="only a draft can be scheduled"):
+    with pytest.raises(CampaignError, match="campaign 1 is scheduled; it cannot become scheduled"):
         schedule_campaign(session, settings, campaign.id)
 
 

@@ -10,20 +10,13 @@ from dispatcher.models import Campaign, CampaignStatus, Delivery
 from dispatcher.sending.batch import claim_batch, orphan_stale_claims
 from suppression.models import ConsentStatus, Reason
 from suppression.suppressions import add_suppression
-from tests.factories import make_contact
+from tests.factories import make_contact, make_sending_campaign
 
 
 def sending_campaign(session: Session, purpose: str = "marketing") -> Campaign:
-    campaign = Campaign(
-        name="c",
-        subject="s",
-        template="new-releases",
-        purpose=purpose,
-        status=CampaignStatus.SENDING.value,
-    )
-    session.add(campaign)
-    session.flush()
-    create_deliveries(session, campaign)
+    campaign_id, _ = make_sending_campaign(session, purpose)
+    campaign = session.get(Campaign, campaign_id)
+    assert campaign is not None
     return campaign
 
 
@@ -83,6 +76,7 @@ def test_suppression_after_fan_out_is_seen_by_the_claim(session: Session) -> Non
 def test_paused_campaign_claims_nothing(session: Session) -> None:
     make_contact(session, "in@example.com")
     campaign = sending_campaign(session)
+    sending_campaign(session)  # another campaign still sending does not unpause this one
     campaign.status = CampaignStatus.PAUSED.value
     session.flush()
     claimed, skipped = claim_batch(session, campaign, 0, 10**9, "tok")
@@ -122,3 +116,54 @@ def test_fan_out_twice_adds_no_rows(session: Session) -> None:
     campaign = sending_campaign(session)
     assert create_deliveries(session, campaign) == 0
     assert len(rows(session, campaign)) == 2
+
+
+def test_a_claim_starts_a_fresh_lease_even_on_a_row_renewed_by_an_earlier_claim(
+    session: Session,
+) -> None:
+    """A row put back in the queue after lease renewals, then claimed again, is alive for
+    the new claim: another execution must not take it for dead by the old renewal time."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from suppression.models import utcnow
+
+    make_contact(session, "in@example.com")
+    campaign = sending_campaign(session)
+    session.execute(
+        update(Delivery)
+        .where(Delivery.campaign_id == campaign.id)
+        .values(renewed_at=utcnow() - timedelta(hours=1))
+    )
+    claimed, _ = claim_batch(session, campaign, 0, 10**9, "live")
+    assert len(claimed) == 1
+    assert orphan_stale_claims(session, campaign.id, 0, 10**9, "redelivered", 60) == 0
+    row = session.scalars(select(Delivery).where(Delivery.campaign_id == campaign.id)).one()
+    assert (row.status, row.claim_token, row.renewed_at, row.attempts) == (
+        "sending",
+        "live",
+        None,
+        1,
+    )
+    assert row.claimed_at is not None
+
+
+def test_a_claim_takes_only_its_own_campaigns_rows_in_its_own_range(session: Session) -> None:
+    for n in range(4):
+        make_contact(session, f"r{n}@example.com")
+    campaign = sending_campaign(session)
+    other = sending_campaign(session)  # ids after this campaign's, inside a wide range
+    ids = sorted(session.scalars(select(Delivery.id).where(Delivery.campaign_id == campaign.id)))
+    claimed, _ = claim_batch(session, campaign, ids[1], ids[2], "tok")
+    assert sorted(r.delivery_id for r in claimed) == ids[1:3]
+    statuses = dict(
+        session.execute(
+            select(Delivery.id, Delivery.status).where(Delivery.campaign_id == campaign.id)
+        ).all()
+    )
+    assert [statuses[i] for i in ids] == ["queued", "sending", "sending", "queued"]
+    claim_batch(session, campaign, 0, 10**9, "wide")
+    assert set(
+        session.scalars(select(Delivery.status).where(Delivery.campaign_id == other.id))
+    ) == {"queued"}

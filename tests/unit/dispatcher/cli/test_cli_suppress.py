@@ -14,7 +14,8 @@ from dispatcher.cli import main
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, Delivery
 from dispatcher.settings import Settings
-from suppression.models import Address, Event, Suppression
+from suppression.consent import current_consent
+from suppression.models import Address, Event, Scope, Suppression
 from tests.factories import make_contact
 
 
@@ -130,6 +131,27 @@ def test_staff_unsubscribe_stops_marketing_only(
         assert cli(settings, "suppress", "add", address, "--reason", "unsubscribe").exit_code == 0
     assert delivery_status(session_factory, marketing) == ("cancelled", "unsubscribe")
     assert delivery_status(session_factory, service) == ("queued", None)
+
+
+def test_staff_unsubscribe_is_the_recipients_own_unsubscribe(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    """Staff passing on a recipient's wish take the same path as the recipient's link: the
+    suppression, an opt-out in the consent ledger and the audit event, all at once."""
+    queued_delivery(session_factory, "a@example.com", "marketing")
+    result = cli(settings, "suppress", "add", "a@example.com", "--reason", "unsubscribe")
+    assert result.exit_code == 0 and "1 queued deliveries stopped" in result.output
+    with session_scope(session_factory) as session:
+        address_id = session.scalar(select(Address.id).where(Address.address == "a@example.com"))
+        assert address_id is not None
+        consent = current_consent(session, address_id, Scope.MARKETING)
+        assert consent is not None and consent.status == "opted_out"
+        event = session.scalars(select(Event).where(Event.kind == "unsubscribed")).one()
+        assert (event.address_id, event.detail["source"], event.detail["stopped"]) == (
+            address_id,
+            "staff",
+            1,
+        )
 
 
 @pytest.mark.parametrize(

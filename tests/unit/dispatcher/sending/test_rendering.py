@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -118,7 +120,23 @@ def test_shipped_templates_are_listed_with_their_purpose(settings: Settings) -> 
 
 @pytest.mark.parametrize("template", SHIPPED)
 def test_every_shipped_template_passes_the_check(settings: Settings, template: str) -> None:
-    check_campaign(settings, view(template))
+    """The check accepts it, and what it accepted really carries what the check promises:
+    a one-line subject, the postal address in both parts, and (marketing) the recipient's
+    own unsubscribe link in both parts, for every kind of recipient."""
+    campaign = view(template)
+    check_campaign(settings, campaign)
+    prepared = prepare_campaign(settings, campaign)
+    for recipient in RECIPIENTS:
+        message = prepared.render(recipient)
+        assert message.subject and "\n" not in message.subject
+        html_links = [unquote(unescape(href)) for href in links(message.html).hrefs]
+        assert settings.postal_address in message.text
+        assert escape(settings.postal_address, quote=False) in message.html
+        if campaign.purpose == "marketing":
+            assert recipient.unsubscribe_url in message.text
+            assert recipient.unsubscribe_url in html_links
+        else:
+            assert recipient.unsubscribe_url not in message.text + "".join(html_links)
 
 
 @pytest.mark.parametrize("template", SHIPPED)
@@ -345,8 +363,17 @@ def test_service_notice_needs_no_unsubscribe_link_but_may_have_one(
     write_template(
         root, "notice-plain", html="<p>{{ postal_address }}</p>", text="x", purpose="service_notice"
     )
-    check_campaign(local, view("notice-with-link", purpose="service_notice"))
-    check_campaign(local, view("notice-plain", purpose="service_notice"))
+    with_link = view("notice-with-link", purpose="service_notice")
+    plain = view("notice-plain", purpose="service_notice")
+    check_campaign(local, with_link)
+    check_campaign(local, plain)
+    ann = RECIPIENTS[0]
+    linked = prepare_campaign(local, with_link).render(ann)
+    assert ann.unsubscribe_url in links(linked.html).hrefs
+    assert ann.unsubscribe_url in linked.text
+    bare = prepare_campaign(local, plain).render(ann)
+    assert ann.unsubscribe_url not in bare.html + bare.text
+    assert escape(local.postal_address, quote=False) in bare.html
 
 
 @pytest.mark.parametrize(

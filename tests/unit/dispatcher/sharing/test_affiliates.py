@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.db import session_scope
 from dispatcher.models import AffiliateRelease, Contact
 from dispatcher.settings import Settings
@@ -32,13 +31,12 @@ from dispatcher.sharing.affiliates import (
 from dispatcher.sharing.export import export, feed, write_export
 from suppression.address import address_digest
 from suppression.consent import record_consent
-from suppression.events import Hit
 from suppression.models import ConsentStatus, Event, Reason, Scope
 from suppression.registry import ensure_address
 from suppression.suppressions import PERMANENT, add_suppression, lift_suppressions
 from suppression.tokens import LinkPurpose, TokenSigner
-from suppression.unsubscribe import apply_unsubscribe
 from tests.factories import T0
+from tests.support.recipient import Recipient
 
 IN, OUT = ConsentStatus.OPTED_IN, ConsentStatus.OPTED_OUT
 OTHER_AFFILIATE = 999
@@ -244,14 +242,7 @@ def shareable(session: Session, address: str) -> int:
 
 def unsubscribe(settings: Settings, sessions: sessionmaker[Session], address_id: int) -> None:
     signer = TokenSigner(settings.secret_keys)
-    with session_scope(sessions) as session:
-        apply_unsubscribe(
-            session,
-            signer,
-            signer.sign_link(LinkPurpose.UNSUBSCRIBE, address_id),
-            stop_queued=stop_queued,
-            hit=Hit(),
-        )
+    Recipient(settings).one_click(signer.sign_link(LinkPurpose.UNSUBSCRIBE, address_id))
 
 
 def test_unsubscribed_after_one_export_is_absent_from_the_next_and_in_the_feed(

@@ -1,0 +1,1 @@
+"""Operations: health and readiness, doctor checks, logging set-up, metrics."""

@@ -1,0 +1,109 @@
+"""Metrics that need no worker: queue depth from the database, unsubscribes from the app."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.campaigns.fanout import create_deliveries
+from dispatcher.db import session_scope
+from dispatcher.models import Campaign
+from dispatcher.ops import metrics
+from dispatcher.settings import Settings
+from dispatcher.web import create_app
+from suppression.tokens import LinkPurpose
+from tests.factories import make_contact
+from tests.unit.dispatcher.web.conftest import contact_id  # noqa: F401 - fixture
+from tests.unit.dispatcher.web.pages import link
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_queue_depth_per_campaign_comes_from_the_rows(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    with session_scope(session_factory) as session:
+        for i in range(3):
+            make_contact(session, f"q{i}@example.com")
+        campaign = Campaign(
+            name="n", subject="s", template="new-releases", purpose="marketing", status="sending"
+        )
+        session.add(campaign)
+        session.flush()
+        create_deliveries(session, campaign)
+        campaign_id = campaign.id
+    text = generate_latest(metrics.registry(settings, session_factory)).decode()
+    found = samples(text)
+    labels = (("campaign", str(campaign_id)), ("purpose", "marketing"))
+    assert found[("dispatcher_queued_messages", labels)] == 3
+    assert found[("dispatcher_oldest_queued_seconds", labels)] >= 0
+
+
+def test_one_click_unsubscribe_is_counted_once(
+    settings: Settings,
+    contact_id: int,  # noqa: F811 - the web tests' fixture
+) -> None:
+    client: FlaskClient = create_app(settings).test_client()
+    url = link(settings, LinkPurpose.UNSUBSCRIBE, contact_id)
+
+    def count() -> float:
+        return (
+            REGISTRY.get_sample_value("dispatcher_unsubscribes_total", {"source": "one_click"})
+            or 0.0
+        )
+
+    before = count()
+    for _ in range(3):  # providers retry; only the first changes anything
+        assert client.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert count() == before + 1
+
+
+def test_multiprocess_env_empties_the_role_folder(settings: Settings) -> None:
+    env = metrics.multiprocess_env(settings, "worker")
+    folder = settings.home / "metrics" / "worker"
+    assert env == {metrics.MULTIPROC_ENV: str(folder)}
+    (folder / "counter_1.db").write_bytes(b"old")
+    metrics.multiprocess_env(settings, "worker")
+    assert list(folder.iterdir()) == [] and oct(folder.stat().st_mode & 0o777) == "0o700"
+
+
+def test_campaigns_in_trouble_are_metrics_like_campaign_status_says(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    from dispatcher.campaigns.problems import record_task_error, resolve_task_errors
+    from dispatcher.sending.transports import RelayLoginRefused
+
+    with session_scope(session_factory) as session:
+        campaign = Campaign(
+            name="n", subject="s", template="new-releases", purpose="marketing", status="sending"
+        )
+        session.add(campaign)
+        session.flush()
+        campaign_id = campaign.id
+        said = record_task_error(
+            session, campaign_id, "send_batch", RelayLoginRefused("refused"), 1, 5
+        )
+
+    def found() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return samples(generate_latest(metrics.registry(settings, session_factory)).decode())
+
+    errors = (
+        "dispatcher_campaign_task_errors",
+        (("campaign", str(campaign_id)), ("code", said.code)),
+    )
+    trouble = (
+        "dispatcher_campaign_in_trouble",
+        (("campaign", str(campaign_id)), ("kind", "errors")),
+    )
+    assert found()[errors] == 1 and found()[trouble] == 1
+    with session_scope(session_factory) as session:
+        resolve_task_errors(session, campaign_id, ("send_batch",), 1)
+    assert errors not in found() and trouble not in found()

@@ -1,0 +1,425 @@
+"""One batch, claimed and sent for real (SMTP to the in-process sink): the two ways the send
+loop could hand a transport a message it must not (ARCHITECTURE.md, invariants 1 and 3).
+
+- The claim fails closed: when its statement errors, nothing is claimed and nothing sent.
+- An execution sends only the rows its own claim took, even when another execution holds
+  rows of the same batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.db import session_scope
+from dispatcher.models import Campaign, Delivery, DeliveryStatus, RateLimit
+from dispatcher.sending.batch import BatchResult, RetryLater, _record, send_batch
+from dispatcher.settings import Settings
+from suppression.models import Address, Reason, Suppression, utcnow
+from tests.factories import make_contact, make_sending_campaign
+from tests.support.smtp_sink import SmtpSink
+
+ADDRESSES = [f"r{n}@example.com" for n in range(6)]
+
+
+def sending_campaign(sessions: sessionmaker[Session], *suppressed: str) -> tuple[int, list[int]]:
+    """A sending campaign to ADDRESSES (those named suppressed for marketing); its row ids."""
+    with session_scope(sessions) as session:
+        for address in ADDRESSES:
+            make_contact(
+                session, address, suppressed=Reason.UNSUBSCRIBE if address in suppressed else None
+            )
+        return make_sending_campaign(session)
+
+
+def rows(sessions: sessionmaker[Session], campaign_id: int) -> dict[str, tuple[str, str | None]]:
+    with sessions() as session:
+        found = session.execute(
+            select(Address.address, Delivery.status, Delivery.claim_token)
+            .join(Address, Address.id == Delivery.address_id)
+            .where(Delivery.campaign_id == campaign_id)
+        )
+        return {a: (s, t) for a, s, t in found}
+
+
+def sent_to(sink: SmtpSink) -> list[str]:
+    return sorted(r for message in sink.received() for r in message.recipients)
+
+
+@pytest.fixture
+def to_sink(settings: Settings, smtp_sink: SmtpSink) -> Settings:
+    return settings.replace(mail_url=smtp_sink.url)
+
+
+@pytest.fixture
+def send(
+    to_sink: Settings, session_factory: sessionmaker[Session]
+) -> Callable[[int, int, int], object]:
+    from suppression.tokens import TokenSigner
+
+    signer = TokenSigner(to_sink.secret_keys)
+    return lambda campaign_id, first, last: send_batch(
+        to_sink, session_factory, signer, campaign_id, first, last
+    )
+
+
+def test_a_batch_is_sent_to_the_eligible_rows_only(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1])
+    result = send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(set(ADDRESSES) - {ADDRESSES[1]})
+    assert rows(session_factory, campaign_id)[ADDRESSES[1]][0] == "suppressed"
+    assert (result.claimed, result.skipped, len(result.sent)) == (5, 1, 5)  # type: ignore[attr-defined]
+    for address, (status, reason, error, attempts, token, finished) in details(
+        session_factory, campaign_id
+    ).items():
+        assert attempts == 1 and finished is not None and token is not None, address
+        assert (status, reason) == (
+            ("suppressed", "unsubscribe") if address == ADDRESSES[1] else ("sent", None)
+        )
+        assert error is None
+    assert campaign_status(session_factory, campaign_id) == "done"
+    messages = [r.message for r in smtp_sink.received()]
+    assert all(m["To"].startswith("Ann Example <") for m in messages)
+    assert len({m["Message-ID"] for m in messages}) == len(messages)  # one per recipient
+
+
+def test_recording_touches_only_rows_this_execution_still_holds(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Outcomes are written only to rows still 'sending' under this execution's token, and
+    only the outcome given for each: a row another execution holds, or one already made
+    final behind this execution's back (its lease lapsed), keeps its state."""
+    campaign_id, ids = sending_campaign(session_factory)
+    more = [ids[-1]]  # one row of mine with no outcome given: left as it is
+    with session_scope(session_factory) as session:
+        make_contact(session, "late@example.com")
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids[:4] + more))
+            .values(status="sending", claim_token="mine", claimed_at=utcnow())
+        )
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == ids[4])
+            .values(status="unknown", claim_token="mine", skip_reason="outcome_hidden_by_crash")
+        )
+    with session_scope(session_factory) as session:
+        other_campaign, other_ids = make_sending_campaign(session)
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(other_ids))
+            .values(status="sending", claim_token="other", claimed_at=utcnow())
+        )
+    everyone_else = other_ids[:4]
+    outcome = BatchResult(
+        sent=[ids[0], ids[4], everyone_else[0]],
+        unknown=[ids[1], everyone_else[1]],
+        released=[ids[2], everyone_else[2]],
+        failed={ids[3]: "refused", everyone_else[3]: "refused"},
+    )
+    with session_scope(session_factory) as session:
+        _record(session, campaign_id, "mine", outcome)
+    with session_factory() as session:
+        state = dict(
+            session.execute(
+                select(Delivery.id, Delivery.status).where(Delivery.id.in_(ids + other_ids))
+            ).all()
+        )
+    assert [state[i] for i in ids] == ["sent", "unknown", "queued", "failed", "unknown", "sending"]
+    assert {state[i] for i in other_ids} == {"sending"}
+    assert campaign_status(session_factory, campaign_id) == "sending"
+    assert campaign_status(session_factory, other_campaign) == "sending"
+
+
+def test_a_claim_cut_by_a_failing_statement_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    """The claim UPDATE itself raises (a trigger refusing it): nothing claimed, nothing sent."""
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            text(
+                "CREATE TRIGGER refuse_claims BEFORE UPDATE OF status ON deliveries "
+                "WHEN NEW.status <> OLD.status BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+    with pytest.raises(DBAPIError):
+        send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    assert {s for s, _ in rows(session_factory, campaign_id).values()} == {"queued"}
+
+
+def test_two_executions_holding_rows_of_one_batch_never_send_each_others_rows(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    """Half of the batch is held by another, live execution (claimed a moment ago, its lease
+    fresh); this execution must send exactly the other half, and leave the held rows alone."""
+    campaign_id, ids = sending_campaign(session_factory)
+    held = ids[::2]
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(held))
+            .values(status=DeliveryStatus.SENDING.value, claim_token="other", claimed_at=utcnow())
+        )
+    result = send(campaign_id, ids[0], ids[-1])
+    mine = [a for a, i in zip(ADDRESSES, ids, strict=True) if i not in held]
+    theirs = [a for a, i in zip(ADDRESSES, ids, strict=True) if i in held]
+    assert sent_to(smtp_sink) == sorted(mine)
+    after = rows(session_factory, campaign_id)
+    assert all(after[a] == ("sending", "other") for a in theirs)
+    assert all(after[a][0] == "sent" for a in mine)
+    assert result.claimed == len(mine) and result.orphaned == 0  # type: ignore[attr-defined]
+
+
+def test_a_second_execution_of_a_sent_batch_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory)
+    send(campaign_id, ids[0], ids[-1])
+    smtp_sink.clear()
+    send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    with session_factory() as session:
+        status = session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+    assert status == "done"
+
+
+def details(sessions: sessionmaker[Session], campaign_id: int) -> dict[str, tuple]:
+    """address -> (status, skip reason, error, attempts, claim token) of its row."""
+    with sessions() as session:
+        found = session.execute(
+            select(
+                Address.address,
+                Delivery.status,
+                Delivery.skip_reason,
+                Delivery.error,
+                Delivery.attempts,
+                Delivery.claim_token,
+                Delivery.finished_at,
+            )
+            .join(Address, Address.id == Delivery.address_id)
+            .where(Delivery.campaign_id == campaign_id)
+        )
+        return {a: tuple(rest) for a, *rest in found}
+
+
+def test_a_recipient_the_relay_refuses_fails_with_a_global_hard_bounce(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.reject(ADDRESSES[2], "550 5.1.1 mailbox unavailable")
+    campaign_id, ids = sending_campaign(session_factory)
+    result = send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(set(ADDRESSES) - {ADDRESSES[2]})
+    status, reason, error, attempts, _, finished = details(session_factory, campaign_id)[
+        ADDRESSES[2]
+    ]
+    assert (status, reason, attempts) == ("failed", "hard_bounce", 1)
+    assert "550" in error and finished is not None
+    assert result.failed and result.bounced  # type: ignore[attr-defined]
+    with session_factory() as session:
+        bounce = session.execute(
+            select(Suppression.scope, Suppression.reason, Suppression.source)
+            .join(Address, Address.id == Suppression.address_id)
+            .where(Address.address == ADDRESSES[2])
+        ).all()
+    assert bounce == [("global", "hard_bounce", f"smtp:campaign:{campaign_id}")]
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_a_temporary_refusal_puts_the_row_back_and_the_retry_sends_it_once(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.tempfail_next(1, "451 4.3.0 try again later")
+    campaign_id, ids = sending_campaign(session_factory)
+    with pytest.raises(RetryLater, match="1 messages put back"):
+        send(campaign_id, ids[0], ids[-1])
+    first = details(session_factory, campaign_id)
+    back = [a for a, row in first.items() if row[0] == "queued"]
+    assert len(back) == 1 and first[back[0]][4] is None  # claim released
+    assert sent_to(smtp_sink) == sorted(set(ADDRESSES) - set(back))
+    assert campaign_status(session_factory, campaign_id) == "sending"
+    send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(ADDRESSES)
+    after = details(session_factory, campaign_id)
+    assert after[back[0]][0] == "sent" and after[back[0]][3] == 2  # claimed twice
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_a_connection_lost_after_the_message_leaves_the_row_unknown(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.drop_connection_after_data(1)
+    campaign_id, ids = sending_campaign(session_factory)
+    try:
+        send(campaign_id, ids[0], ids[-1])
+    except RetryLater:
+        send(campaign_id, ids[0], ids[-1])
+    rows_now = details(session_factory, campaign_id)
+    unknown = [a for a, row in rows_now.items() if row[0] == "unknown"]
+    assert len(unknown) == 1 and rows_now[unknown[0]][1] == "connection_lost"
+    assert {row[0] for a, row in rows_now.items() if a not in unknown} == {"sent"}
+    # The hidden outcome is never resent on its own.
+    assert sum(r.recipients.count(unknown[0]) for r in smtp_sink.received()) == 1
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_a_relay_refusing_our_sender_fails_nobody_and_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.reject("info@killertracks.com", "550 5.7.1 sender not allowed")
+    campaign_id, ids = sending_campaign(session_factory)
+    with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back"):
+        send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    rows_now = details(session_factory, campaign_id)
+    assert {(row[0], row[4]) for row in rows_now.values()} == {("queued", None)}
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Suppression)) == 0
+
+
+def test_a_claim_of_a_paused_campaign_sends_nothing(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(update(Campaign).where(Campaign.id == campaign_id).values(status="paused"))
+    result = send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == [] and result.claimed == 0  # type: ignore[attr-defined]
+    assert {row[0] for row in details(session_factory, campaign_id).values()} == {"queued"}
+
+
+def test_rows_a_dead_execution_left_sending_become_unknown_and_are_not_resent(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory)
+    long_ago = utcnow() - timedelta(hours=1)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == ids[0])
+            .values(status="sending", claim_token="dead", claimed_at=long_ago)
+        )
+    result = send(campaign_id, ids[0], ids[-1])
+    assert result.orphaned == 1  # type: ignore[attr-defined]
+    assert ADDRESSES[0] not in sent_to(smtp_sink)
+    assert details(session_factory, campaign_id)[ADDRESSES[0]][:2] == (
+        "unknown",
+        "outcome_hidden_by_crash",
+    )
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def campaign_status(sessions: sessionmaker[Session], campaign_id: int) -> str | None:
+    with sessions() as session:
+        return session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+
+
+def test_a_recipient_whose_data_would_break_a_header_is_failed_and_the_rest_go(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    with session_scope(session_factory) as session:
+        make_contact(session, "eve@example.com", first_name="Eve\r\nBcc: x@evil.example")
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(subject="{{ greeting_name }}, new music")
+        )
+    send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(ADDRESSES)
+    status, reason, error, *_ = details(session_factory, campaign_id)["eve@example.com"]
+    assert (status, reason) == ("failed", "render_error")
+    assert error.startswith("not sent: ") and "header" in error
+    assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_a_rate_limited_batch_is_paced_and_sends_everything(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    from suppression.tokens import TokenSigner
+
+    paced = to_sink.replace(rate_per_second=500.0, domain_rate_per_second=500.0)
+    campaign_id, ids = sending_campaign(session_factory)
+    send_batch(paced, session_factory, TokenSigner(paced.secret_keys), campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == sorted(ADDRESSES)
+    with session_factory() as session:
+        reserved = session.scalar(select(func.count()).select_from(RateLimit))
+    assert reserved  # the pacing went through the shared rate-limit table
+
+
+def test_a_long_refusal_is_kept_to_500_characters(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.reject(ADDRESSES[0], "550 5.1.1 " + "x" * 480)
+    campaign_id, ids = sending_campaign(session_factory)
+    send(campaign_id, ids[0], ids[-1])
+    error = details(session_factory, campaign_id)[ADDRESSES[0]][2]
+    assert len(error) == 500 and error.startswith("refused by the mail server:")
+
+
+def test_a_relay_closing_the_connection_puts_the_rest_of_the_batch_back(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    """421: the relay is going away. Nothing more is tried over this connection; every row
+    not yet sent goes back to the queue for the retry."""
+    smtp_sink.tempfail_next(1, "421 4.3.2 shutting down")
+    campaign_id, ids = sending_campaign(session_factory)
+    with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back"):
+        send(campaign_id, ids[0], ids[-1])
+    assert sent_to(smtp_sink) == []
+    assert {(r[0], r[4]) for r in details(session_factory, campaign_id).values()} == {
+        ("queued", None)
+    }
+
+
+def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    """The lease renewal fails (the database answers no more): nothing more is sent; the
+    outcome already known is recorded once the database answers, the rest goes back."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    from suppression.tokens import TokenSigner
+
+    gone = {"now": False}
+    engine = session_factory.kw["bind"]
+
+    def refuse_renewals(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if gone["now"] and statement.lstrip().startswith("UPDATE deliveries SET renewed_at"):
+            raise OperationalError(statement, None, Exception("database went away"))
+
+    event.listen(engine, "before_cursor_execute", refuse_renewals)
+    fast_lease = to_sink.replace(claim_lease_seconds=0.004)  # renew before every message
+
+    def after_the_first(row) -> None:  # type: ignore[no-untyped-def]
+        gone["now"] = True
+
+    campaign_id, ids = sending_campaign(session_factory)
+    try:
+        with pytest.raises(RetryLater, match=f"{len(ADDRESSES) - 1} messages put back"):
+            send_batch(
+                fast_lease,
+                session_factory,
+                TokenSigner(fast_lease.secret_keys),
+                campaign_id,
+                ids[0],
+                ids[-1],
+                before_send=after_the_first,
+            )
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse_renewals)
+    assert sent_to(smtp_sink) == [ADDRESSES[0]]
+    after = details(session_factory, campaign_id)
+    assert after[ADDRESSES[0]][0] == "sent"
+    assert {(after[a][0], after[a][4]) for a in ADDRESSES[1:]} == {("queued", None)}
