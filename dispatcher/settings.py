@@ -211,7 +211,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "stats_min_cell": (1, 1_000, True),
     "beat_interval_seconds": (0, 3_600, False),
     "smtp_timeout_seconds": (0, 3_600, False),
-    "claim_lease_seconds": (1, 86_400, True),
+    "claim_lease_seconds": (0, 86_400, False),
     "stall_seconds": (1, 7 * 86_400, True),
     "affiliate_link_seconds": (60, 366 * 86_400, True),
     "rate_per_second": (0, 1_000_000, True),

@@ -393,7 +393,8 @@ def test_relay_refusing_our_sender_fails_nobody_and_sends_once_fixed(
 ) -> None:
     """A 5xx at MAIL FROM is the relay's verdict on us, not on the recipients."""
     eligible = populate(embedded.settings, 40)
-    smtp_sink.reject("info@killertracks.com", "550 5.7.1 sender not allowed")
+    # Our envelope sender is the VERP return path (bounces+d<id>.<tag>@…).
+    smtp_sink.reject("bounces@killertracks.com", "550 5.7.1 sender not allowed")
     with worker(embedded, smtp_sink, tmp_path / "w.log", batch_size="40"):
         campaign_id = start_campaign(embedded.settings)
         wait_for(

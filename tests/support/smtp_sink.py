@@ -77,7 +77,8 @@ class Rejections:
     """Address → the reply given at RCPT TO (or at MAIL FROM for a sender).
 
     ``reject["a@b"] = "550 …"``, ``del reject["a@b"]``, or call it: ``reject("a@b")``
-    (550 5.1.1 by default).
+    (550 5.1.1 by default). A rule for ``bounces@x`` also covers its VERP forms
+    ``bounces+<tag>@x``, as a relay's sender policy would.
     """
 
     def __init__(self, lock: threading.Lock) -> None:
@@ -96,8 +97,11 @@ class Rejections:
         self[recipient] = reply
 
     def get(self, recipient: str) -> str | None:
+        address = recipient.lower()
+        local, at, domain = address.rpartition("@")
+        base = f"{local.partition('+')[0]}{at}{domain}"
         with self._lock:
-            return self._replies.get(recipient.lower())
+            return self._replies.get(address) or self._replies.get(base)
 
     def clear(self) -> None:
         with self._lock:

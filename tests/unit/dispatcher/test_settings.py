@@ -162,7 +162,7 @@ def test_signup_fields_from_the_environment_and_refused_names(tmp_path: Path) ->
     ("name", "value", "message"),
     [
         ("affiliate_link_seconds", "-1", "DISPATCHER_AFFILIATE_LINK_SECONDS must be at least 60"),
-        ("claim_lease_seconds", "0", "DISPATCHER_CLAIM_LEASE_SECONDS must be at least 1"),
+        ("claim_lease_seconds", "0", "DISPATCHER_CLAIM_LEASE_SECONDS must be more than 0"),
         ("batch_size", "-5", "DISPATCHER_BATCH_SIZE must be at least 1"),
         ("rate_per_second", "-1", "DISPATCHER_RATE_PER_SECOND must be at least 0"),
         ("mail_url", "smpt://relay", "unknown scheme 'smpt'"),
@@ -184,7 +184,7 @@ def test_replace_refuses_what_the_loader_refuses(
 
 def test_replace_refuses_a_setting_of_the_wrong_type(tmp_path: Path) -> None:
     good = load_settings({"DISPATCHER_HOME": str(tmp_path)})
-    with pytest.raises(SettingsError, match="batch_size must be a number, not '50'"):
+    with pytest.raises(SettingsError, match="BATCH_SIZE must be a number, not '50'"):
         good.replace(batch_size="50")
     with pytest.raises(SettingsError, match="secret_keys is empty"):
         good.replace(secret_keys=())

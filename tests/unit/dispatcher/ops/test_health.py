@@ -50,7 +50,7 @@ def test_not_ready_when_the_database_does_not_answer(settings: Settings) -> None
 
 
 def test_not_ready_without_a_usable_key(settings: Settings, engine: Engine) -> None:
-    checks = by_name(health.readiness(settings.replace(secret_keys=()), engine))
+    checks = by_name(health.readiness(settings.replace(secret_keys=("too-short",)), engine))
     assert not checks["keys"].ok and checks["database"].ok
 
 

@@ -275,7 +275,8 @@ def test_a_connection_lost_after_the_message_leaves_the_row_unknown(
 def test_a_relay_refusing_our_sender_fails_nobody_and_sends_nothing(
     session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
 ) -> None:
-    smtp_sink.reject("info@killertracks.com", "550 5.7.1 sender not allowed")
+    # Our envelope sender is the VERP return path (bounces+d<id>.<tag>@…).
+    smtp_sink.reject("bounces@killertracks.com", "550 5.7.1 sender not allowed")
     campaign_id, ids = sending_campaign(session_factory)
     with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back"):
         send(campaign_id, ids[0], ids[-1])

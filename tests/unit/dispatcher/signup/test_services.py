@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.models import Contact, SignupRequest
@@ -20,12 +22,13 @@ from dispatcher.signup.services import (
 )
 from suppression.consent import consent_history, current_consent
 from suppression.events import Hit
-from suppression.models import Consent, ConsentStatus, Reason, Scope
+from suppression.models import Consent, ConsentStatus, Reason, Scope, utcnow
 from suppression.registry import find_address
 from suppression.suppressions import active_suppressions
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 from suppression.unsubscribe import CannotResubscribe
 from tests.factories import make_contact
+from tests.support.clock import signed_ago
 
 ASKER = Hit(ip="203.0.113.7", user_agent="Firefox/128")
 CONFIRMER = Hit(ip="198.51.100.9", user_agent="Chromium/130")
@@ -140,13 +143,21 @@ def test_confirming_after_a_staff_suppression_changes_nothing(
 
 
 def test_confirmation_links_expire_and_cannot_be_forged(
-    session: Session, settings: Settings
+    session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, mail = signup(session, settings, "x@example.com")
     token = token_of(mail)
     signer = TokenSigner(settings.secret_keys)
+    row = pending_signup(session, settings, signer, token)
+    old = signed_ago(
+        monkeypatch,
+        signer,
+        LinkPurpose.SIGNUP_CONFIRM,
+        {"s": row.id},
+        settings.signup_link_seconds + 60,
+    )
     with pytest.raises(BadToken) as expired:
-        pending_signup(session, settings.replace(signup_link_seconds=-1), signer, token)
+        pending_signup(session, settings, signer, old)
     assert expired.value.outcome == "expired"
     foreign = TokenSigner(["someone-elses-key-123456"]).sign_timed(
         LinkPurpose.SIGNUP_CONFIRM, {"s": 1}
@@ -188,7 +199,12 @@ def test_prune_forgets_expired_unconfirmed_signups_and_keeps_proof(
     row = pending_signup(session, settings, TokenSigner(settings.secret_keys), token_of(kept))
     confirm_signup(session, row, CONFIRMER)
     assert prune(session, settings) == (0, 0)  # nothing has expired yet
-    expired = settings.replace(signup_link_seconds=-1)
-    assert prune(session, expired)[0] == 1
+    # A day past the link's lifetime, the unconfirmed one is forgotten.
+    session.execute(
+        update(SignupRequest).values(
+            requested_at=utcnow() - timedelta(seconds=settings.signup_link_seconds + 86_400)
+        )
+    )
+    assert prune(session, settings)[0] == 1
     left = session.scalars(select(SignupRequest.address)).all()
     assert left == ["kept@example.com"]

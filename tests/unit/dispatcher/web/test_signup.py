@@ -24,7 +24,9 @@ from dispatcher.web import create_app
 from suppression.consent import current_consent
 from suppression.models import Consent, ConsentStatus, Reason, Scope
 from suppression.registry import find_address
+from suppression.tokens import LinkPurpose, TokenSigner
 from tests.factories import make_contact
+from tests.support.clock import signed_ago
 from tests.unit.dispatcher.web.pages import csrf, events
 from tests.unit.dispatcher.web.test_security import _Page
 
@@ -204,7 +206,7 @@ def test_requests_over_the_ip_limit_get_429_and_no_mail(settings: Settings) -> N
 
 
 def test_bad_and_expired_confirmation_links_change_nothing(
-    client: FlaskClient, settings: Settings, session_factory
+    client: FlaskClient, settings: Settings, session_factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     post(client, "/subscribe", form_data(client, email="e@example.com", marketing="yes"))
     link = confirm_link(outbox(settings)[0])
@@ -213,8 +215,16 @@ def test_bad_and_expired_confirmation_links_change_nothing(
         assert client.get(bad).status_code == 400
         response = client.post(bad, data={"csrf": csrf(page.data)})
         assert response.status_code == 400 and b"not valid" in response.data
-    expired = create_app(settings.replace(signup_link_seconds=-1)).test_client()
-    response = expired.post(link, data={"csrf": csrf(page.data)})
+    with session_scope(session_factory) as session:
+        signup_id = session.scalars(select(SignupRequest.id)).one()
+    old = signed_ago(
+        monkeypatch,
+        TokenSigner(settings.secret_keys),
+        LinkPurpose.SIGNUP_CONFIRM,
+        {"s": signup_id},
+        settings.signup_link_seconds + 60,
+    )
+    response = client.post(f"/subscribe/confirm/{old}", data={"csrf": csrf(page.data)})
     assert response.status_code == 400 and b"has expired" in response.data
     # Without the page's form token (a cross-site post), nothing either.
     assert client.post(link, data={}).status_code == 400
