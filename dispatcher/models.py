@@ -18,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from suppression.models import Base, BigId, utcnow
 
@@ -27,6 +27,7 @@ __all__ = [
     "AffiliateRelease",
     "Base",
     "Campaign",
+    "CampaignContent",
     "CampaignStatus",
     "CampaignTaskError",
     "Contact",
@@ -38,6 +39,8 @@ __all__ = [
     "RateLimit",
     "RequestLimit",
     "SignupRequest",
+    "Staff",
+    "StaffRole",
     "WebFailure",
     "WebHitTally",
 ]
@@ -107,6 +110,59 @@ class Campaign(Base):
     # The random part of the campaign's Message-IDs: fixed for the campaign (a retry keeps
     # its Message-ID), different on every installation (no receiver sees one twice).
     message_nonce: Mapped[str] = mapped_column(String(32), default=new_message_nonce)
+    # Content written in the console (or ``campaign create --body-html``): the version in use.
+    # Versions are never changed once written and a campaign's pointer moves only while it is
+    # a draft, so the version it was scheduled with is the one that is sent. None: the
+    # campaign's content is the folder ``template`` names.
+    content_id: Mapped[int | None] = mapped_column(ForeignKey("campaign_contents.id"))
+    content: Mapped[CampaignContent | None] = relationship(foreign_keys=[content_id], lazy="joined")
+
+
+class CampaignContent(Base):
+    """One saved version of a campaign's staff-written content (never updated)."""
+
+    __tablename__ = "campaign_contents"
+    __table_args__ = (UniqueConstraint("campaign_id", "version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", use_alter=True))
+    version: Mapped[int]
+    subject: Mapped[str] = mapped_column(String(500))
+    preheader: Mapped[str] = mapped_column(String(300), default="")
+    body_format: Mapped[str] = mapped_column(String(16), default="html")  # html | markdown
+    body: Mapped[str] = mapped_column(Text)
+    # None: the text part is generated from the rendered HTML.
+    body_text: Mapped[str | None] = mapped_column(Text)
+    layout: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class StaffRole(enum.StrEnum):
+    VIEWER = "viewer"
+    EDITOR = "editor"
+    ADMIN = "admin"
+
+
+class Staff(Base):
+    """A staff member who may sign in to the console."""
+
+    __tablename__ = "staff"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    # Argon2id (argon2-cffi); None until the set-password link has been used.
+    password_hash: Mapped[str | None] = mapped_column(String(300))
+    # A set-password link names this nonce; using it (or issuing a new one) replaces it.
+    password_nonce: Mapped[str | None] = mapped_column(String(64))
+    failed_attempts: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    last_sign_in_at: Mapped[datetime | None]
 
 
 class CampaignTaskError(Base):

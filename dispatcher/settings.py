@@ -110,6 +110,11 @@ class Settings:
     # Provider webhooks: SendGrid's verification key (base64 DER), SNS topics we accept.
     sendgrid_public_key: str = ""
     sns_topic_arns: str = ""
+    # Staff console: its public root (https makes its cookies Secure), the idle time after
+    # which a session ends, and how long a set-password link works.
+    console_url: str = "http://127.0.0.1:8026"
+    console_idle_seconds: float = 1800.0
+    staff_link_seconds: float = 48 * 3600.0
     # Logs: "text" (readable) or "json" (one object per line), and the lowest level written.
     log_format: str = "text"
     log_level: str = "info"
@@ -192,6 +197,8 @@ _FLOAT_FIELDS = {
     "complaint_pause_rate",
     "bounce_pause_rate",
     "inbound_poll_seconds",
+    "console_idle_seconds",
+    "staff_link_seconds",
 }
 _PATH_FIELDS = {"templates_dir"}
 _LIST_FIELDS = {"signup_fields"}
@@ -226,6 +233,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "inbound_keep_bytes": (0, 1 << 31, True),
     "inbound_keep_days": (1, 36_500, True),
     "inbound_poll_seconds": (1, 86_400, True),
+    "console_idle_seconds": (60, 7 * 86_400, True),
+    "staff_link_seconds": (60, 30 * 86_400, True),
     "metrics_port": (1, 65_535, True),
 }
 _CHOICES = {
@@ -389,6 +398,8 @@ def _check_values(values: dict[str, Any]) -> None:
     _check_database_url(values["database_url"])
     _check_broker_url(values["broker_url"])
     _check_base_url(values["base_url"])
+    if "console_url" in values:
+        _check_base_url(str(values["console_url"]), "console_url", "the staff console")
     # A typo in the mail URL fails now, not at the first batch.
     from dispatcher.sending.transports import parse_mail_url
 
@@ -460,15 +471,14 @@ def _check_broker_url(url: str) -> None:
                 )
 
 
-def _check_base_url(url: str) -> None:
+def _check_base_url(url: str, name: str = "base_url", what: str = "the recipient pages") -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(
-            "DISPATCHER_BASE_URL must be the public http(s) root of the recipient pages, "
-            "like https://mail.example.com"
+            f"{_var(name)} must be the public http(s) root of {what}, like https://mail.example.com"
         )
     if parts.query or parts.fragment:
-        raise SettingsError("DISPATCHER_BASE_URL takes no ?query or #fragment: give the root only")
+        raise SettingsError(f"{_var(name)} takes no ?query or #fragment: give the root only")
 
 
 def _check_address(name: str, value: str) -> None:

@@ -54,6 +54,8 @@ class LinkPurpose(enum.StrEnum):
     # Short tags carried in mail headers (see TokenSigner.tag).
     RETURN_PATH = "return-path"  # VERP: bounces+d<delivery id>.<tag>@domain
     MESSAGE_ID = "message-id"  # <c<campaign>.r<contact>.<tag>@domain>
+    STAFF_PASSWORD = "staff-password"  # one-time, expiring set-password link for staff
+    CONSOLE_SESSION = "console-session"  # the staff console's session cookie
 
 
 @dataclass(frozen=True)

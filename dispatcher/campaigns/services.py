@@ -13,8 +13,9 @@ from dispatcher.campaigns import lifecycle
 from dispatcher.campaigns.audience import AudienceError, validate_audience
 from dispatcher.campaigns.lifecycle import CampaignError, IllegalTransition, get_campaign
 from dispatcher.inbound.rates import campaign_rates
-from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from dispatcher.models import Campaign, CampaignContent, CampaignStatus, Delivery, DeliveryStatus
 from dispatcher.sending.rendering import CampaignView, TemplateProblem, check_campaign
+from dispatcher.sending.staff_text import StaffContent
 from dispatcher.settings import Settings
 from suppression.events import record_event
 from suppression.gate import Purpose
@@ -23,13 +24,27 @@ from suppression.models import utcnow
 __all__ = ["CampaignError", "IllegalTransition", "get_campaign"]
 
 
+def staff_content(row: CampaignContent) -> StaffContent:
+    return StaffContent(
+        version=row.version,
+        subject=row.subject,
+        preheader=row.preheader,
+        body_format=row.body_format,
+        body=row.body,
+        body_text=row.body_text,
+        layout=row.layout,
+    )
+
+
 def campaign_view(campaign: Campaign) -> CampaignView:
+    content = campaign.content
     return CampaignView(
         id=campaign.id,
         name=campaign.name,
-        subject=campaign.subject,
+        subject=content.subject if content is not None else campaign.subject,
         purpose=campaign.purpose,
-        template=campaign.template,
+        template=content.layout if content is not None else campaign.template,
+        content=staff_content(content) if content is not None else None,
     )
 
 
@@ -51,8 +66,13 @@ def create_campaign(
     purpose: str = Purpose.MARKETING.value,
     audience: str | None = None,
     actor: str | None = None,
+    content: StaffContent | None = None,
 ) -> Campaign:
-    """A draft campaign; its template and audience are checked now and again at scheduling."""
+    """A draft campaign; its template and audience are checked now and again at scheduling.
+
+    With ``content`` the campaign's body is staff-written (version 1 of it is stored) and
+    ``template`` names the layout it sits in.
+    """
     if not name.strip():
         raise CampaignError("the campaign needs a name (--name)")
     if not subject.strip():
@@ -75,12 +95,61 @@ def create_campaign(
     )
     session.add(campaign)
     session.flush()
+    if content is not None:
+        add_content_version(session, campaign, content, actor=actor)
     try:
         check_campaign(settings, campaign_view(campaign))
     except TemplateProblem as exc:
         raise CampaignError(f"campaign {name!r}: {exc}") from None
     record_event(session, "campaign_created", actor=actor, campaign_id=campaign.id)
     return campaign
+
+
+def add_content_version(
+    session: Session, campaign: Campaign, content: StaffContent, *, actor: str | None
+) -> CampaignContent:
+    """Store ``content`` as the campaign's next version and use it (drafts only).
+
+    Versions are never changed; a scheduled campaign keeps the version it was scheduled with.
+    """
+    if campaign.status != CampaignStatus.DRAFT:
+        raise CampaignError(
+            f"campaign {campaign.id} is {campaign.status}; only a draft's content can change"
+        )
+    if any(ch in content.subject for ch in "\r\n\x00"):
+        raise CampaignError("the subject contains a line break; a mail header cannot carry one")
+    if not content.subject.strip():
+        raise CampaignError("the campaign needs a subject")
+    if not content.body.strip():
+        raise CampaignError("the body is empty")
+    latest = session.scalar(
+        select(func.max(CampaignContent.version)).where(CampaignContent.campaign_id == campaign.id)
+    )
+    row = CampaignContent(
+        campaign_id=campaign.id,
+        version=(latest or 0) + 1,
+        subject=content.subject,
+        preheader=content.preheader,
+        body_format=content.body_format,
+        body=content.body,
+        body_text=content.body_text,
+        layout=content.layout,
+        created_by=actor,
+    )
+    session.add(row)
+    session.flush()
+    campaign.content_id = row.id
+    campaign.content = row
+    campaign.subject = content.subject
+    campaign.template = content.layout
+    record_event(
+        session,
+        "campaign_content_saved",
+        actor=actor,
+        campaign_id=campaign.id,
+        version=row.version,
+    )
+    return row
 
 
 def schedule_campaign(

@@ -82,6 +82,7 @@ def _register() -> None:
     from dispatcher.cli import (
         affiliates,
         campaigns,
+        console,
         contacts,
         database,
         inbound,
@@ -104,6 +105,7 @@ def _register() -> None:
         inbound,
         services,
         web,
+        console,
         ops,
     )
     for module in modules:

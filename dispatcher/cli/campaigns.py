@@ -30,6 +30,7 @@ from dispatcher.campaigns.services import (
 from dispatcher.cli import AppContext, actor_option, pass_app
 from dispatcher.db import session_scope
 from dispatcher.sending.rendering import list_templates
+from dispatcher.sending.staff_text import StaffContent
 from suppression.address import InvalidAddress
 
 
@@ -45,7 +46,30 @@ def campaign() -> None:
 @campaign.command("create")
 @click.option("--name", required=True)
 @click.option("--subject", required=True, help="may use {{ first_name }} and the like")
-@click.option("--template", required=True, help="a folder of templates/email/")
+@click.option(
+    "--template",
+    default=None,
+    help="a folder of templates/email/ (or give --body-html for content of your own)",
+)
+@click.option(
+    "--body-html",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="the body (HTML; .md files are read as Markdown), rendered in the sandbox",
+)
+@click.option(
+    "--body-text",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="the text part (default: made from the HTML)",
+)
+@click.option("--preheader", default="", help="with --body-html: the preview line")
+@click.option(
+    "--layout",
+    default="_layout",
+    show_default=True,
+    help="with --body-html: the folder of templates/email/ whose base.html/base.txt wrap it",
+)
 @click.option(
     "--purpose",
     type=click.Choice(["marketing", "service_notice"]),
@@ -67,12 +91,31 @@ def create(
     app: AppContext,
     name: str,
     subject: str,
-    template: str,
+    template: str | None,
+    body_html: Path | None,
+    body_text: Path | None,
+    preheader: str,
+    layout: str,
     purpose: str,
     audience: str | None,
     actor: str,
 ) -> None:
     """Create a draft campaign (checked now, and again when scheduled)."""
+    content = None
+    if (template is None) == (body_html is None):
+        raise click.UsageError("give either --template or --body-html")
+    if body_html is not None:
+        content = StaffContent(
+            version=0,
+            subject=subject,
+            preheader=preheader,
+            body_format="markdown" if body_html.suffix.lower() == ".md" else "html",
+            body=body_html.read_text(encoding="utf-8"),
+            body_text=body_text.read_text(encoding="utf-8") if body_text else None,
+            layout=layout,
+        )
+        template = layout
+    assert template is not None
     try:
         with session_scope(app.sessions) as session:
             row = create_campaign(
@@ -84,6 +127,7 @@ def create(
                 purpose=purpose,
                 audience=audience,
                 actor=actor,
+                content=content,
             )
             campaign_id = row.id
     except CampaignError as exc:

@@ -52,6 +52,7 @@ def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
         str(campaign.id),
         campaign.subject,
         campaign.template,
+        str(campaign.content_id),
         campaign.purpose,
         str(settings.templates_dir),
         settings.base_url,

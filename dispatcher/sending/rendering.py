@@ -29,10 +29,12 @@ from jinja2 import (
 from jinja2.sandbox import SecurityError
 from markupsafe import Markup
 
+from dispatcher.sending import staff_text
 from dispatcher.sending.placeholders import ESCAPE_ATTR, ESCAPE_TEXT, Placeholders, Segments, proven
 from dispatcher.sending.sandbox import (
     BODY_TEMPLATE_NAMES,
     RECIPIENT_NAMES,
+    STAFF_WRAPPER_NAMES,
     SUBJECT_NAMES,
     CampaignView,
     Recipient,
@@ -61,6 +63,7 @@ __all__ = [
     "TemplateProblem",
     "check_campaign",
     "check_template",
+    "list_layouts",
     "prepare_campaign",
     "render_staff_text",
 ]
@@ -89,15 +92,26 @@ SAMPLE_RECIPIENTS = (
 )
 
 
-def list_templates(settings: Settings) -> list[str]:
+def _email_folders(settings: Settings) -> list[Path]:
     root = settings.templates_dir / "email"
-    if not root.is_dir():
-        return []
-    return sorted(
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def list_layouts(settings: Settings) -> list[str]:
+    """Folders of templates/email/ that a staff-written body can sit in (base.html + .txt)."""
+    return [
         p.name
-        for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith("_") and (p / META).exists()
-    )
+        for p in _email_folders(settings)
+        if (p / "base.html").is_file() and (p / "base.txt").is_file()
+    ]
+
+
+def list_templates(settings: Settings) -> list[str]:
+    return [
+        p.name
+        for p in _email_folders(settings)
+        if not p.name.startswith("_") and (p / META).exists()
+    ]
 
 
 def template_purpose(settings: Settings, name: str) -> str:
@@ -149,6 +163,14 @@ class _Renderer:
 
     def render(self, template: str, values: dict[str, Any], *, file: str) -> str:
         name = self.campaign.template
+        content = self.campaign.content
+        if content is not None:
+            try:
+                return self._render_staff(content, template, values, file=file)
+            except staff_text.StaffTextProblem as exc:
+                raise TemplateProblem(
+                    f"campaign {self.campaign.id} content version {content.version}: {exc}"
+                ) from None
         try:
             if file == "subject":
                 return self.env.from_string(template).render({**self.context, **values})
@@ -174,6 +196,51 @@ class _Renderer:
             ) from None
         except TemplateError as exc:
             raise TemplateProblem(f"template {name!r}: {file}: {exc}") from None
+
+    def _render_staff(
+        self, content: staff_text.StaffContent, template: str, values: dict[str, Any], *, file: str
+    ) -> str:
+        """Staff text in its own sandbox render, passed as a value to the layout around it
+        (rendered, like every template file, in the sandboxed file environment)."""
+        names = {**self.context, **values}
+        if file == "subject":
+            return staff_text.render_staff_text(template, names, html=False, part="the subject")
+        body_html = staff_text.render_staff_text(
+            staff_text.body_html_source(content.body_format, content.body),
+            {**names, "subject": str(values.get("subject", ""))},
+            html=True,
+            part="the body",
+        )
+        staff_text.check_body_markup(body_html)
+        if file == "body.html":
+            staff: dict[str, Any] = {
+                # Rendered by the sandbox with autoescape: the staff member's own markup,
+                # every value in it escaped.
+                "staff_body": Markup(body_html),  # noqa: S704
+                "staff_preheader": content.preheader,
+            }
+        elif content.body_text is not None:
+            staff = {
+                "staff_body": staff_text.render_staff_text(
+                    content.body_text,
+                    {**names, "subject": str(values.get("subject", ""))},
+                    html=False,
+                    part="the text part",
+                )
+            }
+        else:
+            staff = {"staff_body": staff_text.text_from_html(body_html)}
+        try:
+            return self.env.get_template(template).render({**names, **staff})
+        except TemplateNotFound as exc:
+            raise TemplateProblem(
+                f"campaign {self.campaign.id}: layout {content.layout!r} needs {exc.name},"
+                " which is missing"
+            ) from None
+        except TemplateError as exc:
+            raise TemplateProblem(
+                f"campaign {self.campaign.id}: layout {content.layout!r}: {exc}"
+            ) from None
 
     def _relative(self, filename: str) -> str:
         path = Path(filename)
@@ -254,16 +321,40 @@ def _sources(settings: Settings, template: str) -> tuple[dict[str, str], str | N
     return {p: f"email/{template}/{p}" for p in PARTS}, subject
 
 
+def _staff_sources(
+    settings: Settings, campaign: CampaignView, content: staff_text.StaffContent
+) -> tuple[dict[str, str], str]:
+    if content.layout not in list_layouts(settings):
+        known = ", ".join(list_layouts(settings)) or "none"
+        raise TemplateProblem(
+            f"campaign {campaign.id}: no layout named {content.layout!r} (known: {known})"
+        )
+    return {p: f"staff/{content.layout}/{p}" for p in PARTS}, content.subject
+
+
 def _read_first(
     renderer: _Renderer, paths: dict[str, str], subject_source: str, subject_file: bool
 ) -> None:
     """Every part, and every file it extends or includes, read (not run) by the sandbox's
-    check before anything renders: an unknown name or a ``_`` attribute is refused here."""
-    name, env = renderer.campaign.template, renderer.env
-    subject_where = "subject.txt" if subject_file else "the subject"
-    check_source(
-        env, subject_source, where=f"template {name!r}: {subject_where}", allowed=SUBJECT_NAMES
-    )
+    check before anything renders: an unknown name or a ``_`` attribute is refused here.
+
+    Staff-written content (subject, body, text part) is checked by
+    :func:`staff_text.check_staff_content` with the names staff may use; the wrapper that
+    puts it in a layout (``staff/<layout>/...``, ours) may also use the rendered body."""
+    name, env, content = renderer.campaign.template, renderer.env, renderer.campaign.content
+    if content is not None:
+        try:
+            staff_text.check_staff_content(content)
+        except staff_text.StaffTextProblem as exc:
+            raise TemplateProblem(
+                f"campaign {renderer.campaign.id} content version {content.version}: {exc}"
+            ) from None
+    else:
+        subject_where = "subject.txt" if subject_file else "the subject"
+        check_source(
+            env, subject_source, where=f"template {name!r}: {subject_where}", allowed=SUBJECT_NAMES
+        )
+    wrappers = set(paths.values()) if content is not None else set()
     pending, seen = list(paths.values()), set()
     while pending:
         path = pending.pop()
@@ -275,15 +366,20 @@ def _read_first(
         except TemplateNotFound:
             raise TemplateProblem(f"template {name!r} needs {path}, which is missing") from None
         where = f"template {name!r}: {renderer._relative(filename or path)}"
-        pending += check_source(env, source, where=where, allowed=BODY_TEMPLATE_NAMES)
+        allowed = BODY_TEMPLATE_NAMES | (STAFF_WRAPPER_NAMES if path in wrappers else frozenset())
+        pending += check_source(env, source, where=where, allowed=allowed)
 
 
 def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampaign:
     """Check the campaign's parts in the sandbox, render them once (CSS inlined once) and
     prove the fast path."""
     name = campaign.template
-    template_purpose(settings, name)
-    paths, subject_file = _sources(settings, name)
+    subject_file: str | None
+    if campaign.content is not None:
+        paths, subject_file = _staff_sources(settings, campaign, campaign.content)
+    else:
+        template_purpose(settings, name)
+        paths, subject_file = _sources(settings, name)
     renderer = _Renderer(settings, campaign)
     subject_source = subject_file if subject_file is not None else campaign.subject
     _read_first(renderer, paths, subject_source, subject_file is not None)
@@ -321,7 +417,7 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> None:
     unsubscribe link and the postal address in both the HTML and the text part.
     """
     name = campaign.template
-    declared = template_purpose(settings, name)
+    declared = campaign.purpose if campaign.content else template_purpose(settings, name)
     if declared != campaign.purpose:
         raise TemplateProblem(
             f"template {name!r} is for {declared} mail, but the campaign is {campaign.purpose}"

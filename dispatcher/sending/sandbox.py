@@ -18,16 +18,19 @@ The staff console renders what staff type in a browser through :func:`check_temp
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import (
     BaseLoader,
+    ChoiceLoader,
     FileSystemLoader,
+    FunctionLoader,
     StrictUndefined,
     TemplateError,
     TemplateSyntaxError,
@@ -40,6 +43,9 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from dispatcher.settings import Settings
+
+if TYPE_CHECKING:  # staff_text uses this module's sandbox, so it is imported for types only
+    from dispatcher.sending.staff_text import StaffContent
 
 # Every name a template may use, and what it is. The campaign's names are the same for every
 # recipient; the recipient's fields differ per message; ``subject`` is the rendered subject,
@@ -86,6 +92,8 @@ class CampaignView:
     subject: str
     purpose: str
     template: str
+    # Staff-written content (the console); None: the folder ``template`` names.
+    content: StaffContent | None = None
 
 
 @dataclass(frozen=True)
@@ -151,9 +159,39 @@ def make_environment(loader: BaseLoader | None = None) -> ImmutableSandboxedEnvi
     return env
 
 
+# Staff-written bodies sit in a layout's content block. The wrapper is ours (trusted, and
+# rendered in the sandbox like every file); the staff text itself is rendered separately by
+# :mod:`dispatcher.sending.staff_text` and passed in as the value ``staff_body``.
+STAFF_WRAPPER_NAMES = frozenset({"staff_body", "staff_preheader"})
+_LAYOUT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_STAFF_WRAPPERS = {
+    "body.html": (
+        '{% extends "email/LAYOUT/base.html" %}{% block content %}'
+        '{% if staff_preheader %}<div class="preheader" style="display:none;max-height:0;'
+        'overflow:hidden">{{ staff_preheader }}</div>{% endif %}'
+        "{{ staff_body }}{% endblock %}"
+    ),
+    "body.txt": '{% extends "email/LAYOUT/base.txt" %}{% block content %}{{ staff_body }}'
+    "{% endblock %}",
+}
+
+
+def _staff_wrapper(name: str) -> str | None:
+    """``staff/<layout>/body.html`` (or ``.txt``): the layout around a staff-written body."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != "staff" or parts[2] not in _STAFF_WRAPPERS:
+        return None
+    if not _LAYOUT_NAME.fullmatch(parts[1]):
+        return None
+    return _STAFF_WRAPPERS[parts[2]].replace("LAYOUT", parts[1])
+
+
 @lru_cache(maxsize=8)
 def file_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
-    return make_environment(FileSystemLoader(str(templates_dir)))
+    """The sandbox over the template files, plus the ``staff/<layout>/`` wrappers."""
+    return make_environment(
+        ChoiceLoader([FunctionLoader(_staff_wrapper), FileSystemLoader(str(templates_dir))])
+    )
 
 
 def usable_names(allowed: Iterable[str]) -> str:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from flask import Flask
 from werkzeug.serving import make_server
 
 from dispatcher.settings import Settings
@@ -27,7 +28,13 @@ def serve(
 
     ``trusted_proxies=1`` believes one ``X-Forwarded-For`` hop, as behind the TLS proxy
     (lets a test speak for many client IPs)."""
-    app = create_app(settings, trusted_proxies=trusted_proxies)
+    with serve_app(create_app(settings, trusted_proxies=trusted_proxies), port) as url:
+        yield url
+
+
+@contextmanager
+def serve_app(app: Flask, port: int | None = None) -> Iterator[str]:
+    """Serve any of our Flask apps on 127.0.0.1 in a thread; yields its base URL."""
     server = make_server("127.0.0.1", port or free_port(), app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

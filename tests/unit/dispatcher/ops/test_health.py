@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.campaigns.fleet import BEAT, WORKER, write_heartbeat
 from dispatcher.cli import main
+from dispatcher.console import create_console_app
 from dispatcher.db import make_engine, session_scope
 from dispatcher.ops import health
 from dispatcher.settings import Settings
@@ -65,6 +66,20 @@ def test_healthz_and_readyz_on_the_recipient_app(settings: Settings, tmp_path: P
     assert answer.status_code == 503
     failed = [c["name"] for c in answer.get_json()["checks"] if not c["ok"]]
     assert failed == ["migrations"]
+
+
+def test_healthz_and_readyz_on_the_console_need_no_sign_in(
+    settings: Settings, tmp_path: Path
+) -> None:
+    client = create_console_app(settings).test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "ok"
+    assert "Set-Cookie" not in ready.headers
+
+    behind = create_console_app(settings_for(tmp_path / "unmigrated")).test_client()
+    assert behind.get("/healthz").status_code == 200
+    assert behind.get("/readyz").status_code == 503
 
 
 def test_broker_check(settings: Settings) -> None:

@@ -1,0 +1,260 @@
+"""Console pages about people and lists: person lookup, suppressions, contacts import,
+affiliates, statistics, the security audit log, staff accounts. Each calls the service the
+CLI calls."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from flask import flash, redirect, render_template, request, url_for
+from sqlalchemy import or_, select
+from werkzeug.wrappers.response import Response as BaseResponse
+
+from dispatcher.console import charts
+from dispatcher.console.security import actor, audit, hit, requires, sessions, settings
+from dispatcher.console.staff import list_staff
+from dispatcher.console.views import bp
+from dispatcher.contacts.importer import ImportReport, import_contacts
+from dispatcher.contacts.suppress import lift_address, suppress_address
+from dispatcher.db import session_scope
+from dispatcher.models import Affiliate, Campaign, Contact, Delivery, StaffRole
+from dispatcher.sharing.affiliates import AffiliateError, add_affiliate, disable_affiliate
+from dispatcher.sharing.export import export
+from dispatcher.sharing.stats import report as stats_report
+from suppression.address import InvalidAddress, canonical_address
+from suppression.consent import consent_history
+from suppression.models import Address, Event, Reason, Suppression
+from suppression.suppressions import SuppressionError, list_suppressions
+
+
+@bp.get("/people")
+@requires(StaffRole.EDITOR)
+def person() -> Any:
+    query = request.args.get("address", "").strip()
+    found: dict[str, Any] | None = None
+    error = None
+    if query:
+        try:
+            canonical = canonical_address(query)
+        except InvalidAddress as exc:
+            error = f"{query!r} is not an e-mail address: {exc}"
+            canonical = None
+        if canonical:
+            with sessions()() as db:
+                address = db.scalar(select(Address).where(Address.address == canonical))
+                if address is not None:
+                    found = {
+                        "address": address,
+                        "contact": db.scalar(
+                            select(Contact).where(Contact.address_id == address.id)
+                        ),
+                        "consents": consent_history(db, address.id),
+                        "suppressions": list(
+                            db.scalars(
+                                select(Suppression)
+                                .where(Suppression.address_id == address.id)
+                                .order_by(Suppression.id.desc())
+                            )
+                        ),
+                        "deliveries": list(
+                            db.execute(
+                                select(Delivery, Campaign.name)
+                                .join(Campaign, Campaign.id == Delivery.campaign_id)
+                                .where(Delivery.address_id == address.id)
+                                .order_by(Delivery.id.desc())
+                                .limit(200)
+                            )
+                        ),
+                        "hits": list(
+                            db.scalars(
+                                select(Event)
+                                .where(Event.address_id == address.id)
+                                .order_by(Event.id.desc())
+                                .limit(200)
+                            )
+                        ),
+                    }
+            audit("console_person_lookup", found=found is not None)
+    return render_template("person.html", query=query, found=found, error=error)
+
+
+@bp.post("/people/lift")
+@requires(StaffRole.ADMIN)
+def lift() -> BaseResponse:
+    address = request.form.get("address", "")
+    why = request.form.get("reason", "")
+    only = request.form.get("only") or None
+    try:
+        with session_scope(sessions()) as db:
+            count = lift_address(db, address, why=why, actor=actor(), only=only)
+    except (SuppressionError, InvalidAddress) as exc:
+        audit("console_suppression_lift", outcome="refused", why=str(exc)[:300])
+        flash(str(exc), "error")
+    else:
+        audit("console_suppression_lift", count=count)
+        flash(f"Lifted {count} suppression(s).")
+    return redirect(url_for("console.person", address=address))
+
+
+@bp.route("/suppressions", methods=["GET", "POST"])
+@requires(StaffRole.EDITOR)
+def suppressions() -> Any:
+    if request.method == "POST":
+        form = request.form
+        try:
+            with session_scope(sessions()) as db:
+                suppress_address(
+                    db,
+                    form.get("address", ""),
+                    reason=form.get("reason", ""),
+                    scope=form.get("scope") or None,
+                    note=form.get("note") or None,
+                    actor=actor(),
+                )
+        except (SuppressionError, InvalidAddress) as exc:
+            audit("console_suppression_add", outcome="refused", why=str(exc)[:300])
+            flash(str(exc), "error")
+        else:
+            audit("console_suppression_add", reason=form.get("reason"))
+            flash("Suppressed.")
+        return redirect(url_for("console.suppressions"))
+    reason = request.args.get("reason") or None
+    scope = request.args.get("scope") or None
+    everything = request.args.get("all") == "1"
+    with sessions()() as db:
+        rows = [
+            (a, s)
+            for a, s in list_suppressions(db, include_lifted=everything, limit=5000)
+            if (reason is None or s.reason == reason) and (scope is None or s.scope == scope)
+        ][-500:]
+        affiliates = list(db.scalars(select(Affiliate).order_by(Affiliate.name)))
+    return render_template(
+        "suppressions.html",
+        rows=rows,
+        reasons=[r.value for r in Reason],
+        affiliates=affiliates,
+        reason=reason,
+        scope=scope,
+        everything=everything,
+    )
+
+
+@bp.route("/contacts/import", methods=["GET", "POST"])
+@requires(StaffRole.EDITOR)
+def contacts_import() -> Any:
+    report: ImportReport | None = None
+    if request.method == "POST":
+        upload = request.files.get("file")
+        if upload is None or not upload.filename:
+            flash("Choose a CSV file.", "error")
+            return redirect(url_for("console.contacts_import"))
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "upload.csv"
+            upload.save(path)
+            try:
+                report = import_contacts(
+                    sessions(),
+                    path,
+                    source=f"console:{upload.filename[:100]}",
+                    actor=actor(),
+                    policy_version=settings().policy_version,
+                )
+            except (ValueError, UnicodeError) as exc:
+                audit("console_contacts_import", outcome="refused", why=str(exc)[:300])
+                flash(f"The file was not imported: {exc}", "error")
+                return redirect(url_for("console.contacts_import"))
+        audit(
+            "console_contacts_import",
+            read=report.read,
+            created=report.created,
+            invalid=report.invalid,
+        )
+    return render_template("contacts.html", report=report)
+
+
+@bp.route("/affiliates", methods=["GET", "POST"])
+@requires(StaffRole.ADMIN)
+def affiliates() -> Any:
+    credential = None
+    exported = None
+    if request.method == "POST":
+        form = request.form
+        try:
+            if form.get("action") == "export":
+                exported = export(sessions(), settings(), form.get("name", ""), actor=actor())
+            elif form.get("action") == "disable":
+                with session_scope(sessions()) as db:
+                    disable_affiliate(db, form.get("name", ""), actor=actor())
+                flash(f"Disabled {form.get('name')}.")
+            else:
+                with session_scope(sessions()) as db:
+                    _, credential = add_affiliate(
+                        db,
+                        form.get("name", ""),
+                        contact=form.get("contact", ""),
+                        fields=form.get("fields", ""),
+                        actor=actor(),
+                    )
+        except AffiliateError as exc:
+            audit("console_affiliate", outcome="refused", why=str(exc)[:300])
+            flash(str(exc), "error")
+        else:
+            audit("console_affiliate", action=form.get("action", "add"), name=form.get("name"))
+    with sessions()() as db:
+        rows = list(db.scalars(select(Affiliate).order_by(Affiliate.name)))
+    return render_template(
+        "affiliates.html",
+        rows=rows,
+        credential=credential,
+        exported=exported,
+        link_days=settings().affiliate_link_seconds / 86400,
+    )
+
+
+@bp.get("/stats")
+@requires(StaffRole.VIEWER)
+def stats() -> str:
+    with sessions()() as db:
+        data = stats_report(db, settings().stats_min_cell)
+    summary = data["summary"]
+    chart = charts.bars(
+        [
+            (str(k), int(v))
+            for k, v in summary.items()
+            if isinstance(v, int) and not isinstance(v, bool) and k != "min_cell"
+        ],
+        "Summary (counts under k withheld)",
+    )
+    return render_template("stats.html", data=data, chart=chart)
+
+
+@bp.get("/audit")
+@requires(StaffRole.ADMIN)
+def audit_log() -> str:
+    kind = request.args.get("kind") or None
+    with sessions()() as db:
+        # Staff sign-ins, actions and refusals: whatever a staff member did or was refused.
+        stmt = select(Event).where(
+            or_(
+                Event.kind.startswith("staff_"),
+                Event.kind.startswith("console_"),
+                Event.actor.is_not(None),
+            )
+        )
+        if kind:
+            stmt = stmt.where(Event.kind == kind)
+        rows = list(db.scalars(stmt.order_by(Event.id.desc()).limit(300)))
+    return render_template("audit.html", rows=rows, kind=kind)
+
+
+@bp.get("/staff")
+@requires(StaffRole.ADMIN)
+def staff_list() -> str:
+    with sessions()() as db:
+        rows = list_staff(db)
+    return render_template("staff.html", rows=rows)
+
+
+__all__ = ["hit"]

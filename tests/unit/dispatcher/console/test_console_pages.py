@@ -1,0 +1,108 @@
+"""Console pages beyond campaigns: they call the CLI's services and keep its rules."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from dispatcher.db import session_scope
+from dispatcher.models import Affiliate, Campaign, Contact
+from suppression.events import Hit
+from suppression.models import Event, Reason, Suppression
+from tests.factories import make_contact
+from tests.unit.dispatcher.console.conftest import PASSWORD, csrf, make_staff, post
+from tests.unit.dispatcher.console.test_console import new_campaign
+
+
+def test_schedule_later_in_the_staff_time_zone_is_stored_in_utc(signed_in, session_factory):
+    client = signed_in("editor")
+    new_campaign(client)
+    data = {"when": "later", "date": "2030-07-01", "time": "09:30", "tz": "Europe/Paris"}
+    response = post(client, "/campaigns/1/schedule", data, "/campaigns/1")
+    assert response.status_code == 302
+    with session_scope(session_factory) as session:
+        assert session.get(Campaign, 1).scheduled_at == datetime(2030, 7, 1, 7, 30, tzinfo=UTC)
+    page = client.get("/campaigns/1").get_data(as_text=True)
+    assert "2030-07-01 09:30 Europe/Paris (2030-07-01 07:30 UTC)" in page
+
+
+def test_contacts_upload_gives_the_per_row_report(signed_in, session_factory):
+    client = signed_in("editor")
+    csv = (
+        "email,first_name,last_name,marketing_consent,affiliates_consent,consent_source,consent_at\n"
+        "ann@example.com,Ann,A,yes,no,shop,2025-01-01T00:00:00+00:00\n"
+        "not-an-address,Bob,B,yes,no,shop,2025-01-01T00:00:00+00:00\n"
+    )
+    response = client.post(
+        "/contacts/import",
+        data={
+            "csrf_token": csrf(client, "/contacts/import"),
+            "file": (io.BytesIO(csv.encode()), "list.csv"),
+        },
+        content_type="multipart/form-data",
+    )
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "<dt>Created</dt><dd>1</dd>" in page and "<td>3</td><td>email</td>" in page
+    with session_scope(session_factory) as session:
+        assert len(list(session.scalars(select(Contact)))) == 1
+
+
+def test_only_an_admin_lifts_a_suppression_and_says_why(signed_in, session_factory):
+    with session_scope(session_factory) as session:
+        make_contact(session, "b@example.com", suppressed=Reason.HARD_BOUNCE)
+    editor = signed_in("editor")
+    data = {"address": "b@example.com", "reason": "mailbox fixed"}
+    assert post(editor, "/people/lift", data, "/people").status_code == 403
+    admin = signed_in("admin")
+    assert post(admin, "/people/lift", {**data, "reason": ""}, "/people").status_code == 302
+    with session_scope(session_factory) as session:
+        assert session.scalar(select(Suppression.lifted_at)) is None
+    assert post(admin, "/people/lift", data, "/people").status_code == 302
+    with session_scope(session_factory) as session:
+        row = session.scalar(select(Suppression))
+        assert row.lifted_by == "admin@staff.example" and row.lift_reason == "mailbox fixed"
+
+
+def test_suppress_by_hand_and_affiliate_add_export(signed_in, session_factory):
+    client = signed_in("admin")
+    data = {"address": "p@example.com", "reason": "postal_request", "note": "letter"}
+    post(client, "/suppressions", data, "/suppressions")
+    with session_scope(session_factory) as session:
+        row = session.scalar(select(Suppression))
+        assert (row.reason, row.note, row.created_by) == (
+            "postal_request",
+            "letter",
+            "admin@staff.example",
+        )
+    data = {
+        "action": "add",
+        "name": "partner",
+        "contact": "p@partner.example",
+        "fields": "email,first_name",
+    }
+    page = post(client, "/affiliates", data, "/affiliates").get_data(as_text=True)
+    assert "partner." in page and "shown once" in page
+    page = post(client, "/affiliates", {"action": "export", "name": "partner"}, "/affiliates")
+    assert "/affiliates/download/" in page.get_data(as_text=True)
+    with session_scope(session_factory) as session:
+        assert session.scalar(select(Affiliate.name)) == "partner"
+
+
+def test_an_ip_with_many_failed_sign_ins_is_refused_for_a_while(app, settings, session_factory):
+    from dispatcher.console.staff import IP_FAILURES
+    from suppression.events import record_event
+
+    make_staff(settings, session_factory, "ok@staff.example", "viewer")
+    with session_scope(session_factory) as session:
+        for _ in range(IP_FAILURES):
+            record_event(session, "staff_sign_in", hit=Hit(ip="127.0.0.1"), outcome="unknown")
+    client = app.test_client()
+    data = {"email": "ok@staff.example", "password": PASSWORD, "csrf_token": csrf(client)}
+    response = client.post("/sign-in", data=data)
+    assert response.status_code == 429
+    with session_scope(session_factory) as session:
+        last = session.scalar(select(Event).order_by(Event.id.desc()))
+        assert (last.kind, last.outcome) == ("staff_sign_in", "throttled")
