@@ -4,11 +4,12 @@ CLI calls."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import Response, flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
 from werkzeug.wrappers.response import Response as BaseResponse
 
@@ -20,6 +21,7 @@ from dispatcher.contacts.importer import ImportReport, import_contacts
 from dispatcher.contacts.suppress import lift_address, suppress_address
 from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, Campaign, Contact, Delivery, StaffRole
+from dispatcher.privacy.access import PersonNotFound, person_record
 from dispatcher.sharing.affiliates import AffiliateError, add_affiliate, disable_affiliate
 from dispatcher.sharing.export import export
 from dispatcher.sharing.stats import report as stats_report
@@ -96,6 +98,29 @@ def lift() -> BaseResponse:
         audit("console_suppression_lift", count=count)
         flash(f"Lifted {count} suppression(s).")
     return redirect(url_for("console.person", address=address))
+
+
+@bp.post("/people/export")
+@requires(StaffRole.ADMIN)
+def person_export() -> Any:
+    """A person's access request: everything held about them, as the CLI's ``person export``
+    writes it (audited there as ``person_exported``, with the admin's name)."""
+    address = request.form.get("address", "")
+    try:
+        with session_scope(sessions()) as db:
+            doc = person_record(db, address, actor=actor())
+    except (InvalidAddress, PersonNotFound) as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("console.person", address=address))
+    body = json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    return Response(
+        body,
+        mimetype="application/json",
+        headers={
+            "Content-Disposition": 'attachment; filename="person.json"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @bp.route("/suppressions", methods=["GET", "POST"])

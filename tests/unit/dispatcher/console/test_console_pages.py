@@ -106,3 +106,24 @@ def test_an_ip_with_many_failed_sign_ins_is_refused_for_a_while(app, settings, s
     with session_scope(session_factory) as session:
         last = session.scalar(select(Event).order_by(Event.id.desc()))
         assert (last.kind, last.outcome) == ("staff_sign_in", "throttled")
+
+
+def test_only_an_admin_downloads_a_persons_data_and_it_is_audited(signed_in, session_factory):
+    import json
+
+    with session_scope(session_factory) as session:
+        make_contact(session, "ann@example.com", first_name="Ann")
+    data = {"address": "ann@example.com"}
+    assert post(signed_in("editor"), "/people/export", data, "/people").status_code == 403
+    admin = signed_in("admin")
+    assert "Download everything we hold" in admin.get("/people?address=ann@example.com").text
+    response = post(admin, "/people/export", data, "/people")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    assert "attachment" in response.headers["Content-Disposition"]
+    doc = json.loads(response.get_data(as_text=True))
+    assert doc["address"] == "ann@example.com" and doc["contact"]["first_name"] == "Ann"
+    with session_scope(session_factory) as session:
+        audited = session.scalar(select(Event).where(Event.kind == "person_exported"))
+        assert audited is not None and audited.actor == "admin@staff.example"
+    missing = post(admin, "/people/export", {"address": "nobody@example.com"}, "/people")
+    assert missing.status_code == 302
