@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as BaseResponse
 
+from dispatcher.campaigns.health import campaign_health, campaigns_in_trouble
 from dispatcher.campaigns.services import (
     CampaignError,
     add_content_version,
@@ -171,7 +172,8 @@ def campaigns() -> str:
                 .group_by(Delivery.campaign_id, Delivery.status)
             ):
                 counts.setdefault(campaign_id, {})[status] = count
-    return render_template("campaigns.html", campaigns=rows, counts=counts)
+        trouble = campaigns_in_trouble(db, settings())
+    return render_template("campaigns.html", campaigns=rows, counts=counts, trouble=trouble)
 
 
 def _content_from_form(layouts: list[str]) -> StaffContent:
@@ -323,10 +325,18 @@ def campaign(campaign_id: int) -> str:
         )
         over_time = sends_over_time(db, campaign_id)
         failed = failures(db, campaign_id)
+        # What `campaign status` says is wrong, from the database alone (the page must not
+        # wait on a broker probe): task errors, overdue, beat or workers not seen.
+        health = (
+            campaign_health(db, settings(), campaign_id)
+            if row.status in ("scheduled", "sending", "paused")
+            else None
+        )
     tz = _zone()
     return render_template(
         "campaign.html",
         campaign=row,
+        health=health,
         report=report,
         state=state,
         gate=gate,

@@ -127,3 +127,28 @@ def test_only_an_admin_downloads_a_persons_data_and_it_is_audited(signed_in, ses
         assert audited is not None and audited.actor == "admin@staff.example"
     missing = post(admin, "/people/export", {"address": "nobody@example.com"}, "/people")
     assert missing.status_code == 302
+
+
+def test_a_campaign_in_trouble_says_so_on_the_list_and_its_page(signed_in, session_factory):
+    from dispatcher.campaigns.problems import record_task_error
+    from dispatcher.sending.transports import RelayLoginRefused
+
+    with session_scope(session_factory) as session:
+        campaign = Campaign(
+            name="stuck",
+            subject="s",
+            template="new-releases",
+            purpose="marketing",
+            status="sending",
+        )
+        session.add(campaign)
+        session.flush()
+        said = record_task_error(
+            session, campaign.id, "send_batch", RelayLoginRefused("refused"), 1, 5
+        )
+        campaign_id = campaign.id
+    client = signed_in("viewer")
+    listing = client.get("/campaigns").get_data(as_text=True)
+    assert "! errors" in listing
+    page = client.get(f"/campaigns/{campaign_id}").get_data(as_text=True)
+    assert "What is wrong" in page and said.code in page and "DISPATCHER_MAIL_URL" in page
