@@ -6,6 +6,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from flask import Flask
 from werkzeug.serving import make_server
@@ -27,7 +28,11 @@ def serve(
     """Serve ``create_app(settings)``; yields its base URL. Threaded, like production.
 
     ``trusted_proxies=1`` believes one ``X-Forwarded-For`` hop, as behind the TLS proxy
-    (lets a test speak for many client IPs)."""
+    (lets a test speak for many client IPs). A base URL on 127.0.0.1 is moved to the served
+    port, since redirects are built on the configured base URL (never the Host header)."""
+    port = port or free_port()
+    if urlsplit(settings.base_url).hostname == "127.0.0.1":
+        settings = settings.replace(base_url=f"http://127.0.0.1:{port}")
     with serve_app(create_app(settings, trusted_proxies=trusted_proxies), port) as url:
         yield url
 
