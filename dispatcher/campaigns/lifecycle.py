@@ -65,7 +65,7 @@ def allowed(current: str, wanted: CampaignStatus) -> bool:
 def get_campaign(session: Session, campaign_id: int, *, for_update: bool = False) -> Campaign:
     stmt = select(Campaign).where(Campaign.id == campaign_id)
     if for_update:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(of=Campaign)
     campaign = session.scalar(stmt)
     if campaign is None:
         raise CampaignError(f"no campaign with id {campaign_id}")

@@ -75,7 +75,9 @@ def pause_if_over(session: Session, settings: Settings, campaign_id: int) -> str
         )
     if reason is None:
         return None
-    campaign = session.scalar(select(Campaign).where(Campaign.id == campaign_id).with_for_update())
+    campaign = session.scalar(
+        select(Campaign).where(Campaign.id == campaign_id).with_for_update(of=Campaign)
+    )
     if campaign is None or campaign.status not in (
         CampaignStatus.SENDING,
         CampaignStatus.SCHEDULED,
