@@ -70,10 +70,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "seal-audit-events": {"task": "workers.tasks.seal_audit", "schedule": 60.0},
             "apply-retention": {"task": "workers.tasks.apply_retention", "schedule": 3600.0},
             "prune-signups": {"task": "workers.tasks.prune_signups", "schedule": 3600.0},
-            "prune-inbound": {
-                "task": "workers.tasks.prune_inbound",
-                "schedule": 24 * 3600.0,
-            },
             **(
                 {
                     "read-inbound-mailboxes": {

@@ -11,7 +11,6 @@ from dispatcher.campaigns.fanout import campaign_purpose, due_campaigns, fan_out
 from dispatcher.campaigns.problems import FAN_OUT, SEND_BATCH, START, recording_errors
 from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import session_scope
-from dispatcher.inbound.retention import prune_raw
 from dispatcher.inbound.sources import poll_imap, poll_maildir
 from dispatcher.privacy.retention import apply_retention
 from dispatcher.sending.batch import describe, send_batch
@@ -130,11 +129,3 @@ def read_inbound_mailboxes() -> dict[str, int]:
         for key, n in tally.counts.items():
             counts[key] = counts.get(key, 0) + n
     return counts
-
-
-@app.task(name="workers.tasks.prune_inbound")
-def prune_inbound() -> int:
-    """Beat, daily: drop raw inbound messages past their retention (the rows stay)."""
-    rt = runtime()
-    with session_scope(rt.sessions) as session:
-        return prune_raw(session, rt.settings)

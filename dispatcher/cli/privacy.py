@@ -85,7 +85,8 @@ def retention_run(app: AppContext, dry_run: bool) -> None:
         f"{s.retention_hit_days:g} days; {report.export_files_removed} affiliate export file(s) "
         f"older than {s.retention_export_days:g} days; {report.shares_removed} share record(s) "
         f"older than {s.retention_share_days:g} days; {report.web_counters_removed} spent "
-        "counter(s) of refused web requests"
+        f"counter(s) of refused web requests; {report.inbound_raw_removed} raw inbound "
+        f"report(s) older than {s.inbound_keep_days} days"
     )
 
 

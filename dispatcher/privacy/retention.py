@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dispatcher.inbound.retention import prune_raw
 from dispatcher.models import AffiliateRelease, AffiliateShare, WebFailure, WebHitTally
 from dispatcher.privacy.files import forget_export_files
 from dispatcher.settings import Settings
@@ -29,6 +30,8 @@ class RetentionReport:
     shares_removed: int
     # Spent counters of refused web requests (they name client networks).
     web_counters_removed: int = 0
+    # Raw bounce and complaint reports past inbound_keep_days (the rows stay).
+    inbound_raw_removed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +64,8 @@ def apply_retention(
         counters = sum(
             session.scalar(select(func.count()).where(w)) or 0 for w in (old_failures, old_tallies)
         )
-        return RetentionReport(hit_count, files, share_count, counters)
+        raw = prune_raw(session, settings, dry_run=True)
+        return RetentionReport(hit_count, files, share_count, counters, raw)
     hits = session.execute(update(Event).where(*old_hits).values(ip=None, user_agent=None))
     shares = session.execute(delete(AffiliateShare).where(old_shares))
     counters = 0
@@ -73,6 +77,7 @@ def apply_retention(
         files,
         int(shares.rowcount or 0),  # type: ignore[attr-defined]
         counters,
+        prune_raw(session, settings),
     )
     if any(report.as_dict().values()):
         record_event(

@@ -102,3 +102,29 @@ def test_spent_web_counters_go(settings: Settings, session_factory: sessionmaker
         assert apply_retention(session, settings).web_counters_removed == 2
         assert [f.key for f in session.scalars(select(WebFailure))] == ["ip:192.0.2.1"]
         assert [t.network for t in session.scalars(select(WebHitTally))] == ["198.51.100.1"]
+
+
+def test_raw_inbound_reports_go_after_their_window(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    from dispatcher.models import InboundMessage
+
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        for key, age in (("old", settings.inbound_keep_days + 1), ("new", 1)):
+            session.add(
+                InboundMessage(
+                    key=key,
+                    source="file",
+                    received_at=now - timedelta(days=age),
+                    kind="hard_bounce",
+                    outcome="applied",
+                    raw=b"Subject: bounce\r\n\r\nno such user",
+                    raw_size=30,
+                )
+            )
+    with session_scope(session_factory) as session:
+        assert apply_retention(session, settings, dry_run=True).inbound_raw_removed == 1
+        assert apply_retention(session, settings).inbound_raw_removed == 1
+        kept = {m.key: m.raw for m in session.scalars(select(InboundMessage))}
+        assert kept["old"] is None and kept["new"] is not None
