@@ -183,6 +183,45 @@ def check_mail(settings: Settings) -> Check:
     return Check("mail", True, f"SMTP {target.host}:{target.port}: {', '.join(steps)} ok")
 
 
+def check_dkim(settings: Settings) -> Check:
+    """The DKIM key, when one is configured: it loads, is long enough, signs a message that
+    verifies against the TXT record it implies; the detail says what to publish in DNS
+    (this machine does not query DNS)."""
+    if not settings.dkim_key_file:
+        return Check("dkim", True, "not configured: outgoing mail is not DKIM-signed")
+    import base64
+    from email.utils import parseaddr
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from dispatcher.sending.dkim_signing import DkimError, DkimSigner
+
+    fix = "point DISPATCHER_DKIM_KEY_FILE at a readable PEM RSA private key of 2048 bits"
+    domain = settings.dkim_domain or parseaddr(settings.sender)[1].rpartition("@")[2]
+    try:
+        signer = DkimSigner(settings.dkim_key_file, settings.dkim_selector, domain)
+        key = serialization.load_pem_private_key(signer.key, password=None)
+    except (DkimError, ValueError, TypeError) as exc:
+        return _failed("dkim", f"the DKIM key cannot be used: {exc}", fix)
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 1024:
+        return _failed("dkim", "the DKIM key is not an RSA key of at least 1024 bits", fix)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+    name = f"{settings.dkim_selector}._domainkey.{domain}"
+    probe = (
+        f"From: {settings.sender}\r\nTo: doctor@{domain}\r\nSubject: dkim check\r\n"
+        "\r\nnothing is sent\r\n"
+    ).encode()
+    signed = signer.sign(probe)
+    if not dkim.verify(signed, dnsfunc=lambda *_, **__: record.encode()):
+        return _failed("dkim", "a message signed with the key does not verify", fix)
+    return Check("dkim", True, f"key of {key.key_size} bits; publish TXT {name}: {record}")
+
+
 def _loose(path: Path, allowed: int) -> bool:
     return bool(stat.S_IMODE(path.stat().st_mode) & ~allowed & 0o777)
 
@@ -272,6 +311,7 @@ def doctor(
     for name, run in (
         ("broker", lambda: [check_broker(settings)]),
         ("mail", lambda: [check_mail(settings)]),
+        ("dkim", lambda: [check_dkim(settings)]),
         ("files", lambda: [check_files(settings)]),
         ("heartbeats", lambda: check_heartbeats(settings, sessions) if schema_ok else []),
     ):

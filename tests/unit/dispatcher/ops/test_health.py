@@ -185,3 +185,33 @@ def test_doctor_with_a_database_that_is_not_migrated(
     assert result.exit_code == 1
     assert "fix: run `dispatcher db upgrade`" in result.output
     assert "beat" not in result.output  # heartbeats wait until the schema is there
+
+
+def test_dkim_key_is_checked_and_the_record_to_publish_is_named(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    assert health.check_dkim(settings).ok  # not configured: nothing to check
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "dkim.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    check = health.check_dkim(settings.replace(dkim_key_file=str(pem), dkim_selector="s1"))
+    assert check.ok and "s1._domainkey.killertracks.com" in check.detail
+    record = check.detail.split(": ", 1)[1]
+    assert record.startswith("v=DKIM1; k=rsa; p=")
+    # The record named really verifies mail the dispatcher signs with that key.
+    message = b"From: a@killertracks.com\r\nSubject: x\r\n\r\nbody\r\n"
+    signed = dkim.sign(message, b"s1", b"killertracks.com", pem.read_bytes()) + message
+    assert dkim.verify(signed, dnsfunc=lambda *_, **__: record.encode())
+    pem.write_bytes(b"not a key")
+    broken = health.check_dkim(settings.replace(dkim_key_file=str(pem)))
+    assert not broken.ok and "DKIM key cannot be used" in broken.detail and broken.fix
