@@ -205,12 +205,53 @@ class _Trouble(Collector):
         yield trouble
 
 
+class _Feedback(Collector):
+    """What came back, from the database: inbound reports by kind and outcome, and the
+    bounces and complaints recorded against each campaign's deliveries."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        from dispatcher.models import Delivery, InboundMessage
+
+        reports = GaugeMetricFamily(
+            "dispatcher_inbound_reports",
+            "Inbound messages recorded, by kind (hard_bounce, complaint, unsubscribe, …) "
+            "and outcome (applied, unmatched, duplicate, …)",
+            labels=["kind", "outcome"],
+        )
+        feedback = GaugeMetricFamily(
+            "dispatcher_delivery_feedback",
+            "Sent messages a bounce or complaint came back about, per campaign and kind",
+            labels=["campaign", "kind"],
+        )
+        with self.sessions() as session:
+            by_kind = session.execute(
+                select(InboundMessage.kind, InboundMessage.outcome, func.count()).group_by(
+                    InboundMessage.kind, InboundMessage.outcome
+                )
+            ).all()
+            by_campaign = session.execute(
+                select(Delivery.campaign_id, Delivery.feedback, func.count())
+                .where(Delivery.feedback.is_not(None))
+                .group_by(Delivery.campaign_id, Delivery.feedback)
+            ).all()
+        for kind, outcome, count in by_kind:
+            reports.add_metric([str(kind), str(outcome)], count)
+        for campaign_id, came_back, count in by_campaign:
+            feedback.add_metric([str(campaign_id), str(came_back)], count)
+        yield reports
+        yield feedback
+
+
 def registry(settings: Settings, sessions: sessionmaker[Session]) -> CollectorRegistry:
     """What ``dispatcher metrics serve`` exposes: every role's files, the queues, trouble."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_MergedFiles(settings.home / "metrics"))
     reg.register(_Queues(sessions))
     reg.register(_Trouble(settings, sessions))
+    reg.register(_Feedback(sessions))
     return reg
 
 

@@ -107,3 +107,36 @@ def test_campaigns_in_trouble_are_metrics_like_campaign_status_says(
     with session_scope(session_factory) as session:
         resolve_task_errors(session, campaign_id, ("send_batch",), 1)
     assert errors not in found() and trouble not in found()
+
+
+def test_what_came_back_is_counted_from_the_rows(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    from sqlalchemy import update
+
+    from dispatcher.models import Delivery, InboundMessage
+
+    with session_scope(session_factory) as session:
+        for i in range(2):
+            make_contact(session, f"f{i}@example.com")
+        campaign = Campaign(
+            name="n", subject="s", template="new-releases", purpose="marketing", status="sending"
+        )
+        session.add(campaign)
+        session.flush()
+        create_deliveries(session, campaign)
+        session.execute(update(Delivery).values(status="sent", feedback="hard_bounce"))
+        for key, kind, outcome in (
+            ("a", "hard_bounce", "applied"),
+            ("b", "hard_bounce", "applied"),
+            ("c", "complaint", "unmatched"),
+        ):
+            session.add(InboundMessage(key=key, source="file", kind=kind, outcome=outcome))
+        campaign_id = campaign.id
+    found = samples(generate_latest(metrics.registry(settings, session_factory)).decode())
+    hard = (("kind", "hard_bounce"), ("outcome", "applied"))
+    assert found[("dispatcher_inbound_reports", hard)] == 2
+    forged = (("kind", "complaint"), ("outcome", "unmatched"))
+    assert found[("dispatcher_inbound_reports", forged)] == 1
+    per_campaign = (("campaign", str(campaign_id)), ("kind", "hard_bounce"))
+    assert found[("dispatcher_delivery_feedback", per_campaign)] == 2
