@@ -16,10 +16,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import FileSystemLoader
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dispatcher.sending.messages import build_message
 from dispatcher.sending.rendering import RenderedMessage
+from dispatcher.sending.sandbox import make_environment
 from dispatcher.sending.transports import open_transport
 from dispatcher.settings import Settings
 
@@ -54,12 +56,10 @@ def new_message_id(settings: Settings, kind: MailKind) -> str:
 
 
 @lru_cache(maxsize=4)
-def _environment(folder: Path) -> Environment:
-    return Environment(
-        loader=FileSystemLoader(str(folder)),
-        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
-        undefined=StrictUndefined,
-    )
+def _environment(folder: Path) -> ImmutableSandboxedEnvironment:
+    # The same sandbox as every other mail template (ARCHITECTURE invariant 11): the
+    # templates are ours, but the values in them come from the public form.
+    return make_environment(FileSystemLoader(str(folder)))
 
 
 def render(settings: Settings, mail: OutgoingMail) -> RenderedMessage:
