@@ -19,7 +19,8 @@ def console(app: AppContext, host: str, port: int) -> None:
     In production run it under gunicorn with the same DISPATCHER_* environment, and set
     DISPATCHER_CONSOLE_URL to its https address (its cookies are then Secure):
 
-    gunicorn -w 2 -b 127.0.0.1:8026 'dispatcher.console:create_console_app(trusted_proxies=1)'
+    gunicorn -c python:dispatcher.console.gunicorn_conf \\
+        'dispatcher.console:create_console_app(trusted_proxies=1)'
     """
     from werkzeug.serving import run_simple
 

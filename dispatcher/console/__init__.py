@@ -3,7 +3,8 @@
 ``dispatcher console`` serves it on the built-in server; in production run it under gunicorn
 on the internal network, with the same DISPATCHER_* environment::
 
-    gunicorn -w 2 -b 127.0.0.1:8026 'dispatcher.console:create_console_app(trusted_proxies=1)'
+    gunicorn -c python:dispatcher.console.gunicorn_conf \\
+        'dispatcher.console:create_console_app(trusted_proxies=1)'
 
 Views call the services the CLI calls (``dispatcher.campaigns.services``, the importer, the
 suppression rules); none re-implements them.

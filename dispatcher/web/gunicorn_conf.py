@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 
-from dispatcher.settings import load_settings
+from dispatcher.ops.gunicorn_log import settings_or_exit
 
 bind = os.environ.get("DISPATCHER_WEB_BIND", "127.0.0.1:8025")
 worker_class = "gthread"
 workers = int(os.environ.get("DISPATCHER_WEB_WORKERS", os.cpu_count() or 1))
-# The same setting the app reads to size its database pool.
-threads = load_settings().web_threads
+# The same setting the app reads to size its database pool. A bad setting stops the
+# arbiter with one line naming it.
+threads = settings_or_exit().web_threads
 # Kept-alive connections wait in the poller, not in a thread; this many per process.
 worker_connections = 4 * threads
 keepalive = 5
@@ -37,3 +38,5 @@ limit_request_field_size = 8190
 # No access log: request paths carry recipients' link tokens. Every recipient hit is in the
 # audit trail (the events table) instead, with its time, IP, user agent and outcome.
 accesslog = None
+# The arbiter's and workers' own lines in our format (JSON lines when configured).
+logger_class = "dispatcher.ops.gunicorn_log.Logger"

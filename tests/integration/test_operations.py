@@ -5,6 +5,7 @@ worker's JSON log parsed; the counts must be the rows'."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -213,6 +214,14 @@ def test_gunicorn_recipe_answers_health_and_counts_unsubscribes(
         assert [c["name"] for c in ready["checks"]] == ["database", "migrations", "keys"]
         for _ in range(2):  # the second changes nothing and is not counted
             assert one_click(f"{base}/u/{token}", "198.51.100.7") == 200
+    # gunicorn's own lines (arbiter and workers, up to "Shutting down") are JSON too.
+    lines = [line for line in (tmp_path / "gunicorn.log").read_text().splitlines() if line]
+    records = [json.loads(line) for line in lines]
+    own = [r["message"] for r in records if r["logger"] == "gunicorn.error"]
+    assert any(m.startswith("Listening at") for m in own), own
+    assert any(m.startswith("Booting worker") for m in own), own
+    assert any(m.startswith("Shutting down") for m in own), own
+    assert token not in "\n".join(lines)
     monkeypatch.delenv(MULTIPROC_ENV)
     server = subprocess.Popen(
         [str(BIN / "dispatcher"), "metrics", "serve", "--port", str(metrics_port)],
@@ -226,3 +235,30 @@ def test_gunicorn_recipe_answers_health_and_counts_unsubscribes(
         server.wait(30)
     key = ("dispatcher_unsubscribes_total", frozenset({("source", "one_click")}))
     assert found.get(key) == 1
+
+
+@pytest.mark.parametrize(
+    "conf", ["dispatcher.web.gunicorn_conf", "dispatcher.console.gunicorn_conf"]
+)
+def test_gunicorn_with_a_bad_setting_stops_with_one_line(
+    settings: Settings, tmp_path: Path, conf: str
+) -> None:
+    """Both gunicorn recipes refuse a bad setting the way every command does: one line naming
+    it, no traceback, a non-zero exit, before any worker starts."""
+    env = {
+        **os.environ,
+        "DISPATCHER_HOME": str(settings.home),
+        "DISPATCHER_SECRET_KEYS": "short",
+        "DISPATCHER_WEB_BIND": f"127.0.0.1:{free_port()}",
+        "DISPATCHER_CONSOLE_BIND": f"127.0.0.1:{free_port()}",
+    }
+    done = subprocess.run(
+        [str(BIN / "gunicorn"), "-c", f"python:{conf}", "dispatcher.web:create_app()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "configuration:" in done.stderr and "secret" in done.stderr.lower(), done.stderr
