@@ -14,13 +14,20 @@ from dispatcher.cli import AppContext, pass_app
 @click.option(
     "--skip",
     multiple=True,
-    type=click.Choice(["broker", "mail", "dkim", "files", "heartbeats"]),
+    type=click.Choice(["broker", "mail", "dkim", "dns", "files", "heartbeats"]),
     help="leave a check out (repeatable), e.g. heartbeats before the services start",
 )
+@click.option(
+    "--nameserver",
+    metavar="IP[:PORT]",
+    help="look the DKIM record up here (e.g. the domain's own server) instead of this "
+    "machine's resolver",
+)
 @pass_app
-def doctor(app: AppContext, as_json: bool, skip: tuple[str, ...]) -> None:
-    """Check the database, migrations, keys, broker, mail relay, file permissions, beat and
-    workers; say what is wrong and how to fix it. Exit code 1 when anything is wrong.
+def doctor(app: AppContext, as_json: bool, skip: tuple[str, ...], nameserver: str | None) -> None:
+    """Check the database, migrations, keys, broker, mail relay, the DKIM key and its DNS
+    record, file permissions, beat and workers; say what is wrong and how to fix it.
+    Exit code 1 when anything is wrong.
 
     The mail check connects, says EHLO, STARTTLS and AUTH as DISPATCHER_MAIL_URL asks, and
     QUITs: it sends nothing."""
@@ -28,7 +35,13 @@ def doctor(app: AppContext, as_json: bool, skip: tuple[str, ...]) -> None:
 
     app.sessions  # noqa: B018 - builds the engine
     assert app._engine is not None
-    checks = run(app.settings, app._engine, app.sessions, skip=lambda name: name in skip)
+    checks = run(
+        app.settings,
+        app._engine,
+        app.sessions,
+        skip=lambda name: name in skip,
+        nameserver=nameserver,
+    )
     wrong = [c for c in checks if not c.ok]
     if as_json:
         click.echo(json.dumps({"ok": not wrong, "checks": [c.as_dict() for c in checks]}))

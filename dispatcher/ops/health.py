@@ -183,16 +183,20 @@ def check_mail(settings: Settings) -> Check:
     return Check("mail", True, f"SMTP {target.host}:{target.port}: {', '.join(steps)} ok")
 
 
-def check_dkim(settings: Settings) -> Check:
-    """The DKIM key, when one is configured: it loads, is long enough, signs a message that
-    verifies against the TXT record it implies; the detail says what to publish in DNS
-    (this machine does not query DNS)."""
-    if not settings.dkim_key_file:
-        return Check("dkim", True, "not configured: outgoing mail is not DKIM-signed")
+@dataclass(frozen=True)
+class _DkimKey:
+    name: str  # where the TXT record lives: <selector>._domainkey.<domain>
+    record: str  # the TXT record the key implies
+    public: str  # its p= value
+    bits: int
+    signer: Any
+
+
+def _dkim_key(settings: Settings) -> _DkimKey | Check:
+    """The configured DKIM key and the record it implies, or the failed ``dkim`` check."""
     import base64
     from email.utils import parseaddr
 
-    import dkim
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -207,19 +211,115 @@ def check_dkim(settings: Settings) -> Check:
         return _failed("dkim", f"the DKIM key cannot be used: {exc}", fix)
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 1024:
         return _failed("dkim", "the DKIM key is not an RSA key of at least 1024 bits", fix)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    public = base64.b64encode(
+        key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode()
+    return _DkimKey(
+        name=f"{settings.dkim_selector}._domainkey.{domain}",
+        record=f"v=DKIM1; k=rsa; p={public}",
+        public=public,
+        bits=key.key_size,
+        signer=signer,
     )
-    record = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
-    name = f"{settings.dkim_selector}._domainkey.{domain}"
+
+
+def check_dkim(settings: Settings) -> Check:
+    """The DKIM key, when one is configured: it loads, is long enough, signs a message that
+    verifies against the TXT record it implies; the detail says what to publish in DNS
+    (:func:`check_dkim_dns` looks the published record up)."""
+    if not settings.dkim_key_file:
+        return Check("dkim", True, "not configured: outgoing mail is not DKIM-signed")
+    import dkim
+
+    key = _dkim_key(settings)
+    if isinstance(key, Check):
+        return key
+    domain = key.name.partition("._domainkey.")[2]
     probe = (
         f"From: {settings.sender}\r\nTo: doctor@{domain}\r\nSubject: dkim check\r\n"
         "\r\nnothing is sent\r\n"
     ).encode()
-    signed = signer.sign(probe)
-    if not dkim.verify(signed, dnsfunc=lambda *_, **__: record.encode()):
-        return _failed("dkim", "a message signed with the key does not verify", fix)
-    return Check("dkim", True, f"key of {key.key_size} bits; publish TXT {name}: {record}")
+    signed = key.signer.sign(probe)
+    if not dkim.verify(signed, dnsfunc=lambda *_, **__: key.record.encode()):
+        return _failed(
+            "dkim",
+            "a message signed with the key does not verify",
+            "point DISPATCHER_DKIM_KEY_FILE at a readable PEM RSA private key of 2048 bits",
+        )
+    return Check("dkim", True, f"key of {key.bits} bits; publish TXT {key.name}: {key.record}")
+
+
+def check_dkim_dns(settings: Settings, nameserver: str | None = None) -> list[Check]:
+    """The DKIM record published in DNS (looked up through this machine's resolver, or
+    ``nameserver`` as ``IP`` or ``IP:PORT``, e.g. the domain's own server before the record
+    has spread): one record, ``v=DKIM1``, ``k=rsa``, and the public half of our key. Nothing
+    when DKIM is not configured or the key itself is wrong (``check_dkim`` says so)."""
+    if not settings.dkim_key_file:
+        return []
+    key = _dkim_key(settings)
+    if isinstance(key, Check):
+        return []
+    import dns.exception
+    import dns.resolver
+
+    publish = f"publish TXT {key.name}: {key.record}"
+    resolver = dns.resolver.Resolver(configure=nameserver is None)
+    if nameserver:
+        host, port = nameserver, 53
+        if nameserver.count(":") == 1:
+            host, _, given = nameserver.partition(":")
+            port = int(given)
+        resolver.nameservers = [host]
+        resolver.port = port
+    resolver.lifetime = 5.0
+    try:
+        answer = resolver.resolve(key.name, "TXT")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return [_failed("dkim-dns", f"no TXT record at {key.name}", publish)]
+    except dns.exception.DNSException as exc:
+        return [
+            _failed(
+                "dkim-dns",
+                f"cannot look up {key.name}: {type(exc).__name__}",
+                "check this machine's DNS resolver, or ask the domain's own server "
+                "(dispatcher doctor --nameserver IP)",
+            )
+        ]
+    # A long record is published as several strings of up to 255 bytes: one value.
+    texts = [b"".join(rdata.strings).decode("ascii", "replace") for rdata in answer]
+    records = [_dkim_tags(text) for text in texts]
+    records = [tags for tags in records if "p" in tags]
+    if len(records) != 1:
+        found = "no DKIM record" if not records else f"{len(records)} DKIM records"
+        return [_failed("dkim-dns", f"{found} among the TXT records at {key.name}", publish)]
+    tags = records[0]
+    if tags.get("v", "DKIM1") != "DKIM1" or tags.get("k", "rsa") != "rsa":
+        wrong = f"v={tags.get('v', '')}; k={tags.get('k', '')}"
+        return [_failed("dkim-dns", f"the record at {key.name} says {wrong}", publish)]
+    if not tags["p"]:
+        return [_failed("dkim-dns", f"the record at {key.name} is revoked (empty p=)", publish)]
+    if tags["p"] != key.public:
+        return [
+            _failed(
+                "dkim-dns",
+                f"the record at {key.name} holds another public key: receivers will fail "
+                "every signature (a rotated key not yet published, or the wrong selector)",
+                publish,
+            )
+        ]
+    return [Check("dkim-dns", True, f"TXT {key.name} publishes this key")]
+
+
+def _dkim_tags(text: str) -> dict[str, str]:
+    """RFC 6376 tag=value list; whitespace inside values (folded p=) removed."""
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags[name.strip()] = "".join(value.split())
+    return tags
 
 
 def _loose(path: Path, allowed: int) -> bool:
@@ -304,6 +404,7 @@ def doctor(
     sessions: sessionmaker[Session],
     *,
     skip: Callable[[str], bool] = lambda _: False,
+    nameserver: str | None = None,
 ) -> list[Check]:
     """Every check, in the order an operator would fix them."""
     checks = readiness(settings, engine)
@@ -312,6 +413,7 @@ def doctor(
         ("broker", lambda: [check_broker(settings)]),
         ("mail", lambda: [check_mail(settings)]),
         ("dkim", lambda: [check_dkim(settings)]),
+        ("dns", lambda: check_dkim_dns(settings, nameserver)),
         ("files", lambda: [check_files(settings)]),
         ("heartbeats", lambda: check_heartbeats(settings, sessions) if schema_ok else []),
     ):

@@ -215,3 +215,67 @@ def test_dkim_key_is_checked_and_the_record_to_publish_is_named(
     pem.write_bytes(b"not a key")
     broken = health.check_dkim(settings.replace(dkim_key_file=str(pem)))
     assert not broken.ok and "DKIM key cannot be used" in broken.detail and broken.fix
+
+
+def _dkim_settings(settings: Settings, tmp_path: Path, name: str = "dkim.pem") -> Settings:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / name
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return settings.replace(dkim_key_file=str(pem), dkim_selector="s1")
+
+
+def _published(record: str) -> list[bytes]:
+    """The record as DNS operators publish a long one: strings of at most 255 bytes."""
+    raw = record.encode()
+    return [raw[i : i + 255] for i in range(0, len(raw), 255)]
+
+
+def test_doctor_looks_up_the_published_dkim_record(
+    cli_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.dns_server import dns_server
+
+    settings = cli_env
+    ours = _dkim_settings(settings, tmp_path)
+    other = _dkim_settings(settings, tmp_path, "other.pem")
+    name = "s1._domainkey.killertracks.com"
+    record = health.check_dkim(ours).detail.split(": ", 1)[1]
+    other_record = health.check_dkim(other).detail.split(": ", 1)[1]
+    assert health.check_dkim_dns(settings) == []  # DKIM not configured: nothing to look up
+    cases = {
+        "matches": ({name: [_published(record)]}, True, "publishes this key"),
+        "absent": ({}, False, f"no TXT record at {name}"),
+        "rotated": ({name: [_published(other_record)]}, False, "another public key"),
+        "revoked": ({name: [[b"v=DKIM1; k=rsa; p="]]}, False, "revoked"),
+        "two": (
+            {name: [_published(record), _published(other_record)]},
+            False,
+            "2 DKIM records",
+        ),
+        "spf only": ({name: [[b"v=spf1 -all"]]}, False, "no DKIM record among"),
+        "ed25519": ({name: [[b"v=DKIM1; k=ed25519; p=abc"]]}, False, "k=ed25519"),
+    }
+    for case, (zone, ok, detail) in cases.items():
+        with dns_server(zone) as nameserver:
+            [check] = health.check_dkim_dns(ours, nameserver)
+        assert check.name == "dkim-dns"
+        assert check.ok is ok and detail in check.detail, (case, check)
+        if not ok and case != "ed25519":
+            assert record in check.fix, case  # the fix names what to publish
+    # Through the command, as an operator runs it.
+    monkeypatch.setenv("DISPATCHER_DKIM_KEY_FILE", ours.dkim_key_file)
+    monkeypatch.setenv("DISPATCHER_DKIM_SELECTOR", "s1")
+    skip = ["--skip", "broker", "--skip", "mail", "--skip", "heartbeats", "--skip", "files"]
+    with dns_server({name: [_published(other_record)]}) as nameserver:
+        result = CliRunner().invoke(main, ["doctor", *skip, "--nameserver", nameserver])
+    assert result.exit_code == 1
+    assert "FAIL dkim-dns" in result.output and "another public key" in result.output
