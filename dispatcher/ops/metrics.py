@@ -101,16 +101,35 @@ def metrics_dir(settings: Settings, role: str) -> Path:
 
 
 def multiprocess_env(settings: Settings, role: str) -> dict[str, str]:
-    """An emptied ``var/metrics/<role>`` (0700) for a process about to start, as environment.
+    """A fresh ``var/metrics/<role>/<pid>`` (0700) for a process about to start (``dispatcher
+    worker`` and ``beat`` exec Celery, which keeps the pid), as environment.
 
-    Emptied because the files of a previous run's processes would otherwise pile up; the
-    counters start again from zero, which Prometheus reads as a restart."""
+    One folder per process, so several workers under one home keep their own counts; the
+    folders of processes that are gone are removed (their counters start again from zero,
+    which Prometheus reads as a restart)."""
     if role not in ROLES:
         raise ValueError(f"metrics role must be one of {', '.join(ROLES)}")
-    path = metrics_dir(settings, role)
+    base = metrics_dir(settings, role)
+    base.mkdir(parents=True, mode=0o700, exist_ok=True)
+    for old in base.iterdir():
+        if old.is_dir() and not (old.name.isdigit() and _alive(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.is_file():  # the one-folder-per-role layout of earlier releases
+            old.unlink()
+    path = base / str(os.getpid())
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, mode=0o700)
+    path.mkdir(mode=0o700)
     return {MULTIPROC_ENV: str(path)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 class _MergedFiles(Collector):
@@ -120,7 +139,8 @@ class _MergedFiles(Collector):
         self.root = root
 
     def collect(self) -> Iterable[Metric]:
-        files = sorted(glob.glob(str(self.root / "*" / "*.db")))
+        # var/metrics/<role>/<pid>/*.db, and <role>/*.db of the systemd units' fixed folders.
+        files = sorted(glob.glob(str(self.root / "**" / "*.db"), recursive=True))
         return MultiProcessCollector.merge(files, accumulate=True) if files else []
 
 

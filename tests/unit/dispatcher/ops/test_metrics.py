@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -66,13 +68,30 @@ def test_one_click_unsubscribe_is_counted_once(
     assert count() == before + 1
 
 
-def test_multiprocess_env_empties_the_role_folder(settings: Settings) -> None:
-    env = metrics.multiprocess_env(settings, "worker")
-    folder = settings.home / "metrics" / "worker"
-    assert env == {metrics.MULTIPROC_ENV: str(folder)}
-    (folder / "counter_1.db").write_bytes(b"old")
-    metrics.multiprocess_env(settings, "worker")
-    assert list(folder.iterdir()) == [] and oct(folder.stat().st_mode & 0o777) == "0o700"
+def test_multiprocess_env_gives_each_process_its_own_folder(settings: Settings) -> None:
+    """Two workers under one home keep their own files; a gone process's folder is removed."""
+    import subprocess
+
+    root = settings.home / "metrics" / "worker"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        for pid in (gone.pid, alive.pid):
+            (root / str(pid)).mkdir(parents=True)
+            (root / str(pid) / "counter_1.db").write_bytes(b"theirs")
+        (root / "counter_9.db").write_bytes(b"old layout")
+        env = metrics.multiprocess_env(settings, "worker")
+        mine = root / str(os.getpid())
+        assert env == {metrics.MULTIPROC_ENV: str(mine)}
+        assert sorted(p.name for p in root.iterdir()) == sorted([str(alive.pid), mine.name])
+        assert (root / str(alive.pid) / "counter_1.db").read_bytes() == b"theirs"
+        (mine / "counter_1.db").write_bytes(b"mine, from before a restart")
+        metrics.multiprocess_env(settings, "worker")
+        assert list(mine.iterdir()) == [] and oct(mine.stat().st_mode & 0o777) == "0o700"
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_campaigns_in_trouble_are_metrics_like_campaign_status_says(
