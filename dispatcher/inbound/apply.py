@@ -270,7 +270,7 @@ def _count_soft(
     done.detail["soft_bounces"] = count
     if count >= settings.soft_bounce_limit:
         note = f"{count} soft bounces within {settings.soft_bounce_days} days"
-        _suppress(session, address_id, Reason.HARD_BOUNCE, f"{origin}:soft_bounces", note)
+        _suppress(session, address_id, Reason.REPEATED_SOFT_BOUNCE, f"{origin}:soft_bounces", note)
 
 
 def _unsubscribe(session: Session, signer: TokenSigner, done: Processed, source: str) -> None:

@@ -180,7 +180,10 @@ def test_soft_bounces_suppress_at_the_limit(
         process(session, settings, signer, dsn(verp, "f@x", "4.2.0", f"<s{n}@mx>", "delayed"))
         assert suppressions(session) == 0
     process(session, settings, signer, dsn(verp, "f@x", "4.2.0", "<s3@mx>", "delayed"))
-    assert suppressions(session, "hard_bounce") == 1
+    # Their own reason, not hard_bounce: the mailbox may work again, and staff can tell.
+    assert suppressions(session, "repeated_soft_bounce") == 1
+    assert suppressions(session, "hard_bounce") == 0
+    assert delivery.feedback == "soft_bounce"
 
 
 def test_mailto_unsubscribe_with_our_token_opts_out_and_stops_queued_mail(
