@@ -286,3 +286,30 @@ def test_unparsed_input_is_recorded_with_its_raw_bytes_bounded(
     row = session.scalars(select(InboundMessage)).one()
     assert done.outcome == "unparsed"
     assert row.raw is not None and len(row.raw) == 1000 and row.raw_size == len(raw)
+
+
+def test_a_repeated_soft_bounce_is_lifted_by_staff_and_not_by_the_recipient(
+    session: Session, settings: Settings, signer: TokenSigner
+) -> None:
+    from dispatcher.contacts.suppress import lift_address
+    from suppression.events import Hit
+    from suppression.unsubscribe import CannotResubscribe, resubscribe
+
+    settings = settings.replace(soft_bounce_limit=1)
+    campaign = sent_campaign(session, "full@example.org")
+    delivery = delivery_of(session, campaign, "full@example.org")
+    verp = returnpath.verp_address(signer, settings.return_path, delivery.id)
+    process(session, settings, signer, dsn(verp, "f@x", "4.2.2", "<q1@mx>", "delayed"))
+
+    with pytest.raises(CannotResubscribe, match="repeated soft bounce"):
+        resubscribe(session, delivery.address_id, hit=Hit())
+    assert suppressions(session, "repeated_soft_bounce") == 1
+
+    lifted = lift_address(
+        session,
+        "full@example.org",
+        why="mailbox emptied",
+        actor="admin",
+        only="repeated_soft_bounce",
+    )
+    assert lifted == 1 and suppressions(session) == 0
