@@ -31,7 +31,7 @@ from typing import Any
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _LITERAL = re.compile(rb"\{(\d+)(\+?)\}\r\n$")
-_ATOM_END = set(b" ()\r\n")
+_ATOM_END = set(b" ()")
 
 
 class Bad(Exception):
@@ -234,10 +234,14 @@ class ImapServer:
             if not line:
                 return None
             match = _LITERAL.search(line)
+            text = line[: match.start()] if match else line.rstrip(b"\r\n")
+            if any(b < 0x20 or b == 0x7F for b in text):
+                raise Bad("control characters in a command")  # e.g. a TLS hello, in clear
+            chunks.append(text)
             if not match:
-                chunks.append(line.rstrip(b"\r\n"))
                 break
-            chunks.append(line[: match.start()])
+            if int(match.group(1)) > 64 << 20:
+                raise Bad("literal too large")
             if not match.group(2):
                 self._send(sock, "+ go ahead")
             chunks.append((reader.read(int(match.group(1))),))
@@ -461,7 +465,7 @@ def _parse(chunks: list[bytes | tuple[bytes]]) -> list[Any]:
                 i = j + 1
             else:
                 j, depth = i, 0
-                while j < len(chunk) and (depth or chunk[j] not in _ATOM_END):
+                while j < len(chunk) and (depth > 0 or chunk[j] not in _ATOM_END):
                     depth += {0x5B: 1, 0x5D: -1}.get(chunk[j], 0)  # [ … ] may hold spaces
                     j += 1
                 stack[-1].append(chunk[i:j].decode("utf-8", "replace"))
