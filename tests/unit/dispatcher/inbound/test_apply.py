@@ -292,6 +292,7 @@ def test_a_repeated_soft_bounce_is_lifted_by_staff_and_not_by_the_recipient(
     session: Session, settings: Settings, signer: TokenSigner
 ) -> None:
     from dispatcher.contacts.suppress import lift_address
+    from dispatcher.privacy.access import person_record
     from suppression.events import Hit
     from suppression.unsubscribe import CannotResubscribe, resubscribe
 
@@ -304,6 +305,11 @@ def test_a_repeated_soft_bounce_is_lifted_by_staff_and_not_by_the_recipient(
     with pytest.raises(CannotResubscribe, match="repeated soft bounce"):
         resubscribe(session, delivery.address_id, hit=Hit())
     assert suppressions(session, "repeated_soft_bounce") == 1
+    # The person's data export names it as it is.
+    held = person_record(session, "full@example.org", actor="admin")["suppressions"]
+    assert [(s["reason"], s["source"]) for s in held] == [
+        ("repeated_soft_bounce", "inbound:test:soft_bounces")
+    ]
 
     lifted = lift_address(
         session,
