@@ -356,3 +356,35 @@ def test_sendgrid_group_resubscribe_is_recorded_and_opts_nobody_in(
         ).one()
         assert row.outcome == "ignored"
         assert "only through our pages" in row.detail["why"]
+
+
+def test_a_signed_ses_complaint_suppresses_as_complaint_and_not_spam_changes_nothing(
+    app: Flask, our_message: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    def complaint(feedback_type: str) -> dict[str, object]:
+        return {
+            "notificationType": "Complaint",
+            "complaint": {
+                "complainedRecipients": [{"emailAddress": "gone@example.org"}],
+                "complaintFeedbackType": feedback_type,
+                "feedbackId": f"fb-{feedback_type}",
+            },
+            "mail": {
+                "source": our_message["source"],
+                "commonHeaders": {"messageId": our_message["message_id"]},
+            },
+        }
+
+    client = app.test_client()
+    assert (
+        client.post("/inbound/ses", data=sns(complaint("not-spam"), MessageId="c-0")).status_code
+        == 200
+    )
+    assert counts(session_factory) == (0, {"ignored": 1})
+    assert (
+        client.post("/inbound/ses", data=sns(complaint("abuse"), MessageId="c-1")).status_code
+        == 200
+    )
+    with session_scope(session_factory) as session:
+        reasons = list(session.scalars(select(Suppression.reason)))
+    assert reasons == ["complaint"]
