@@ -100,6 +100,8 @@ class Settings:
     # Mailboxes read on beat's schedule: a local maildir, an IMAP URL (imaps://user:pw@host/box).
     inbound_maildir: str = ""
     inbound_imap_url: str = field(default="", repr=False)
+    # Where the IMAP reader moves each message it applied (created when missing).
+    inbound_imap_done_folder: str = "Processed"
     inbound_poll_seconds: float = 60.0
     # Where an unsubscribe accepted while the database is away waits (default: home/spool).
     spool_dir: str = ""

@@ -39,6 +39,7 @@ OPTED_OUT = "opted_out"
 # but not the signals that the person or the mail system asked for no mail at all.
 SERVICE_BLOCKING_REASONS = (
     Reason.HARD_BOUNCE,
+    Reason.REPEATED_SOFT_BOUNCE,
     Reason.COMPLAINT,
     Reason.POSTAL_REQUEST,
     Reason.LEGAL,

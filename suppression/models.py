@@ -80,6 +80,9 @@ class Reason(enum.StrEnum):
 
     UNSUBSCRIBE = "unsubscribe"
     HARD_BOUNCE = "hard_bounce"
+    # ``soft_bounce_limit`` temporary failures within ``soft_bounce_days``: the mailbox may
+    # come back (full, over quota), so staff can tell it from a dead one and lift it.
+    REPEATED_SOFT_BOUNCE = "repeated_soft_bounce"
     COMPLAINT = "complaint"
     MANUAL = "manual"
     POSTAL_REQUEST = "postal_request"

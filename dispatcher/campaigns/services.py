@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from dispatcher.campaigns import lifecycle
 from dispatcher.campaigns.audience import AudienceError, validate_audience
 from dispatcher.campaigns.lifecycle import CampaignError, IllegalTransition, get_campaign
-from dispatcher.inbound.rates import campaign_rates
+from dispatcher.inbound.rates import Rates, campaign_rates
 from dispatcher.models import Campaign, CampaignContent, CampaignStatus, Delivery, DeliveryStatus
 from dispatcher.sending.rendering import CampaignView, TemplateProblem, check_campaign
 from dispatcher.sending.staff_text import StaffContent
@@ -266,7 +266,11 @@ class CampaignReport:
     by_reason: dict[str, int] = field(default_factory=dict)
     status_reason: str | None = None
     # What came back about sent messages (dispatcher/inbound): counts and rates.
-    feedback: dict[str, float | int] = field(default_factory=dict)
+    rates: Rates = field(default_factory=lambda: Rates(0, 0, 0))
+
+    @property
+    def feedback(self) -> dict[str, float | int]:
+        return self.rates.as_dict()
 
     @property
     def total(self) -> int:
@@ -323,5 +327,5 @@ def campaign_report(session: Session, campaign_id: int) -> CampaignReport:
         by_status=dict(by_status),
         by_reason=by_reason,
         status_reason=campaign.status_reason,
-        feedback=campaign_rates(session, campaign_id).as_dict(),
+        rates=campaign_rates(session, campaign_id),
     )

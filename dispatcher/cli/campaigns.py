@@ -291,6 +291,9 @@ def print_report(report: CampaignReport) -> None:
             f"  {'hard bounces':<24}{fb['hard_bounces']:>8}  ({fb['bounce_rate']:.2%} of sent)"
         )
         click.echo(
+            f"  {'soft bounces':<24}{fb['soft_bounces']:>8}  ({fb['soft_bounce_rate']:.2%} of sent)"
+        )
+        click.echo(
             f"  {'complaints':<24}{fb['complaints']:>8}  ({fb['complaint_rate']:.2%} of sent)"
         )
 

@@ -61,6 +61,12 @@ from dispatcher.console.security import (
 from dispatcher.console.staff import SignInRefused, StaffError, read_password_link, set_password
 from dispatcher.console.staff import sign_in as check_sign_in
 from dispatcher.db import session_scope
+from dispatcher.inbound.rates import (
+    breaches,
+    campaigns_rates,
+    over_threshold,
+    paused_for_rates,
+)
 from dispatcher.models import Campaign, CampaignContent, Delivery, StaffRole
 from dispatcher.sending.messages import build_message
 from dispatcher.sending.rendering import TemplateProblem, list_layouts
@@ -173,7 +179,22 @@ def campaigns() -> str:
             ):
                 counts.setdefault(campaign_id, {})[status] = count
         trouble = campaigns_in_trouble(db, settings())
-    return render_template("campaigns.html", campaigns=rows, counts=counts, trouble=trouble)
+        rates = campaigns_rates(db, ids)
+    # A short marker for a campaign paused for its rates, or past a pause threshold now.
+    over = {}
+    for c in rows:
+        marks = [b.short for b in breaches(rates[c.id], settings())]
+        if paused_for_rates(c.status, c.status_reason):
+            marks.insert(0, "paused for its rates")
+        over[c.id] = "; ".join(marks)
+    return render_template(
+        "campaigns.html",
+        campaigns=rows,
+        counts=counts,
+        trouble=trouble,
+        rates=rates,
+        over={k: v for k, v in over.items() if v},
+    )
 
 
 def _content_from_form(layouts: list[str]) -> StaffContent:
@@ -338,6 +359,9 @@ def campaign(campaign_id: int) -> str:
         campaign=row,
         health=health,
         report=report,
+        paused_for_rates=paused_for_rates(row.status, row.status_reason),
+        limits=settings(),
+        over_threshold=over_threshold(report.rates, settings()),
         state=state,
         gate=gate,
         versions=versions,

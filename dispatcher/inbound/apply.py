@@ -1,11 +1,14 @@
 """Applying what came back: the policy for each kind of report, each message recorded once.
 
 - hard bounce → global ``hard_bounce`` suppression, the delivery marked bounced;
-- soft bounce → counted; ``soft_bounce_limit`` within ``soft_bounce_days`` → suppression;
+- soft bounce → counted; ``soft_bounce_limit`` within ``soft_bounce_days`` → global
+  ``repeated_soft_bounce`` suppression (staff may lift it once the mailbox works again);
 - complaint → global ``complaint`` suppression;
 - mailto unsubscribe with a valid token → :func:`suppression.unsubscribe.unsubscribe_address`
   (the same act as the web's); without one, from an address we know → the same act on
   marketing, recorded ``unverified``;
+- a provider's signed unsubscribe event (SendGrid ``unsubscribe``/``group_unsubscribe``) →
+  the same function, with the provider and event as its source;
 - auto-replies and anything else → recorded, nothing changed.
 
 A bounce or complaint must name one of our deliveries with a valid tag (VERP return path or
@@ -189,6 +192,9 @@ def _apply(
     if kind in (Kind.AUTO_REPLY, Kind.NOT_FEEDBACK):
         done.outcome = Outcome.IGNORED
         return
+    if kind is Kind.UNSUBSCRIBE and done.report.extra.get("provider"):
+        _provider_unsubscribe(session, settings, signer, raw, envelope, done, source)
+        return
     if kind is Kind.UNSUBSCRIBE:
         _unsubscribe(session, signer, done, source)
         return
@@ -264,7 +270,7 @@ def _count_soft(
     done.detail["soft_bounces"] = count
     if count >= settings.soft_bounce_limit:
         note = f"{count} soft bounces within {settings.soft_bounce_days} days"
-        _suppress(session, address_id, Reason.HARD_BOUNCE, f"{origin}:soft_bounces", note)
+        _suppress(session, address_id, Reason.REPEATED_SOFT_BOUNCE, f"{origin}:soft_bounces", note)
 
 
 def _unsubscribe(session: Session, signer: TokenSigner, done: Processed, source: str) -> None:
@@ -298,6 +304,45 @@ def _unsubscribe(session: Session, signer: TokenSigner, done: Processed, source:
     )
     done.outcome = Outcome.UNVERIFIED
     done.address_id = known.id
+
+
+def _provider_unsubscribe(
+    session: Session,
+    settings: Settings,
+    signer: TokenSigner,
+    raw: bytes,
+    envelope: tuple[str, ...],
+    done: Processed,
+    source: str,
+) -> None:
+    """A provider's signed event saying the person used the provider's own unsubscribe link.
+
+    The event's signature was verified at the door, so the provider vouches for the address;
+    it is applied to the delivery its tag names (our Message-ID echoed back) or, when the
+    event carries none, to the address it names if that is a contact of ours.
+    """
+    event = str(done.report.extra.get("event", "unsubscribe"))
+    origin = f"{source}:{event}"
+    hit = Hit(source=origin)
+    delivery = _matched_delivery(session, settings, signer, raw, envelope, done)
+    if delivery is not None:
+        address = session.get(Address, delivery.address_id)
+        campaign_id: int | None = delivery.campaign_id
+        done.delivery_id = delivery.id
+    else:
+        recipients = done.report.recipients
+        address = _known_address(session, recipients[0] if recipients else None)
+        campaign_id = None
+        if address is not None:
+            done.detail["matched_by"] = "event email"
+    if address is None:
+        done.outcome = Outcome.UNMATCHED
+        return
+    result = unsubscribe_address(
+        session, address, stop_queued=stop_queued, hit=hit, source=origin, campaign_id=campaign_id
+    )
+    done.outcome = Outcome.APPLIED
+    done.address_id, done.campaign_id = result.address_id, result.campaign_id
 
 
 def _known_address(session: Session, sender: str | None) -> Address | None:

@@ -205,4 +205,19 @@ def sendgrid_report(event: dict[str, Any]) -> tuple[str, Report, bytes]:
         return key, Report(kind, recipients, f"sendgrid {event.get('type', 'bounce')}"), evidence
     if name == "spamreport":
         return key, Report(Kind.COMPLAINT, recipients, "sendgrid spamreport"), evidence
+    if name in ("unsubscribe", "group_unsubscribe"):
+        # The person used SendGrid's own unsubscribe link (subscription tracking or an
+        # unsubscribe group): the same act as our link, through the one unsubscribe function.
+        report = Report(
+            Kind.UNSUBSCRIBE,
+            recipients,
+            f"sendgrid {name}",
+            extra={"provider": "sendgrid", "event": name},
+        )
+        return key, report, evidence
+    if name == "group_resubscribe":
+        # Only the person may opt back in, and only through our own pages, where the consent
+        # is recorded with its proof: a provider's word is not that proof.
+        why = "sendgrid group_resubscribe ignored: opting in is done only through our pages"
+        return key, Report(Kind.NOT_FEEDBACK, recipients, why), evidence
     return key, Report(Kind.NOT_FEEDBACK, (), f"sendgrid {name}"[:60]), evidence

@@ -20,13 +20,20 @@ from suppression.events import record_event
 
 @dataclass(frozen=True)
 class Rates:
+    """What came back about a campaign's sent messages (each counted once, at its worst)."""
+
     sent: int
     hard_bounces: int
     complaints: int
+    soft_bounces: int = 0
 
     @property
     def bounce_rate(self) -> float:
         return self.hard_bounces / self.sent if self.sent else 0.0
+
+    @property
+    def soft_bounce_rate(self) -> float:
+        return self.soft_bounces / self.sent if self.sent else 0.0
 
     @property
     def complaint_rate(self) -> float:
@@ -36,43 +43,110 @@ class Rates:
         return {
             "sent": self.sent,
             "hard_bounces": self.hard_bounces,
+            "soft_bounces": self.soft_bounces,
             "complaints": self.complaints,
             "bounce_rate": round(self.bounce_rate, 6),
+            "soft_bounce_rate": round(self.soft_bounce_rate, 6),
             "complaint_rate": round(self.complaint_rate, 6),
         }
 
 
+def campaigns_rates(session: Session, campaign_ids: list[int]) -> dict[int, Rates]:
+    """Rates of several campaigns in one grouped query (campaigns that sent nothing: zeros)."""
+    counts: dict[int, dict[str | None, int]] = {cid: {} for cid in campaign_ids}
+    if campaign_ids:
+        for campaign_id, feedback, count in session.execute(
+            select(Delivery.campaign_id, Delivery.feedback, func.count())
+            .where(
+                Delivery.campaign_id.in_(campaign_ids),
+                Delivery.status == DeliveryStatus.SENT,
+            )
+            .group_by(Delivery.campaign_id, Delivery.feedback)
+        ):
+            counts[campaign_id][feedback] = int(count)
+    return {
+        cid: Rates(
+            sent=sum(c.values()),
+            hard_bounces=c.get("hard_bounce", 0),
+            complaints=c.get("complaint", 0),
+            soft_bounces=c.get("soft_bounce", 0),
+        )
+        for cid, c in counts.items()
+    }
+
+
 def campaign_rates(session: Session, campaign_id: int) -> Rates:
-    counts = dict(
-        session.execute(
-            select(Delivery.feedback, func.count())
-            .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.SENT)
-            .group_by(Delivery.feedback)
-        ).all()
-    )
-    return Rates(
-        sent=sum(int(c) for c in counts.values()),
-        hard_bounces=int(counts.get("hard_bounce", 0)),
-        complaints=int(counts.get("complaint", 0)),
+    return campaigns_rates(session, [campaign_id])[campaign_id]
+
+
+@dataclass(frozen=True)
+class Breach:
+    """One rate past its pause threshold."""
+
+    what: str  # "complaint" or "hard-bounce"
+    rate: float
+    limit: float
+    count: int
+    sent: int
+
+    @property
+    def reason(self) -> str:
+        """As a paused campaign's status reason says it."""
+        return (
+            f"{self.what} rate {self.rate:.2%} is over {self.limit:.2%} "
+            f"({self.count} of {self.sent})"
+        )
+
+    @property
+    def short(self) -> str:
+        return f"{self.what} rate over {self.limit:.2%}"
+
+
+def breaches(rates: Rates, settings: Settings) -> list[Breach]:
+    """The rates past their pause thresholds, complaints first; none while fewer than
+    ``pause_min_sent`` messages have gone."""
+    if rates.sent < max(settings.pause_min_sent, 1):
+        return []
+    found = []
+    if rates.complaint_rate > settings.complaint_pause_rate:
+        found.append(
+            Breach(
+                "complaint",
+                rates.complaint_rate,
+                settings.complaint_pause_rate,
+                rates.complaints,
+                rates.sent,
+            )
+        )
+    if rates.bounce_rate > settings.bounce_pause_rate:
+        found.append(
+            Breach(
+                "hard-bounce",
+                rates.bounce_rate,
+                settings.bounce_pause_rate,
+                rates.hard_bounces,
+                rates.sent,
+            )
+        )
+    return found
+
+
+def over_threshold(rates: Rates, settings: Settings) -> str | None:
+    """Why these rates call for a pause (the first breach's reason), or None."""
+    found = breaches(rates, settings)
+    return found[0].reason if found else None
+
+
+def paused_for_rates(status: str, status_reason: str | None) -> bool:
+    """Whether a campaign is paused because :func:`pause_if_over` paused it."""
+    return status == CampaignStatus.PAUSED and (status_reason or "").startswith(
+        ("complaint rate ", "hard-bounce rate ")
     )
 
 
 def pause_if_over(session: Session, settings: Settings, campaign_id: int) -> str | None:
     """Pause a sending or scheduled campaign whose rates pass the thresholds; the reason."""
-    rates = campaign_rates(session, campaign_id)
-    if rates.sent < max(settings.pause_min_sent, 1):
-        return None
-    reason = None
-    if rates.complaint_rate > settings.complaint_pause_rate:
-        reason = (
-            f"complaint rate {rates.complaint_rate:.2%} is over "
-            f"{settings.complaint_pause_rate:.2%} ({rates.complaints} of {rates.sent})"
-        )
-    elif rates.bounce_rate > settings.bounce_pause_rate:
-        reason = (
-            f"hard-bounce rate {rates.bounce_rate:.2%} is over "
-            f"{settings.bounce_pause_rate:.2%} ({rates.hard_bounces} of {rates.sent})"
-        )
+    reason = over_threshold(campaign_rates(session, campaign_id), settings)
     if reason is None:
         return None
     campaign = session.scalar(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import mailbox
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -99,27 +102,86 @@ def poll_maildir(
 
 
 def poll_imap(
-    sessions: sessionmaker[Session], settings: Settings, signer: TokenSigner, url: str
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    signer: TokenSigner,
+    url: str,
+    *,
+    done_folder: str | None = None,
 ) -> Tally:
-    """Apply every unseen message of an IMAP mailbox (``imaps://user:password@host/box``,
-    TLS required), then flag it seen; same crash rule as :func:`poll_maildir`."""
-    from urllib.parse import unquote, urlsplit
+    """Apply the messages of an IMAP mailbox (``imaps://user:password@host[:port]/box``, TLS
+    with the certificate verified), moving each one, once applied, to ``done_folder``
+    (default ``inbound_imap_done_folder``; created when missing).
 
+    Everything still in the mailbox is unprocessed, so a person reading it (which marks
+    messages seen) loses nothing, and the mailbox does not grow with what was done. A
+    message is moved only after its transaction committed; a crash in between leaves it to
+    be read again, which its unique key turns into a duplicate. A connection, TLS, login or
+    folder problem raises :class:`InboundError` before anything is applied.
+    """
     from imapclient import IMAPClient
+    from imapclient.exceptions import IMAPClientError, LoginError
 
     parts = urlsplit(url)
     if parts.scheme != "imaps" or not parts.hostname:
         raise InboundError("inbound_imap_url must be imaps://user:password@host[:port]/mailbox")
+    host = f"{parts.hostname}:{parts.port or 993}"
+    folder = unquote(parts.path.lstrip("/")) or "INBOX"
+    target = done_folder if done_folder is not None else settings.inbound_imap_done_folder
+    if not target or target == folder:
+        raise InboundError(
+            "inbound_imap_done_folder must name a folder other than the one read "
+            f"({folder!r}): applied messages are moved there"
+        )
     tally = Tally()
-    with IMAPClient(parts.hostname, port=parts.port or 993, ssl=True, timeout=60) as client:
-        client.login(unquote(parts.username or ""), unquote(parts.password or ""))
-        client.select_folder(unquote(parts.path.lstrip("/")) or "INBOX")
-        for uid in client.search(["UNSEEN"])[:500]:
-            fetched = client.fetch([uid], ["RFC822.SIZE"])
-            if int(fetched[uid][b"RFC822.SIZE"]) > settings.inbound_max_bytes:
-                raw = client.fetch([uid], ["BODY.PEEK[HEADER]"])[uid][b"BODY[HEADER]"]
-            else:
-                raw = client.fetch([uid], ["BODY.PEEK[]"])[uid][b"BODY[]"]
-            tally.add(apply_raw(sessions, settings, signer, bytes(raw), source="imap"))
-            client.add_flags([uid], [b"\\Seen"])
+    step = "connecting to"
+    try:
+        with IMAPClient(parts.hostname, port=parts.port or 993, ssl=True, timeout=60) as client:
+            step = "logging in to"
+            client.login(unquote(parts.username or ""), unquote(parts.password or ""))
+            step = "opening the folders on"
+            if not client.folder_exists(target):
+                client.create_folder(target)
+            client.select_folder(folder)
+            step = "reading from"
+            for uid in client.search(["UNDELETED"])[:500]:
+                fetched = client.fetch([uid], ["RFC822.SIZE"])
+                if uid not in fetched:
+                    continue  # expunged by someone else meanwhile
+                if int(fetched[uid][b"RFC822.SIZE"]) > settings.inbound_max_bytes:
+                    raw = client.fetch([uid], ["BODY.PEEK[HEADER]"])[uid][b"BODY[HEADER]"]
+                else:
+                    raw = client.fetch([uid], ["BODY.PEEK[]"])[uid][b"BODY[]"]
+                tally.add(apply_raw(sessions, settings, signer, bytes(raw), source="imap"))
+                _move(client, uid, target)
+    except LoginError:
+        raise InboundError(
+            f"IMAP {host}: the user name or password in inbound_imap_url was refused"
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise InboundError(
+            f"IMAP {host}: TLS failed (certificate verify failed: {exc.verify_message}); "
+            "nothing was read. A server certified by a private CA is trusted through "
+            "SSL_CERT_FILE"
+        ) from None
+    except ssl.SSLError as exc:
+        raise InboundError(
+            f"IMAP {host}: TLS failed ({exc.reason or exc}: does this port speak TLS from the "
+            "start, as imaps on 993 does?); nothing was read"
+        ) from None
+    except (IMAPClientError, OSError) as exc:
+        raise InboundError(f"IMAP {host}: failed while {step} the server: {exc}") from None
     return tally
+
+
+def _move(client: Any, uid: int, folder: str) -> None:
+    """Move one message: MOVE (RFC 6851) where offered, else copy, delete, expunge."""
+    if client.has_capability("MOVE"):
+        client.move([uid], folder)
+        return
+    client.copy([uid], folder)
+    client.add_flags([uid], [b"\\Deleted"], silent=True)
+    if client.has_capability("UIDPLUS"):
+        client.uid_expunge([uid])
+    else:
+        client.expunge()

@@ -170,12 +170,15 @@ def report(session: Session, k: int) -> dict[str, Any]:
     feedback = dict(
         session.execute(
             select(Delivery.feedback, func.count())
-            .where(Delivery.feedback.in_(["hard_bounce", "complaint"]))
+            .where(Delivery.feedback.in_(["hard_bounce", "soft_bounce", "complaint"]))
             .group_by(Delivery.feedback)
         ).all()
     )
-    bounces, complaints = (int(feedback.get(f, 0)) for f in ("hard_bounce", "complaint"))
+    bounces, softs, complaints = (
+        int(feedback.get(f, 0)) for f in ("hard_bounce", "soft_bounce", "complaint")
+    )
     hard_bounces = None if 0 < bounces < k else bounces
+    soft_bounces = None if 0 < softs < k else softs
     complained = None if 0 < complaints < k else complaints
     summary: dict[str, Any] = {"contacts": contacts}
     summary.update({c.outcome: c.count for c in consent})
@@ -188,6 +191,8 @@ def report(session: Session, k: int) -> dict[str, Any]:
             "unsubscribe_rate_per_message": _rate(unsubscribes, sent) if sent else None,
             "hard_bounces": hard_bounces,
             "hard_bounce_rate_per_message": _rate(hard_bounces, sent) if sent else None,
+            "soft_bounces": soft_bounces,
+            "soft_bounce_rate_per_message": _rate(soft_bounces, sent) if sent else None,
             "complaints": complained,
             "complaint_rate_per_message": _rate(complained, sent) if sent else None,
             "min_cell": k,

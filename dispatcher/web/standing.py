@@ -25,6 +25,8 @@ STAFF_REASONS = {
     "complaint": "a complaint about our e-mail was reported from this address (for example "
     "with a “report spam” button)",
     "hard_bounce": "e-mail to this address was returned as undeliverable",
+    "repeated_soft_bounce": "e-mail to this address was returned again and again (for "
+    "example because the mailbox was full)",
     "postal_request": "we received a request by post to stop writing to this address",
     "legal": "of a legal request",
     "manual": "our staff stopped e-mail to this address on request",

@@ -118,6 +118,7 @@ def test_unsubscribe_resubscribe_and_preferences_by_clicking(
     ("reason", "why"),
     [
         (Reason.HARD_BOUNCE, "returned as undeliverable"),
+        (Reason.REPEATED_SOFT_BOUNCE, "returned again and again"),
         (Reason.COMPLAINT, "a complaint about our e-mail was reported"),
     ],
 )

@@ -53,6 +53,7 @@ def test_lifted_suppression_no_longer_blocks(session: Session) -> None:
     [
         (Reason.UNSUBSCRIBE, False),
         (Reason.HARD_BOUNCE, True),
+        (Reason.REPEATED_SOFT_BOUNCE, True),
         (Reason.COMPLAINT, True),
         (Reason.POSTAL_REQUEST, True),
         (Reason.LEGAL, True),

@@ -180,7 +180,10 @@ def test_soft_bounces_suppress_at_the_limit(
         process(session, settings, signer, dsn(verp, "f@x", "4.2.0", f"<s{n}@mx>", "delayed"))
         assert suppressions(session) == 0
     process(session, settings, signer, dsn(verp, "f@x", "4.2.0", "<s3@mx>", "delayed"))
-    assert suppressions(session, "hard_bounce") == 1
+    # Their own reason, not hard_bounce: the mailbox may work again, and staff can tell.
+    assert suppressions(session, "repeated_soft_bounce") == 1
+    assert suppressions(session, "hard_bounce") == 0
+    assert delivery.feedback == "soft_bounce"
 
 
 def test_mailto_unsubscribe_with_our_token_opts_out_and_stops_queued_mail(
@@ -283,3 +286,36 @@ def test_unparsed_input_is_recorded_with_its_raw_bytes_bounded(
     row = session.scalars(select(InboundMessage)).one()
     assert done.outcome == "unparsed"
     assert row.raw is not None and len(row.raw) == 1000 and row.raw_size == len(raw)
+
+
+def test_a_repeated_soft_bounce_is_lifted_by_staff_and_not_by_the_recipient(
+    session: Session, settings: Settings, signer: TokenSigner
+) -> None:
+    from dispatcher.contacts.suppress import lift_address
+    from dispatcher.privacy.access import person_record
+    from suppression.events import Hit
+    from suppression.unsubscribe import CannotResubscribe, resubscribe
+
+    settings = settings.replace(soft_bounce_limit=1)
+    campaign = sent_campaign(session, "full@example.org")
+    delivery = delivery_of(session, campaign, "full@example.org")
+    verp = returnpath.verp_address(signer, settings.return_path, delivery.id)
+    process(session, settings, signer, dsn(verp, "f@x", "4.2.2", "<q1@mx>", "delayed"))
+
+    with pytest.raises(CannotResubscribe, match="repeated soft bounce"):
+        resubscribe(session, delivery.address_id, hit=Hit())
+    assert suppressions(session, "repeated_soft_bounce") == 1
+    # The person's data export names it as it is.
+    held = person_record(session, "full@example.org", actor="admin")["suppressions"]
+    assert [(s["reason"], s["source"]) for s in held] == [
+        ("repeated_soft_bounce", "inbound:test:soft_bounces")
+    ]
+
+    lifted = lift_address(
+        session,
+        "full@example.org",
+        why="mailbox emptied",
+        actor="admin",
+        only="repeated_soft_bounce",
+    )
+    assert lifted == 1 and suppressions(session) == 0

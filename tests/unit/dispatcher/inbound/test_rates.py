@@ -45,4 +45,5 @@ def test_hard_bounces_past_the_threshold_pause_and_campaign_status_says_why(
         paused = "paused: hard-bounce rate 10.00% is over 5.00% (2 of 20)" in result.stdout
         assert paused == (n == 1), result.stdout
     assert "hard bounces                   2  (10.00% of sent)" in result.stdout
+    assert "soft bounces                   0  (0.00% of sent)" in result.stdout
     assert "complaints                     0  (0.00% of sent)" in result.stdout

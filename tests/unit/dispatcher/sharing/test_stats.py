@@ -142,7 +142,10 @@ def test_bounce_and_complaint_totals_and_rates_with_small_ones_withheld(session:
         delivery.feedback = "hard_bounce"
     for delivery in rows[6:8]:
         delivery.feedback = "complaint"
+    for delivery in rows[8:13]:
+        delivery.feedback = "soft_bounce"
     session.flush()
     summary = report(session, 5)["summary"]
     assert (summary["hard_bounces"], summary["hard_bounce_rate_per_message"]) == (6, 0.3)
+    assert (summary["soft_bounces"], summary["soft_bounce_rate_per_message"]) == (5, 0.25)
     assert (summary["complaints"], summary["complaint_rate_per_message"]) == (None, None)

@@ -24,7 +24,7 @@ from dispatcher.inbound import returnpath
 from dispatcher.models import InboundMessage
 from dispatcher.settings import Settings
 from dispatcher.web import create_app
-from suppression.models import Suppression
+from suppression.models import Address, ConsentState, Event, Suppression
 from suppression.tokens import TokenSigner
 from tests.unit.dispatcher.inbound.test_apply import delivery_of, sent_campaign
 
@@ -258,3 +258,133 @@ def test_a_signed_subscription_confirmation_is_confirmed_and_a_forged_one_is_not
     bad = client.post("/inbound/ses", data=json.dumps({**forged, "Signature": signature.decode()}))
     assert (good.status_code, bad.status_code) == (200, 403)
     assert visited == [url]
+
+
+def unsubscribe_state(sessions: sessionmaker[Session], address: str) -> tuple[list[str], str]:
+    """(source of each active suppression, marketing consent) of ``address``."""
+    with session_scope(sessions) as session:
+        found = session.scalars(select(Address).where(Address.address == address)).one()
+        sources = list(
+            session.scalars(
+                select(Suppression.source).where(
+                    Suppression.address_id == found.id,
+                    Suppression.lifted_at.is_(None),
+                    Suppression.reason == "unsubscribe",
+                    Suppression.scope == "marketing",
+                )
+            )
+        )
+        state = session.get(ConsentState, (found.id, "marketing"))
+        return sources, state.status if state else "none"
+
+
+def test_sendgrid_unsubscribe_event_goes_through_the_one_unsubscribe_function(
+    app: Flask, our_message: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    # As SendGrid posts it when the person clicks its subscription-tracking link.
+    event = {
+        "email": "gone@example.org",
+        "timestamp": int(time.time()),
+        "smtp-id": our_message["message_id"],
+        "event": "unsubscribe",
+        "category": ["newsletter"],
+        "sg_event_id": "sg-unsub-1",
+        "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+    }
+    assert sendgrid_post(app, [event]).status_code == 200
+    assert sendgrid_post(app, [event]).status_code == 200  # redelivered: nothing more
+
+    assert unsubscribe_state(session_factory, "gone@example.org") == (
+        ["sendgrid:unsubscribe"],
+        "opted_out",
+    )
+    with session_scope(session_factory) as session:
+        row = session.scalars(select(InboundMessage)).one()
+        assert (row.kind, row.outcome) == ("unsubscribe", "applied")
+        assert row.campaign_id is not None and row.delivery_id is not None
+        audited = [
+            (e.outcome, e.detail["source"])
+            for e in session.scalars(select(Event).where(Event.kind == "unsubscribed"))
+        ]
+    assert audited == [("suppressed", "sendgrid:unsubscribe")]
+
+
+def test_sendgrid_group_unsubscribe_without_our_id_applies_to_a_known_contact_only(
+    app: Flask, our_message: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    def group(email: str, event_id: str) -> dict[str, object]:
+        return {
+            "email": email,
+            "timestamp": int(time.time()),
+            "event": "group_unsubscribe",
+            "asm_group_id": 42,
+            "useragent": "Mozilla/5.0",
+            "ip": "198.51.100.7",
+            "url": "https://u123.ct.sendgrid.net/asm/unsubscribe/?user_id=1",
+            "sg_event_id": event_id,
+            "sg_message_id": "abc.filter0001",
+        }
+
+    response = sendgrid_post(
+        app, [group("Gone@Example.org", "sg-g-1"), group("stranger@example.net", "sg-g-2")]
+    )
+
+    assert response.status_code == 200
+    assert unsubscribe_state(session_factory, "gone@example.org") == (
+        ["sendgrid:group_unsubscribe"],
+        "opted_out",
+    )
+    assert counts(session_factory) == (1, {"applied": 1, "unmatched": 1})
+
+
+def test_sendgrid_group_resubscribe_is_recorded_and_opts_nobody_in(
+    app: Flask, our_message: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    base = {"email": "gone@example.org", "asm_group_id": 42, "smtp-id": our_message["message_id"]}
+    sendgrid_post(app, [{**base, "event": "group_unsubscribe", "sg_event_id": "sg-g-3"}])
+
+    response = sendgrid_post(app, [{**base, "event": "group_resubscribe", "sg_event_id": "sg-r"}])
+
+    assert response.status_code == 200
+    assert unsubscribe_state(session_factory, "gone@example.org") == (
+        ["sendgrid:group_unsubscribe"],
+        "opted_out",
+    )
+    with session_scope(session_factory) as session:
+        row = session.scalars(
+            select(InboundMessage).where(InboundMessage.key == "sendgrid:sg-r")
+        ).one()
+        assert row.outcome == "ignored"
+        assert "only through our pages" in row.detail["why"]
+
+
+def test_a_signed_ses_complaint_suppresses_as_complaint_and_not_spam_changes_nothing(
+    app: Flask, our_message: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    def complaint(feedback_type: str) -> dict[str, object]:
+        return {
+            "notificationType": "Complaint",
+            "complaint": {
+                "complainedRecipients": [{"emailAddress": "gone@example.org"}],
+                "complaintFeedbackType": feedback_type,
+                "feedbackId": f"fb-{feedback_type}",
+            },
+            "mail": {
+                "source": our_message["source"],
+                "commonHeaders": {"messageId": our_message["message_id"]},
+            },
+        }
+
+    client = app.test_client()
+    assert (
+        client.post("/inbound/ses", data=sns(complaint("not-spam"), MessageId="c-0")).status_code
+        == 200
+    )
+    assert counts(session_factory) == (0, {"ignored": 1})
+    assert (
+        client.post("/inbound/ses", data=sns(complaint("abuse"), MessageId="c-1")).status_code
+        == 200
+    )
+    with session_scope(session_factory) as session:
+        reasons = list(session.scalars(select(Suppression.reason)))
+    assert reasons == ["complaint"]
