@@ -116,6 +116,9 @@ class Campaign(Base):
     # campaign's content is the folder ``template`` names.
     content_id: Mapped[int | None] = mapped_column(ForeignKey("campaign_contents.id"))
     content: Mapped[CampaignContent | None] = relationship(foreign_keys=[content_id], lazy="joined")
+    # Fan-out publishes batches in a bounded window (dispatcher/campaigns/fanout.py): every
+    # delivery id up to this one has been published as a batch. None: none yet.
+    published_through: Mapped[int | None] = mapped_column(BigId)
 
 
 class CampaignContent(Base):
