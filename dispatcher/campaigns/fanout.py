@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import Integer, func, literal, select, update
+from sqlalchemy import Integer, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.campaigns.audience import audience_filter
 from dispatcher.campaigns.lifecycle import finish_if_done, start_if_due
 from dispatcher.db import session_scope
-from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
+from dispatcher.models import (
+    Campaign,
+    CampaignStatus,
+    Contact,
+    Delivery,
+    DeliveryStatus,
+    PublishedBatch,
+)
 from suppression.events import record_event
 from suppression.models import utcnow
 from suppression.sql import insert_for
@@ -95,6 +102,7 @@ def fan_out(
         added = create_deliveries(session, campaign)
         record_event(session, "campaign_fanned_out", campaign_id=campaign_id, added=added)
         campaign.published_through = None  # publish from the first queued row
+        session.execute(delete(PublishedBatch).where(PublishedBatch.campaign_id == campaign_id))
     if window is None:
         batches = _all_batches(sessions, campaign_id, batch_size)
         if batches:
@@ -162,8 +170,9 @@ def refill(
     in the broker, and advance the campaign's published mark past them (committed before
     this returns: publish after it, never before).
 
-    Waiting batches are counted from the rows: queued rows at or below the mark (a batch
-    taken by a worker has its rows ``sending`` or final). Called at the end of every batch
+    Waiting batches are read from the rows: a published batch (``published_batches``) still
+    waits while any of its rows is queued — one index probe per batch, whatever the size of
+    the campaign; one that does not is dropped from the list. Called at the end of every batch
     and by beat (a refill lost to a crash is redone there). Two callers at once cannot
     publish the same rows: the mark moves by compare-and-set, and the one that loses looks
     again. Nothing is published unless the campaign is ``sending``.
@@ -178,20 +187,24 @@ def refill(
             if state is None or state[0] != CampaignStatus.SENDING:
                 return []
             mark = state[1]
-            waiting = 0
-            if mark is not None:
-                waiting_rows = (
-                    select(literal(1))
-                    .where(
-                        Delivery.campaign_id == campaign_id,
-                        Delivery.status == DeliveryStatus.QUEUED,
-                        Delivery.id <= mark,
-                    )
-                    .limit(window * batch_size)
-                    .subquery()
+            queued_in_batch = (
+                select(Delivery.id)
+                .where(
+                    Delivery.campaign_id == campaign_id,
+                    Delivery.status == DeliveryStatus.QUEUED,
+                    Delivery.id.between(PublishedBatch.first_id, PublishedBatch.last_id),
                 )
-                waiting = int(session.scalar(select(func.count()).select_from(waiting_rows)) or 0)
-            free = window - -(-waiting // batch_size)
+                .exists()
+            )
+            session.execute(
+                delete(PublishedBatch).where(
+                    PublishedBatch.campaign_id == campaign_id, ~queued_in_batch
+                )
+            )
+            waiting = session.scalar(
+                select(func.count()).where(PublishedBatch.campaign_id == campaign_id)
+            )
+            free = window - int(waiting or 0)
             if free <= 0:
                 return []
             batches = _cut(session, campaign_id, batch_size, after=mark, batches=free)
@@ -208,6 +221,13 @@ def refill(
                 .values(published_through=batches[-1][1])
             )
             if moved.rowcount:  # type: ignore[attr-defined]
+                session.execute(
+                    insert(PublishedBatch),
+                    [
+                        {"campaign_id": campaign_id, "first_id": first, "last_id": last}
+                        for first, last in batches
+                    ],
+                )
                 return batches
     return []  # others moved the mark each time: they publish; beat tops up what is left
 
