@@ -143,6 +143,12 @@ def report_fan_out(sizes: list[int], workdir: Path) -> None:
             + " | ".join(fan["claim_plan_scans"])
         )
         say(f"  window refill (each finished batch runs one): {fan['refill_ms']:.1f} ms")
+        slow = fan["refill_slowest"]
+        if slow:
+            say(
+                f"    slowest refill statement {slow['ms']:.1f} ms: {slow['statement']} ...; "
+                "plan: " + " | ".join(slow["plan"])
+            )
     if len(claims) > 1:
         small, large = min(claims), max(claims)
         growth = claims[large] / claims[small]

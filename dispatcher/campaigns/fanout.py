@@ -187,24 +187,37 @@ def refill(
             if state is None or state[0] != CampaignStatus.SENDING:
                 return []
             mark = state[1]
-            queued_in_batch = (
+            # A correlated scalar subquery is run once per batch with the batch's bounds as
+            # parameters, so they are index conditions whatever the planner believes about
+            # a table the fan-out has just filled (as an anti-join they were a filter, and
+            # every probe read all the campaign's queued rows: ~1 s at 20,000 rows).
+            first_queued = (
                 select(Delivery.id)
                 .where(
                     Delivery.campaign_id == campaign_id,
                     Delivery.status == DeliveryStatus.QUEUED,
-                    Delivery.id.between(PublishedBatch.first_id, PublishedBatch.last_id),
+                    Delivery.id >= PublishedBatch.first_id,
+                    Delivery.id <= PublishedBatch.last_id,
                 )
-                .exists()
+                .order_by(Delivery.id)
+                .limit(1)
+                .scalar_subquery()
             )
-            session.execute(
-                delete(PublishedBatch).where(
-                    PublishedBatch.campaign_id == campaign_id, ~queued_in_batch
+            published = session.execute(
+                select(PublishedBatch.first_id, first_queued).where(
+                    PublishedBatch.campaign_id == campaign_id
                 )
-            )
-            waiting = session.scalar(
-                select(func.count()).where(PublishedBatch.campaign_id == campaign_id)
-            )
-            free = window - int(waiting or 0)
+            ).all()
+            finished = [first for first, queued in published if queued is None]
+            if finished:
+                session.execute(
+                    delete(PublishedBatch).where(
+                        PublishedBatch.campaign_id == campaign_id,
+                        PublishedBatch.first_id.in_(finished),
+                    )
+                )
+            waiting = len(published) - len(finished)
+            free = window - waiting
             if free <= 0:
                 return []
             batches = _cut(session, campaign_id, batch_size, after=mark, batches=free)
