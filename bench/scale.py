@@ -37,7 +37,7 @@ from bench.common import (  # noqa: E402
     settings_from,
     status_kb,
 )
-from dispatcher.campaigns.fanout import fan_out  # noqa: E402
+from dispatcher.campaigns.fanout import fan_out, refill  # noqa: E402
 from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade  # noqa: E402
 from dispatcher.models import Campaign  # noqa: E402
 from dispatcher.sending.batch import claim_batch, send_batch  # noqa: E402
@@ -246,18 +246,56 @@ def fan_out_million(recipients: int, workdir: Path) -> dict[str, Any]:
                 text("SELECT min(id), max(id) FROM deliveries WHERE campaign_id = :c"),
                 {"c": campaign_id},
             ).one()
+            database_mb = conn.execute(
+                text("SELECT pg_database_size(current_database()) / 1048576.0")
+            ).scalar_one()
         middle = (int(rows[0]) + int(rows[1])) // 2
         batches = [(middle + i * 500, middle + i * 500 + 499) for i in range(5)]
+        # Refills first: the claims below take rows that may lie in the published window.
+        refills = _refill_costs(engine, campaign_id, settings.batch_size, settings.batch_window)
         statement_share, whole, plan = _claim_costs(engine, campaign_id, batches)
         engine.dispose()
     report.update(
+        refill_ms=statistics.median(refills),
+        refill_slowest=dict(REFILL_SLOWEST),
         populate_s=populated,
+        database_mb=float(database_mb),
         rabbitmq_rss_mb=(rabbit_before, rabbit_after),
         claim_ms_per_recipient=1000 * statistics.median(statement_share),
         claim_batch_ms_per_recipient=1000 * statistics.median(whole),
         claim_plan_scans=scans(plan),
     )
     return report
+
+
+def _refill_costs(engine: Engine, campaign_id: int, batch_size: int, window: int) -> list[float]:
+    """Time of one window refill that publishes one batch, in a table this large (the
+    statements every finished batch runs); the window is widened by one each time so that
+    each call has a batch to cut."""
+    sessions = make_sessionmaker(engine)
+    costs = []
+    slowest: tuple[float, str, Any] = (0.0, "", None)
+    for extra in range(1, 6):
+        with statement_log(engine) as log:
+            began = time.perf_counter()
+            published = refill(sessions, campaign_id, batch_size, window + extra)
+            costs.append(1000 * (time.perf_counter() - began))
+        assert len(published) == 1, published
+        for sql, params, seconds in log:
+            if seconds * 1000 > slowest[0]:
+                slowest = (seconds * 1000, sql, params)
+    ms, sql, params = slowest
+    plan = (
+        scans(explain(engine, sql, params))
+        if sql.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE", "WITH"))
+        else []
+    )
+    REFILL_SLOWEST.update(ms=ms, statement=" ".join(sql.split())[:70], plan=plan)
+    return costs
+
+
+# The slowest statement of the refills timed last, for the report (ms, statement, plan).
+REFILL_SLOWEST: dict[str, Any] = {}
 
 
 def _fan_out_child(campaign_id: int) -> None:

@@ -6,14 +6,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.settings import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
 
@@ -70,6 +71,10 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def alembic_config(database_url: str) -> Config:
+    # Imported here: a worker never migrates, and Alembic (with Mako and Pygments) is ~11 MB
+    # of every worker process's memory.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
@@ -78,4 +83,6 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
     """Create or migrate the schema with Alembic."""
+    from alembic import command
+
     command.upgrade(alembic_config(settings.database_url), revision)

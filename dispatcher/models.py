@@ -36,6 +36,7 @@ __all__ = [
     "DeliveryStatus",
     "Heartbeat",
     "InboundMessage",
+    "PublishedBatch",
     "RateLimit",
     "RequestLimit",
     "SignupRequest",
@@ -116,6 +117,9 @@ class Campaign(Base):
     # campaign's content is the folder ``template`` names.
     content_id: Mapped[int | None] = mapped_column(ForeignKey("campaign_contents.id"))
     content: Mapped[CampaignContent | None] = relationship(foreign_keys=[content_id], lazy="joined")
+    # Fan-out publishes batches in a bounded window (dispatcher/campaigns/fanout.py): every
+    # delivery id up to this one has been published as a batch. None: none yet.
+    published_through: Mapped[int | None] = mapped_column(BigId)
 
 
 class CampaignContent(Base):
@@ -255,6 +259,18 @@ class Delivery(Base):
     def lease_seen_at(cls) -> Any:
         """The last sign of life of the row's claim: its renewal, or the claim itself."""
         return func.coalesce(cls.renewed_at, cls.claimed_at)
+
+
+class PublishedBatch(Base):
+    """A batch of a campaign published to the broker and not yet seen finished: the window
+    of fan-out (dispatcher/campaigns/fanout.py). Its rows say whether it still waits, so a
+    row here that outlived its batch (a crash) is simply dropped at the next refill."""
+
+    __tablename__ = "published_batches"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    first_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigId)
 
 
 class RateLimit(Base):

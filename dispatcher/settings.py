@@ -43,6 +43,9 @@ class Settings:
     policy_version: str = "2016-01-06"
     templates_dir: Path = DEFAULT_TEMPLATES
     batch_size: int = 200
+    # Batches of one campaign waiting in the broker at most; refilled as batches finish.
+    # Keep it above twice the worker processes of the whole fleet, so none waits for work.
+    batch_window: int = 64
     beat_interval_seconds: float = 5.0
     smtp_timeout_seconds: float = 30.0
     # A claimed row whose sender has not renewed its claim for this long is presumed dead
@@ -146,6 +149,7 @@ class Settings:
 
 _INT_FIELDS = {
     "batch_size",
+    "batch_window",
     "stats_min_cell",
     "signup_ip_limit",
     "trusted_proxies",
@@ -210,6 +214,7 @@ _RESERVED_FIELDS = {"email", "marketing", "affiliates", "csrf", "comment"}
 # Allowed range of each number: (lowest, highest, whether the lowest itself is allowed).
 _RANGES: dict[str, tuple[float, float, bool]] = {
     "batch_size": (1, 100_000, True),
+    "batch_window": (1, 100_000, True),
     "stats_min_cell": (1, 1_000, True),
     "beat_interval_seconds": (0, 3_600, False),
     "smtp_timeout_seconds": (0, 3_600, False),

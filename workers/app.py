@@ -63,6 +63,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "workers.tasks.start_due_campaigns",
                 "schedule": settings.beat_interval_seconds,
             },
+            "refill-batch-windows": {
+                "task": "workers.tasks.refill_windows",
+                "schedule": settings.beat_interval_seconds,
+            },
             "recover-stalled-campaigns": {
                 "task": "workers.tasks.recover_stalled",
                 "schedule": max(1.0, min(30.0, settings.claim_lease_seconds / 2)),

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import make_engine, make_sessionmaker
+from dispatcher.sending.transports import close_idle_transports, forget_idle_transports
 from dispatcher.settings import Settings, load_settings
 from suppression.tokens import TokenSigner
 
@@ -47,6 +48,14 @@ def runtime() -> Runtime:
 @worker_process_init.connect
 def _forget_parent_connections(**_: object) -> None:
     global _runtime
+    forget_idle_transports()
     if _runtime is not None:
         _runtime.engine.dispose(close=False)
         _runtime = None
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _close_mail_connections(**_: object) -> None:
+    """SMTP connections kept between batches say QUIT when the process ends."""
+    close_idle_transports()

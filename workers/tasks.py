@@ -1,21 +1,29 @@
-"""Celery tasks. Each receives ids, calls one service function, and is safe to run twice."""
+"""Celery tasks. Each receives ids, calls one service function, and is safe to run twice.
+
+The hourly and inbound tasks import their services when they run: a pool process that only
+sends does not carry the inbound parsers, retention and signup code in its memory.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from dispatcher.campaigns.fanout import campaign_purpose, due_campaigns, fan_out
+from dispatcher.campaigns.fanout import (
+    campaign_purpose,
+    due_campaigns,
+    fan_out,
+    refill,
+    sending_campaigns,
+)
 from dispatcher.campaigns.problems import FAN_OUT, SEND_BATCH, START, recording_errors
 from dispatcher.campaigns.recovery import stalled_campaigns
 from dispatcher.db import session_scope
-from dispatcher.inbound.sources import poll_imap, poll_maildir
-from dispatcher.privacy.retention import apply_retention
 from dispatcher.sending.batch import describe, send_batch
 from dispatcher.sending.transports import TransientSendError
-from dispatcher.signup.services import prune as signup_prune
 from suppression.audit import seal_events
 from workers.app import app, queue_for
 from workers.runtime import runtime
@@ -44,21 +52,44 @@ def start_due_campaigns() -> list[int]:
     max_retries=20,
 )
 def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
-    """Create the campaign's delivery rows, then publish one ``send_batch`` per batch.
+    """Create the campaign's delivery rows, then publish the first window of ``send_batch``
+    tasks (the batches themselves, and beat, publish the rest as they finish).
 
     ``fan_out`` commits the rows before yielding the first batch (enqueue after commit).
     """
     rt = runtime()
     count = 0
     with recording_errors(rt.sessions, campaign_id, FAN_OUT, resolves=(START,)):
-        with session_scope(rt.sessions) as session:
-            purpose = campaign_purpose(session, campaign_id)
-        queue = queue_for(app.conf.task_default_queue, purpose)
-        batches = fan_out(rt.sessions, campaign_id, rt.settings.batch_size, resume=resume)
-        for first_id, last_id in batches:
-            send_batch_task.apply_async((campaign_id, first_id, last_id), queue=queue)
-            count += 1
+        batches = fan_out(
+            rt.sessions,
+            campaign_id,
+            rt.settings.batch_size,
+            window=rt.settings.batch_window,
+            resume=resume,
+        )
+        count = _publish(campaign_id, batches)
     return count
+
+
+def _publish(campaign_id: int, batches: Iterable[tuple[int, int]]) -> int:
+    """One ``send_batch`` per batch, on the queue of the campaign's purpose."""
+    count = 0
+    queue = None
+    for first_id, last_id in batches:
+        if queue is None:
+            with session_scope(runtime().sessions) as session:
+                purpose = campaign_purpose(session, campaign_id)
+            queue = queue_for(app.conf.task_default_queue, purpose)
+        send_batch_task.apply_async((campaign_id, first_id, last_id), queue=queue)
+        count += 1
+    return count
+
+
+def _refill(campaign_id: int) -> int:
+    """Top up the campaign's window of published batches; returns how many were added."""
+    rt = runtime()
+    batches = refill(rt.sessions, campaign_id, rt.settings.batch_size, rt.settings.batch_window)
+    return _publish(campaign_id, batches)
 
 
 @app.task(
@@ -71,9 +102,29 @@ def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
 )
 def send_batch_task(campaign_id: int, first_id: int, last_id: int) -> dict[str, int]:
     rt = runtime()
-    with recording_errors(rt.sessions, campaign_id, SEND_BATCH, first_id, last_id):
-        result = send_batch(rt.settings, rt.sessions, rt.signer, campaign_id, first_id, last_id)
+    try:
+        with recording_errors(rt.sessions, campaign_id, SEND_BATCH, first_id, last_id):
+            result = send_batch(rt.settings, rt.sessions, rt.signer, campaign_id, first_id, last_id)
+    finally:
+        # This batch left the broker: publish the next one(s). Beat redoes a refill lost
+        # here (database away, worker killed).
+        try:
+            _refill(campaign_id)
+        except Exception:  # noqa: BLE001 — the batch's own outcome must not be masked
+            log.warning(
+                "campaign %s: refilling its batch window failed", campaign_id, exc_info=True
+            )
     return describe(result)
+
+
+@app.task(name="workers.tasks.refill_windows")
+def refill_windows() -> int:
+    """Beat: top up every sending campaign's window of published batches (the safety net
+    for a refill a batch could not make)."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        campaigns = sending_campaigns(session)
+    return sum(_refill(campaign_id) for campaign_id in campaigns)
 
 
 @app.task(name="workers.tasks.recover_stalled")
@@ -101,6 +152,8 @@ def seal_audit() -> int:
 @app.task(name="workers.tasks.apply_retention")
 def apply_retention_task() -> dict[str, int]:
     """Beat: remove personal data past its retention window."""
+    from dispatcher.privacy.retention import apply_retention
+
     rt = runtime()
     with session_scope(rt.sessions) as session:
         return apply_retention(session, rt.settings).as_dict()
@@ -109,6 +162,8 @@ def apply_retention_task() -> dict[str, int]:
 @app.task(name="workers.tasks.prune_signups")
 def prune_signups() -> tuple[int, int]:
     """Beat, hourly: forget unconfirmed signups whose link expired, and spent counters."""
+    from dispatcher.signup.services import prune as signup_prune
+
     rt = runtime()
     with session_scope(rt.sessions) as session:
         return signup_prune(session, rt.settings)
@@ -118,6 +173,8 @@ def prune_signups() -> tuple[int, int]:
 def read_inbound_mailboxes() -> dict[str, int]:
     """Beat: apply what arrived in the configured maildir and IMAP mailbox. Safe to run
     twice: each message is recorded once under its Message-ID."""
+    from dispatcher.inbound.sources import poll_imap, poll_maildir
+
     rt = runtime()
     counts: dict[str, int] = {}
     if rt.settings.inbound_maildir:

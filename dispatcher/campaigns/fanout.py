@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import Integer, func, literal, select
+from sqlalchemy import Integer, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.campaigns.audience import audience_filter
 from dispatcher.campaigns.lifecycle import finish_if_done, start_if_due
 from dispatcher.db import session_scope
-from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
+from dispatcher.models import (
+    Campaign,
+    CampaignStatus,
+    Contact,
+    Delivery,
+    DeliveryStatus,
+    PublishedBatch,
+)
 from suppression.events import record_event
 from suppression.models import utcnow
 from suppression.sql import insert_for
@@ -64,16 +71,26 @@ def create_deliveries(session: Session, campaign: Campaign) -> int:
 
 
 def fan_out(
-    sessions: sessionmaker[Session], campaign_id: int, batch_size: int, *, resume: bool = False
+    sessions: sessionmaker[Session],
+    campaign_id: int,
+    batch_size: int,
+    *,
+    window: int | None = None,
+    resume: bool = False,
 ) -> Iterator[tuple[int, int]]:
-    """Start a due campaign and yield ``(first_id, last_id)`` of each batch of queued rows.
+    """Start a due campaign and yield ``(first_id, last_id)`` of the batches to publish now.
 
     The delivery rows are committed before the first batch is yielded, so a task published for
-    a batch always finds its rows. The boundaries come from one statement; this process holds
-    one pair of ids per batch (2,000 pairs for a million recipients). Safe to run again: rows
-    are not duplicated, and a batch published twice is claimed once. Only the call that
-    started the campaign publishes its batches, unless ``resume`` (recovery of a campaign
-    whose tasks were lost) says otherwise.
+    a batch always finds its rows. With ``window``, only that many batches are yielded; the
+    rest are published by :func:`refill` as batches finish, so the broker holds a bounded
+    number of tasks per campaign whatever its size. Without it, every batch is yielded (in
+    ONE statement; this process holds one pair of ids per batch).
+
+    Safe to run again: rows are not duplicated, and a batch published twice is claimed once.
+    Only the call that started the campaign publishes, unless ``resume`` (recovery of a
+    campaign whose tasks were lost) says otherwise; either way publishing starts again from
+    the first queued row, since tasks for rows still queued may have been lost (a paused
+    campaign's batches ran and claimed nothing).
     """
     with session_scope(sessions) as session:
         started = start_if_due(session, campaign_id)
@@ -84,29 +101,152 @@ def fan_out(
             return
         added = create_deliveries(session, campaign)
         record_event(session, "campaign_fanned_out", campaign_id=campaign_id, added=added)
+        campaign.published_through = None  # publish from the first queued row
+        session.execute(delete(PublishedBatch).where(PublishedBatch.campaign_id == campaign_id))
+    if window is None:
+        batches = _all_batches(sessions, campaign_id, batch_size)
+        if batches:
+            with session_scope(sessions) as session:
+                session.execute(
+                    update(Campaign)
+                    .where(Campaign.id == campaign_id)
+                    .values(published_through=batches[-1][1])
+                )
+        yield from batches
+    else:
+        yield from refill(sessions, campaign_id, batch_size, window)
+    with session_scope(sessions) as session:
+        finish_if_done(session, campaign_id)
+
+
+def _all_batches(
+    sessions: sessionmaker[Session], campaign_id: int, batch_size: int
+) -> list[tuple[int, int]]:
     # Batch boundaries in ONE statement: number the queued rows in id order and cut every
     # ``batch_size``. Paging with ``id > last ORDER BY id LIMIT n`` instead re-read every
     # remaining row per page while the planner's statistics still predated the fan-out's own
     # insert (bench/README.md: ~0.4 s a page at 1M rows, so 2,000 pages took minutes).
-    numbered = (
-        select(
-            Delivery.id.label("id"),
-            # Integer division on both backends (SQLAlchemy's // says FLOOR(), not in SQLite).
-            (func.row_number().over(order_by=Delivery.id) - 1)
-            .self_group()
-            .op("/", return_type=Integer)(literal(batch_size, Integer))
-            .label("batch"),
-        )
-        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.QUEUED)
-        .subquery()
+    with sessions() as session:
+        return _cut(session, campaign_id, batch_size, after=None, batches=None)
+
+
+def _cut(
+    session: Session, campaign_id: int, batch_size: int, *, after: int | None, batches: int | None
+) -> list[tuple[int, int]]:
+    """The next ``batches`` batches of queued rows above id ``after``, in one statement:
+    number the rows in id order and cut every ``batch_size`` (an index range scan of
+    ``(campaign_id, status, id)``, read no further than the rows it cuts)."""
+    rows = select(Delivery.id).where(
+        Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.QUEUED
     )
+    if after is not None:
+        rows = rows.where(Delivery.id > after)
+    if batches is not None:
+        rows = rows.order_by(Delivery.id).limit(batches * batch_size)
+    ids = rows.subquery()
+    numbered = select(
+        ids.c.id,
+        # Integer division on both backends (SQLAlchemy's // says FLOOR(), not in SQLite).
+        (func.row_number().over(order_by=ids.c.id) - 1)
+        .self_group()
+        .op("/", return_type=Integer)(literal(batch_size, Integer))
+        .label("batch"),
+    ).subquery()
     bounds = (
         select(func.min(numbered.c.id), func.max(numbered.c.id))
         .group_by(numbered.c.batch)
         .order_by(numbered.c.batch)
     )
-    with sessions() as session:
-        batches = [(int(first), int(last)) for first, last in session.execute(bounds)]
-    yield from batches
-    with session_scope(sessions) as session:
-        finish_if_done(session, campaign_id)
+    return [(int(first), int(last)) for first, last in session.execute(bounds)]
+
+
+_REFILL_ATTEMPTS = 3
+
+
+def refill(
+    sessions: sessionmaker[Session], campaign_id: int, batch_size: int, window: int
+) -> list[tuple[int, int]]:
+    """The batches to publish now so that at most ``window`` of this campaign's batches wait
+    in the broker, and advance the campaign's published mark past them (committed before
+    this returns: publish after it, never before).
+
+    Waiting batches are read from the rows: a published batch (``published_batches``) still
+    waits while any of its rows is queued — one index probe per batch, whatever the size of
+    the campaign; one that does not is dropped from the list. Called at the end of every batch
+    and by beat (a refill lost to a crash is redone there). Two callers at once cannot
+    publish the same rows: the mark moves by compare-and-set, and the one that loses looks
+    again. Nothing is published unless the campaign is ``sending``.
+    """
+    for _ in range(_REFILL_ATTEMPTS):
+        with session_scope(sessions) as session:
+            state = session.execute(
+                select(Campaign.status, Campaign.published_through).where(
+                    Campaign.id == campaign_id
+                )
+            ).one_or_none()
+            if state is None or state[0] != CampaignStatus.SENDING:
+                return []
+            mark = state[1]
+            # A correlated scalar subquery is run once per batch with the batch's bounds as
+            # parameters, so they are index conditions whatever the planner believes about
+            # a table the fan-out has just filled (as an anti-join they were a filter, and
+            # every probe read all the campaign's queued rows: ~1 s at 20,000 rows).
+            first_queued = (
+                select(Delivery.id)
+                .where(
+                    Delivery.campaign_id == campaign_id,
+                    Delivery.status == DeliveryStatus.QUEUED,
+                    Delivery.id >= PublishedBatch.first_id,
+                    Delivery.id <= PublishedBatch.last_id,
+                )
+                .order_by(Delivery.id)
+                .limit(1)
+                .scalar_subquery()
+            )
+            published = session.execute(
+                select(PublishedBatch.first_id, first_queued).where(
+                    PublishedBatch.campaign_id == campaign_id
+                )
+            ).all()
+            finished = [first for first, queued in published if queued is None]
+            if finished:
+                session.execute(
+                    delete(PublishedBatch).where(
+                        PublishedBatch.campaign_id == campaign_id,
+                        PublishedBatch.first_id.in_(finished),
+                    )
+                )
+            waiting = len(published) - len(finished)
+            free = window - waiting
+            if free <= 0:
+                return []
+            batches = _cut(session, campaign_id, batch_size, after=mark, batches=free)
+            if not batches:
+                return []
+            moved = session.execute(
+                update(Campaign)
+                .where(
+                    Campaign.id == campaign_id,
+                    Campaign.published_through.is_(None)
+                    if mark is None
+                    else Campaign.published_through == mark,
+                )
+                .values(published_through=batches[-1][1])
+            )
+            if moved.rowcount:  # type: ignore[attr-defined]
+                session.execute(
+                    insert(PublishedBatch),
+                    [
+                        {"campaign_id": campaign_id, "first_id": first, "last_id": last}
+                        for first, last in batches
+                    ],
+                )
+                return batches
+    return []  # others moved the mark each time: they publish; beat tops up what is left
+
+
+def sending_campaigns(session: Session) -> list[int]:
+    """Ids of the campaigns now sending (beat refills their windows)."""
+    return list(
+        session.scalars(select(Campaign.id).where(Campaign.status == CampaignStatus.SENDING))
+    )

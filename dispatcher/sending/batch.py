@@ -38,6 +38,7 @@ from dispatcher.ops import metrics
 from dispatcher.sending import throttle
 from dispatcher.sending.composing import ClaimedRow, MessageFactory
 from dispatcher.sending.messages import HeaderInjection
+from dispatcher.sending.prebuild import Prebuilt
 from dispatcher.sending.rendering import (
     TemplateProblem,
 )
@@ -48,7 +49,7 @@ from dispatcher.sending.transports import (
     TransientSendError,
     Transport,
     UncertainSendError,
-    open_transport,
+    reused_transport,
 )
 from dispatcher.settings import Settings
 from suppression.address import InvalidAddress, delivery_address, is_delivery_form_of
@@ -220,6 +221,22 @@ def _deliver(
     renew: Callable[[], None],
     pacer: throttle.Pacer,
 ) -> None:
+    # The next messages are built in a thread while this one waits for the relay's replies;
+    # every decision below stays here, in row order (dispatcher/sending/prebuild.py).
+    with Prebuilt(rows, factory) as built:
+        _send_each(rows, built, factory, transport, result, before_send, renew, pacer)
+
+
+def _send_each(
+    rows: list[ClaimedRow],
+    built: Prebuilt,
+    factory: MessageFactory,
+    transport: Transport,
+    result: BatchResult,
+    before_send: Callable[[ClaimedRow], None] | None,
+    renew: Callable[[], None],
+    pacer: throttle.Pacer,
+) -> None:
     for index, row in enumerate(rows):
         try:
             renew()
@@ -236,7 +253,7 @@ def _deliver(
             continue
         pacer.wait(index)
         try:
-            message = factory.build(row)
+            envelope_from, message = built.take(row)
         except (HeaderInjection, TemplateProblem) as exc:
             # Bad data for this one recipient: nothing is sent to them; the rest go on.
             result.failed[row.delivery_id] = f"not sent: {exc}"
@@ -245,7 +262,7 @@ def _deliver(
             before_send(row)
         try:
             with factory.clock.stage("send"), metrics.SEND_SECONDS.time():
-                transport.send(factory.envelope_from(row), row.address, message)
+                transport.send(envelope_from, row.address, message)
         except NeedsSmtpUtf8 as exc:
             # The relay cannot carry this address; folding it into ASCII would reach
             # another mailbox. Not sent, not retried, not a bounce.
@@ -416,7 +433,7 @@ def send_batch(
     if rows:
         factory = MessageFactory(settings, campaign, signer, clock)
         try:
-            with open_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
+            with reused_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
                 batch = and_(
                     Delivery.campaign_id == campaign_id, Delivery.id.between(first_id, last_id)
                 )

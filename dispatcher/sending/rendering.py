@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import premailer
 from jinja2 import (
     TemplateError,
     TemplateNotFound,
@@ -135,6 +134,10 @@ def template_purpose(settings: Settings, name: str) -> str:
 def _inline_css(template: str, html: str) -> str:
     if not html.strip():
         raise TemplateProblem(f"template {template!r}: body.html renders to nothing")
+    # Imported on the first campaign a process prepares, not by every process that imports
+    # this module (premailer brings lxml, cssutils and requests: ~15 MB).
+    import premailer
+
     try:
         inliner = premailer.Premailer(
             html,

@@ -24,6 +24,7 @@ import re
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -414,6 +415,29 @@ class SMTPTransport:
             except (smtplib.SMTPException, OSError):
                 conn.close()
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def reset(self) -> bool:
+        """RSET on a kept connection: True when it answers 250 and can carry the next
+        transaction; otherwise it is dropped (the next send opens a fresh one)."""
+        if self._conn is None:
+            return False
+        try:
+            code, _ = self._conn.rset()
+        except _LOST:
+            code = 0
+        if code != 250:
+            self._drop()
+            return False
+        return True
+
+    def forget(self) -> None:
+        """Close the socket without QUIT: for a connection inherited across a fork, which
+        the parent may still use."""
+        self._drop()
+
 
 # --- choosing by URL --------------------------------------------------------------------------
 
@@ -475,6 +499,82 @@ def parse_mail_url(mail_url: str, *, timeout: float = 30.0) -> Path | SmtpOption
         timeout=seconds,
         cafile=options.get("cafile") or None,
     )
+
+
+# --- connections kept across batches ----------------------------------------------------------
+
+# Healthy SMTP connections between batches, per mail URL, for this process. A batch takes one
+# out for itself alone (so a threads pool never shares one) and gives it back when it ended
+# cleanly; anything else closes it.
+_IDLE_MAX = 4
+_IDLE_SECONDS = 60.0
+_idle: dict[tuple[str, float], list[tuple[SMTPTransport, float]]] = {}
+_idle_lock = threading.Lock()
+
+
+def _checkout(key: tuple[str, float]) -> SMTPTransport | None:
+    now = time.monotonic()
+    while True:
+        with _idle_lock:
+            kept = _idle.get(key)
+            if not kept:
+                return None
+            transport, since = kept.pop()
+        if now - since > _IDLE_SECONDS:
+            transport.close()  # relays drop idle connections; do not count on this one
+        elif transport.reset():
+            return transport
+
+
+def _checkin(key: tuple[str, float], transport: SMTPTransport) -> None:
+    with _idle_lock:
+        kept = _idle.setdefault(key, [])
+        if len(kept) < _IDLE_MAX:
+            kept.append((transport, time.monotonic()))
+            return
+    transport.close()
+
+
+def close_idle_transports() -> None:
+    """QUIT every connection kept for reuse (worker shutdown)."""
+    with _idle_lock:
+        kept = [t for entries in _idle.values() for t, _ in entries]
+        _idle.clear()
+    for transport in kept:
+        transport.close()
+
+
+def forget_idle_transports() -> None:
+    """Drop the kept connections without a word on them (a forked child: they are the
+    parent's)."""
+    with _idle_lock:
+        kept = [t for entries in _idle.values() for t, _ in entries]
+        _idle.clear()
+    for transport in kept:
+        transport.forget()
+
+
+@contextmanager
+def reused_transport(mail_url: str, *, timeout: float = 30.0) -> Iterator[Transport]:
+    """Like :func:`open_transport`, but an SMTP connection is kept open after a batch that
+    ended cleanly, for the next batch of this process to the same URL (checked with RSET
+    when taken again, closed after a minute idle or at worker shutdown). A connection that
+    failed, or a batch that raised, is closed instead."""
+    target = parse_mail_url(mail_url, timeout=timeout)
+    if isinstance(target, Path):
+        yield MaildirTransport(target)
+        return
+    key = (mail_url, timeout)
+    transport = _checkout(key) or SMTPTransport(target)
+    clean = False
+    try:
+        yield transport
+        clean = True
+    finally:
+        if clean and transport.connected:
+            _checkin(key, transport)
+        else:
+            transport.close()
 
 
 @contextmanager

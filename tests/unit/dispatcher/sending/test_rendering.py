@@ -194,14 +194,16 @@ def test_service_notice_has_preferences_and_address_but_no_unsubscribe(
 def test_css_is_inlined_once_per_campaign_not_per_recipient(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import premailer  # rendering imports it on first use, so patch the class itself
+
     calls: list[int] = []
-    original = rendering.premailer.Premailer.transform
+    original = premailer.Premailer.transform
 
     def counting(self: object, *args: object, **kwargs: object) -> object:
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(rendering.premailer.Premailer, "transform", counting)
+    monkeypatch.setattr(premailer.Premailer, "transform", counting)
     prepared = prepare_campaign(settings, view("new-releases"))
     at_prepare = len(calls)
     ordinary = [RECIPIENTS[0], RECIPIENTS[3], RECIPIENTS[4], RECIPIENTS[5]]

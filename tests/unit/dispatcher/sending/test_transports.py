@@ -17,8 +17,10 @@ from dispatcher.sending.transports import (
     SmtpOptions,
     TransientSendError,
     UncertainSendError,
+    close_idle_transports,
     open_transport,
     parse_mail_url,
+    reused_transport,
 )
 from tests.support.smtp_sink import SmtpSink, self_signed_certificate
 
@@ -388,3 +390,58 @@ def test_bad_mail_urls_are_named(url: str, problem: str) -> None:
     with pytest.raises(ValueError, match="DISPATCHER_MAIL_URL") as caught, open_transport(url):
         pass
     assert problem in str(caught.value)
+
+
+# --- SMTP: a connection kept between batches --------------------------------------------------
+
+
+@pytest.fixture
+def kept() -> Iterator[None]:
+    close_idle_transports()
+    yield
+    close_idle_transports()
+
+
+def test_the_next_batch_reuses_the_connection_and_shutdown_closes_it(
+    smtp_sink: SmtpSink, kept: None
+) -> None:
+    for n in range(3):  # three batches of one process
+        with reused_transport(smtp_sink.url) as transport:
+            transport.send(SENDER, f"r{n}@example.com", message(n, f"r{n}@example.com"))
+    assert [r.connection for r in smtp_sink.wait_for_count(3, timeout=10)] == [1, 1, 1]
+    close_idle_transports()  # worker shutdown: QUIT
+    with reused_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "r9@example.com", message(9, "r9@example.com"))
+    assert smtp_sink.wait_for_count(4, timeout=10)[-1].connection == 2
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced_when_taken(
+    smtp_sink: SmtpSink, kept: None
+) -> None:
+    with reused_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "ann@example.com", message(1))
+    smtp_sink.refuse_connections = True  # the relay restarted between two batches
+    smtp_sink.refuse_connections = False
+    with reused_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "bob@example.com", message(2))
+    assert [r.connection for r in smtp_sink.wait_for_count(2, timeout=10)] == [1, 2]
+
+
+def test_a_batch_that_raised_does_not_hand_its_connection_on(
+    smtp_sink: SmtpSink, kept: None
+) -> None:
+    with pytest.raises(RuntimeError), reused_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "ann@example.com", message(1))
+        raise RuntimeError("the batch failed mid-way")
+    with reused_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "bob@example.com", message(2))
+    assert [r.connection for r in smtp_sink.wait_for_count(2, timeout=10)] == [1, 2]
+
+
+def test_a_connection_lost_mid_batch_is_not_kept(smtp_sink: SmtpSink, kept: None) -> None:
+    smtp_sink.drop_connection_after_data(1)
+    with reused_transport(smtp_sink.url) as transport, pytest.raises(UncertainSendError):
+        transport.send(SENDER, "ann@example.com", message(1))
+    with reused_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "bob@example.com", message(2))
+    assert smtp_sink.connections == 2

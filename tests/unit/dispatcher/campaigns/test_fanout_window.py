@@ -1,0 +1,172 @@
+"""Fan-out in a bounded window: at most N batches of a campaign wait in the broker, and
+every row is published, once, as batches finish (issue 13)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.campaigns.fanout import fan_out, refill
+from dispatcher.db import session_scope
+from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from suppression.models import utcnow
+from tests.factories import bulk_contacts
+
+BATCH = 5
+WINDOW = 3
+
+
+def due_campaign(sessions: sessionmaker[Session], contacts: int) -> int:
+    with session_scope(sessions) as session:
+        bulk_contacts(session, contacts)
+        campaign = Campaign(
+            name="window",
+            subject="s",
+            template="new-releases",
+            purpose="marketing",
+            status=CampaignStatus.SCHEDULED.value,
+            scheduled_at=utcnow() - timedelta(seconds=1),
+        )
+        session.add(campaign)
+        session.flush()
+        return campaign.id
+
+
+def finish(sessions: sessionmaker[Session], campaign_id: int, batch: tuple[int, int]) -> None:
+    """What a worker does to a batch, as far as the window can tell: its rows leave
+    ``queued``."""
+    with session_scope(sessions) as session:
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.campaign_id == campaign_id,
+                Delivery.id.between(*batch),
+                Delivery.status == DeliveryStatus.QUEUED,
+            )
+            .values(status=DeliveryStatus.SENT.value)
+        )
+
+
+def waiting(
+    sessions: sessionmaker[Session], campaign_id: int, published: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The published batches that still have queued rows (still in the broker)."""
+    with sessions() as session:
+        queued = set(
+            session.scalars(
+                select(Delivery.id).where(
+                    Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.QUEUED
+                )
+            )
+        )
+    return [b for b in published if any(b[0] <= i <= b[1] for i in queued)]
+
+
+def all_ids(sessions: sessionmaker[Session], campaign_id: int) -> list[int]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(Delivery.id).where(Delivery.campaign_id == campaign_id).order_by(Delivery.id)
+            )
+        )
+
+
+def covered(batches: list[tuple[int, int]], ids: list[int]) -> list[int]:
+    """Each id once per batch that covers it."""
+    return sorted(i for first, last in batches for i in ids if first <= i <= last)
+
+
+def test_the_window_never_exceeds_n_and_every_row_is_published_once(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 53)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    assert len(published) == WINDOW
+    rng = random.Random(13)
+    while True:
+        in_broker = waiting(session_factory, campaign_id, published)
+        assert len(in_broker) <= WINDOW
+        if not in_broker:
+            break
+        finish(session_factory, campaign_id, rng.choice(in_broker))
+        published += refill(session_factory, campaign_id, BATCH, WINDOW)
+    ids = all_ids(session_factory, campaign_id)
+    assert covered(published, ids) == ids  # every row in exactly one published batch
+    assert len(published) == 11  # ceil(53 / 5)
+    assert refill(session_factory, campaign_id, BATCH, WINDOW) == []
+
+
+def test_a_lost_refill_is_made_up_by_the_next_one(session_factory: sessionmaker[Session]) -> None:
+    """A worker killed after its batch and before its refill: beat's refill tops up."""
+    campaign_id = due_campaign(session_factory, 30)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    finish(session_factory, campaign_id, published[0])
+    finish(session_factory, campaign_id, published[1])  # neither refilled
+    topped_up = refill(session_factory, campaign_id, BATCH, WINDOW)  # beat
+    assert len(topped_up) == 2
+    assert len(waiting(session_factory, campaign_id, published + topped_up)) == WINDOW
+
+
+def test_concurrent_refills_never_publish_the_same_rows(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 200)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=8))
+    for batch in published:
+        finish(session_factory, campaign_id, batch)
+    found: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def refiller() -> None:
+        batches = refill(session_factory, campaign_id, BATCH, 8)
+        with lock:
+            found.extend(batches)
+
+    threads = [threading.Thread(target=refiller) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    ids = all_ids(session_factory, campaign_id)
+    assert len(found) == 8  # the window's worth, not six windows
+    hits = covered(published + found, ids)
+    assert len(hits) == len(set(hits))  # no row in two batches
+
+
+def test_a_paused_campaign_publishes_nothing_and_resuming_starts_from_the_first_queued_row(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 40)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    finish(session_factory, campaign_id, published[0])
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(status=CampaignStatus.PAUSED.value)
+        )
+    assert refill(session_factory, campaign_id, BATCH, WINDOW) == []
+    # The paused campaign's published batches ran and claimed nothing; resuming schedules
+    # it again, and its fan-out publishes from the first row still queued.
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(status=CampaignStatus.SCHEDULED.value)
+        )
+    again = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    assert again[0][0] == published[1][0]
+    assert len(again) == WINDOW
+
+
+def test_without_a_window_every_batch_is_published_at_once(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 23)
+    batches = list(fan_out(session_factory, campaign_id, BATCH))
+    assert len(batches) == 5
+    assert refill(session_factory, campaign_id, BATCH, WINDOW) == []  # nothing left to publish
