@@ -14,7 +14,7 @@ from dispatcher.cli import AppContext, pass_app
 @click.option(
     "--skip",
     multiple=True,
-    type=click.Choice(["broker", "mail", "dkim", "files", "heartbeats"]),
+    type=click.Choice(["broker", "mail", "dkim", "files", "heartbeats", "counts"]),
     help="leave a check out (repeatable), e.g. heartbeats before the services start",
 )
 @pass_app

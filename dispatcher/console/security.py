@@ -21,6 +21,7 @@ from flask.sessions import SecureCookieSession, SessionInterface
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.console.staff import has_role
+from dispatcher.console.staff_sessions import resume
 from dispatcher.db import session_scope
 from dispatcher.models import Staff, StaffRole
 from dispatcher.settings import Settings
@@ -173,15 +174,22 @@ def install(app: Flask, config: Settings, trusted_proxies: int = 0) -> None:
     @app.before_request
     def _load_staff() -> None:
         g.staff = None
-        staff_id = session.get("staff")
-        if isinstance(staff_id, int):
-            with sessions()() as db:
-                found = db.get(Staff, staff_id)
-                if found is not None and found.disabled_at is None:
-                    db.expunge(found)
-                    g.staff = found
-                else:
-                    session.clear()
+        g.staff_session = None
+        key = session.get("sid")
+        if isinstance(key, str):
+            # The row decides: an ended session, an idle one or a disabled account is out.
+            with session_scope(sessions()) as db:
+                found = resume(db, key, config.console_idle_seconds, hit())
+                if found is not None:
+                    row, who = found
+                    g.staff_session = row.id
+                    db.flush()
+                    db.expunge(who)
+                    g.staff = who
+            if found is None:
+                session.clear()
+        elif session.get("staff") is not None:
+            session.clear()  # a cookie from before sessions were kept in the database
 
     @app.before_request
     def _check_csrf() -> None:
