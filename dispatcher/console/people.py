@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Response, flash, redirect, render_template, request, url_for
-from sqlalchemy import or_, select
+from sqlalchemy import select, text
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from dispatcher.console import charts
@@ -27,8 +27,10 @@ from dispatcher.sharing.export import export
 from dispatcher.sharing.stats import report as stats_report
 from suppression.address import InvalidAddress, canonical_address
 from suppression.consent import consent_history
-from suppression.models import Address, Event, Reason, Suppression
-from suppression.suppressions import SuppressionError, list_suppressions
+from suppression.models import STAFF_EVENTS, Address, Event, Reason, Suppression
+from suppression.suppressions import SuppressionError, page_suppressions
+
+PAGE = 100  # rows per page of the suppressions and audit lists
 
 
 @bp.get("/people")
@@ -146,14 +148,18 @@ def suppressions() -> Any:
             flash("Suppressed.")
         return redirect(url_for("console.suppressions"))
     reason = request.args.get("reason") or None
-    scope = request.args.get("scope") or None
+    scope = (request.args.get("scope") or "").strip() or None
     everything = request.args.get("all") == "1"
+    before = _before()
     with sessions()() as db:
-        rows = [
-            (a, s)
-            for a, s in list_suppressions(db, include_lifted=everything, limit=5000)
-            if (reason is None or s.reason == reason) and (scope is None or s.scope == scope)
-        ][-500:]
+        rows, next_before = page_suppressions(
+            db,
+            reason=reason,
+            scope=scope,
+            include_lifted=everything,
+            before_id=before,
+            limit=PAGE,
+        )
         affiliates = list(db.scalars(select(Affiliate).order_by(Affiliate.name)))
     return render_template(
         "suppressions.html",
@@ -163,6 +169,23 @@ def suppressions() -> Any:
         reason=reason,
         scope=scope,
         everything=everything,
+        next_url=url_for(
+            "console.suppressions",
+            reason=reason or "",
+            scope=scope or "",
+            all="1" if everything else "",
+            before=next_before,
+        )
+        if next_before
+        else None,
+        first_url=url_for(
+            "console.suppressions",
+            reason=reason or "",
+            scope=scope or "",
+            all="1" if everything else "",
+        )
+        if before
+        else None,
     )
 
 
@@ -258,20 +281,38 @@ def stats() -> str:
 @bp.get("/audit")
 @requires(StaffRole.ADMIN)
 def audit_log() -> str:
-    kind = request.args.get("kind") or None
+    kind = (request.args.get("kind") or "").strip() or None
+    who = (request.args.get("actor") or "").strip() or None
+    before = _before()
     with sessions()() as db:
         # Staff sign-ins, actions and refusals: whatever a staff member did or was refused.
-        stmt = select(Event).where(
-            or_(
-                Event.kind.startswith("staff_"),
-                Event.kind.startswith("console_"),
-                Event.actor.is_not(None),
-            )
-        )
+        # The predicate's very text is the partial index's (ix_events_staff); a kind or a
+        # staff member walks (kind, id) or (actor, id); pages are keyset (id < before).
+        stmt = select(Event).where(text(STAFF_EVENTS))
         if kind:
             stmt = stmt.where(Event.kind == kind)
-        rows = list(db.scalars(stmt.order_by(Event.id.desc()).limit(300)))
-    return render_template("audit.html", rows=rows, kind=kind)
+        if who:
+            stmt = stmt.where(Event.actor == who)
+        if before is not None:
+            stmt = stmt.where(Event.id < before)
+        rows = list(db.scalars(stmt.order_by(Event.id.desc()).limit(PAGE + 1)))
+    more = len(rows) > PAGE
+    rows = rows[:PAGE]
+    args: dict[str, Any] = {"kind": kind or "", "actor": who or ""}
+    return render_template(
+        "audit.html",
+        rows=rows,
+        kind=kind,
+        actor=who,
+        next_url=url_for("console.audit_log", **args, before=rows[-1].id) if more else None,
+        first_url=url_for("console.audit_log", **args) if before else None,
+    )
+
+
+def _before() -> int | None:
+    """The keyset cursor of a list page: rows with a smaller id than this."""
+    value = request.args.get("before", "")
+    return int(value) if value.isdigit() and len(value) < 19 else None
 
 
 @bp.get("/staff")
