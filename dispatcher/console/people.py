@@ -5,19 +5,17 @@ CLI calls."""
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from flask import Response, flash, redirect, render_template, request, url_for
+from flask import Response, abort, flash, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select, text
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from dispatcher.console import charts
-from dispatcher.console.security import actor, audit, hit, requires, sessions, settings
-from dispatcher.console.staff import list_staff
+from dispatcher.console.imports import read_job, start_import
+from dispatcher.console.security import actor, audit, hit, requires, sessions, settings, staff
+from dispatcher.console.staff import has_role, list_staff
 from dispatcher.console.views import bp
-from dispatcher.contacts.importer import ImportReport, import_contacts
 from dispatcher.contacts.suppress import lift_address, suppress_address
 from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, Campaign, Contact, Delivery, StaffRole
@@ -192,34 +190,47 @@ def suppressions() -> Any:
 @bp.route("/contacts/import", methods=["GET", "POST"])
 @requires(StaffRole.EDITOR)
 def contacts_import() -> Any:
-    report: ImportReport | None = None
+    """Upload a CSV; it is imported in the background and the job's page shows progress,
+    then the per-row report."""
     if request.method == "POST":
         upload = request.files.get("file")
         if upload is None or not upload.filename:
             flash("Choose a CSV file.", "error")
             return redirect(url_for("console.contacts_import"))
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "upload.csv"
-            upload.save(path)
-            try:
-                report = import_contacts(
-                    sessions(),
-                    path,
-                    source=f"console:{upload.filename[:100]}",
-                    actor=actor(),
-                    policy_version=settings().policy_version,
-                )
-            except (ValueError, UnicodeError) as exc:
-                audit("console_contacts_import", outcome="refused", why=str(exc)[:300])
-                flash(f"The file was not imported: {exc}", "error")
-                return redirect(url_for("console.contacts_import"))
-        audit(
-            "console_contacts_import",
-            read=report.read,
-            created=report.created,
-            invalid=report.invalid,
+        job = start_import(
+            settings(),
+            sessions(),
+            upload,
+            upload.filename,
+            staff_id=staff().id,
+            actor=actor(),
+            hit=hit(),
         )
-    return render_template("contacts.html", report=report)
+        return redirect(url_for("console.contacts_import_job", job=job))
+    return render_template("contacts.html", job=None, state=None)
+
+
+def _job_or_404(job: str) -> dict[str, Any]:
+    state = read_job(settings(), job)
+    if state is None or (
+        state.get("staff") != staff().id and not has_role(staff().role, StaffRole.ADMIN)
+    ):
+        abort(404, "No such import.")
+    return state
+
+
+@bp.get("/contacts/import/<job>")
+@requires(StaffRole.EDITOR)
+def contacts_import_job(job: str) -> str:
+    return render_template("contacts.html", job=job, state=_job_or_404(job))
+
+
+@bp.get("/contacts/import/<job>.json")
+@requires(StaffRole.EDITOR)
+def contacts_import_progress(job: str) -> Response:
+    state = dict(_job_or_404(job))
+    state.pop("staff", None)
+    return jsonify(state)
 
 
 @bp.route("/affiliates", methods=["GET", "POST"])

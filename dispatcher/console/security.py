@@ -21,8 +21,8 @@ from flask.sessions import SecureCookieSession, SessionInterface
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.console.staff import has_role
-from dispatcher.console.staff_sessions import resume
-from dispatcher.db import session_scope
+from dispatcher.console.staff_sessions import due, resume, seen
+from dispatcher.db import read_only, session_scope
 from dispatcher.models import Staff, StaffRole
 from dispatcher.settings import Settings
 from suppression.events import Hit, record_event
@@ -178,16 +178,21 @@ def install(app: Flask, config: Settings, trusted_proxies: int = 0) -> None:
         key = session.get("sid")
         if isinstance(key, str):
             # The row decides: an ended session, an idle one or a disabled account is out.
-            with session_scope(sessions()) as db:
-                found = resume(db, key, config.console_idle_seconds, hit())
+            # Read without waiting on SQLite's write lock (a long import holds it); the
+            # last-seen note is written once a minute.
+            with read_only(sessions()) as db:
+                found = resume(db, key, config.console_idle_seconds)
                 if found is not None:
                     row, who = found
-                    g.staff_session = row.id
-                    db.flush()
+                    row_id, touch = row.id, due(row)
                     db.expunge(who)
-                    g.staff = who
             if found is None:
                 session.clear()
+                return
+            g.staff_session, g.staff = row_id, who
+            if touch:
+                with session_scope(sessions()) as db:
+                    seen(db, row_id, hit())
         elif session.get("staff") is not None:
             session.clear()  # a cookie from before sessions were kept in the database
 

@@ -48,10 +48,10 @@ def open_session(session: Session, staff: Staff, hit: Hit) -> str:
 
 
 def resume(
-    session: Session, key: str, idle_seconds: float, hit: Hit, now: datetime | None = None
+    session: Session, key: str, idle_seconds: float, now: datetime | None = None
 ) -> tuple[StaffSession, Staff] | None:
     """The open session the cookie names and its staff member, else None (ended, idle too
-    long, account disabled). Notes the request as the session's last sign of life."""
+    long, account disabled). Reads only; :func:`seen` notes the request."""
     now = now or utcnow()
     found = session.execute(
         select(StaffSession, Staff)
@@ -64,14 +64,22 @@ def resume(
     if staff.disabled_at is not None:
         return None
     if row.last_seen_at < now - timedelta(seconds=idle_seconds) - SEEN_EVERY:
-        row.ended_at = now
-        row.end_reason = "idle"
         return None
-    if now - row.last_seen_at >= SEEN_EVERY:
-        row.last_seen_at = now
-        row.ip = hit.ip
-        row.user_agent = (hit.user_agent or "")[:512] or None
     return row, staff
+
+
+def due(row: StaffSession, now: datetime | None = None) -> bool:
+    """Whether the session's last sign of life should be written (once a minute)."""
+    return (now or utcnow()) - row.last_seen_at >= SEEN_EVERY
+
+
+def seen(session: Session, session_id: int, hit: Hit) -> None:
+    """Note a request as the session's last sign of life, with its IP and browser."""
+    session.execute(
+        update(StaffSession)
+        .where(StaffSession.id == session_id, StaffSession.ended_at.is_(None))
+        .values(last_seen_at=utcnow(), ip=hit.ip, user_agent=(hit.user_agent or "")[:512] or None)
+    )
 
 
 def end_session(
