@@ -52,8 +52,12 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE: take the write lock at BEGIN, so two writers queue instead of
-            # deadlocking on a read-then-write upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # deadlocking on a read-then-write upgrade. A reader that asked (read_only)
+            # begins deferred and reads beside a writer (WAL).
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(database_url, pool_pre_ping=True, **kwargs)
@@ -61,6 +65,19 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+READ_ONLY = "dispatcher_read_only"
+
+
+@contextmanager
+def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reading only. On SQLite it does not wait for the write lock, so a page
+    answers while a long write (a contacts import is one transaction) holds it."""
+    with factory() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
+        session.rollback()
 
 
 @contextmanager

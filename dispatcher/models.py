@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -28,6 +29,7 @@ __all__ = [
     "Base",
     "Campaign",
     "CampaignContent",
+    "CampaignCount",
     "CampaignStatus",
     "CampaignTaskError",
     "Contact",
@@ -42,6 +44,7 @@ __all__ = [
     "SignupRequest",
     "Staff",
     "StaffRole",
+    "StaffSession",
     "WebFailure",
     "WebHitTally",
 ]
@@ -169,6 +172,35 @@ class Staff(Base):
     last_sign_in_at: Mapped[datetime | None]
 
 
+class StaffSession(Base):
+    """A signed-in console session. The signed cookie carries a random key whose SHA-256 is
+    ``key_hash``; ending the row (sign-out, an admin, a disabled account, a password change)
+    ends the session at its next request, whatever the cookie says."""
+
+    __tablename__ = "staff_sessions"
+    __table_args__ = (
+        Index("ix_staff_sessions_staff", "staff_id", "ended_at"),
+        Index(
+            "ix_staff_sessions_open",
+            "last_seen_at",
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    ended_at: Mapped[datetime | None]
+    ended_by: Mapped[str | None] = mapped_column(String(200))
+    # signed_out | ended_by_staff | ended_by_admin | staff_disabled | password_changed
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+
+
 class CampaignTaskError(Base):
     """The last error of one task of a campaign (its fan-out, or one batch), in words a staff
     member can act on; never an address or a secret. ``resolved_at`` is set once the same
@@ -235,6 +267,14 @@ class Delivery(Base):
         # With id last, a batch (an id range) and the fan-out read only their own rows.
         Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
         Index("ix_deliveries_address_status", "address_id", "status"),
+        # Bounce and complaint rates read only the few rows with feedback.
+        Index(
+            "ix_deliveries_feedback",
+            "campaign_id",
+            "feedback",
+            sqlite_where=text("feedback IS NOT NULL"),
+            postgresql_where=text("feedback IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -271,6 +311,30 @@ class PublishedBatch(Base):
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
     first_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     last_id: Mapped[int] = mapped_column(BigId)
+
+
+class CampaignCount(Base):
+    """A change to a campaign's number of deliveries in one status (and skip reason), written
+    in the same transaction as the statement that moved the rows.
+
+    Insert-only: concurrent batches never wait on each other's counter rows (an UPDATE of
+    one row per status would queue every worker of a campaign behind one lock, and could
+    deadlock with an unsubscribe that also moves rows). The current count is the sum of the
+    rows; :func:`dispatcher.campaigns.counts.fold` merges them per minute now and then.
+    """
+
+    __tablename__ = "campaign_counts"
+    __table_args__ = (Index("ix_campaign_counts_campaign", "campaign_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # No foreign key, on purpose: checking one takes a KEY SHARE lock on the campaign row,
+    # and a claim holding delivery rows would then wait on a cancel that holds the campaign
+    # row and waits on those delivery rows (a deadlock the race test met).
+    campaign_id: Mapped[int] = mapped_column(BigId)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32), default="")  # "" when none
+    change: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(default=utcnow)  # minute granularity once folded
 
 
 class RateLimit(Base):

@@ -165,6 +165,9 @@ class Suppression(Base):
         ),
         Index("ix_suppressions_created_at", "created_at"),
         Index("ix_suppressions_lifted_at", "lifted_at"),
+        # The console's list filters by reason or scope and pages by id (keyset).
+        Index("ix_suppressions_reason_id", "reason", "id"),
+        Index("ix_suppressions_scope_id", "scope", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -180,6 +183,11 @@ class Suppression(Base):
     lift_reason: Mapped[str | None] = mapped_column(Text)
 
 
+# What the audit log shows: whatever a staff member did or was refused. Queries use this very
+# text so that both backends can prove the partial index ``ix_events_staff`` applies.
+STAFF_EVENTS = "(actor IS NOT NULL OR kind LIKE 'staff_%' OR kind LIKE 'console_%')"
+
+
 class Event(Base):
     """Audit trail: every change of an address's state and every recipient-facing hit."""
 
@@ -187,6 +195,16 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_kind_at", "kind", "occurred_at"),
         Index("ix_events_address", "address_id"),
+        # The console's audit log: staff events newest first, by kind or by staff member,
+        # paged by id (keyset).
+        Index(
+            "ix_events_staff",
+            "id",
+            sqlite_where=text(STAFF_EVENTS),
+            postgresql_where=text(STAFF_EVENTS),
+        ),
+        Index("ix_events_kind_id", "kind", "id"),
+        Index("ix_events_actor_id", "actor", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

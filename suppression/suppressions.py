@@ -166,3 +166,32 @@ def list_suppressions(
     if limit is not None:
         stmt = stmt.limit(limit)
     return [(addr, sup) for addr, sup in session.execute(stmt)]
+
+
+def page_suppressions(
+    session: Session,
+    *,
+    reason: str | None = None,
+    scope: str | None = None,
+    include_lifted: bool = False,
+    before_id: int | None = None,
+    limit: int = 100,
+) -> tuple[list[tuple[str, Suppression]], int | None]:
+    """One page of suppressions, newest first, and the id to ask for the next page with
+    (None on the last). Keyset paging (``id < before_id``), so page 1,000 costs what page 1
+    does; a reason or scope filter walks ``ix_suppressions_reason_id`` / ``…_scope_id``."""
+    stmt = select(Address.address, Suppression).join(Address, Address.id == Suppression.address_id)
+    if reason:
+        stmt = stmt.where(Suppression.reason == reason)
+    if scope:
+        stmt = stmt.where(Suppression.scope == scope)
+    if not include_lifted:
+        stmt = stmt.where(Suppression.lifted_at.is_(None))
+    if before_id is not None:
+        stmt = stmt.where(Suppression.id < before_id)
+    rows = [
+        (a, s) for a, s in session.execute(stmt.order_by(Suppression.id.desc()).limit(limit + 1))
+    ]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1][1].id if more and rows else None)

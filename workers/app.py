@@ -72,6 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": max(1.0, min(30.0, settings.claim_lease_seconds / 2)),
             },
             "seal-audit-events": {"task": "workers.tasks.seal_audit", "schedule": 60.0},
+            "fold-campaign-counts": {"task": "workers.tasks.fold_counts", "schedule": 60.0},
             "apply-retention": {"task": "workers.tasks.apply_retention", "schedule": 3600.0},
             "prune-signups": {"task": "workers.tasks.prune_signups", "schedule": 3600.0},
             **(

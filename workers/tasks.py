@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
+from dispatcher.campaigns.counts import fold_busy
 from dispatcher.campaigns.fanout import (
     campaign_purpose,
     due_campaigns,
@@ -139,6 +140,14 @@ def recover_stalled() -> list[int]:
     for campaign_id in stalled:
         fan_out_campaign.delay(campaign_id, resume=True)
     return stalled
+
+
+@app.task(name="workers.tasks.fold_counts")
+def fold_counts() -> int:
+    """Beat: merge the campaign counters' ledger rows per minute (the sums do not change)."""
+    rt = runtime()
+    with session_scope(rt.sessions) as session:
+        return fold_busy(session)
 
 
 @app.task(name="workers.tasks.seal_audit")

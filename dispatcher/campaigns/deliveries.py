@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from dispatcher.campaigns import counts
 from dispatcher.models import Campaign, Delivery, DeliveryStatus
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import utcnow
@@ -18,7 +19,7 @@ def stop_queued(session: Session, address_id: int) -> int:
     Passed to :func:`suppression.unsubscribe.unsubscribe_address` and called by staff
     suppressions, so the stop commits in the same transaction as the suppression.
     """
-    stopped = 0
+    changes = counts.Changes()
     for purpose in Purpose:
         reason = blocking_reason(Delivery.address_id, purpose)
         result = session.execute(
@@ -30,6 +31,14 @@ def stop_queued(session: Session, address_id: int) -> int:
                 reason.is_not(None),
             )
             .values(status=DeliveryStatus.CANCELLED.value, skip_reason=reason, finished_at=utcnow())
+            .returning(Delivery.campaign_id, Delivery.skip_reason)
         )
-        stopped += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    return stopped
+        for campaign_id, why in result:
+            changes.move(
+                campaign_id,
+                DeliveryStatus.QUEUED.value,
+                DeliveryStatus.CANCELLED.value,
+                reason_after=why,
+            )
+    counts.record(session, changes)
+    return sum(n for n in changes.values() if n > 0)

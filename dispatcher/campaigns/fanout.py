@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import Integer, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.campaigns import counts
 from dispatcher.campaigns.audience import audience_filter
 from dispatcher.campaigns.lifecycle import finish_if_done, start_if_due
 from dispatcher.db import session_scope
@@ -67,7 +68,13 @@ def create_deliveries(session: Session, campaign: Campaign) -> int:
         )
         .on_conflict_do_nothing(index_elements=["campaign_id", "contact_id"])
     )
-    return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+    # SQLAlchemy keeps an INSERT's row count only when asked (else -1 on PostgreSQL).
+    result = session.execute(stmt, execution_options={"preserve_rowcount": True})
+    added = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    changes = counts.Changes()
+    changes.add(campaign.id, DeliveryStatus.QUEUED.value, added)
+    counts.record(session, changes)
+    return added
 
 
 def fan_out(

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dispatcher.campaigns import counts
 from dispatcher.campaigns.fleet import (
     BEAT,
     WORKER,
@@ -28,7 +29,7 @@ from dispatcher.campaigns.fleet import (
 )
 from dispatcher.campaigns.problems import campaigns_with_open_problems, open_task_problems
 from dispatcher.campaigns.services import get_campaign
-from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from dispatcher.models import Campaign, CampaignStatus, DeliveryStatus
 from dispatcher.settings import Settings
 from suppression.models import utcnow
 
@@ -154,14 +155,8 @@ def campaign_health(
     )
     queued = 0
     if campaign.status == CampaignStatus.SENDING:
-        queued = int(
-            session.scalar(
-                select(func.count()).where(
-                    Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.QUEUED
-                )
-            )
-            or 0
-        )
+        found = counts.current(session, [campaign_id])[campaign_id]
+        queued = found.by_status.get(DeliveryStatus.QUEUED.value, 0)
     if not (late or queued):
         return health
 

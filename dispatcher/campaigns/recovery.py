@@ -7,6 +7,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from dispatcher.campaigns import counts
 from dispatcher.campaigns.lifecycle import close_finished, finish_if_done
 from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from suppression.models import utcnow
@@ -17,7 +18,7 @@ def expire_dead_claims(session: Session, lease_seconds: float) -> list[int]:
     so (never resent automatically) and closes campaigns that had nothing else left.
     Returns the campaigns touched."""
     now = utcnow()
-    touched = list(
+    expired = list(
         session.scalars(
             update(Delivery)
             .where(
@@ -32,7 +33,16 @@ def expire_dead_claims(session: Session, lease_seconds: float) -> list[int]:
             .returning(Delivery.campaign_id)
         )
     )
-    campaigns = sorted(set(touched))
+    changes = counts.Changes()
+    for campaign_id in expired:
+        changes.move(
+            campaign_id,
+            DeliveryStatus.SENDING.value,
+            DeliveryStatus.UNKNOWN.value,
+            reason_after="outcome_hidden_by_crash",
+        )
+    counts.record(session, changes)
+    campaigns = sorted(set(expired))
     for campaign_id in campaigns:
         finish_if_done(session, campaign_id)
     return campaigns

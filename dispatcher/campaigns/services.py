@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from dispatcher.campaigns import lifecycle
+from dispatcher.campaigns import counts, lifecycle
 from dispatcher.campaigns.audience import AudienceError, validate_audience
 from dispatcher.campaigns.lifecycle import CampaignError, IllegalTransition, get_campaign
 from dispatcher.inbound.rates import Rates, campaign_rates
@@ -199,6 +198,15 @@ def cancel_campaign(session: Session, campaign_id: int, *, actor: str | None = N
             finished_at=utcnow(),
         )
     ).rowcount  # type: ignore[attr-defined]
+    changes = counts.Changes()
+    changes.move(
+        campaign_id,
+        DeliveryStatus.QUEUED.value,
+        DeliveryStatus.CANCELLED.value,
+        int(dropped or 0),
+        reason_after="campaign_cancelled",
+    )
+    counts.record(session, changes)
     record_event(
         session, "campaign_cancelled", actor=actor, campaign_id=campaign_id, dropped=dropped
     )
@@ -232,13 +240,35 @@ def requeue_unknown(session: Session, campaign_id: int, *, actor: str | None = N
     campaign = get_campaign(session, campaign_id, for_update=True)
     if campaign.status == CampaignStatus.CANCELLED:
         raise IllegalTransition(campaign_id, campaign.status, CampaignStatus.SCHEDULED)
-    count = session.execute(
+    # Two steps so the counters learn each row's old reason: the first keeps it (and returns
+    # it), the second clears it on exactly those rows (no other path leaves a queued row
+    # with a reason, and they are this transaction's until it commits).
+    moved = session.execute(
         update(Delivery)
         .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.UNKNOWN)
-        .values(
-            status=DeliveryStatus.QUEUED.value, claim_token=None, skip_reason=None, finished_at=None
+        .values(status=DeliveryStatus.QUEUED.value, claim_token=None, finished_at=None)
+        .returning(Delivery.skip_reason)
+    ).all()
+    count = len(moved)
+    if count:
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.campaign_id == campaign_id,
+                Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.skip_reason.is_not(None),
+            )
+            .values(skip_reason=None)
         )
-    ).rowcount  # type: ignore[attr-defined]
+    changes = counts.Changes()
+    for (why,) in moved:
+        changes.move(
+            campaign_id,
+            DeliveryStatus.UNKNOWN.value,
+            DeliveryStatus.QUEUED.value,
+            reason_before=why,
+        )
+    counts.record(session, changes)
     if count and campaign.status != CampaignStatus.SCHEDULED:
         lifecycle.transition(session, campaign, CampaignStatus.SCHEDULED)
     if count:
@@ -298,24 +328,11 @@ class CampaignReport:
 
 
 def campaign_report(session: Session, campaign_id: int) -> CampaignReport:
-    """Counts per delivery status and per skip reason: two grouped queries."""
+    """Counts per delivery status and per skip reason, from the campaign's counters (kept
+    with every change of a row; ``campaign status --verify-counts`` compares them)."""
     campaign = get_campaign(session, campaign_id)
-    by_status: Counter[str] = Counter({s.value: 0 for s in DeliveryStatus})
-    for status, count in session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.campaign_id == campaign_id)
-        .group_by(Delivery.status)
-    ):
-        by_status[status] = count
-    by_reason = {
-        str(reason): count
-        for reason, count in session.execute(
-            select(Delivery.skip_reason, func.count())
-            .where(Delivery.campaign_id == campaign_id, Delivery.skip_reason.is_not(None))
-            .group_by(Delivery.skip_reason)
-            .order_by(Delivery.skip_reason)
-        )
-    }
+    found = counts.current(session, [campaign_id])[campaign_id]
+    by_status, by_reason = found.by_status, found.by_reason
     return CampaignReport(
         id=campaign.id,
         name=campaign.name,

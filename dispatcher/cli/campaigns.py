@@ -309,13 +309,29 @@ def print_report(report: CampaignReport) -> None:
     show_default=True,
     help="seconds to wait for the broker and the workers to answer (0: do not ask)",
 )
+@click.option(
+    "--verify-counts",
+    is_flag=True,
+    help="compare the campaign's counters with a count of its delivery rows (exit 1 if not)",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="with --verify-counts: recount a campaign that is not sending when they differ",
+)
 @pass_app
 def status(
-    app: AppContext, campaign_id: int, as_json: bool, watch: bool, probe_timeout: float
+    app: AppContext,
+    campaign_id: int,
+    as_json: bool,
+    watch: bool,
+    probe_timeout: float,
+    verify_counts: bool,
+    repair: bool,
 ) -> None:
     """Counts per delivery status and per suppression reason, and what is wrong: task
     errors, and for a scheduled or sending campaign whether a beat, the broker and a worker
-    answer."""
+    answer. The counts are the campaign's counters; --verify-counts checks them."""
     try:
         with session_scope(app.sessions) as session:
             report = campaign_report(session, campaign_id)
@@ -323,6 +339,8 @@ def status(
                 get_campaign(session, campaign_id)
     except CampaignError as exc:
         raise _fail(exc) from None
+    if verify_counts:
+        _verify_counts(app, campaign_id, report.status, repair)
     if watch:
         report = _watch(app, campaign_id, report)
     fleet = None
@@ -335,6 +353,26 @@ def status(
     else:
         print_report(report)
         print_health(health)
+
+
+def _verify_counts(app: AppContext, campaign_id: int, status: str, repair: bool) -> None:
+    from dispatcher.campaigns import counts
+
+    with session_scope(app.sessions) as session:
+        wrong = counts.verify(session, [campaign_id])
+        if wrong and repair:
+            if status == "sending":
+                raise _fail(CampaignError("pause the campaign before recounting it"))
+            get_campaign(session, campaign_id, for_update=True)
+            counts.rebuild(session, campaign_id)
+    for mismatch in wrong:
+        click.echo(str(mismatch), err=True)
+    if not wrong:
+        click.echo("counters: they match the delivery rows", err=True)
+    elif repair:
+        click.echo("counters: recounted from the delivery rows", err=True)
+    else:
+        raise SystemExit(1)
 
 
 def _watch(app: AppContext, campaign_id: int, report: CampaignReport) -> CampaignReport:

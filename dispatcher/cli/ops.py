@@ -14,7 +14,7 @@ from dispatcher.cli import AppContext, pass_app
 @click.option(
     "--skip",
     multiple=True,
-    type=click.Choice(["broker", "mail", "dkim", "dns", "files", "heartbeats"]),
+    type=click.Choice(["broker", "mail", "dkim", "dns", "files", "heartbeats", "counts"]),
     help="leave a check out (repeatable), e.g. heartbeats before the services start",
 )
 @click.option(
@@ -26,8 +26,8 @@ from dispatcher.cli import AppContext, pass_app
 @pass_app
 def doctor(app: AppContext, as_json: bool, skip: tuple[str, ...], nameserver: str | None) -> None:
     """Check the database, migrations, keys, broker, mail relay, the DKIM key and its DNS
-    record, file permissions, beat and workers; say what is wrong and how to fix it.
-    Exit code 1 when anything is wrong.
+    record, file permissions, beat and workers, the campaign counters; say what is wrong and
+    how to fix it. Exit code 1 when anything is wrong.
 
     The mail check connects, says EHLO, STARTTLS and AUTH as DISPATCHER_MAIL_URL asks, and
     QUITs: it sends nothing."""

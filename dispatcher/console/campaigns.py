@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from dispatcher.campaigns import counts
 from dispatcher.campaigns.audience import AudienceError, audience_filter
 from dispatcher.campaigns.services import (
     CampaignError,
@@ -82,18 +83,8 @@ def progress(
     report = report or campaign_report(session, campaign_id)
     finished = report.status in (CampaignStatus.DONE, CampaignStatus.CANCELLED)
     recent = 0
-    if not finished:  # a finished campaign sends nothing; spare the scan of its rows
-        since = utcnow() - RATE_WINDOW
-        recent = int(
-            session.scalar(
-                select(func.count()).where(
-                    Delivery.campaign_id == campaign_id,
-                    Delivery.finished_at >= since,
-                    Delivery.status != DeliveryStatus.CANCELLED,
-                )
-            )
-            or 0
-        )
+    if not finished:  # a finished campaign sends nothing
+        recent = counts.finished_since(session, campaign_id, utcnow() - RATE_WINDOW)
     rate = recent / RATE_WINDOW.total_seconds()
     pending = report.pending
     eta = round(pending / rate) if rate > 0 and pending else None
@@ -108,19 +99,8 @@ def progress(
 
 
 def sends_over_time(session: Session, campaign_id: int) -> list[tuple[str, int]]:
-    """Messages sent per minute (UTC), oldest first."""
-    column = Delivery.finished_at
-    if session.get_bind().dialect.name == "sqlite":
-        minute = func.strftime("%Y-%m-%d %H:%M", column)
-    else:
-        minute = func.to_char(func.date_trunc("minute", column), "YYYY-MM-DD HH24:MI")
-    rows = session.execute(
-        select(minute.label("minute"), func.count())
-        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.SENT)
-        .group_by("minute")
-        .order_by("minute")
-    )
-    return [(str(m), int(c)) for m, c in rows]
+    """Messages sent per minute (UTC), oldest first: from the campaign's counters."""
+    return counts.sent_per_minute(session, campaign_id)
 
 
 def failures(session: Session, campaign_id: int, limit: int = 20) -> list[tuple[str, int]]:

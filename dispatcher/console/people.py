@@ -5,19 +5,17 @@ CLI calls."""
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from flask import Response, flash, redirect, render_template, request, url_for
-from sqlalchemy import or_, select
+from flask import Response, abort, flash, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import select, text
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from dispatcher.console import charts
-from dispatcher.console.security import actor, audit, hit, requires, sessions, settings
-from dispatcher.console.staff import list_staff
+from dispatcher.console.imports import read_job, start_import
+from dispatcher.console.security import actor, audit, hit, requires, sessions, settings, staff
+from dispatcher.console.staff import has_role, list_staff
 from dispatcher.console.views import bp
-from dispatcher.contacts.importer import ImportReport, import_contacts
 from dispatcher.contacts.suppress import lift_address, suppress_address
 from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, Campaign, Contact, Delivery, StaffRole
@@ -27,8 +25,10 @@ from dispatcher.sharing.export import export
 from dispatcher.sharing.stats import report as stats_report
 from suppression.address import InvalidAddress, canonical_address
 from suppression.consent import consent_history
-from suppression.models import Address, Event, Reason, Suppression
-from suppression.suppressions import SuppressionError, list_suppressions
+from suppression.models import STAFF_EVENTS, Address, Event, Reason, Suppression
+from suppression.suppressions import SuppressionError, page_suppressions
+
+PAGE = 100  # rows per page of the suppressions and audit lists
 
 
 @bp.get("/people")
@@ -146,14 +146,18 @@ def suppressions() -> Any:
             flash("Suppressed.")
         return redirect(url_for("console.suppressions"))
     reason = request.args.get("reason") or None
-    scope = request.args.get("scope") or None
+    scope = (request.args.get("scope") or "").strip() or None
     everything = request.args.get("all") == "1"
+    before = _before()
     with sessions()() as db:
-        rows = [
-            (a, s)
-            for a, s in list_suppressions(db, include_lifted=everything, limit=5000)
-            if (reason is None or s.reason == reason) and (scope is None or s.scope == scope)
-        ][-500:]
+        rows, next_before = page_suppressions(
+            db,
+            reason=reason,
+            scope=scope,
+            include_lifted=everything,
+            before_id=before,
+            limit=PAGE,
+        )
         affiliates = list(db.scalars(select(Affiliate).order_by(Affiliate.name)))
     return render_template(
         "suppressions.html",
@@ -163,40 +167,70 @@ def suppressions() -> Any:
         reason=reason,
         scope=scope,
         everything=everything,
+        next_url=url_for(
+            "console.suppressions",
+            reason=reason or "",
+            scope=scope or "",
+            all="1" if everything else "",
+            before=next_before,
+        )
+        if next_before
+        else None,
+        first_url=url_for(
+            "console.suppressions",
+            reason=reason or "",
+            scope=scope or "",
+            all="1" if everything else "",
+        )
+        if before
+        else None,
     )
 
 
 @bp.route("/contacts/import", methods=["GET", "POST"])
 @requires(StaffRole.EDITOR)
 def contacts_import() -> Any:
-    report: ImportReport | None = None
+    """Upload a CSV; it is imported in the background and the job's page shows progress,
+    then the per-row report."""
     if request.method == "POST":
         upload = request.files.get("file")
         if upload is None or not upload.filename:
             flash("Choose a CSV file.", "error")
             return redirect(url_for("console.contacts_import"))
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "upload.csv"
-            upload.save(path)
-            try:
-                report = import_contacts(
-                    sessions(),
-                    path,
-                    source=f"console:{upload.filename[:100]}",
-                    actor=actor(),
-                    policy_version=settings().policy_version,
-                )
-            except (ValueError, UnicodeError) as exc:
-                audit("console_contacts_import", outcome="refused", why=str(exc)[:300])
-                flash(f"The file was not imported: {exc}", "error")
-                return redirect(url_for("console.contacts_import"))
-        audit(
-            "console_contacts_import",
-            read=report.read,
-            created=report.created,
-            invalid=report.invalid,
+        job = start_import(
+            settings(),
+            sessions(),
+            upload,
+            upload.filename,
+            staff_id=staff().id,
+            actor=actor(),
+            hit=hit(),
         )
-    return render_template("contacts.html", report=report)
+        return redirect(url_for("console.contacts_import_job", job=job))
+    return render_template("contacts.html", job=None, state=None)
+
+
+def _job_or_404(job: str) -> dict[str, Any]:
+    state = read_job(settings(), job)
+    if state is None or (
+        state.get("staff") != staff().id and not has_role(staff().role, StaffRole.ADMIN)
+    ):
+        abort(404, "No such import.")
+    return state
+
+
+@bp.get("/contacts/import/<job>")
+@requires(StaffRole.EDITOR)
+def contacts_import_job(job: str) -> str:
+    return render_template("contacts.html", job=job, state=_job_or_404(job))
+
+
+@bp.get("/contacts/import/<job>.json")
+@requires(StaffRole.EDITOR)
+def contacts_import_progress(job: str) -> Response:
+    state = dict(_job_or_404(job))
+    state.pop("staff", None)
+    return jsonify(state)
 
 
 @bp.route("/affiliates", methods=["GET", "POST"])
@@ -258,20 +292,38 @@ def stats() -> str:
 @bp.get("/audit")
 @requires(StaffRole.ADMIN)
 def audit_log() -> str:
-    kind = request.args.get("kind") or None
+    kind = (request.args.get("kind") or "").strip() or None
+    who = (request.args.get("actor") or "").strip() or None
+    before = _before()
     with sessions()() as db:
         # Staff sign-ins, actions and refusals: whatever a staff member did or was refused.
-        stmt = select(Event).where(
-            or_(
-                Event.kind.startswith("staff_"),
-                Event.kind.startswith("console_"),
-                Event.actor.is_not(None),
-            )
-        )
+        # The predicate's very text is the partial index's (ix_events_staff); a kind or a
+        # staff member walks (kind, id) or (actor, id); pages are keyset (id < before).
+        stmt = select(Event).where(text(STAFF_EVENTS))
         if kind:
             stmt = stmt.where(Event.kind == kind)
-        rows = list(db.scalars(stmt.order_by(Event.id.desc()).limit(300)))
-    return render_template("audit.html", rows=rows, kind=kind)
+        if who:
+            stmt = stmt.where(Event.actor == who)
+        if before is not None:
+            stmt = stmt.where(Event.id < before)
+        rows = list(db.scalars(stmt.order_by(Event.id.desc()).limit(PAGE + 1)))
+    more = len(rows) > PAGE
+    rows = rows[:PAGE]
+    args: dict[str, Any] = {"kind": kind or "", "actor": who or ""}
+    return render_template(
+        "audit.html",
+        rows=rows,
+        kind=kind,
+        actor=who,
+        next_url=url_for("console.audit_log", **args, before=rows[-1].id) if more else None,
+        first_url=url_for("console.audit_log", **args) if before else None,
+    )
+
+
+def _before() -> int | None:
+    """The keyset cursor of a list page: rows with a smaller id than this."""
+    value = request.args.get("before", "")
+    return int(value) if value.isdigit() and len(value) < 19 else None
 
 
 @bp.get("/staff")

@@ -21,7 +21,8 @@ from flask.sessions import SecureCookieSession, SessionInterface
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.console.staff import has_role
-from dispatcher.db import session_scope
+from dispatcher.console.staff_sessions import due, resume, seen
+from dispatcher.db import read_only, session_scope
 from dispatcher.models import Staff, StaffRole
 from dispatcher.settings import Settings
 from suppression.events import Hit, record_event
@@ -173,15 +174,27 @@ def install(app: Flask, config: Settings, trusted_proxies: int = 0) -> None:
     @app.before_request
     def _load_staff() -> None:
         g.staff = None
-        staff_id = session.get("staff")
-        if isinstance(staff_id, int):
-            with sessions()() as db:
-                found = db.get(Staff, staff_id)
-                if found is not None and found.disabled_at is None:
-                    db.expunge(found)
-                    g.staff = found
-                else:
-                    session.clear()
+        g.staff_session = None
+        key = session.get("sid")
+        if isinstance(key, str):
+            # The row decides: an ended session, an idle one or a disabled account is out.
+            # Read without waiting on SQLite's write lock (a long import holds it); the
+            # last-seen note is written once a minute.
+            with read_only(sessions()) as db:
+                found = resume(db, key, config.console_idle_seconds)
+                if found is not None:
+                    row, who = found
+                    row_id, touch = row.id, due(row)
+                    db.expunge(who)
+            if found is None:
+                session.clear()
+                return
+            g.staff_session, g.staff = row_id, who
+            if touch:
+                with session_scope(sessions()) as db:
+                    seen(db, row_id, hit())
+        elif session.get("staff") is not None:
+            session.clear()  # a cookie from before sessions were kept in the database
 
     @app.before_request
     def _check_csrf() -> None:

@@ -14,6 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dispatcher.console.staff_sessions import end_sessions_of
 from dispatcher.models import Staff, StaffRole
 from dispatcher.settings import Settings
 from suppression.address import InvalidAddress, canonical_address
@@ -112,7 +113,8 @@ def disable_staff(session: Session, email: str, *, actor: str | None) -> None:
         raise StaffError(f"{email!r} is already disabled")
     staff.disabled_at = utcnow()
     staff.password_nonce = None
-    record_event(session, "staff_disabled", actor=actor, staff_id=staff.id)
+    ended = end_sessions_of(session, staff.id, reason="staff_disabled", by=actor)
+    record_event(session, "staff_disabled", actor=actor, staff_id=staff.id, sessions_ended=ended)
 
 
 def list_staff(session: Session) -> list[Staff]:
@@ -139,21 +141,62 @@ def read_password_link(session: Session, settings: Settings, token: str) -> Staf
     return staff
 
 
-def set_password(session: Session, staff: Staff, password: str, confirm: str, hit: Hit) -> None:
-    """Set the password through a link (the link's nonce is spent)."""
+def _new_password(staff: Staff, password: str, confirm: str) -> str:
     if password != confirm:
         raise StaffError("the two passwords differ")
     if len(password) < MIN_PASSWORD:
         raise StaffError(f"the password needs at least {MIN_PASSWORD} characters")
     if password.strip().lower() == staff.email:
         raise StaffError("the password cannot be your e-mail address")
-    staff.password_hash = _hasher.hash(password)
+    return _hasher.hash(password)
+
+
+def set_password(session: Session, staff: Staff, password: str, confirm: str, hit: Hit) -> None:
+    """Set the password through a link (the link's nonce is spent); every session of the
+    account ends (whoever had it signed in must sign in with the new password)."""
+    staff.password_hash = _new_password(staff, password, confirm)
     staff.password_nonce = None
     staff.failed_attempts = 0
     staff.locked_until = None
+    ended = end_sessions_of(session, staff.id, reason="password_changed", by=staff.email)
     record_event(
-        session, "staff_password_set", actor=staff.email, hit=hit, outcome="ok", staff_id=staff.id
+        session,
+        "staff_password_set",
+        actor=staff.email,
+        hit=hit,
+        outcome="ok",
+        staff_id=staff.id,
+        sessions_ended=ended,
     )
+
+
+def change_password(
+    session: Session,
+    staff: Staff,
+    current: str,
+    password: str,
+    confirm: str,
+    hit: Hit,
+    *,
+    keep_session: int | None,
+) -> int:
+    """A signed-in staff member changes their password: the current one is asked again, and
+    every other session of the account ends. Returns how many ended."""
+    if staff.password_hash is None or not _verify(staff.password_hash, current):
+        raise StaffError("the current password is not right")
+    staff.password_hash = _new_password(staff, password, confirm)
+    ended = end_sessions_of(
+        session, staff.id, reason="password_changed", by=staff.email, keep=keep_session
+    )
+    record_event(
+        session,
+        "staff_password_changed",
+        actor=staff.email,
+        hit=hit,
+        outcome="ok",
+        sessions_ended=ended,
+    )
+    return ended
 
 
 def ip_failures(session: Session, ip: str | None, now: datetime) -> int:

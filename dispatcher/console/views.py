@@ -15,6 +15,7 @@ from flask import (
     Response,
     abort,
     flash,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -22,10 +23,11 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import func, select
+from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as BaseResponse
 
+from dispatcher.campaigns import counts as campaign_counts
 from dispatcher.campaigns.health import campaign_health, campaigns_in_trouble
 from dispatcher.campaigns.services import (
     CampaignError,
@@ -60,6 +62,7 @@ from dispatcher.console.security import (
 )
 from dispatcher.console.staff import SignInRefused, StaffError, read_password_link, set_password
 from dispatcher.console.staff import sign_in as check_sign_in
+from dispatcher.console.staff_sessions import end_session, open_session
 from dispatcher.db import session_scope
 from dispatcher.inbound.rates import (
     breaches,
@@ -67,7 +70,7 @@ from dispatcher.inbound.rates import (
     over_threshold,
     paused_for_rates,
 )
-from dispatcher.models import Campaign, CampaignContent, Delivery, StaffRole
+from dispatcher.models import Campaign, CampaignContent, StaffRole
 from dispatcher.sending.messages import build_message
 from dispatcher.sending.rendering import TemplateProblem, list_layouts
 from dispatcher.sending.staff_text import STAFF_VARIABLES, StaffContent
@@ -109,15 +112,15 @@ def sign_in() -> Any:
         address = request.form.get("email", "")[:320]
         password = request.form.get("password", "")[:1024]
         # The refusal is committed too: the failure counter and the audit record stay.
+        key: str | None = None
         with session_scope(sessions()) as db:
             try:
-                staff_id: int | None = check_sign_in(db, address, password, hit()).id
+                key = open_session(db, check_sign_in(db, address, password, hit()), hit())
             except SignInRefused as exc:
                 error = exc
-                staff_id = None
-        if error is None and staff_id is not None:
+        if error is None and key is not None:
             session.clear()
-            session["staff"] = staff_id
+            session["sid"] = key
             target = request.args.get("next", "")
             if not target.startswith("/") or target.startswith("//") or "\\" in target:
                 target = url_for("console.campaigns")
@@ -129,7 +132,9 @@ def sign_in() -> Any:
 
 @bp.post("/sign-out")
 def sign_out() -> BaseResponse:
-    if session.get("staff"):
+    if g.get("staff_session") is not None:
+        with session_scope(sessions()) as db:
+            end_session(db, g.staff_session, reason="signed_out", by=actor())
         audit("staff_sign_out")
     session.clear()
     return redirect(url_for("console.sign_in"))
@@ -169,15 +174,11 @@ def set_password_page(token: str) -> Any:
 def campaigns() -> str:
     with sessions()() as db:
         rows = list(db.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(500)))
-        counts: dict[int, dict[str, int]] = {}
         ids = [c.id for c in rows]
-        if ids:
-            for campaign_id, status, count in db.execute(
-                select(Delivery.campaign_id, Delivery.status, func.count())
-                .where(Delivery.campaign_id.in_(ids))
-                .group_by(Delivery.campaign_id, Delivery.status)
-            ):
-                counts.setdefault(campaign_id, {})[status] = count
+        counts = {
+            campaign_id: found.by_status
+            for campaign_id, found in campaign_counts.current(db, ids).items()
+        }
         trouble = campaigns_in_trouble(db, settings())
         rates = campaigns_rates(db, ids)
     # A short marker for a campaign paused for its rates, or past a pause threshold now.
@@ -561,4 +562,4 @@ def control(campaign_id: int, action: str) -> Any:
     return redirect(url_for("console.campaign", campaign_id=campaign_id))
 
 
-from dispatcher.console import people  # noqa: E402,F401  (registers the remaining pages)
+from dispatcher.console import accounts, people  # noqa: E402,F401  (registers the remaining pages)

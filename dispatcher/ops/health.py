@@ -398,6 +398,25 @@ def _ago(seen_at: Any, now: Any) -> str:
     return f"{max(0.0, (now - seen_at).total_seconds()):.0f}s"
 
 
+def check_counts(sessions: sessionmaker[Session]) -> Check:
+    """The campaigns' counters against ``count(*)`` of their delivery rows (reads every
+    delivery row: ``--skip counts`` on a very large database)."""
+    from dispatcher.campaigns.counts import verify
+
+    with sessions() as session:
+        wrong = verify(session)
+    if not wrong:
+        return Check("counts", True, "campaign counters match the delivery rows")
+    first = "; ".join(str(m) for m in wrong[:3])
+    return _failed(
+        "counts",
+        f"{len(wrong)} campaign counter(s) differ from the rows: {first}",
+        "report it (a statement moved delivery rows without its counters); "
+        "`dispatcher campaign status ID --verify-counts --repair` recounts a campaign that "
+        "is not sending",
+    )
+
+
 def doctor(
     settings: Settings,
     engine: Engine,
@@ -416,6 +435,7 @@ def doctor(
         ("dns", lambda: check_dkim_dns(settings, nameserver)),
         ("files", lambda: [check_files(settings)]),
         ("heartbeats", lambda: check_heartbeats(settings, sessions) if schema_ok else []),
+        ("counts", lambda: [check_counts(sessions)] if schema_ok else []),
     ):
         if not skip(name):
             checks.extend(run())

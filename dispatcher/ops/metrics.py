@@ -151,6 +151,7 @@ class _Queues(Collector):
         self.sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
+        from dispatcher.campaigns.counts import current
         from dispatcher.models import Campaign, Delivery, DeliveryStatus
         from suppression.models import utcnow
 
@@ -165,18 +166,32 @@ class _Queues(Collector):
             labels=["campaign", "purpose"],
         )
         now = utcnow()
+        rows = []
         with self.sessions() as session:
-            rows = session.execute(
-                select(
-                    Delivery.campaign_id,
-                    Campaign.purpose,
-                    func.count(),
-                    func.min(Delivery.created_at),
+            # Counts from the campaigns' counters; the oldest queued row through the
+            # (campaign_id, status, id) index. Only unfinished campaigns have queued rows.
+            live = dict(
+                session.execute(
+                    select(Campaign.id, Campaign.purpose).where(
+                        Campaign.status.in_(["scheduled", "sending", "paused"])
+                    )
+                ).all()
+            )
+            found = current(session, live)
+            for campaign_id, purpose in live.items():
+                count = found[campaign_id].by_status.get(DeliveryStatus.QUEUED.value, 0)
+                if count <= 0:
+                    continue
+                first = session.scalar(
+                    select(Delivery.created_at)
+                    .where(
+                        Delivery.campaign_id == campaign_id,
+                        Delivery.status == DeliveryStatus.QUEUED,
+                    )
+                    .order_by(Delivery.id)
+                    .limit(1)
                 )
-                .join(Campaign, Campaign.id == Delivery.campaign_id)
-                .where(Delivery.status == DeliveryStatus.QUEUED)
-                .group_by(Delivery.campaign_id, Campaign.purpose)
-            ).all()
+                rows.append((campaign_id, purpose, count, first))
         for campaign_id, purpose, count, first in rows:
             labels = [str(campaign_id), str(purpose)]
             depth.add_metric(labels, count)

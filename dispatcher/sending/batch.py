@@ -31,6 +31,7 @@ from sqlalchemy import ColumnElement, and_, case, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.campaigns import counts
 from dispatcher.campaigns.lifecycle import finish_if_done
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
@@ -109,7 +110,18 @@ def orphan_stale_claims(
             finished_at=utcnow(),
         )
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    orphaned = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if orphaned:
+        changes = counts.Changes()
+        changes.move(
+            campaign_id,
+            DeliveryStatus.SENDING.value,
+            DeliveryStatus.UNKNOWN.value,
+            orphaned,
+            reason_after="outcome_hidden_by_crash",
+        )
+        counts.record(session, changes)
+    return orphaned
 
 
 def claim_batch(
@@ -158,11 +170,14 @@ def claim_batch(
     )
     outcome = session.execute(stmt).all()
     skipped = 0
+    changes = counts.Changes()
     for _, status, skip_reason in outcome:
+        changes.move(campaign.id, DeliveryStatus.QUEUED.value, status, reason_after=skip_reason)
         if status == DeliveryStatus.SUPPRESSED:
             skipped += 1
             if reasons is not None:
                 reasons[skip_reason or "unknown"] += 1
+    counts.record(session, changes)  # the same transaction as the claim
     if len(outcome) == skipped:
         return [], skipped
     rows = session.execute(
@@ -329,28 +344,41 @@ class _Lease:
 def _record(session: Session, campaign_id: int, claim_token: str, result: BatchResult) -> None:
     now = utcnow()
     mine = and_(Delivery.claim_token == claim_token, Delivery.status == DeliveryStatus.SENDING)
+    # Only rows still this execution's move (another may have found the claim dead), so the
+    # counters move by what each UPDATE changed, and by one INSERT for the whole batch.
+    changes = counts.Changes()
+    sending = DeliveryStatus.SENDING.value
     if result.sent:
-        session.execute(
+        moved = session.execute(
             update(Delivery)
             .where(mine, Delivery.id.in_(result.sent))
             .values(status=DeliveryStatus.SENT.value, finished_at=now)
-        )
+        ).rowcount  # type: ignore[attr-defined]
+        changes.move(campaign_id, sending, DeliveryStatus.SENT.value, int(moved or 0))
     if result.unknown:
-        session.execute(
+        moved = session.execute(
             update(Delivery)
             .where(mine, Delivery.id.in_(result.unknown))
             .values(
                 status=DeliveryStatus.UNKNOWN.value, skip_reason="connection_lost", finished_at=now
             )
+        ).rowcount  # type: ignore[attr-defined]
+        changes.move(
+            campaign_id,
+            sending,
+            DeliveryStatus.UNKNOWN.value,
+            int(moved or 0),
+            reason_after="connection_lost",
         )
     if result.released:
-        session.execute(
+        moved = session.execute(
             update(Delivery)
             .where(mine, Delivery.id.in_(result.released))
             .values(status=DeliveryStatus.QUEUED.value, claim_token=None)
-        )
+        ).rowcount  # type: ignore[attr-defined]
+        changes.move(campaign_id, sending, DeliveryStatus.QUEUED.value, int(moved or 0))
     if result.failed:
-        session.execute(
+        failed = session.execute(
             update(Delivery)
             .where(mine, Delivery.id.in_(list(result.failed)))
             .values(
@@ -367,7 +395,11 @@ def _record(session: Session, campaign_id: int, claim_token: str, result: BatchR
                     else_=None,
                 ),
             )
+            .returning(Delivery.skip_reason)
         )
+        for (why,) in failed:
+            changes.move(campaign_id, sending, DeliveryStatus.FAILED.value, reason_after=why)
+    counts.record(session, changes)
     for address_id in set(result.bounced.values()):
         add_suppression(
             session,

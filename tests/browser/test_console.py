@@ -203,6 +203,8 @@ def test_write_preview_test_schedule_watch_unsubscribe(
                 ("12-audit", "/audit"),
                 ("13-staff", "/staff"),
                 ("14-confirm", f"/campaigns/{campaign_id}/resend-unknown"),
+                ("15-sessions", "/sessions"),
+                ("16-password", "/account/password"),
             ):
                 page.goto(f"{console}{path}")
                 check_page(page, tmp_path, name)

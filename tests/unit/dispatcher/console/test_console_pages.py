@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -43,11 +44,29 @@ def test_contacts_upload_gives_the_per_row_report(signed_in, session_factory):
         },
         content_type="multipart/form-data",
     )
-    page = response.get_data(as_text=True)
-    assert response.status_code == 200
+    # Imported in the background: the job's page polls its progress, then shows the report.
+    assert response.status_code == 302
+    job_page = response.headers["Location"]
+    deadline = time.monotonic() + 60
+    while (state := client.get(f"{job_page}.json").get_json())["state"] == "running":
+        assert time.monotonic() < deadline, "the import did not end within 60 s"
+        time.sleep(0.05)
+    assert state["state"] == "done" and state["rows_in_file"] == 2
+    assert state["bytes_done"] == state["bytes_total"] == len(csv.encode())
+    assert "staff" not in state
+    page = client.get(job_page).get_data(as_text=True)
     assert "<dt>Created</dt><dd>1</dd>" in page and "<td>3</td><td>email</td>" in page
     with session_scope(session_factory) as session:
         assert len(list(session.scalars(select(Contact)))) == 1
+        (event,) = session.scalars(
+            select(Event).where(Event.kind == "console_contacts_import")
+        ).all()
+        assert event.actor == "editor@staff.example" and event.detail["created"] == 1
+    # Someone else's import is not theirs to read (an admin's would be).
+    other = signed_in("editor", "other@staff.example")
+    assert other.get(job_page).status_code == 404
+    assert other.get(f"{job_page}.json").status_code == 404
+    assert signed_in("admin").get(job_page).status_code == 200
 
 
 def test_only_an_admin_lifts_a_suppression_and_says_why(signed_in, session_factory):

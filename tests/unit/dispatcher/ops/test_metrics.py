@@ -29,7 +29,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_queue_depth_per_campaign_comes_from_the_rows(
+def test_queue_depth_per_campaign_comes_from_its_counters(
     settings: Settings, session_factory: sessionmaker[Session]
 ) -> None:
     with session_scope(session_factory) as session:
