@@ -45,6 +45,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.orm import Session
@@ -348,6 +349,8 @@ def merge_consents(
             names, select(*(judged.c[n] for n in names[:-1]), verdict.label("verdict"))
         )
     )
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ANALYZE import_consent_facts"))  # plans below go by its size
     # The ledger: every fact that is not refused and not already there.
     before = conn.scalar(select(func.coalesce(func.max(c.id), 0)))
     written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
