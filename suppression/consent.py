@@ -47,6 +47,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    update,
 )
 from sqlalchemy.orm import Session
 
@@ -265,6 +266,7 @@ _FACTS = Table(
     Column("dated", Boolean, nullable=False),
     Column("source", String(200), nullable=False),
     Column("verdict", String(16)),
+    Column("consent_id", BigId),  # the ledger row's id, given before it is written
     prefixes=["TEMPORARY"],
 )
 
@@ -343,7 +345,7 @@ def merge_consents(
         (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
         else_=str(Verdict.CHANGED),
     )
-    names = [col.name for col in f.c]
+    names = [col.name for col in f.c][:-1]
     conn.execute(
         f.insert().from_select(
             names, select(*(judged.c[n] for n in names[:-1]), verdict.label("verdict"))
@@ -351,12 +353,15 @@ def merge_consents(
     )
     if conn.dialect.name == "postgresql":
         conn.execute(text("ANALYZE import_consent_facts"))  # plans below go by its size
-    # The ledger: every fact that is not refused and not already there.
-    before = conn.scalar(select(func.coalesce(func.max(c.id), 0)))
+    # The ledger: every fact that is not refused and not already there, its ids given first
+    # (in line order, as one INSERT … ORDER BY line would) so that the states and events below
+    # point at their ledger rows by id, not by looking each one up again.
     written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
+    _number_ledger_rows(conn, written)
     conn.execute(
         insert_for(session, Consent).from_select(
             [
+                "id",
                 "address_id",
                 "scope",
                 "status",
@@ -368,6 +373,7 @@ def merge_consents(
                 "policy_version",
             ],
             select(
+                f.c.consent_id,
                 f.c.address_id,
                 f.c.scope,
                 f.c.status,
@@ -379,29 +385,17 @@ def merge_consents(
                 literal(policy_version, String()),
             )
             .where(f.c.verdict.in_(written))
-            .order_by(f.c.line),
+            .order_by(f.c.consent_id),
         )
     )
     # The states, pointing at their ledger rows; the rule decides again in the upsert, so a
     # change that committed meanwhile (an unsubscribe) is never overwritten.
     winners = f.c.verdict.in_([Verdict.CHANGED, Verdict.RENEWED])
-    ledger_id = (
-        select(func.min(c.id))
-        .where(
-            c.address_id == f.c.address_id,
-            c.scope == f.c.scope,
-            c.status == f.c.status,
-            c.occurred_at == f.c.occurred_at,
-            c.dated == f.c.dated,
-            c.id > before,
-        )
-        .scalar_subquery()
-    )
     upsert = insert_for(session, ConsentState).from_select(
         ["address_id", "scope", "status", "consent_id", "occurred_at", "dated"],
-        select(f.c.address_id, f.c.scope, f.c.status, ledger_id, f.c.occurred_at, f.c.dated).where(
-            winners
-        ),
+        select(
+            f.c.address_id, f.c.scope, f.c.status, f.c.consent_id, f.c.occurred_at, f.c.dated
+        ).where(winners),
     )
     conn.execute(_unless_overtaken(upsert, recipient_action=False))
     conn.execute(
@@ -422,9 +416,7 @@ def merge_consents(
                 and_(
                     s.c.address_id == f.c.address_id,
                     s.c.scope == f.c.scope,
-                    s.c.consent_id > before,
-                    s.c.status == f.c.status,
-                    s.c.occurred_at == f.c.occurred_at,
+                    s.c.consent_id == f.c.consent_id,
                 ),
             )
             .where(winners)
@@ -446,6 +438,36 @@ def merge_consents(
     ]
     f.drop(conn)
     return tally
+
+
+def _number_ledger_rows(conn: Any, written: list[Verdict]) -> None:
+    """Give each fact to be written its ledger id, in line order (then scope)."""
+    f = _FACTS
+    order = [f.c.line, f.c.scope]
+    if conn.dialect.name == "postgresql":
+        # From the table's own sequence, so ids stay unique beside concurrent writers.
+        ordered = (
+            select(f.c.line, f.c.scope).where(f.c.verdict.in_(written)).order_by(*order).subquery()
+        )
+        numbered = select(
+            ordered.c.line,
+            ordered.c.scope,
+            func.nextval(func.pg_get_serial_sequence("consents", "id")).label("id"),
+        ).subquery()
+    else:
+        # SQLite: this transaction holds the write lock (it has written the addresses), so
+        # no other writer takes ids meanwhile; the next rowid is max + 1, as SQLite gives.
+        top = select(func.coalesce(func.max(Consent.id), 0)).scalar_subquery()
+        numbered = (
+            select(f.c.line, f.c.scope, (top + func.row_number().over(order_by=order)).label("id"))
+            .where(f.c.verdict.in_(written))
+            .subquery()
+        )
+    conn.execute(
+        update(f)
+        .where(f.c.line == numbered.c.line, f.c.scope == numbered.c.scope)
+        .values(consent_id=numbered.c.id)
+    )
 
 
 def consent_history(session: Session, address_id: int) -> list[Consent]:

@@ -87,7 +87,7 @@ def _consent_value(text: str) -> str | None:
     raise ValueError(f"{text!r} is not a consent value (use yes or no; empty if never asked)")
 
 
-_UNKNOWN = object()
+_UNKNOWN = "(not a consent word)"  # never a value of _CONSENT
 # The consent words as files write them, straight to their value (others go the long way).
 _CONSENT: dict[str, str | None] = {
     **{w: str(ConsentStatus.OPTED_IN) for word in _YES for w in (word, word.upper())},
@@ -202,13 +202,13 @@ class _Parser:
         except ValueError as exc:
             fail("consent_source", str(exc))
         marketing = _CONSENT.get(values.marketing_consent or "", _UNKNOWN)
-        if marketing is _UNKNOWN:
+        if marketing == _UNKNOWN:
             try:
                 marketing = _consent_value(values.marketing_consent or "")
             except ValueError as exc:
                 fail("marketing_consent", str(exc))
         affiliates = _CONSENT.get(values.affiliates_consent or "", _UNKNOWN)
-        if affiliates is _UNKNOWN:
+        if affiliates == _UNKNOWN:
             try:
                 affiliates = _consent_value(values.affiliates_consent or "")
             except ValueError as exc:
