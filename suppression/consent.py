@@ -47,7 +47,6 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
-    update,
 )
 from sqlalchemy.orm import Session
 
@@ -345,19 +344,33 @@ def merge_consents(
         (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
         else_=str(Verdict.CHANGED),
     )
-    names = [col.name for col in f.c][:-1]
+    # The ledger rows to write (every fact not refused and not already there) get their ids
+    # here, in line order as one INSERT … ORDER BY line would give them, so that the states and
+    # events below point at their ledger rows by id instead of looking each one up again.
+    written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
+    names = [col.name for col in f.c]
+    verdicts = select(*(judged.c[n] for n in names[:-2]), verdict.label("verdict")).subquery()
+    is_written = verdicts.c.verdict.in_(written)
+    order = [verdicts.c.line, verdicts.c.scope]
+    if conn.dialect.name == "postgresql":
+        # From the table's own sequence (ids stay unique beside concurrent writers); nextval
+        # runs after the sort, in line order.
+        next_id: Any = func.nextval(func.pg_get_serial_sequence("consents", "id"))
+    else:
+        # SQLite: this transaction holds the write lock (it has written the addresses), so no
+        # other writer takes ids meanwhile; the next rowid is max + 1, as SQLite gives it.
+        top = select(func.coalesce(func.max(c.id), 0)).scalar_subquery()
+        next_id = top + func.row_number().over(partition_by=is_written, order_by=order)
     conn.execute(
         f.insert().from_select(
-            names, select(*(judged.c[n] for n in names[:-1]), verdict.label("verdict"))
+            names,
+            select(
+                *(verdicts.c[n] for n in names[:-1]), case((is_written, next_id), else_=None)
+            ).order_by(*order),
         )
     )
     if conn.dialect.name == "postgresql":
         conn.execute(text("ANALYZE import_consent_facts"))  # plans below go by its size
-    # The ledger: every fact that is not refused and not already there, its ids given first
-    # (in line order, as one INSERT … ORDER BY line would) so that the states and events below
-    # point at their ledger rows by id, not by looking each one up again.
-    written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
-    _number_ledger_rows(conn, written)
     conn.execute(
         insert_for(session, Consent).from_select(
             [
@@ -438,36 +451,6 @@ def merge_consents(
     ]
     f.drop(conn)
     return tally
-
-
-def _number_ledger_rows(conn: Any, written: list[Verdict]) -> None:
-    """Give each fact to be written its ledger id, in line order (then scope)."""
-    f = _FACTS
-    order = [f.c.line, f.c.scope]
-    if conn.dialect.name == "postgresql":
-        # From the table's own sequence, so ids stay unique beside concurrent writers.
-        ordered = (
-            select(f.c.line, f.c.scope).where(f.c.verdict.in_(written)).order_by(*order).subquery()
-        )
-        numbered = select(
-            ordered.c.line,
-            ordered.c.scope,
-            func.nextval(func.pg_get_serial_sequence("consents", "id")).label("id"),
-        ).subquery()
-    else:
-        # SQLite: this transaction holds the write lock (it has written the addresses), so
-        # no other writer takes ids meanwhile; the next rowid is max + 1, as SQLite gives.
-        top = select(func.coalesce(func.max(Consent.id), 0)).scalar_subquery()
-        numbered = (
-            select(f.c.line, f.c.scope, (top + func.row_number().over(order_by=order)).label("id"))
-            .where(f.c.verdict.in_(written))
-            .subquery()
-        )
-    conn.execute(
-        update(f)
-        .where(f.c.line == numbered.c.line, f.c.scope == numbered.c.scope)
-        .values(consent_id=numbered.c.id)
-    )
 
 
 def consent_history(session: Session, address_id: int) -> list[Consent]:
