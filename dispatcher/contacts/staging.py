@@ -182,6 +182,10 @@ def merge(
     conn.execute(text("CREATE INDEX ix_import_rows_address ON import_rows (address)"))
     if pg:
         conn.execute(text("ANALYZE import_rows"))
+        conn.execute(text("ANALYZE import_tags"))
+    else:
+        # SQLite would build this index for each of the two statements that join the tags.
+        conn.execute(text("CREATE INDEX ix_import_tags_address ON import_tags (address)"))
     at_now = literal(now, UTCDateTime())
     conn.execute(
         insert_for(session, Address)
