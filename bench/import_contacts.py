@@ -16,7 +16,9 @@ CPU-second (the steadier figure on a shared machine), peak RSS and the load aver
 
 Measured 2026-12-01, --rows 1000000 --backend sqlite, the shared 2-core machine at load
 average 9-18: first import 2,677 rows/s (8,469 per CPU-second), re-import 2,731 (10,171);
-peak RSS 86-88 MB. Targets not met. See the README ("Speed") for PostgreSQL.
+peak RSS 86-88 MB. --backend postgres, load average 6-27: first import 754 rows/s (3,187 per
+CPU-second, client and server), re-import 3,746 (7,992), peak RSS 78 MB; COPY of the same file
+352,338 rows/s; import / COPY = 0.002. Targets not met.
 """
 
 from __future__ import annotations
