@@ -45,6 +45,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.orm import Session
@@ -264,6 +265,7 @@ _FACTS = Table(
     Column("dated", Boolean, nullable=False),
     Column("source", String(200), nullable=False),
     Column("verdict", String(16)),
+    Column("consent_id", BigId),  # the ledger row's id, given before it is written
     prefixes=["TEMPORARY"],
 )
 
@@ -342,18 +344,37 @@ def merge_consents(
         (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
         else_=str(Verdict.CHANGED),
     )
+    # The ledger rows to write (every fact not refused and not already there) get their ids
+    # here, in line order as one INSERT … ORDER BY line would give them, so that the states and
+    # events below point at their ledger rows by id instead of looking each one up again.
+    written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
     names = [col.name for col in f.c]
+    verdicts = select(*(judged.c[n] for n in names[:-2]), verdict.label("verdict")).subquery()
+    is_written = verdicts.c.verdict.in_(written)
+    order = [verdicts.c.line, verdicts.c.scope]
+    if conn.dialect.name == "postgresql":
+        # From the table's own sequence (ids stay unique beside concurrent writers); nextval
+        # runs after the sort, in line order.
+        next_id: Any = func.nextval(func.pg_get_serial_sequence("consents", "id"))
+    else:
+        # SQLite: this transaction holds the write lock (it has written the addresses), so no
+        # other writer takes ids meanwhile; the next rowid is max + 1, as SQLite gives it.
+        top = select(func.coalesce(func.max(c.id), 0)).scalar_subquery()
+        next_id = top + func.row_number().over(partition_by=is_written, order_by=order)
     conn.execute(
         f.insert().from_select(
-            names, select(*(judged.c[n] for n in names[:-1]), verdict.label("verdict"))
+            names,
+            select(
+                *(verdicts.c[n] for n in names[:-1]), case((is_written, next_id), else_=None)
+            ).order_by(*order),
         )
     )
-    # The ledger: every fact that is not refused and not already there.
-    before = conn.scalar(select(func.coalesce(func.max(c.id), 0)))
-    written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ANALYZE import_consent_facts"))  # plans below go by its size
     conn.execute(
         insert_for(session, Consent).from_select(
             [
+                "id",
                 "address_id",
                 "scope",
                 "status",
@@ -365,6 +386,7 @@ def merge_consents(
                 "policy_version",
             ],
             select(
+                f.c.consent_id,
                 f.c.address_id,
                 f.c.scope,
                 f.c.status,
@@ -376,29 +398,17 @@ def merge_consents(
                 literal(policy_version, String()),
             )
             .where(f.c.verdict.in_(written))
-            .order_by(f.c.line),
+            .order_by(f.c.consent_id),
         )
     )
     # The states, pointing at their ledger rows; the rule decides again in the upsert, so a
     # change that committed meanwhile (an unsubscribe) is never overwritten.
     winners = f.c.verdict.in_([Verdict.CHANGED, Verdict.RENEWED])
-    ledger_id = (
-        select(func.min(c.id))
-        .where(
-            c.address_id == f.c.address_id,
-            c.scope == f.c.scope,
-            c.status == f.c.status,
-            c.occurred_at == f.c.occurred_at,
-            c.dated == f.c.dated,
-            c.id > before,
-        )
-        .scalar_subquery()
-    )
     upsert = insert_for(session, ConsentState).from_select(
         ["address_id", "scope", "status", "consent_id", "occurred_at", "dated"],
-        select(f.c.address_id, f.c.scope, f.c.status, ledger_id, f.c.occurred_at, f.c.dated).where(
-            winners
-        ),
+        select(
+            f.c.address_id, f.c.scope, f.c.status, f.c.consent_id, f.c.occurred_at, f.c.dated
+        ).where(winners),
     )
     conn.execute(_unless_overtaken(upsert, recipient_action=False))
     conn.execute(
@@ -419,9 +429,7 @@ def merge_consents(
                 and_(
                     s.c.address_id == f.c.address_id,
                     s.c.scope == f.c.scope,
-                    s.c.consent_id > before,
-                    s.c.status == f.c.status,
-                    s.c.occurred_at == f.c.occurred_at,
+                    s.c.consent_id == f.c.consent_id,
                 ),
             )
             .where(winners)

@@ -14,7 +14,7 @@ import codecs
 import io
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -87,6 +87,27 @@ def _consent_value(text: str) -> str | None:
     raise ValueError(f"{text!r} is not a consent value (use yes or no; empty if never asked)")
 
 
+_UNKNOWN = "(not a consent word)"  # never a value of _CONSENT
+# The consent words as files write them, straight to their value (others go the long way).
+_CONSENT: dict[str, str | None] = {
+    **{w: str(ConsentStatus.OPTED_IN) for word in _YES for w in (word, word.upper())},
+    **{w: str(ConsentStatus.OPTED_OUT) for word in _NO for w in (word, word.upper())},
+    **{"Yes": str(ConsentStatus.OPTED_IN), "No": str(ConsentStatus.OPTED_OUT), "": None},
+}
+
+
+@lru_cache(maxsize=1 << 12)
+def _tags(given: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """A row's tags (trimmed, lower-case, sorted, once each) and the first one too long."""
+    tags = tuple(sorted({t.strip().lower() for t in given if t.strip()}))
+    return tags, next((t for t in tags if len(t) > MAX_TAG), None)
+
+
+@lru_cache(maxsize=1 << 12)
+def _attributes_json(items: tuple[tuple[str, str], ...]) -> str:
+    return _JSON(dict(items))
+
+
 def _timestamp(text: str, now: datetime) -> datetime | None:
     parsed = _parse_time(text)
     if parsed is not None and parsed > now:
@@ -132,7 +153,7 @@ class _Parser:
         self.now = now
         self.errors = errors
 
-    def parse(self, record: Record) -> tuple[StagedRow, list[str]] | None:
+    def parse(self, record: Record) -> tuple[StagedRow, Sequence[str]] | None:
         line = record.line
         layout = self.layout
         if len(record.fields) > layout.width:
@@ -154,10 +175,11 @@ class _Parser:
             column, _, reason = str(exc).partition(": ")
             self.errors.append(RowError(line, column, reason))
             return None
-        errors_before = len(self.errors)
+        errors = self.errors
+        errors_before = len(errors)
 
         def fail(name: str, reason: str) -> None:
-            self.errors.append(RowError(line, layout.column_of(name), reason))
+            errors.append(RowError(line, layout.column_of(name), reason))
 
         raw = values.email or ""
         try:
@@ -165,49 +187,62 @@ class _Parser:
         except InvalidAddress as exc:
             fail("email", str(exc))
             return None
-        texts: dict[str, str | None] = {}
-        for name in ("first_name", "last_name", "consent_source"):
+        # Straight-line and cached where files repeat themselves (consent words, times, tag
+        # lists, attribute sets): this runs once per row of a million-row file.
+        try:
+            first_name = _text(values.first_name)
+        except ValueError as exc:
+            fail("first_name", str(exc))
+        try:
+            last_name = _text(values.last_name)
+        except ValueError as exc:
+            fail("last_name", str(exc))
+        try:
+            consent_source = _text(values.consent_source)
+        except ValueError as exc:
+            fail("consent_source", str(exc))
+        marketing = _CONSENT.get(values.marketing_consent or "", _UNKNOWN)
+        if marketing == _UNKNOWN:
             try:
-                texts[name] = _text(getattr(values, name))
+                marketing = _consent_value(values.marketing_consent or "")
             except ValueError as exc:
-                fail(name, str(exc))
-        consents: dict[str, str | None] = {}
-        for name in ("marketing_consent", "affiliates_consent"):
+                fail("marketing_consent", str(exc))
+        affiliates = _CONSENT.get(values.affiliates_consent or "", _UNKNOWN)
+        if affiliates == _UNKNOWN:
             try:
-                consents[name] = _consent_value(getattr(values, name) or "")
+                affiliates = _consent_value(values.affiliates_consent or "")
             except ValueError as exc:
-                fail(name, str(exc))
+                fail("affiliates_consent", str(exc))
         try:
             consent_at = _timestamp(values.consent_at or "", self.now)
         except ValueError as exc:
             fail("consent_at", str(exc))
             consent_at = None
-        tags = sorted({t.strip().lower() for t in values.tags if t.strip()})
-        long_tags = [t for t in tags if len(t) > MAX_TAG]
-        if long_tags:
-            fail("tags", f"the tag {long_tags[0][:20]!r}... is longer than {MAX_TAG} characters")
+        tags, long_tag = _tags(tuple(values.tags))
+        if long_tag is not None:
+            fail("tags", f"the tag {long_tag[:20]!r}... is longer than {MAX_TAG} characters")
         attributes: dict[str, str] = {}
         for key, value in values.attributes.items():
             try:
                 kept = _text(value)
             except ValueError as exc:
-                self.errors.append(RowError(line, layout.column_of(key), str(exc)))
+                errors.append(RowError(line, layout.column_of(key), str(exc)))
                 continue
             if kept is not None:
                 attributes[key] = kept
-        if len(self.errors) > errors_before:
+        if len(errors) > errors_before:
             return None
         row: StagedRow = (
             line,
             address,
             raw.strip(),
-            texts["first_name"],
-            texts["last_name"],
-            texts["consent_source"] or self.source,
+            first_name,
+            last_name,
+            consent_source or self.source,
             consent_at,
-            consents["marketing_consent"],
-            consents["affiliates_consent"],
-            _JSON(attributes) if attributes else None,
+            marketing,
+            affiliates,
+            _attributes_json(tuple(attributes.items())) if attributes else None,
         )
         return row, tags
 

@@ -111,6 +111,13 @@ class Stage:
         self.session = session
         self.conn = session.connection()
         self.postgres = self.conn.dialect.name == "postgresql"
+        if self.postgres:
+            # For this transaction only. JIT compiles the merge's statements for seconds (their
+            # cost estimates are large) and then saves nothing on a few hash joins; the sorts
+            # of the merge (window functions over the file's consent facts) spill to disk at
+            # the default 4 MB.
+            self.conn.execute(text("SET LOCAL jit = off"))
+            self.conn.execute(text("SET LOCAL work_mem = '64MB'"))
         for table in (ROWS, TAGS, PEOPLE):
             table.drop(self.conn, checkfirst=True)
             table.create(self.conn)
@@ -175,6 +182,10 @@ def merge(
     conn.execute(text("CREATE INDEX ix_import_rows_address ON import_rows (address)"))
     if pg:
         conn.execute(text("ANALYZE import_rows"))
+        conn.execute(text("ANALYZE import_tags"))
+    else:
+        # SQLite would build this index for each of the two statements that join the tags.
+        conn.execute(text("CREATE INDEX ix_import_tags_address ON import_tags (address)"))
     at_now = literal(now, UTCDateTime())
     conn.execute(
         insert_for(session, Address)
