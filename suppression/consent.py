@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -63,7 +63,7 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import dialect_name, insert_for, insert_on
+from suppression.sql import core, dialect_name, insert_for, insert_on
 
 IN, OUT = str(ConsentStatus.OPTED_IN), str(ConsentStatus.OPTED_OUT)
 
@@ -203,13 +203,14 @@ def record_consent(
     )
     key = {"address_id": address_id, "scope": str(scope)}
     fact = {"status": str(status), "occurred_at": occurred_at}
-    row = session.execute(judged, {f"p_{k}": v for k, v in {**key, **fact}.items()}).first()
+    connection = core(session)
+    row = connection.execute(judged, {f"p_{k}": v for k, v in {**key, **fact}.items()}).first()
     verdict, current = (row[0], row[1]) if row is not None else ("candidate", None)
     if verdict == Verdict.REFUSED:
         return ConsentOutcome.KEPT_OPT_OUT
     if verdict == "candidate" and current == str(status):
         return ConsentOutcome.UNCHANGED
-    ledger_id = session.execute(
+    ledger_id = connection.execute(
         ledger_insert,
         {
             **key,
@@ -224,7 +225,7 @@ def record_consent(
     ).scalar_one()
     if verdict == Verdict.HISTORY:
         return ConsentOutcome.STALE
-    session.execute(state_upsert, {**key, **fact, "dated": True, "consent_id": ledger_id})
+    connection.execute(state_upsert, {**key, **fact, "dated": True, "consent_id": ledger_id})
     cached = session.identity_map.get(session.identity_key(ConsentState, (address_id, str(scope))))
     if cached is not None:
         session.expire(cached)
@@ -255,8 +256,8 @@ def _record_statements(dialect: str, recipient_action: bool) -> tuple[Any, Any, 
         ConsentState.scope == bindparam("p_scope", type_=String()),
     )
     # The INSERTs take their values from each call's parameters.
-    ledger = insert(Consent).returning(Consent.id)
-    upsert = insert_on(dialect, ConsentState)
+    ledger = insert(cast(Table, Consent.__table__)).returning(Consent.__table__.c.id)
+    upsert = insert_on(dialect, ConsentState.__table__)
     return judged, ledger, _unless_overtaken(upsert, recipient_action=recipient_action)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,3 +31,12 @@ def insert_on(dialect: str, table: Table | Any) -> Any:
 def insert_for(session: Session, table: Table | Any) -> Any:
     """An INSERT that knows ``ON CONFLICT`` for the session's backend (SQLite or PostgreSQL)."""
     return insert_on(session.get_bind().dialect.name, table)
+
+
+def core(session: Session) -> Connection:
+    """The session's connection, to run a prebuilt Core statement without the ORM's
+    per-statement work; what the session holds unflushed is flushed first, as an ORM
+    statement would."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    return session.connection()

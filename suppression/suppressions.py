@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from suppression.events import Hit, record_event
 from suppression.models import GLOBAL_SCOPE, Address, Reason, Scope, Suppression, utcnow
-from suppression.sql import dialect_name, insert_on
+from suppression.sql import core, dialect_name, insert_on
 
 # Suppressions a recipient may lift by re-subscribing. Everything else needs staff.
 RECIPIENT_LIFTABLE = frozenset({Reason.UNSUBSCRIBE})
@@ -68,12 +68,13 @@ def add_suppression(
     scope = valid_scope(scope)
     insert, existing_id = _add_statements(dialect_name(session))
     row = {"address_id": address_id, "scope": scope, "reason": str(reason)}
-    new_id = session.execute(
+    connection = core(session)
+    new_id = connection.execute(
         insert,
         {**row, "source": source, "note": note, "created_by": actor, "created_at": utcnow()},
     ).scalar_one_or_none()
     if new_id is None:
-        existing = session.scalar(existing_id, {f"p_{k}": v for k, v in row.items()})
+        existing = connection.scalar(existing_id, {f"p_{k}": v for k, v in row.items()})
         assert existing is not None
         return Added(existing, created=False)
     record_event(

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from dispatcher.models import Campaign, Delivery, DeliveryStatus
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import UTCDateTime, utcnow
+from suppression.sql import core
 
 
 def stop_queued(session: Session, address_id: int) -> int:
@@ -24,8 +25,8 @@ def stop_queued(session: Session, address_id: int) -> int:
     stopped = 0
     params = {"stop_address_id": address_id, "now": utcnow()}
     for statement in _stop_statements():
-        result = session.execute(statement, params)
-        stopped += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        result = core(session).execute(statement, params)
+        stopped += int(result.rowcount or 0)
     return stopped
 
 
@@ -49,7 +50,5 @@ def _stop_statements() -> tuple[Any, ...]:
                 skip_reason=reason,
                 finished_at=bindparam("now", type_=UTCDateTime()),
             )
-            # The rows are not loaded in the session: no need to fetch their ids back.
-            .execution_options(synchronize_session=False)
         )
     return tuple(statements)
