@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from bench.common import populate
-from dispatcher.campaigns.fanout import create_deliveries
 from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade
-from dispatcher.models import Campaign
 from dispatcher.settings import Settings
 from suppression.models import Address
 from suppression.tokens import LinkPurpose, TokenSigner
+from tests.factories import make_sending_campaign
 
 SPARE = 50  # addresses kept out of the measured lists (warm-up requests use them)
 
@@ -42,18 +41,8 @@ def prepare(settings: Settings, contacts: int) -> Population:
         with session_scope(sessions) as session:
             bulk_contacts(session, contacts, not_opted_in_every=10, suppressed_every=10)
     with session_scope(sessions) as session:
-        campaign = Campaign(
-            name="December news",
-            subject="New tracks",
-            template="new-releases",
-            purpose="marketing",
-            status="sending",
-        )
-        session.add(campaign)
-        session.flush()
-        create_deliveries(session, campaign)
+        campaign_id, _ = make_sending_campaign(session)
         ids = list(session.scalars(select(Address.id).order_by(Address.id)))
-        campaign_id = campaign.id
     engine.dispose()
     signer = TokenSigner(settings.secret_keys)
     unsub = [signer.sign_link(LinkPurpose.UNSUBSCRIBE, i, campaign_id) for i in ids]

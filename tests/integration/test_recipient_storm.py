@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from dispatcher.campaigns.fanout import create_deliveries
 from dispatcher.db import session_scope
-from dispatcher.models import Campaign, Delivery
+from dispatcher.models import Delivery
 from dispatcher.web import POOL_SPARE
 from suppression.consent import current_consent
 from suppression.models import Address, Event, Scope, Suppression
 from suppression.tokens import LinkPurpose, TokenSigner
+from tests.factories import make_sending_campaign
 from tests.integration.faults import populate, sessions_for
 from tests.support.backends import PG_ADMIN_URL, Backend, make_backend
 from tests.support.gunicorn import Server, gunicorn, sessions_opened
@@ -39,16 +39,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     with make_backend("postgres-rabbitmq", tmp_path_factory.mktemp("storm") / "var") as b:
         populate(b.settings, CONTACTS)
         with session_scope(sessions_for(b.settings)) as session:
-            campaign = Campaign(
-                name="December news",
-                subject="s",
-                template="new-releases",
-                purpose="marketing",
-                status="sending",
-            )
-            session.add(campaign)
-            session.flush()
-            create_deliveries(session, campaign)
+            make_sending_campaign(session)
         yield b
 
 
