@@ -7,7 +7,9 @@ its own content. ``verify_chain`` recomputes the chain and names the first broke
 edited, deleted or re-ordered sealed event breaks it.
 
 The IP and browser of an event are outside the chain on purpose: retention and erasure remove
-them (the privacy policy's promise), and that must not look like tampering.
+them (the privacy policy's promise), and that must not look like tampering. So are a folded
+page hit's ``count``, ``last_at`` and ``fold_key`` (``suppression/events.py``): they grow after
+the row is written, while its window lasts, and may be sealed meanwhile.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -37,10 +38,12 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     case,
     exists,
     false,
     func,
+    insert,
     literal,
     not_,
     or_,
@@ -59,8 +62,9 @@ from suppression.models import (
     Event,
     Scope,
     UTCDateTime,
+    utcnow,
 )
-from suppression.sql import insert_for
+from suppression.sql import core, dialect_name, insert_for, insert_on
 
 IN, OUT = str(ConsentStatus.OPTED_IN), str(ConsentStatus.OPTED_OUT)
 
@@ -195,40 +199,34 @@ def record_consent(
     older change is kept as history; an opt-in over an opt-out is refused unless it is the
     recipient's own action (the preference page, a signed re-subscribe).
     """
-    new = Fact(literal(str(status)), literal(occurred_at, UTCDateTime()), literal(True))
-    row = session.execute(
-        select(
-            judge(new, _state_fact(), recipient_action=recipient_action), ConsentState.status
-        ).where(ConsentState.address_id == address_id, ConsentState.scope == str(scope))
-    ).first()
+    judged, ledger_insert, state_upsert = _record_statements(
+        dialect_name(session), recipient_action
+    )
+    key = {"address_id": address_id, "scope": str(scope)}
+    fact = {"status": str(status), "occurred_at": occurred_at}
+    connection = core(session)
+    row = connection.execute(judged, {f"p_{k}": v for k, v in {**key, **fact}.items()}).first()
     verdict, current = (row[0], row[1]) if row is not None else ("candidate", None)
     if verdict == Verdict.REFUSED:
         return ConsentOutcome.KEPT_OPT_OUT
     if verdict == "candidate" and current == str(status):
         return ConsentOutcome.UNCHANGED
-    ledger = Consent(
-        address_id=address_id,
-        scope=str(scope),
-        status=str(status),
-        source=source,
-        occurred_at=occurred_at,
-        actor=actor,
-        ip=hit.ip if hit else None,
-        policy_version=policy_version,
-    )
-    session.add(ledger)
-    session.flush()
+    ledger_id = connection.execute(
+        ledger_insert,
+        {
+            **key,
+            **fact,
+            "dated": True,
+            "source": source,
+            "actor": actor,
+            "ip": hit.ip if hit else None,
+            "policy_version": policy_version,
+            "recorded_at": utcnow(),
+        },
+    ).scalar_one()
     if verdict == Verdict.HISTORY:
         return ConsentOutcome.STALE
-    upsert = insert_for(session, ConsentState).values(
-        address_id=address_id,
-        scope=str(scope),
-        status=str(status),
-        consent_id=ledger.id,
-        occurred_at=occurred_at,
-        dated=True,
-    )
-    session.execute(_unless_overtaken(upsert, recipient_action=recipient_action))
+    connection.execute(state_upsert, {**key, **fact, "dated": True, "consent_id": ledger_id})
     cached = session.identity_map.get(session.identity_key(ConsentState, (address_id, str(scope))))
     if cached is not None:
         session.expire(cached)
@@ -243,6 +241,25 @@ def record_consent(
         source=source,
     )
     return ConsentOutcome.RECORDED
+
+
+@cache
+def _record_statements(dialect: str, recipient_action: bool) -> tuple[Any, Any, Any]:
+    """:func:`record_consent`'s three statements, built once per backend and kind of actor
+    (building the rule's expression costs more than running it); values are bound per call."""
+    status = bindparam("p_status", type_=String())
+    occurred_at = bindparam("p_occurred_at", type_=UTCDateTime())
+    new = Fact(status, occurred_at, literal(True))
+    judged = select(
+        judge(new, _state_fact(), recipient_action=recipient_action), ConsentState.status
+    ).where(
+        ConsentState.address_id == bindparam("p_address_id"),
+        ConsentState.scope == bindparam("p_scope", type_=String()),
+    )
+    # The INSERTs take their values from each call's parameters.
+    ledger = insert(cast(Table, Consent.__table__)).returning(Consent.__table__.c.id)
+    upsert = insert_on(dialect, ConsentState.__table__)
+    return judged, ledger, _unless_overtaken(upsert, recipient_action=recipient_action)
 
 
 @dataclass

@@ -1,13 +1,31 @@
-"""The audit trail: one function writes it."""
+"""The audit trail: one function writes it.
+
+A page that link scanners fetch (the unsubscribe and preference pages) can be hit thousands
+of times a minute during a send. Such hits *fold*: the caller names the act, who did it and
+the time window (:func:`fold_key`), and a repeat within the window raises the first row's
+``count`` and ``last_at`` instead of adding a row, so a scanner fetching one link fifty
+times is one row that still says who (IP, browser), first seen (``occurred_at``), last seen
+and how often.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from functools import cache
+from typing import Any, cast
 
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
-from suppression.models import Event
+from suppression.models import Event, utcnow
+from suppression.sql import core, dialect_name, insert_on
+
+# Repeats of one act by one caller within this many seconds fold into one row.
+FOLD_WINDOW_SECONDS = 600
+
+_EVENTS = cast(Table, Event.__table__)
 
 
 @dataclass(frozen=True)
@@ -19,6 +37,54 @@ class Hit:
     source: str = "web"
 
 
+def fold_key(*parts: object, at: datetime | None = None) -> str:
+    """The key repeats of one act fold under: ``parts`` (what, which link, IP, browser) in
+    the :data:`FOLD_WINDOW_SECONDS` window that holds ``at`` (now)."""
+    window = int((at or utcnow()).timestamp()) // FOLD_WINDOW_SECONDS
+    text = "\0".join(str(p) for p in (window, *parts))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# The columns an event is written with, in this order (``event_row`` gives their values).
+ROW_COLUMNS = (
+    "occurred_at",
+    "kind",
+    "address_id",
+    "actor",
+    "ip",
+    "user_agent",
+    "outcome",
+    "detail",
+    "count",
+    "fold_key",
+)
+
+
+def event_row(
+    kind: str,
+    *,
+    address_id: int | None = None,
+    actor: str | None = None,
+    hit: Hit | None = None,
+    outcome: str | None = None,
+    fold: str | None = None,
+    **detail: Any,
+) -> dict[str, Any]:
+    """The values of one audit event, by column (see :func:`record_event`)."""
+    return {
+        "occurred_at": utcnow(),
+        "kind": kind,
+        "address_id": address_id,
+        "actor": actor,
+        "ip": hit.ip if hit else None,
+        "user_agent": (hit.user_agent or "")[:512] if hit else None,
+        "outcome": outcome,
+        "detail": detail,
+        "count": 1,
+        "fold_key": fold,
+    }
+
+
 def record_event(
     session: Session,
     kind: str,
@@ -27,17 +93,39 @@ def record_event(
     actor: str | None = None,
     hit: Hit | None = None,
     outcome: str | None = None,
+    fold: str | None = None,
     **detail: Any,
-) -> Event:
-    """Add an audit event to the session (committed with the change it describes)."""
-    event = Event(
-        kind=kind,
-        address_id=address_id,
-        actor=actor,
-        ip=hit.ip if hit else None,
-        user_agent=(hit.user_agent or "")[:512] if hit else None,
-        outcome=outcome,
-        detail=detail,
+) -> int:
+    """Write an audit event in the caller's transaction (committed with the change it
+    describes); returns how many times it has happened (1 unless it folded).
+
+    With ``fold`` (a :func:`fold_key`), a repeat of the same key raises that row's count and
+    last-seen time instead of adding a row.
+    """
+    row = event_row(
+        kind, address_id=address_id, actor=actor, hit=hit, outcome=outcome, fold=fold, **detail
     )
-    session.add(event)
-    return event
+    if fold is None:
+        core(session).execute(_plain_insert(), row)
+        return 1
+    return int(core(session).execute(_folding_insert(dialect_name(session)), row).scalar_one())
+
+
+@cache
+def _plain_insert() -> Any:
+    return insert(_EVENTS)
+
+
+@cache
+def _folding_insert(dialect: str) -> Any:
+    return folding(insert_on(dialect, _EVENTS))
+
+
+def folding(stmt: Any) -> Any:
+    """``stmt`` (an INSERT into events, of either backend) made to fold: a row whose
+    ``fold_key`` is taken raises that row's count and last-seen time; returns the count."""
+    return stmt.on_conflict_do_update(
+        index_elements=[_EVENTS.c.fold_key],
+        index_where=_EVENTS.c.fold_key.is_not(None),
+        set_={"count": _EVENTS.c.count + 1, "last_at": stmt.excluded.occurred_at},
+    ).returning(_EVENTS.c.count)

@@ -205,6 +205,13 @@ class Event(Base):
         ),
         Index("ix_events_kind_id", "kind", "id"),
         Index("ix_events_actor_id", "actor", "id"),
+        Index(
+            "uq_events_fold_key",
+            "fold_key",
+            unique=True,
+            sqlite_where=text("fold_key IS NOT NULL"),
+            postgresql_where=text("fold_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -216,6 +223,11 @@ class Event(Base):
     user_agent: Mapped[str | None] = mapped_column(String(512))
     outcome: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A folded page hit (suppression.events): how many times, when last; occurred_at is the
+    # first. fold_key names the act, caller and window a repeat folds into (NULL once spent).
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    last_at: Mapped[datetime | None]
+    fold_key: Mapped[str | None] = mapped_column(String(64))
     # The tamper-evident chain (suppression.audit): filled in when the event is sealed.
     seal_seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     chain_hash: Mapped[str | None] = mapped_column(String(64))

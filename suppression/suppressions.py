@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from suppression.events import Hit, record_event
 from suppression.models import GLOBAL_SCOPE, Address, Reason, Scope, Suppression, utcnow
-from suppression.sql import insert_for
+from suppression.sql import core, dialect_name, insert_on
 
 # Suppressions a recipient may lift by re-subscribing. Everything else needs staff.
 RECIPIENT_LIFTABLE = frozenset({Reason.UNSUBSCRIBE})
@@ -64,33 +66,15 @@ def add_suppression(
 ) -> Added:
     """Suppress ``address_id`` for ``scope`` (idempotent per active scope and reason)."""
     scope = valid_scope(scope)
-    stmt = (
-        insert_for(session, Suppression)
-        .values(
-            address_id=address_id,
-            scope=scope,
-            reason=str(reason),
-            source=source,
-            note=note,
-            created_by=actor,
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(
-            index_elements=["address_id", "scope", "reason"],
-            index_where=Suppression.lifted_at.is_(None),
-        )
-        .returning(Suppression.id)
-    )
-    new_id = session.execute(stmt).scalar_one_or_none()
+    insert, existing_id = _add_statements(dialect_name(session))
+    row = {"address_id": address_id, "scope": scope, "reason": str(reason)}
+    connection = core(session)
+    new_id = connection.execute(
+        insert,
+        {**row, "source": source, "note": note, "created_by": actor, "created_at": utcnow()},
+    ).scalar_one_or_none()
     if new_id is None:
-        existing = session.scalar(
-            select(Suppression.id).where(
-                Suppression.address_id == address_id,
-                Suppression.scope == scope,
-                Suppression.reason == str(reason),
-                Suppression.lifted_at.is_(None),
-            )
-        )
+        existing = connection.scalar(existing_id, {f"p_{k}": v for k, v in row.items()})
         assert existing is not None
         return Added(existing, created=False)
     record_event(
@@ -104,6 +88,27 @@ def add_suppression(
         source=source,
     )
     return Added(new_id, created=True)
+
+
+@cache
+def _add_statements(dialect: str) -> tuple[Any, Any]:
+    """The idempotent INSERT (its values bound per call) and the look-up of the active row it
+    met, built once per backend (a statement costs more to build than to run)."""
+    insert = (
+        insert_on(dialect, Suppression)
+        .on_conflict_do_nothing(
+            index_elements=["address_id", "scope", "reason"],
+            index_where=Suppression.lifted_at.is_(None),
+        )
+        .returning(Suppression.id)
+    )
+    existing = select(Suppression.id).where(
+        Suppression.address_id == bindparam("p_address_id"),
+        Suppression.scope == bindparam("p_scope"),
+        Suppression.reason == bindparam("p_reason"),
+        Suppression.lifted_at.is_(None),
+    )
+    return insert, existing
 
 
 def active_suppressions(session: Session, address_id: int) -> list[Suppression]:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from suppression.address import mask_address
 from suppression.consent import record_consent
 from suppression.events import Hit, record_event
 from suppression.models import Address, ConsentStatus, Reason, Scope, utcnow
+from suppression.sql import core
 from suppression.suppressions import (
     RECIPIENT_LIFTABLE,
     active_suppressions,
@@ -47,10 +51,19 @@ def resolve_link(
     An unknown address gets the same error as a forged token, so a link reveals nothing.
     """
     subject = signer.read_link(purpose, token)
-    address = session.get(Address, subject.address_id)
-    if address is None:
+    row = core(session).execute(_address_by_id(), {"l_address_id": subject.address_id}).first()
+    if row is None:
         raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
-    return subject, address
+    # A plain read (a statement built once), not an ORM load: the callers need its values.
+    return subject, Address(id=row.id, address=row.address, created_at=row.created_at)
+
+
+@cache
+def _address_by_id() -> Any:
+    columns = Address.__table__.c
+    return select(columns.id, columns.address, columns.created_at).where(
+        columns.id == bindparam("l_address_id")
+    )
 
 
 def unsubscribe_address(

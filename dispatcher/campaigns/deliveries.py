@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from functools import cache
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import counts
 from dispatcher.models import Campaign, Delivery, DeliveryStatus
 from suppression.gate import Purpose, blocking_reason
-from suppression.models import utcnow
+from suppression.models import UTCDateTime, utcnow
+from suppression.sql import core
 
 
 def stop_queued(session: Session, address_id: int) -> int:
@@ -20,20 +24,9 @@ def stop_queued(session: Session, address_id: int) -> int:
     suppressions, so the stop commits in the same transaction as the suppression.
     """
     changes = counts.Changes()
-    for purpose in Purpose:
-        reason = blocking_reason(Delivery.address_id, purpose)
-        result = session.execute(
-            update(Delivery)
-            .where(
-                Delivery.address_id == address_id,
-                Delivery.status == DeliveryStatus.QUEUED,
-                Delivery.campaign_id.in_(select(Campaign.id).where(Campaign.purpose == purpose)),
-                reason.is_not(None),
-            )
-            .values(status=DeliveryStatus.CANCELLED.value, skip_reason=reason, finished_at=utcnow())
-            .returning(Delivery.campaign_id, Delivery.skip_reason)
-        )
-        for campaign_id, why in result:
+    params = {"stop_address_id": address_id, "now": utcnow()}
+    for statement in _stop_statements():
+        for campaign_id, why in core(session).execute(statement, params):
             changes.move(
                 campaign_id,
                 DeliveryStatus.QUEUED.value,
@@ -42,3 +35,28 @@ def stop_queued(session: Session, address_id: int) -> int:
             )
     counts.record(session, changes)
     return sum(n for n in changes.values() if n > 0)
+
+
+@cache
+def _stop_statements() -> tuple[Any, ...]:
+    """One UPDATE per purpose, built once per process (building the gate's expression costs
+    more than running it); the address and the time are bound per call."""
+    statements = []
+    for purpose in Purpose:
+        reason = blocking_reason(Delivery.address_id, purpose)
+        statements.append(
+            update(Delivery)
+            .where(
+                Delivery.address_id == bindparam("stop_address_id"),
+                Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.campaign_id.in_(select(Campaign.id).where(Campaign.purpose == purpose)),
+                reason.is_not(None),
+            )
+            .values(
+                status=DeliveryStatus.CANCELLED.value,
+                skip_reason=reason,
+                finished_at=bindparam("now", type_=UTCDateTime()),
+            )
+            .returning(Delivery.campaign_id, Delivery.skip_reason)
+        )
+    return tuple(statements)

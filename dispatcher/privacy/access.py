@@ -123,7 +123,18 @@ def person_record(session: Session, raw_address: str, *, actor: str) -> dict[str
         for d, name, subject, purpose in deliveries
     ]
     doc["events"] = [
-        _row(e, "kind", "occurred_at", "ip", "user_agent", "outcome", "actor", "detail")
+        _row(
+            e,
+            "kind",
+            "occurred_at",
+            "last_at",
+            "count",
+            "ip",
+            "user_agent",
+            "outcome",
+            "actor",
+            "detail",
+        )
         for e in session.scalars(select(Event).where(Event.address_id == aid).order_by(Event.id))
     ]
     shares = session.execute(

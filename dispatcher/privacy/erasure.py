@@ -101,7 +101,9 @@ def _scrub(session: Session, address_id: int, canonical: str) -> int:
         .values(erased_digest=address_digest(canonical))
     )
     session.execute(
-        update(Event).where(Event.address_id == address_id).values(ip=None, user_agent=None)
+        update(Event)
+        .where(Event.address_id == address_id)
+        .values(ip=None, user_agent=None, fold_key=None)
     )
     session.execute(update(Consent).where(Consent.address_id == address_id).values(ip=None))
     session.execute(

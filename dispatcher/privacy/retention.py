@@ -66,7 +66,9 @@ def apply_retention(
         )
         raw = prune_raw(session, settings, dry_run=True)
         return RetentionReport(hit_count, files, share_count, counters, raw)
-    hits = session.execute(update(Event).where(*old_hits).values(ip=None, user_agent=None))
+    hits = session.execute(
+        update(Event).where(*old_hits).values(ip=None, user_agent=None, fold_key=None)
+    )
     shares = session.execute(delete(AffiliateShare).where(old_shares))
     counters = 0
     for table, old in ((WebFailure, old_failures), (WebHitTally, old_tallies)):

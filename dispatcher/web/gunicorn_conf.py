@@ -6,7 +6,9 @@ Threaded workers (``gthread``): a client that sends its request slowly holds one
 a whole process, so a few slow or malicious clients cannot stop unsubscribes the way they
 stop gunicorn's default sync workers (four of them held all four workers of the old recipe).
 Each process has ``web_threads`` threads (setting ``DISPATCHER_WEB_THREADS``, default 16)
-and the app sizes its database pool to match. Against many slow clients put a buffering
+and the app sizes its database pool to match: ``post_fork`` hands the thread count gunicorn
+really uses (``--threads`` on the command line wins) to the app it loads, so the pool never
+falls short of the threads (``dispatcher.web.web_pool``). Against many slow clients put a buffering
 proxy in front (nginx, README "The web edge"): it reads each request whole first.
 
 ``DISPATCHER_WEB_BIND`` (default ``127.0.0.1:8025``) and ``DISPATCHER_WEB_WORKERS``
@@ -16,6 +18,7 @@ proxy in front (nginx, README "The web edge"): it reads each request whole first
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from dispatcher.ops.gunicorn_log import settings_or_exit
 
@@ -40,3 +43,8 @@ limit_request_field_size = 8190
 accesslog = None
 # The arbiter's and workers' own lines in our format (JSON lines when configured).
 logger_class = "dispatcher.ops.gunicorn_log.Logger"
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Before the worker loads the app: size its pool for the threads this worker runs."""
+    os.environ["DISPATCHER_WEB_THREADS"] = str(max(1, int(worker.cfg.threads)))

@@ -14,17 +14,16 @@ from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.db import session_scope
 from dispatcher.inbound import spool
 from dispatcher.inbound.drain import start_drainer
-from dispatcher.models import Campaign
 from dispatcher.ops import metrics
 from dispatcher.settings import Settings
 from dispatcher.web import limits
+from dispatcher.web.reads import LinkRead, read_link
 from dispatcher.web.security import client_hit, form_token, form_token_ok
-from dispatcher.web.standing import done_messages, standing
+from dispatcher.web.standing import Standing, done_messages, standing
 from suppression.address import mask_address
 from suppression.consent import current_consent, record_consent
-from suppression.events import Hit, record_event
+from suppression.events import Hit, fold_key, record_event
 from suppression.models import Address, ConsentStatus, Scope, utcnow
-from suppression.suppressions import active_suppressions
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
 from suppression.unsubscribe import (
     CannotResubscribe,
@@ -45,7 +44,10 @@ def _settings() -> Settings:
 
 
 def _signer() -> TokenSigner:
-    return TokenSigner(_settings().secret_keys)
+    """Built once per app (``create_app``), not per request."""
+    signer = current_app.extensions["dispatcher.signer"]
+    assert isinstance(signer, TokenSigner)
+    return signer
 
 
 def _hit() -> Hit:
@@ -68,19 +70,43 @@ def _record_hit(
     outcome: str,
     action: str,
     address_id: int | None = None,
+    *,
+    fold_by: str | None = None,
     **detail: Any,
 ) -> None:
+    """``fold_by`` (the link's token): repeats of this hit by the same IP and browser within
+    the fold window raise one row's count instead of adding rows (a scanner's storm)."""
+    hit = _hit()
+    fold = None
+    if fold_by is not None:
+        fold = fold_key("web_hit", route, action, request.method, fold_by, hit.ip, hit.user_agent)
     record_event(
         session,
         "web_hit",
         address_id=address_id,
-        hit=_hit(),
+        hit=hit,
         outcome=outcome,
+        fold=fold,
         route=route,
         action=action,
         method=request.method,
         **detail,
     )
+
+
+def _hit_record(route: str, action: str, token: str) -> dict[str, Any]:
+    """A page hit as :func:`read_link` records it with its read: folded per link, IP and
+    browser (a scanner's storm of GETs is one row with a count)."""
+    hit = _hit()
+    return {
+        "kind": "web_hit",
+        "hit": hit,
+        "outcome": TokenOutcome.VALID.value,
+        "fold": fold_key("web_hit", route, action, request.method, token, hit.ip, hit.user_agent),
+        "route": route,
+        "action": action,
+        "method": request.method,
+    }
 
 
 def _invalid(route: str, exc: BadToken) -> tuple[str, int]:
@@ -95,49 +121,33 @@ def _invalid(route: str, exc: BadToken) -> tuple[str, int]:
     return render_template("invalid.html", settings=_settings()), 400
 
 
-def _campaign_name(session: Session, subject: LinkSubject) -> str | None:
-    if subject.campaign_id is None:
-        return None
-    campaign = session.get(Campaign, subject.campaign_id)
-    return campaign.name if campaign is not None else None
-
-
-def _page(
-    session: Session, template: str, address: Address, subject: LinkSubject, **extra: Any
-) -> str:
+def _page(template: str, link: LinkRead, **extra: Any) -> str:
     signer = _signer()
-    pref_token = signer.sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
+    pref_token = signer.sign_link(LinkPurpose.PREFERENCES, link.address_id, link.campaign_id)
     return render_template(
         template,
         settings=_settings(),
-        masked=mask_address(address.address),
-        campaign_name=_campaign_name(session, subject),
+        masked=mask_address(link.address),
+        campaign_name=link.campaign_name,
         preferences_url=f"/preferences/{pref_token}",
         reply_address=parseaddr(_settings().sender)[1],
         **extra,
     )
 
 
-def _unsubscribed(session: Session, address_id: int) -> bool:
-    return any(s.reason == "unsubscribe" for s in active_suppressions(session, address_id))
-
-
 @bp.get("/u/<token>")
 def unsubscribe_page(token: str) -> Any:
-    """Who is being unsubscribed, from what, and one button. Changes nothing."""
+    """Who is being unsubscribed, from what, and one button. Changes nothing.
+
+    Link scanners fetch it within seconds of delivery: one read, one (folded) audit row."""
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
         with session_scope(sessions) as session:
-            subject, address = resolve_link(session, _signer(), LinkPurpose.UNSUBSCRIBE, token)
-            _record_hit(session, "unsubscribe", TokenOutcome.VALID.value, "shown", address.id)
-            return _page(
-                session,
-                "unsubscribe.html",
-                address,
-                subject,
-                form_token=_form_token(token),
-                already=_unsubscribed(session, address.id),
-            )
+            subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
+            link = read_link(session, subject, _hit_record("unsubscribe", "shown", token))
+        return _page(
+            "unsubscribe.html", link, form_token=_form_token(token), already=link.unsubscribed
+        )
     except BadToken as exc:
         return _invalid("unsubscribe", exc)
 
@@ -217,10 +227,8 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
                 return Response("Unsubscribed.\n", status=200, mimetype="text/plain")
             pref = _signer().sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
             return _page(
-                session,
                 "unsubscribed.html",
-                address,
-                subject,
+                read_link(session, subject),
                 form_token=_form_token(pref),
                 stopped=standing(session, address.id).stopped,
             )
@@ -231,19 +239,17 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
 def _preferences_view(
     session: Session,
     token: str,
-    address: Address,
-    subject: LinkSubject,
+    link: LinkRead,
     messages: list[str] | None = None,
     status: int = 200,
     refused: str | None = None,
+    now: Standing | None = None,
 ) -> tuple[str, int]:
     """The page shows what the gate will do, and offers only choices that can take effect."""
-    now = standing(session, address.id)
+    now = now or standing(session, link.address_id)
     return _page(
-        session,
         "preferences.html",
-        address,
-        subject,
+        link,
         now=now,
         messages=messages or [],
         refused=refused,
@@ -257,10 +263,11 @@ def preferences_page(token: str) -> Any:
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
         with session_scope(sessions) as session:
-            subject, address = resolve_link(session, _signer(), LinkPurpose.PREFERENCES, token)
-            _record_hit(session, "preferences", TokenOutcome.VALID.value, "shown", address.id)
-            done = done_messages(request.args.get("done"), standing(session, address.id))
-            return _preferences_view(session, token, address, subject, done)
+            subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
+            link = read_link(session, subject, _hit_record("preferences", "shown", token))
+            now = standing(session, link.address_id)
+            done = done_messages(request.args.get("done"), now)
+            return _preferences_view(session, token, link, done, now=now)
     except BadToken as exc:
         return _invalid("preferences", exc)
 
@@ -289,7 +296,7 @@ def _refused(
     """A choice that cannot take effect: recorded, nothing changed, 409 and the page."""
     _record_hit(session, "preferences", TokenOutcome.VALID.value, "resubscribe_refused", address.id)
     return _preferences_view(
-        session, token, address, subject, [why] if why else None, 409, refused=choice
+        session, token, read_link(session, subject), [why] if why else None, 409, refused=choice
     )
 
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Sequence
+from functools import lru_cache
 from urllib.parse import urljoin, urlsplit
 
 from flask import Flask, Response, current_app, render_template, request
@@ -55,15 +56,21 @@ def client_hit() -> Hit:
     return Hit(ip=request.remote_addr, user_agent=request.headers.get("User-Agent", "")[:512])
 
 
+@lru_cache(maxsize=8)
+def _signer(keys: tuple[str, ...]) -> TokenSigner:
+    """One signer per key list and process, not one per request."""
+    return TokenSigner(keys)
+
+
 def form_token(keys: Sequence[str], bound_to: str) -> str:
     """CSRF: proof that a form was served by our own page, for ``bound_to`` (a form or link)."""
     digest = hashlib.sha256(bound_to.encode()).hexdigest()[:32]
-    return TokenSigner(keys).sign_timed(LinkPurpose.FORM, {"l": digest})
+    return _signer(tuple(keys)).sign_timed(LinkPurpose.FORM, {"l": digest})
 
 
 def form_token_ok(keys: Sequence[str], token: str, bound_to: str, max_age: int) -> bool:
     try:
-        payload = TokenSigner(keys).read_timed(LinkPurpose.FORM, token, max_age)
+        payload = _signer(tuple(keys)).read_timed(LinkPurpose.FORM, token, max_age)
     except BadToken:
         return False
     return payload.get("l") == hashlib.sha256(bound_to.encode()).hexdigest()[:32]

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 from sqlalchemy.orm import Session
 
-from suppression.consent import current_consent
 from suppression.gate import Purpose, blocking_reason
-from suppression.models import GLOBAL_SCOPE, ConsentStatus, Scope
-from suppression.suppressions import active_suppressions
-from suppression.unsubscribe import staff_only_suppressions
+from suppression.models import GLOBAL_SCOPE, ConsentState, ConsentStatus, Scope, Suppression
+from suppression.sql import core
+from suppression.suppressions import RECIPIENT_LIFTABLE
 
 # Why only staff can change it, in the recipient's words.
 STAFF_REASONS = {
@@ -80,28 +81,50 @@ class Standing:
 
 
 def standing(session: Session, address_id: int) -> Standing:
-    gate = select(
-        blocking_reason(address_id, Purpose.MARKETING),
-        blocking_reason(address_id, Purpose.SERVICE_NOTICE),
-    )
-    marketing_block, service_block = session.execute(gate).one()
-    sharing = current_consent(session, address_id, Scope.AFFILIATES)
+    """Two statements, built once per process: what the gate says, and the active
+    suppressions (why, and since when, for the ones only staff may lift)."""
+    gate, active_rows = _statements()
+    params = {"s_address_id": address_id}
+    connection = core(session)
+    marketing_block, service_block, sharing = connection.execute(gate, params).one()
+    active = connection.execute(active_rows, params).all()
+    staff_only = {row.reason for row in active} - {str(r) for r in RECIPIENT_LIFTABLE}
     stopped = None
-    active = active_suppressions(session, address_id)
-    staff_only = staff_only_suppressions(session, address_id)
     if staff_only:
         first = min(
-            (s for s in active if s.reason in staff_only),
-            key=lambda s: (s.scope not in (GLOBAL_SCOPE, str(Scope.MARKETING)), s.id),
+            (row for row in active if row.reason in staff_only),
+            key=lambda row: (row.scope not in (GLOBAL_SCOPE, str(Scope.MARKETING)), row.id),
         )
         stopped = StaffStop(STAFF_REASONS.get(first.reason, "of a request"), first.created_at)
     return Standing(
         receives_marketing=marketing_block is None,
-        sharing_opted_in=sharing is not None and sharing.status == ConsentStatus.OPTED_IN,
+        sharing_opted_in=sharing == ConsentStatus.OPTED_IN,
         receives_service_notices=service_block is None,
         stopped=stopped,
-        sharing_suppressed=any(s.scope in _SHARING_SCOPES for s in active),
+        sharing_suppressed=any(row.scope in _SHARING_SCOPES for row in active),
     )
+
+
+@cache
+def _statements() -> tuple[Any, Any]:
+    address_id: BindParameter[int] = bindparam("s_address_id")
+    sharing = (
+        select(ConsentState.status)
+        .where(ConsentState.address_id == address_id, ConsentState.scope == str(Scope.AFFILIATES))
+        .scalar_subquery()
+    )
+    gate = select(
+        blocking_reason(address_id, Purpose.MARKETING),
+        blocking_reason(address_id, Purpose.SERVICE_NOTICE),
+        sharing,
+    )
+    columns = Suppression.__table__.c
+    active = (
+        select(columns.id, columns.scope, columns.reason, columns.created_at)
+        .where(columns.address_id == address_id, columns.lifted_at.is_(None))
+        .order_by(columns.id)
+    )
+    return gate, active
 
 
 def done_messages(codes: str | None, now: Standing) -> list[str]:

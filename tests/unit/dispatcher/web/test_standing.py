@@ -98,10 +98,11 @@ def test_a_saved_form_redirects_and_a_refresh_posts_nothing_again(
         assert "Marketing e-mail: no" in words
     with session_scope(session_factory) as session:
         assert len(consent_history(session, contact_id)) == ledger
-    assert [e.detail["action"] for e in events(session_factory)][-3:] == [
-        "saved",
-        "shown",
-        "shown",
+    # The page hits of one link, IP and browser fold into one row (first and last seen, and
+    # how often); the save has a row of its own.
+    assert [(e.detail["action"], e.count) for e in events(session_factory)][-2:] == [
+        ("shown", 3),
+        ("saved", 1),
     ]
 
 

@@ -1,0 +1,192 @@
+"""What one recipient request costs inside the app: CPU of this process and SQL statements.
+
+    .venv/bin/python bench/recipient_cost.py [--contacts 5000] [--requests 1000] [--profile]
+
+Runs ``create_app`` against a throw-away PostgreSQL database (or ``--sqlite``) through
+Flask's test client, with no server and no network client in the way, so the figure is the
+app's own work per request: the one-click POST first-time and repeated, the unsubscribe page
+and the preference page. ``--profile`` prints cProfile's top functions for each path.
+Talks to 127.0.0.1 only; drops what it creates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from flask import Flask  # noqa: E402
+from sqlalchemy import Engine, event  # noqa: E402
+
+from bench.common import bench_env, postgres, say, settings_from  # noqa: E402
+from bench.recipient_data import Population, prepare  # noqa: E402
+from dispatcher.settings import Settings  # noqa: E402
+from dispatcher.web import create_app  # noqa: E402
+
+ONE_CLICK = b"List-Unsubscribe=One-Click"
+FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True)
+class Cost:
+    path: str
+    requests: int
+    cpu_ms: float  # per request, this process (the app, the driver, the test client)
+    statements: float  # per request
+    codes: dict[int, int]
+
+
+class StatementCounter:
+    def __init__(self, engine: Engine) -> None:
+        self.count = 0
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_args: object) -> None:
+        self.count += 1
+
+
+def engine_of(app: Flask) -> Engine:
+    bind = app.extensions["dispatcher.sessions"].kw["bind"]
+    assert isinstance(bind, Engine)
+    return bind
+
+
+def measure(
+    app: Flask,
+    name: str,
+    send: Callable[[int], int],
+    n: int,
+    counter: StatementCounter,
+    profile: bool,
+) -> Cost:
+    codes: dict[int, int] = {}
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    before = counter.count
+    cpu = time.process_time()
+    if profiler:
+        profiler.enable()
+    for i in range(n):
+        code = send(i)
+        codes[code] = codes.get(code, 0) + 1
+    if profiler:
+        profiler.disable()
+    cpu = time.process_time() - cpu
+    cost = Cost(name, n, 1000 * cpu / n, (counter.count - before) / n, codes)
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats(
+            os.environ.get("SORT", "tottime")
+        ).print_stats(int(os.environ.get("TOP", "25")))
+        say(out.getvalue())
+    return cost
+
+
+def costs(
+    settings: Settings, population: Population, n: int, *, profile: bool = False
+) -> list[Cost]:
+    app = create_app(settings)
+    counter = StatementCounter(engine_of(app))
+    client = app.test_client()
+    # Warm up: the first requests compile statements and templates.
+    for i in range(5):
+        client.get(f"/u/{population.spare_unsubscribe[i]}")
+        client.get(f"/preferences/{population.spare_preferences[i]}")
+        client.post(f"/u/{population.spare_unsubscribe[i]}", data=ONE_CLICK, content_type=FORM)
+    n = min(n, len(population.unsubscribe))
+    u, p = population.unsubscribe, population.preferences
+
+    def post(i: int) -> int:
+        return client.post(f"/u/{u[i]}", data=ONE_CLICK, content_type=FORM).status_code
+
+    results = [
+        measure(
+            app,
+            "GET /favicon.ico (no database: the floor)",
+            lambda i: client.get("/favicon.ico").status_code,
+            n,
+            counter,
+            False,
+        ),
+        measure(
+            app,
+            "GET /u/<token> (page)",
+            lambda i: client.get(f"/u/{u[i]}").status_code,
+            n,
+            counter,
+            profile,
+        ),
+        measure(
+            app,
+            "GET /preferences/<token>",
+            lambda i: client.get(f"/preferences/{p[i]}").status_code,
+            n,
+            counter,
+            profile,
+        ),
+        measure(app, "POST /u/<token> one-click, first", post, n, counter, profile),
+        measure(app, "POST /u/<token> one-click, repeated", post, n, counter, profile),
+    ]
+    engine_of(app).dispose()
+    return results
+
+
+def cpu_reference() -> float:
+    """ms of CPU for a fixed pure-Python loop: about 13 on a quiet core of this machine; more
+    when other processes share the core, and every figure here grows with it."""
+    began = time.process_time()
+    for _ in range(5):
+        sum(range(1_000_000))
+    return 1000 * (time.process_time() - began) / 5
+
+
+def report(results: list[Cost]) -> None:
+    say(f"CPU reference: sum(range(10**6)) took {cpu_reference():.1f} ms of CPU")
+    for c in results:
+        say(
+            f"{c.path:38s} {c.cpu_ms:6.2f} ms CPU/request  {c.statements:5.1f} statements/request"
+            f"  ({c.requests} requests, codes {c.codes})"
+        )
+
+
+@contextmanager
+def database(sqlite: bool, home: Path) -> Iterator[str]:
+    if sqlite:
+        yield f"sqlite:///{home}/bench.db"
+    else:
+        with postgres() as url:
+            yield url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contacts", type=int, default=5_000)
+    parser.add_argument("--requests", type=int, default=1_000)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sqlite", action="store_true")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="dispatcher-recipient-cost-"))
+    with database(args.sqlite, home) as url:
+        settings = settings_from(bench_env(home, url, "unused"))
+        population = prepare(settings, args.contacts)
+        say(
+            f"in-process, Flask test client, {'SQLite' if args.sqlite else 'PostgreSQL'}, "
+            f"{args.contacts} contacts with a queued campaign"
+        )
+        report(costs(settings, population, args.requests, profile=args.profile))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""A link-scanner storm against the production recipe (gunicorn, PostgreSQL) on 127.0.0.1:
+repeated GETs fold into one audit row, one-click POSTs are answered and applied during a
+burst of GETs, and the database pool holds the load without opening new connections.
+
+Bounded in requests and time; no timing is asserted (speed is bench/recipient_load.py's).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from dispatcher.db import session_scope
+from dispatcher.models import Delivery
+from dispatcher.web import POOL_SPARE
+from suppression.consent import current_consent
+from suppression.models import Address, Event, Scope, Suppression
+from suppression.tokens import LinkPurpose, TokenSigner
+from tests.factories import make_sending_campaign
+from tests.integration.faults import populate, sessions_for
+from tests.support.backends import PG_ADMIN_URL, Backend, make_backend
+from tests.support.gunicorn import Server, gunicorn, sessions_opened
+from tests.support.web_server import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+CONTACTS = 300
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    with make_backend("postgres-rabbitmq", tmp_path_factory.mktemp("storm") / "var") as b:
+        populate(b.settings, CONTACTS)
+        with session_scope(sessions_for(b.settings)) as session:
+            make_sending_campaign(session)
+        yield b
+
+
+@pytest.fixture(scope="module")
+def ids(backend: Backend) -> list[int]:
+    with session_scope(sessions_for(backend.settings)) as session:
+        return sorted(session.scalars(select(Address.id)))
+
+
+def links(backend: Backend, purpose: LinkPurpose, ids: list[int]) -> list[str]:
+    signer = TokenSigner(backend.settings.secret_keys)
+    prefix = "/u/" if purpose is LinkPurpose.UNSUBSCRIBE else "/preferences/"
+    return [prefix + signer.sign_link(purpose, i, 1) for i in ids]
+
+
+def fetch(server: Server, paths: list[str], *, method: str = "GET", agent: str = "t") -> Counter:
+    """Each path in turn on one keep-alive connection; the status codes."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.base.rsplit(":", 1)[1]), timeout=30)
+    codes: Counter[int] = Counter()
+    headers = {"User-Agent": agent}
+    body = None
+    if method == "POST":
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        body = ONE_CLICK
+    try:
+        for path in paths:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            codes[response.status] += 1
+    finally:
+        conn.close()
+    return codes
+
+
+def in_parallel(jobs: list) -> list[Counter]:
+    results: list[Counter] = [Counter() for _ in jobs]
+
+    def run(i: int) -> None:
+        results[i] = jobs[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    return results
+
+
+@pytest.fixture(scope="module")
+def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    with gunicorn(backend.env(), free_port(), workers=1, threads=8, log=log) as running:
+        yield running
+
+
+def test_fifty_gets_of_one_link_from_one_browser_are_one_audit_row_with_their_count(
+    backend: Backend, server: Server, ids: list[int]
+) -> None:
+    address_id = ids[0]
+    page = links(backend, LinkPurpose.UNSUBSCRIBE, [address_id])[0]
+    assert fetch(server, [page] * 50, agent="SafeLinks/1.0") == {200: 50}
+    assert fetch(server, [page], agent="Mozilla/5.0") == {200: 1}
+    with session_scope(sessions_for(backend.settings)) as session:
+        rows = session.scalars(
+            select(Event)
+            .where(Event.kind == "web_hit", Event.address_id == address_id)
+            .order_by(Event.id)
+        ).all()
+    # The scanner: one row that says who, first and last seen, and how often.
+    assert [(e.user_agent, e.ip, e.count, e.detail["action"]) for e in rows] == [
+        ("SafeLinks/1.0", "127.0.0.1", 50, "shown"),
+        ("Mozilla/5.0", "127.0.0.1", 1, "shown"),
+    ]
+    assert rows[0].last_at is not None and rows[0].last_at >= rows[0].occurred_at
+
+
+def test_one_click_posts_during_a_burst_of_gets_are_all_answered_and_applied(
+    backend: Backend, server: Server, ids: list[int]
+) -> None:
+    scanned, unsubscribing = ids[1:151], ids[151:251]
+    pages = links(backend, LinkPurpose.UNSUBSCRIBE, scanned) + links(
+        backend, LinkPurpose.PREFERENCES, scanned
+    )
+    posts = links(backend, LinkPurpose.UNSUBSCRIBE, unsubscribing)
+    storm = [lambda k=k: fetch(server, pages[k::12] * 5, agent=f"scanner-{k}") for k in range(12)]
+    clicks = [lambda k=k: fetch(server, posts[k::4], method="POST") for k in range(4)]
+    results = in_parallel(storm + clicks)
+
+    assert sum(results[:12], Counter()) == {200: 5 * len(pages)}
+    assert sum(results[12:], Counter()) == {200: len(posts)}
+    with session_scope(sessions_for(backend.settings)) as session:
+        suppressed = set(
+            session.scalars(
+                select(Suppression.address_id).where(
+                    Suppression.address_id.in_(unsubscribing),
+                    Suppression.reason == "unsubscribe",
+                    Suppression.lifted_at.is_(None),
+                )
+            )
+        )
+        queued = session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.address_id.in_(unsubscribing), Delivery.status == "queued")
+        )
+        opted_out = {
+            i
+            for i in unsubscribing
+            if (c := current_consent(session, i, Scope.MARKETING)) is not None
+            and c.status == "opted_out"
+        }
+        unsubscribed_events = session.scalar(
+            select(func.count(func.distinct(Event.address_id))).where(
+                Event.kind == "unsubscribed", Event.address_id.in_(unsubscribing)
+            )
+        )
+    assert suppressed == set(unsubscribing)
+    assert opted_out == set(unsubscribing)
+    assert queued == 0
+    assert unsubscribed_events == len(unsubscribing)
+
+
+def test_the_pool_holds_a_load_with_no_new_database_connections(
+    tmp_path: Path,
+) -> None:
+    """More concurrent clients than threads, on two processes: PostgreSQL opens no more
+    sessions than the two pools hold (a pool smaller than the threads opens and closes one
+    per request past it)."""
+    workers, threads = 2, 4
+    with make_backend("postgres-rabbitmq", tmp_path / "var") as backend:
+        populate(backend.settings, 200)
+        with session_scope(sessions_for(backend.settings)) as session:
+            ids = sorted(session.scalars(select(Address.id)))
+        pages = links(backend, LinkPurpose.UNSUBSCRIBE, ids) + links(
+            backend, LinkPurpose.PREFERENCES, ids
+        )
+        posts = links(backend, LinkPurpose.UNSUBSCRIBE, ids[:120])
+        database = backend.settings.database_url.rsplit("/", 1)[1]
+        before = sessions_opened(PG_ADMIN_URL, database)
+        with gunicorn(backend.env(), free_port(), workers=workers, threads=threads) as server:
+            jobs = [lambda k=k: fetch(server, pages[k::12] * 3) for k in range(12)]
+            jobs += [lambda k=k: fetch(server, posts[k::4], method="POST") for k in range(4)]
+            results = in_parallel(jobs)
+        # gunicorn has stopped: every session it opened has ended and been counted.
+        opened = sessions_opened(PG_ADMIN_URL, database) - before
+    assert sum(results, Counter()) == {200: 3 * len(pages) + len(posts)}
+    assert 0 < opened <= workers * (threads + POOL_SPARE), opened
