@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from suppression.address import (
@@ -101,6 +101,7 @@ _DOMAIN = "abcxyzABC019.-_é"
     ),
 )
 @settings(max_examples=400, deadline=None)
+@example(local=" 0", domain="example.com")
 def test_the_quick_path_agrees_with_email_validator(local: str, domain: str) -> None:
     """canonical_address decides plain addresses without the full parse; same answers."""
     from suppression.address import _canonical_in_full
@@ -113,7 +114,9 @@ def test_the_quick_path_agrees_with_email_validator(local: str, domain: str) -> 
         except InvalidAddress as exc:
             return ("invalid", str(exc))
 
-    quick, full = outcome(canonical_address), outcome(_canonical_in_full)
+    # Both trim first (canonical_address's contract); the full parse alone would refuse the
+    # surrounding space that hypothesis found (local part ' 0').
+    quick, full = outcome(canonical_address), outcome(lambda t: _canonical_in_full(t.strip()))
     assert quick[0] == full[0]
     if quick[0] == "ok":
         assert quick == full
