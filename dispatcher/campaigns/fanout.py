@@ -227,29 +227,81 @@ def refill(
             free = window - waiting
             if free <= 0:
                 return []
-            batches = _cut(session, campaign_id, batch_size, after=mark, batches=free)
-            if not batches:
-                return []
-            moved = session.execute(
-                update(Campaign)
-                .where(
-                    Campaign.id == campaign_id,
-                    Campaign.published_through.is_(None)
-                    if mark is None
-                    else Campaign.published_through == mark,
-                )
-                .values(published_through=batches[-1][1])
-            )
-            if moved.rowcount:  # type: ignore[attr-defined]
-                session.execute(
-                    insert(PublishedBatch),
-                    [
-                        {"campaign_id": campaign_id, "first_id": first, "last_id": last}
-                        for first, last in batches
-                    ],
-                )
+            batches = _take(session, campaign_id, batch_size, mark, free)
+            if batches is not None:
                 return batches
     return []  # others moved the mark each time: they publish; beat tops up what is left
+
+
+def refill_after(
+    sessions: sessionmaker[Session],
+    campaign_id: int,
+    first_id: int,
+    batch_size: int,
+) -> list[tuple[int, int]]:
+    """The batch starting at ``first_id`` ran to its end: give its place in the window to the
+    next batch (returned to be published; the mark is committed before this returns).
+
+    The batch task's own refill, without :func:`refill`'s probe of every waiting batch: the
+    task knows its batch left the broker. Whoever removes a batch's ``published_batches`` row
+    publishes its successor, so a batch run twice, or one beat already saw finished, adds
+    nothing here. A task that raised (its retry still waits in the broker) does not call
+    this; beat's :func:`refill` covers a refill lost to a crash.
+    """
+    with session_scope(sessions) as session:
+        gone = session.execute(
+            delete(PublishedBatch).where(
+                PublishedBatch.campaign_id == campaign_id, PublishedBatch.first_id == first_id
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        if not gone:
+            return []
+        for _ in range(_REFILL_ATTEMPTS):
+            # Each statement reads what others committed (PostgreSQL's read committed;
+            # SQLite holds the write lock since the delete), so a lost compare-and-set
+            # looks again at the mark that beat it.
+            state = session.execute(
+                select(Campaign.status, Campaign.published_through).where(
+                    Campaign.id == campaign_id
+                )
+            ).one_or_none()
+            if state is None or state[0] != CampaignStatus.SENDING:
+                return []
+            batches = _take(session, campaign_id, batch_size, state[1], 1)
+            if batches is not None:
+                return batches
+    return []  # beat tops up the place this batch left
+
+
+def _take(
+    session: Session, campaign_id: int, batch_size: int, mark: int | None, count: int
+) -> list[tuple[int, int]] | None:
+    """Cut up to ``count`` batches above the published mark and move the mark past them by
+    compare-and-set, recording them as waiting: the batches to publish ([] when no rows are
+    left), or None when another refill moved the mark first."""
+    batches = _cut(session, campaign_id, batch_size, after=mark, batches=count)
+    if not batches:
+        return []
+    moved = session.execute(
+        update(Campaign)
+        .where(
+            Campaign.id == campaign_id,
+            Campaign.published_through.is_(None)
+            if mark is None
+            else Campaign.published_through == mark,
+        )
+        .values(published_through=batches[-1][1])
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        return None
+    session.execute(
+        insert(PublishedBatch),
+        [
+            {"campaign_id": campaign_id, "first_id": first, "last_id": last}
+            for first, last in batches
+        ],
+    )
+    return batches
 
 
 def sending_campaigns(session: Session) -> list[int]:
