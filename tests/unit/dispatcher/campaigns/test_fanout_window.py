@@ -251,3 +251,24 @@ def test_batch_refills_racing_beat_never_exceed_the_window_or_publish_rows_twice
     hits = covered(published + found, ids)
     assert len(hits) == len(set(hits))
     assert len(waiting(session_factory, campaign_id, published + found)) == 8
+
+
+def test_deliveries_made_a_range_of_contacts_at_a_time_are_each_contact_once(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The fan-out's INSERT runs per range of contact ids (PostgreSQL's memory per
+    statement); ranges that do not divide the ids evenly still give every contact one row."""
+    from dispatcher.campaigns.fanout import create_deliveries
+    from dispatcher.models import Contact
+
+    campaign_id = due_campaign(session_factory, 23)
+    with session_scope(session_factory) as session:
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None
+        assert create_deliveries(session, campaign, chunk=11) == 23  # ranges 1-11, 12-22, 23
+        assert create_deliveries(session, campaign, chunk=7) == 0  # again: nothing added
+        contacts = sorted(session.scalars(select(Contact.id)))
+        delivered = sorted(
+            session.scalars(select(Delivery.contact_id).where(Delivery.campaign_id == campaign_id))
+        )
+    assert delivered == contacts
