@@ -87,11 +87,37 @@ def measure(
     cost = Cost(name, n, 1000 * cpu / n, (counter.count - before) / n, codes)
     if profiler:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats(
-            os.environ.get("SORT", "tottime")
-        ).print_stats(int(os.environ.get("TOP", "25")))
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+            int(os.environ.get("TOP", "25"))
+        )
         say(out.getvalue())
+        say(f"{name}: own CPU by package, share of the profiled time")
+        for package, share in by_package(stats):
+            say(f"  {package:28s} {100 * share:5.1f} %")
     return cost
+
+
+def _package(filename: str) -> str:
+    """Which library (or part of this project) a profiled function's file belongs to."""
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins and generated code"
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
+    if filename.startswith(str(ROOT)):
+        return "project: " + filename[len(str(ROOT)) + 1 :].split("/", 1)[0]
+    if filename.endswith((".html", ".txt")):
+        return "templates (jinja2)"
+    return "python stdlib"
+
+
+def by_package(stats: pstats.Stats) -> list[tuple[str, float]]:
+    """Own time (tottime) per package, largest first, as shares of the whole."""
+    totals: dict[str, float] = {}
+    for (filename, _line, _name), row in stats.stats.items():  # type: ignore[attr-defined]
+        totals[_package(filename)] = totals.get(_package(filename), 0.0) + row[2]
+    whole = sum(totals.values()) or 1.0
+    return sorted(((k, v / whole) for k, v in totals.items()), key=lambda kv: -kv[1])
 
 
 def costs(
