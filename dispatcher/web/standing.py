@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import GLOBAL_SCOPE, ConsentState, ConsentStatus, Scope, Suppression
-from suppression.sql import core
+from suppression.sql import core, inline_constants
 from suppression.suppressions import RECIPIENT_LIFTABLE
 
 # Why only staff can change it, in the recipient's words.
@@ -124,7 +124,7 @@ def _statements() -> tuple[Any, Any]:
         .where(columns.address_id == address_id, columns.lifted_at.is_(None))
         .order_by(columns.id)
     )
-    return gate, active
+    return inline_constants(gate), inline_constants(active)
 
 
 def done_messages(codes: str | None, now: Standing) -> list[str]:
