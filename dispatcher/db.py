@@ -92,7 +92,10 @@ def each_statement_commits(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session for work whose statements each stand on their own (a page's read, with its
     audit row written by the same statement): on PostgreSQL every statement commits as it
     runs, which spares the BEGIN and COMMIT round trips of a transaction; on SQLite, which
-    writes its audit row with a statement of its own, as :func:`session_scope`."""
+    writes its audit row with a statement of its own, as :func:`session_scope`.
+
+    For Core statements only (``suppression.sql.core``): on PostgreSQL the session is
+    closed, not committed, so an ORM object added to it would not be written."""
     with factory() as session:
         if session.get_bind().dialect.name != "postgresql":
             with session.begin():
@@ -100,7 +103,6 @@ def each_statement_commits(factory: sessionmaker[Session]) -> Iterator[Session]:
             return
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
-        session.commit()  # ends the session's bookkeeping; the server has nothing to commit
 
 
 def alembic_config(database_url: str) -> Config:
