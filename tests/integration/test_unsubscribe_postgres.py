@@ -21,6 +21,7 @@ from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.db import each_statement_commits, make_engine, make_sessionmaker, session_scope
 from dispatcher.models import Contact, Delivery, DeliveryStatus
 from dispatcher.web import create_app
+from dispatcher.web.standing import STAFF_REASONS, standing
 from suppression.consent import consent_history
 from suppression.models import Address, Event, Reason, Suppression
 from suppression.suppressions import Added, add_suppression
@@ -268,3 +269,24 @@ def test_a_page_commits_each_statement_and_hands_back_a_transactional_connection
             session.execute(text("DROP TABLE page_probe"))
     finally:
         pool_of_one.dispose()
+
+
+def test_the_preference_page_reads_the_gate_and_the_suppressions_in_one_statement(
+    session: Session,
+) -> None:
+    contact = make_contact(session, "standing@example.com")
+    address_id = contact.address_id
+    clear = standing(session, address_id)
+    assert (clear.receives_marketing, clear.stopped, clear.sharing_suppressed) == (
+        True,
+        None,
+        False,
+    )
+    for reason in (Reason.UNSUBSCRIBE, Reason.COMPLAINT):
+        add_suppression(session, address_id, scope="marketing", reason=reason, source="test")
+    stopped = standing(session, address_id)
+    assert not stopped.receives_marketing
+    assert stopped.receives_service_notices is False  # a complaint stops service notices too
+    assert stopped.stopped is not None
+    assert stopped.stopped.why == STAFF_REASONS["complaint"]
+    assert stopped.sharing_suppressed
