@@ -51,9 +51,10 @@ from sqlalchemy import (
     text,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.orm import Session
 
-from suppression.events import Hit, record_event
+from suppression.events import Hit, bound_event, bound_event_params, insert_events, record_event
 from suppression.models import (
     BigId,
     Consent,
@@ -64,7 +65,7 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, dialect_name, insert_for, insert_on
+from suppression.sql import core, dialect_name, inline_constants, insert_for, insert_on
 
 IN, OUT = str(ConsentStatus.OPTED_IN), str(ConsentStatus.OPTED_OUT)
 
@@ -205,6 +206,31 @@ def record_consent(
     key = {"address_id": address_id, "scope": str(scope)}
     fact = {"status": str(status), "occurred_at": occurred_at}
     connection = core(session)
+    if connection.dialect.name == "postgresql":
+        return _record_in_one(
+            session,
+            connection,
+            key,
+            fact,
+            recipient_action=recipient_action,
+            values={
+                "source": source,
+                "actor": actor,
+                "ip": hit.ip if hit else None,
+                "policy_version": policy_version,
+                "recorded_at": utcnow(),
+            },
+            event=bound_event_params(
+                "e",
+                "consent_changed",
+                address_id=address_id,
+                actor=actor,
+                hit=hit,
+                outcome=str(status),
+                scope=str(scope),
+                source=source,
+            ),
+        )
     row = connection.execute(judged, {f"p_{k}": v for k, v in {**key, **fact}.items()}).first()
     verdict, current = (row[0], row[1]) if row is not None else ("candidate", None)
     if verdict == Verdict.REFUSED:
@@ -227,9 +253,7 @@ def record_consent(
     if verdict == Verdict.HISTORY:
         return ConsentOutcome.STALE
     connection.execute(state_upsert, {**key, **fact, "dated": True, "consent_id": ledger_id})
-    cached = session.identity_map.get(session.identity_key(ConsentState, (address_id, str(scope))))
-    if cached is not None:
-        session.expire(cached)
+    _expire_state(session, address_id, str(scope))
     record_event(
         session,
         "consent_changed",
@@ -241,6 +265,120 @@ def record_consent(
         source=source,
     )
     return ConsentOutcome.RECORDED
+
+
+def _expire_state(session: Session, address_id: int, scope: str) -> None:
+    """A state the session holds is stale once a Core statement has written it."""
+    cached = session.identity_map.get(session.identity_key(ConsentState, (address_id, scope)))
+    if cached is not None:
+        session.expire(cached)
+
+
+def _record_in_one(
+    session: Session,
+    connection: Any,
+    key: dict[str, Any],
+    fact: dict[str, Any],
+    *,
+    recipient_action: bool,
+    values: dict[str, Any],
+    event: dict[str, Any],
+) -> ConsentOutcome:
+    """PostgreSQL: :func:`record_consent` as one statement (the rule, the ledger row, the
+    state and the event; see :func:`_record_in_one_statement`)."""
+    params = {f"p_{k}": v for k, v in {**key, **fact, **values}.items()}
+    verdict, current = connection.execute(
+        _record_in_one_statement(recipient_action), {**params, **event}
+    ).one()
+    if verdict == Verdict.REFUSED:
+        return ConsentOutcome.KEPT_OPT_OUT
+    if verdict == "candidate" and current == fact["status"]:
+        return ConsentOutcome.UNCHANGED
+    if verdict == Verdict.HISTORY:
+        return ConsentOutcome.STALE
+    _expire_state(session, key["address_id"], key["scope"])
+    return ConsentOutcome.RECORDED
+
+
+@cache
+def _record_in_one_statement(recipient_action: bool) -> Any:
+    """PostgreSQL: the three statements of :func:`_record_statements` and the
+    ``consent_changed`` event in one round trip, deciding as :func:`record_consent` does in
+    Python: nothing is written when the rule refuses the change or it repeats the current
+    status; the ledger row otherwise; the state (its upsert judges again, against the row as
+    committed) and the event unless the change is history. Returns (verdict, current status).
+    """
+    consents = cast(Table, Consent.__table__)
+    param = {c.name: bindparam(f"p_{c.name}", type_=c.type) for c in consents.c}
+    # The new fact once, and the state under a short name: the SQL stays under psycopg's
+    # 4 KB for statements it keeps parsed.
+    given = select(param["status"].label("status"), param["occurred_at"].label("occurred_at")).cte(
+        "given"
+    )
+    states = cast(Table, ConsentState.__table__).alias("s")
+    rule = judge(
+        Fact(given.c.status, given.c.occurred_at, literal(True)),
+        Fact(states.c.status, states.c.occurred_at, states.c.dated),
+        recipient_action=recipient_action,
+    )
+    found = (
+        select(rule.label("verdict"), states.c.status)
+        .select_from(given)
+        .join(
+            states,
+            and_(states.c.address_id == param["address_id"], states.c.scope == param["scope"]),
+        )
+        .cte("judged")
+    )
+    verdict = func.coalesce(select(found.c.verdict).scalar_subquery(), "candidate")
+    current = select(found.c.status).scalar_subquery()
+    decided = select(verdict.label("verdict"), current.label("current")).cte("decided")
+    repeats = and_(decided.c.verdict == "candidate", decided.c.current == given.c.status)
+    writes = and_(decided.c.verdict != str(Verdict.REFUSED), not_(func.coalesce(repeats, False)))
+    ledger_columns = [
+        "address_id",
+        "scope",
+        "status",
+        "occurred_at",
+        "dated",
+        "source",
+        "actor",
+        "ip",
+        "policy_version",
+        "recorded_at",
+    ]
+    fact = {"status": given.c.status, "occurred_at": given.c.occurred_at, "dated": literal(True)}
+    ledger = (
+        insert(consents)
+        .from_select(
+            ledger_columns,
+            select(*(fact.get(c, param[c]) for c in ledger_columns))
+            .select_from(given)
+            .where(select(decided.c.verdict).where(writes).exists()),
+        )
+        .returning(consents.c.id)
+        .cte("ledger")
+    )
+    becomes_state = decided.c.verdict != str(Verdict.HISTORY)
+    upsert = postgresql_insert(cast(Table, ConsentState.__table__)).from_select(
+        ["address_id", "scope", "status", "consent_id", "occurred_at", "dated"],
+        select(
+            param["address_id"],
+            param["scope"],
+            given.c.status,
+            ledger.c.id,
+            given.c.occurred_at,
+            literal(True),
+        )
+        .select_from(ledger)
+        .join(decided, becomes_state)
+        .join(given, literal(True)),
+    )
+    state = _unless_overtaken(upsert, recipient_action=recipient_action).cte("state")
+    changed = insert_events(bound_event("e").select_from(ledger).join(decided, becomes_state)).cte(
+        "changed"
+    )
+    return inline_constants(select(decided.c.verdict, decided.c.current).add_cte(state, changed))
 
 
 @cache
@@ -259,7 +397,8 @@ def _record_statements(dialect: str, recipient_action: bool) -> tuple[Any, Any, 
     # The INSERTs take their values from each call's parameters.
     ledger = insert(cast(Table, Consent.__table__)).returning(Consent.__table__.c.id)
     upsert = insert_on(dialect, ConsentState.__table__)
-    return judged, ledger, _unless_overtaken(upsert, recipient_action=recipient_action)
+    state = _unless_overtaken(upsert, recipient_action=recipient_action)
+    return inline_constants(judged), ledger, inline_constants(state)
 
 
 @dataclass

@@ -16,11 +16,11 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, bindparam, insert, literal, null, select
 from sqlalchemy.orm import Session
 
 from suppression.models import Event, utcnow
-from suppression.sql import core, dialect_name, insert_on
+from suppression.sql import core, dialect_name, inline_constants, insert_on
 
 # Repeats of one act by one caller within this many seconds fold into one row.
 FOLD_WINDOW_SECONDS = 600
@@ -111,6 +111,33 @@ def record_event(
     return int(core(session).execute(_folding_insert(dialect_name(session)), row).scalar_one())
 
 
+def bound_event(prefix: str, **given: Any) -> Any:
+    """A SELECT of one event's values (:data:`ROW_COLUMNS`) as parameters named
+    ``<prefix>_<column>``, typed as the column, or as the SQL expressions ``given`` for some
+    columns: the source of :func:`insert_events` inside a larger statement, which adds the
+    event only when the SELECT yields a row (``.select_from`` a CTE of what was written).
+    The event does not fold unless ``count`` and ``fold_key`` are given."""
+    given = {"count": literal(1), "fold_key": null(), **given}
+    return select(
+        *(
+            given[name]
+            if name in given
+            else bindparam(f"{prefix}_{name}", type_=_EVENTS.c[name].type)
+            for name in ROW_COLUMNS
+        )
+    )
+
+
+def bound_event_params(prefix: str, kind: str, **event: Any) -> dict[str, Any]:
+    """The parameters of :func:`bound_event` for one event (``record_event``'s arguments)."""
+    return {f"{prefix}_{k}": v for k, v in event_row(kind, **event).items()}
+
+
+def insert_events(source: Any) -> Any:
+    """INSERT into events the rows ``source`` (:func:`bound_event` SELECTs) yields."""
+    return insert(_EVENTS).from_select(list(ROW_COLUMNS), source)
+
+
 @cache
 def _plain_insert() -> Any:
     return insert(_EVENTS)
@@ -118,7 +145,7 @@ def _plain_insert() -> Any:
 
 @cache
 def _folding_insert(dialect: str) -> Any:
-    return folding(insert_on(dialect, _EVENTS))
+    return inline_constants(folding(insert_on(dialect, _EVENTS)))
 
 
 def folding(stmt: Any) -> Any:

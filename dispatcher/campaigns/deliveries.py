@@ -5,14 +5,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select, union_all, update
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import counts
 from dispatcher.models import Campaign, Delivery, DeliveryStatus
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import UTCDateTime, utcnow
-from suppression.sql import core
+from suppression.sql import core, inline_constants
 
 
 def stop_queued(session: Session, address_id: int) -> int:
@@ -23,10 +23,13 @@ def stop_queued(session: Session, address_id: int) -> int:
     Passed to :func:`suppression.unsubscribe.unsubscribe_address` and called by staff
     suppressions, so the stop commits in the same transaction as the suppression.
     """
-    changes = counts.Changes()
     params = {"stop_address_id": address_id, "now": utcnow()}
+    connection = core(session)
+    if connection.dialect.name == "postgresql":
+        return len(connection.execute(_stop_in_one(), params).all())
+    changes = counts.Changes()
     for statement in _stop_statements():
-        for campaign_id, why in core(session).execute(statement, params):
+        for campaign_id, why in connection.execute(statement, params):
             changes.move(
                 campaign_id,
                 DeliveryStatus.QUEUED.value,
@@ -59,4 +62,22 @@ def _stop_statements() -> tuple[Any, ...]:
             )
             .returning(Delivery.campaign_id, Delivery.skip_reason)
         )
-    return tuple(statements)
+    return tuple(inline_constants(s) for s in statements)
+
+
+@cache
+def _stop_in_one() -> Any:
+    """PostgreSQL: :func:`_stop_statements` and their counters in one round trip. Its own
+    statement, after the suppression's, so the gate sees the new suppression; the UPDATEs
+    touch disjoint rows (campaigns of different purposes)."""
+    stopped = [s.cte(f"stopped_{i}") for i, s in enumerate(_stop_statements())]
+    moved = union_all(
+        *(select(s.c.campaign_id, s.c.skip_reason.label("reason")) for s in stopped)
+    ).cte("moved")
+    counted = counts.moved_insert(
+        moved,
+        DeliveryStatus.QUEUED.value,
+        DeliveryStatus.CANCELLED.value,
+        bindparam("now", type_=UTCDateTime()),
+    ).cte("counted")
+    return inline_constants(select(moved.c.campaign_id).add_cte(counted))

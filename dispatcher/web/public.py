@@ -4,6 +4,7 @@ and the preference center. Every hit is recorded with time, IP, user agent and o
 from __future__ import annotations
 
 from email.utils import parseaddr
+from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
 from dispatcher.campaigns.deliveries import stop_queued
-from dispatcher.db import session_scope
+from dispatcher.db import each_statement_commits, session_scope
 from dispatcher.inbound import spool
 from dispatcher.inbound.drain import start_drainer
 from dispatcher.ops import metrics
@@ -130,9 +131,15 @@ def _page(template: str, link: LinkRead, **extra: Any) -> str:
         masked=mask_address(link.address),
         campaign_name=link.campaign_name,
         preferences_url=f"/preferences/{pref_token}",
-        reply_address=parseaddr(_settings().sender)[1],
+        reply_address=_reply_address(_settings().sender),
         **extra,
     )
+
+
+@lru_cache(maxsize=4)
+def _reply_address(sender: str) -> str:
+    """The address part of ``DISPATCHER_SENDER``, parsed once, not on every page."""
+    return parseaddr(sender)[1]
 
 
 @bp.get("/u/<token>")
@@ -142,7 +149,7 @@ def unsubscribe_page(token: str) -> Any:
     Link scanners fetch it within seconds of delivery: one read, one (folded) audit row."""
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with session_scope(sessions) as session:
+        with each_statement_commits(sessions) as session:
             subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
             link = read_link(session, subject, _hit_record("unsubscribe", "shown", token))
         return _page(
@@ -262,7 +269,7 @@ def _preferences_view(
 def preferences_page(token: str) -> Any:
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with session_scope(sessions) as session:
+        with each_statement_commits(sessions) as session:
             subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
             link = read_link(session, subject, _hit_record("preferences", "shown", token))
             now = standing(session, link.address_id)
