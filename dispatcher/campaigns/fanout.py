@@ -200,14 +200,10 @@ def refill(
     """
     for _ in range(_REFILL_ATTEMPTS):
         with session_scope(sessions) as session:
-            state = session.execute(
-                select(Campaign.status, Campaign.published_through).where(
-                    Campaign.id == campaign_id
-                )
-            ).one_or_none()
-            if state is None or state[0] != CampaignStatus.SENDING:
+            state = _published_mark(session, campaign_id)
+            if state is None:
                 return []
-            mark = state[1]
+            (mark,) = state
             # A correlated scalar subquery is run once per batch with the batch's bounds as
             # parameters, so they are index conditions whatever the planner believes about
             # a table the fan-out has just filled (as an anti-join they were a filter, and
@@ -274,17 +270,24 @@ def refill_after(
             # Each statement reads what others committed (PostgreSQL's read committed;
             # SQLite holds the write lock since the delete), so a lost compare-and-set
             # looks again at the mark that beat it.
-            state = session.execute(
-                select(Campaign.status, Campaign.published_through).where(
-                    Campaign.id == campaign_id
-                )
-            ).one_or_none()
-            if state is None or state[0] != CampaignStatus.SENDING:
+            state = _published_mark(session, campaign_id)
+            if state is None:
                 return []
-            batches = _take(session, campaign_id, batch_size, state[1], 1)
+            batches = _take(session, campaign_id, batch_size, state[0], 1)
             if batches is not None:
                 return batches
     return []  # beat tops up the place this batch left
+
+
+def _published_mark(session: Session, campaign_id: int) -> tuple[int | None] | None:
+    """``(published_through,)`` of a sending campaign; None when it is not sending (nothing
+    is published then)."""
+    state = session.execute(
+        select(Campaign.status, Campaign.published_through).where(Campaign.id == campaign_id)
+    ).one_or_none()
+    if state is None or state[0] != CampaignStatus.SENDING:
+        return None
+    return (state[1],)
 
 
 def _take(

@@ -194,16 +194,7 @@ def test_service_notice_has_preferences_and_address_but_no_unsubscribe(
 def test_css_is_inlined_once_per_campaign_not_per_recipient(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import premailer  # rendering imports it on first use, so patch the class itself
-
-    calls: list[int] = []
-    original = premailer.Premailer.transform
-
-    def counting(self: object, *args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(premailer.Premailer, "transform", counting)
+    calls = _counting_inliner(monkeypatch)
     prepared = prepare_campaign(settings, view("new-releases"))
     at_prepare = len(calls)
     ordinary = [RECIPIENTS[0], RECIPIENTS[3], RECIPIENTS[4], RECIPIENTS[5]]
@@ -438,6 +429,8 @@ def test_html_part_that_renders_to_nothing_is_refused(
 
 
 def _counting_inliner(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts premailer's inlining calls (rendering imports it on first use, so the class
+    itself is patched)."""
     import premailer
 
     calls: list[int] = []
