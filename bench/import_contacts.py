@@ -26,10 +26,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import resource
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import event  # noqa: E402
 
+from dispatcher.contacts import staging  # noqa: E402
 from dispatcher.contacts.importer import ImportReport, import_contacts  # noqa: E402
 from dispatcher.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from dispatcher.settings import load_settings  # noqa: E402
@@ -107,7 +110,42 @@ def describe(
     return rate
 
 
-def run_imports(database_url: str, home: Path, path: Path) -> float:
+class Phases:
+    """Wall time per phase of one import: staging (COPY / executemany), each kind of SQL
+    statement (by verb and table), and the rest (reading and checking rows in Python)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.times: defaultdict[str, float] = defaultdict(float)
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+        load = staging.Stage.load
+
+        def timed_load(stage: staging.Stage, *args: Any) -> None:
+            started = time.perf_counter()
+            load(stage, *args)
+            self.times["stage (COPY / executemany)"] += time.perf_counter() - started
+
+        staging.Stage.load = timed_load  # type: ignore[method-assign]
+
+    def _before(self, conn: Any, *_args: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    def _after(self, conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        words = statement.split(None, 6)
+        verb = " ".join(words[:3] if words[0] in ("INSERT", "CREATE") else words[:2])
+        self.times[re.sub(r"\s*\(.*", "", verb)] += time.perf_counter() - conn.info["bench_started"]
+
+    def report(self, total: float) -> None:
+        rest = total - sum(self.times.values())
+        rows = sorted(self.times.items(), key=lambda kv: -kv[1])
+        print(f"  {'':>12}  {rest:6.2f} s  parse and check rows (Python, the rest)")
+        for name, seconds in rows:
+            if seconds >= 0.01 * total:
+                print(f"  {'':>12}  {seconds:6.2f} s  {name}")
+        self.times.clear()
+
+
+def run_imports(database_url: str, home: Path, path: Path, phases: bool = False) -> float:
     settings = load_settings(
         {
             "DISPATCHER_HOME": str(home),
@@ -124,6 +162,7 @@ def run_imports(database_url: str, home: Path, path: Path) -> float:
         def _server_pid(dbapi_connection: Any, _record: Any) -> None:
             servers.add(dbapi_connection.info.backend_pid)
 
+    timing = Phases(engine) if phases else None
     sessions = make_sessionmaker(engine)
     first = 0.0
     try:
@@ -134,6 +173,8 @@ def run_imports(database_url: str, home: Path, path: Path) -> float:
             cpu = own_cpu() + backend_cpu(servers) - cpu
             rate = describe(label, report, elapsed, cpu, TARGETS[engine.dialect.name], bar=first)
             first = first or rate
+            if timing is not None:
+                timing.report(elapsed)
     finally:
         engine.dispose()
     return first
@@ -168,6 +209,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--backend", choices=["both", "sqlite", "postgres"], default="both")
+    parser.add_argument(
+        "--phases", action="store_true", help="print the wall time of each phase of an import"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
@@ -180,12 +224,14 @@ def main() -> None:
         if args.backend in ("both", "sqlite"):
             print("SQLite:")
             (home / "sqlite").mkdir()
-            run_imports(f"sqlite:///{home / 'sqlite' / 'bench.db'}", home / "sqlite", path)
+            run_imports(
+                f"sqlite:///{home / 'sqlite' / 'bench.db'}", home / "sqlite", path, args.phases
+            )
         if args.backend in ("both", "postgres"):
             print("PostgreSQL:")
             with temporary_database(PG_ADMIN_URL, "dispatcher_bench_import") as url:
                 (home / "pg").mkdir()
-                rate = run_imports(url, home / "pg", path)
+                rate = run_imports(url, home / "pg", path, args.phases)
                 baseline = copy_rate(url, path, args.rows)
                 print(f"  first import / COPY = {rate / baseline:.3f}")
         print(f"load average at the end {load_average()}")
