@@ -111,38 +111,61 @@ def describe(
 
 
 class Phases:
-    """Wall time per phase of one import: staging (COPY / executemany), each kind of SQL
+    """Wall time and CPU time (this process and, on PostgreSQL, the server process serving the
+    statement) per phase of one import: staging (COPY / executemany), each kind of SQL
     statement (by verb and table), and the rest (reading and checking rows in Python)."""
 
     def __init__(self, engine: Any) -> None:
-        self.times: defaultdict[str, float] = defaultdict(float)
+        self.times: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         event.listen(engine, "before_cursor_execute", self._before)
         event.listen(engine, "after_cursor_execute", self._after)
         load = staging.Stage.load
 
         def timed_load(stage: staging.Stage, *args: Any) -> None:
-            started = time.perf_counter()
+            pid = _server_pid(stage.conn)
+            started = self._clock(pid)
             load(stage, *args)
-            self.times["stage (COPY / executemany)"] += time.perf_counter() - started
+            self._add("stage (COPY / executemany)", started, pid)
 
         staging.Stage.load = timed_load  # type: ignore[method-assign]
 
+    @staticmethod
+    def _clock(pid: int | None) -> tuple[float, float]:
+        return time.perf_counter(), own_cpu() + (backend_cpu({pid}) if pid else 0.0)
+
+    def _add(self, name: str, started: tuple[float, float], pid: int | None) -> None:
+        wall, cpu = self._clock(pid)
+        self.times[name][0] += wall - started[0]
+        self.times[name][1] += cpu - started[1]
+
     def _before(self, conn: Any, *_args: Any) -> None:
-        conn.info["bench_started"] = time.perf_counter()
+        pid = _server_pid(conn)
+        conn.info["bench_started"] = (self._clock(pid), pid)
 
     def _after(self, conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         words = statement.split(None, 6)
         verb = " ".join(words[:3] if words[0] in ("INSERT", "CREATE") else words[:2])
-        self.times[re.sub(r"\s*\(.*", "", verb)] += time.perf_counter() - conn.info["bench_started"]
+        started, pid = conn.info["bench_started"]
+        self._add(re.sub(r"\s*\(.*", "", verb), started, pid)
 
-    def report(self, total: float) -> None:
-        rest = total - sum(self.times.values())
-        rows = sorted(self.times.items(), key=lambda kv: -kv[1])
-        print(f"  {'':>12}  {rest:6.2f} s  parse and check rows (Python, the rest)")
-        for name, seconds in rows:
-            if seconds >= 0.01 * total:
-                print(f"  {'':>12}  {seconds:6.2f} s  {name}")
+    def report(self, wall: float, cpu: float) -> None:
+        rest = (
+            wall - sum(w for w, _ in self.times.values()),
+            cpu - sum(c for _, c in self.times.values()),
+        )
+        rows = sorted(self.times.items(), key=lambda kv: -kv[1][1])
+        print(f"  {'':>12}  {'wall s':>7} {'CPU s':>7}")
+        print(f"  {'':>12}  {rest[0]:7.2f} {rest[1]:7.2f}  parse and check rows (Python, the rest)")
+        for name, (seconds, used) in rows:
+            if max(seconds / wall, used / cpu) >= 0.01:
+                print(f"  {'':>12}  {seconds:7.2f} {used:7.2f}  {name}")
         self.times.clear()
+
+
+def _server_pid(conn: Any) -> int | None:
+    driver = conn.connection.driver_connection
+    info = getattr(driver, "info", None)
+    return getattr(info, "backend_pid", None)
 
 
 def run_imports(database_url: str, home: Path, path: Path, phases: bool = False) -> float:
@@ -174,7 +197,7 @@ def run_imports(database_url: str, home: Path, path: Path, phases: bool = False)
             rate = describe(label, report, elapsed, cpu, TARGETS[engine.dialect.name], bar=first)
             first = first or rate
             if timing is not None:
-                timing.report(elapsed)
+                timing.report(elapsed, cpu)
     finally:
         engine.dispose()
     return first
