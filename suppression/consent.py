@@ -45,6 +45,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -371,8 +372,12 @@ def merge_consents(
     order = [verdicts.c.line, verdicts.c.scope]
     if conn.dialect.name == "postgresql":
         # From the table's own sequence (ids stay unique beside concurrent writers); nextval
-        # runs after the sort, in line order.
-        next_id: Any = func.nextval(func.pg_get_serial_sequence("consents", "id"))
+        # runs after the sort, in line order. The sequence is looked up once, by oid: named by
+        # pg_get_serial_sequence in the statement, it is looked up again for every row.
+        sequence = int(
+            conn.scalar(text("SELECT pg_get_serial_sequence('consents', 'id')::regclass::oid"))
+        )
+        next_id: Any = func.nextval(literal_column(f"{sequence}::regclass"))
     else:
         # SQLite: this transaction holds the write lock (it has written the addresses), so no
         # other writer takes ids meanwhile; the next rowid is max + 1, as SQLite gives it.
