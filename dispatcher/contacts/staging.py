@@ -119,6 +119,8 @@ class Stage:
             # the default 4 MB.
             self.conn.execute(text("SET LOCAL jit = off"))
             self.conn.execute(text("SET LOCAL work_mem = '64MB'"))
+        else:
+            self.conn.exec_driver_sql("PRAGMA temp.cache_size = -32768")
         for table in (ROWS, TAGS, PEOPLE):
             table.drop(self.conn, checkfirst=True)
             table.create(self.conn)
@@ -360,7 +362,7 @@ def merge(
     # read) are all new and no other writer can see the contact yet, so a plain INSERT.
     created_alone = and_(p.c.is_new == true(), p.c.alone == true())
     conn.execute(
-        ContactTag.__table__.insert().from_select(
+        insert_for(session, ContactTag).from_select(
             ["contact_id", "tag"], tags_of.where(created_alone)
         )
     )
@@ -388,6 +390,7 @@ def merge(
                 func.coalesce(r.c.consent_at, at_now).label("occurred_at"),
                 r.c.consent_at.is_not(None).label("dated"),
                 r.c.source,
+                p.c.alone,
             )
             .select_from(r)
             .join(p, p.c.address == r.c.address)
