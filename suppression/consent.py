@@ -480,6 +480,9 @@ def _verdicts(given: Any, *, alone: bool, next_id: Any, top: int) -> Select[Any]
         .select_from(given)
         .outerjoin(s, and_(s.c.address_id == given.c.address_id, s.c.scope == given.c.scope))
         .where(given.c.alone == (true() if alone else false()))
+        # OFFSET 0: computed once, not inlined into every expression that reads it (with its
+        # ledger lookups) when the database flattens the subquery.
+        .offset(0)
         .subquery()
     )
     decided: list[tuple[Any, Any]] = [(judged.c.base != "candidate", judged.c.base)]
@@ -495,7 +498,9 @@ def _verdicts(given: Any, *, alone: bool, next_id: Any, top: int) -> Select[Any]
         else_=str(Verdict.CHANGED),
     )
     names = [col.name for col in _FACTS.c]
-    verdicts = select(*(judged.c[n] for n in names[:-2]), verdict.label("verdict")).subquery()
+    verdicts = (
+        select(*(judged.c[n] for n in names[:-2]), verdict.label("verdict")).offset(0).subquery()
+    )
     is_written = verdicts.c.verdict.in_(_WRITTEN)
     order = [verdicts.c.address_id, verdicts.c.line, verdicts.c.scope]
     if next_id is None:
