@@ -119,8 +119,6 @@ class Stage:
             # the default 4 MB.
             self.conn.execute(text("SET LOCAL jit = off"))
             self.conn.execute(text("SET LOCAL work_mem = '64MB'"))
-        else:
-            self.conn.exec_driver_sql("PRAGMA temp.cache_size = -32768")
         for table in (ROWS, TAGS, PEOPLE):
             table.drop(self.conn, checkfirst=True)
             table.create(self.conn)
