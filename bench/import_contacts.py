@@ -1,6 +1,7 @@
 """Contacts import speed, on SQLite and PostgreSQL, against PostgreSQL's own COPY.
 
     .venv/bin/python bench/import_contacts.py [--rows 200000] [--backend both|sqlite|postgres]
+        [--phases]
 
 Generates one CSV of ROWS contacts (~1.2 consent facts, two tags and an attribute each), then
 per backend: a first import into a fresh database and a re-import of the same file (which
@@ -13,12 +14,19 @@ throw-away database (dispatcher_bench_import_*) is dropped at the end.
 Prints each import's rows/s against issue 11's targets (first import of 1M rows >= 20,000
 rows/s on SQLite, >= 50,000 on PostgreSQL; a re-import faster still) with the verdict, rows per
 CPU-second (the steadier figure on a shared machine), peak RSS and the load average.
+``--phases`` adds wall and CPU seconds per phase: parsing and checking rows in Python, staging
+(COPY / executemany), and each merge statement by verb and table (CPU of this process and, on
+PostgreSQL, of the server process running the statement).
 
-Measured 2026-12-01, --rows 1000000 --backend sqlite, the shared 2-core machine at load
-average 9-18: first import 2,677 rows/s (8,469 per CPU-second), re-import 2,731 (10,171);
-peak RSS 86-88 MB. --backend postgres, load average 6-27: first import 754 rows/s (3,187 per
-CPU-second, client and server), re-import 3,746 (7,992), peak RSS 78 MB; COPY of the same file
-352,338 rows/s; import / COPY = 0.002. Targets not met.
+Measured 2026-12-01, --rows 1000000 --backend both --phases, the shared 2-core machine at load
+average 3.6-4.9: SQLite first import 27,407 rows/s (38,449 per CPU-second), re-import 39,306
+(52,959), peak RSS 81 MB: target met. PostgreSQL first import 14,325 rows/s (17,024 per
+CPU-second, client and server), re-import 31,235 (42,004), peak RSS 87 MB; COPY of the same
+file 1,021,789 rows/s; import / COPY = 0.014: target not met. The code before (main at
+18f575c), run with this script in the same hour at load average 4.9-7.0: SQLite 14,041 rows/s
+(32,711 per CPU-second), re-import 19,237 (40,760); PostgreSQL 5,366 (12,540), re-import
+14,162 (29,497). Where PostgreSQL's time goes and why 50,000 rows/s is out of reach: README,
+"Importing contacts".
 """
 
 from __future__ import annotations
