@@ -45,10 +45,12 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     not_,
     or_,
     select,
     text,
+    true,
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -445,87 +447,48 @@ def merge_consents(
 ) -> MergeTally:
     """Apply an import's consent facts at once, set-based, under the rule above.
 
-    ``facts`` selects ``line, address_id, scope, status, occurred_at, dated, source``: every
-    fact of one file. The file's own history is settled first (its latest word per address and
-    scope), then compared with the current state. Ledger rows, states and one
-    ``consent_changed`` audit event per state written are added in ``session``'s transaction.
+    ``facts`` selects ``line, address_id, scope, status, occurred_at, dated, source, alone``:
+    every fact of one file, ``alone`` true only where the fact is the file's one fact for its
+    address and scope (false is always correct, only slower). The file's own history is
+    settled first (its latest word per address and scope), then compared with the current
+    state. Ledger rows, states and one ``consent_changed`` audit event per state written are
+    added in ``session``'s transaction.
     """
     conn = session.connection()
     f = _FACTS
     f.drop(conn, checkfirst=True)
     f.create(conn)
-    # Every fact and its verdict in one pass: facts the ledger already holds (a re-import) or
-    # that repeat an earlier line are known; the others are judged against the current state,
-    # and among the candidates of an address and scope the latest word wins, the rest is
-    # history.
     given = facts.subquery()
-    c = Consent.__table__.c
-    s = ConsentState.__table__
-    identity = [given.c.address_id, given.c.scope, given.c.status, given.c.dated]
-    same_in_ledger = exists().where(
-        c.address_id == given.c.address_id,
-        c.scope == given.c.scope,
-        c.status == given.c.status,
-        c.dated == given.c.dated,
-        or_(given.c.dated == false(), c.occurred_at == given.c.occurred_at),
-    )
-    repeat = func.row_number().over(
-        partition_by=[*identity, given.c.occurred_at], order_by=given.c.line
-    )
-    judged = (
-        select(
-            given,
-            case(
-                (same_in_ledger, str(Verdict.KNOWN)),
-                (repeat > 1, str(Verdict.KNOWN)),
-                else_=judge(
-                    _fact(given),
-                    _fact(s),
-                    earlier=word_before(_fact(given), given.c.address_id, given.c.scope),
-                ),
-            ).label("base"),
-            s.c.status.label("state_status"),
+    postgres = conn.dialect.name == "postgresql"
+    next_id: Any = None  # SQLite: counted in the statement
+    if postgres:
+        # From the table's own sequence (ids stay unique beside concurrent writers). The
+        # sequence is looked up once, by oid: named by pg_get_serial_sequence in the
+        # statement, it would be looked up again for every row.
+        sequence = int(
+            conn.scalar(text("SELECT pg_get_serial_sequence('consents', 'id')::regclass::oid"))
         )
-        .select_from(given)
-        .outerjoin(s, and_(s.c.address_id == given.c.address_id, s.c.scope == given.c.scope))
-        .subquery()
-    )
-    rank = func.row_number().over(
-        partition_by=[judged.c.address_id, judged.c.scope, judged.c.base],
-        order_by=latest_first(_fact(judged)),
-    )
-    verdict = case(
-        (judged.c.base != "candidate", judged.c.base),
-        (rank > 1, str(Verdict.HISTORY)),
-        (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
-        else_=str(Verdict.CHANGED),
-    )
-    # The ledger rows to write (every fact not refused and not already there) get their ids
-    # here, in line order as one INSERT … ORDER BY line would give them, so that the states and
-    # events below point at their ledger rows by id instead of looking each one up again.
-    written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
-    names = [col.name for col in f.c]
-    verdicts = select(*(judged.c[n] for n in names[:-2]), verdict.label("verdict")).subquery()
-    is_written = verdicts.c.verdict.in_(written)
-    order = [verdicts.c.line, verdicts.c.scope]
-    if conn.dialect.name == "postgresql":
-        # From the table's own sequence (ids stay unique beside concurrent writers); nextval
-        # runs after the sort, in line order.
-        next_id: Any = func.nextval(func.pg_get_serial_sequence("consents", "id"))
-    else:
-        # SQLite: this transaction holds the write lock (it has written the addresses), so no
-        # other writer takes ids meanwhile; the next rowid is max + 1, as SQLite gives it.
-        top = select(func.coalesce(func.max(c.id), 0)).scalar_subquery()
-        next_id = top + func.row_number().over(partition_by=is_written, order_by=order)
-    conn.execute(
-        f.insert().from_select(
-            names,
-            select(
-                *(verdicts.c[n] for n in names[:-1]), case((is_written, next_id), else_=None)
-            ).order_by(*order),
-        )
-    )
-    if conn.dialect.name == "postgresql":
+        next_id = func.nextval(literal_column(f"{sequence}::regclass"))
+    # Facts alone in the file for their address and scope (most of a contacts file) need none
+    # of the file's own ordering: judged against the ledger and state only, without the window
+    # functions (and their sorts over every fact) that settle an address's several facts.
+    for alone in (True, False):
+        top = 0
+        if not postgres:
+            # SQLite: this transaction holds the write lock (it has written the addresses), so
+            # no other writer takes ids meanwhile; ids count on from the largest one given.
+            top = conn.scalar(
+                select(
+                    func.coalesce(
+                        select(func.max(f.c.consent_id)).scalar_subquery(),
+                        select(func.max(Consent.id)).scalar_subquery(),
+                        0,
+                    )
+                )
+            )
+        chosen = _verdicts(given, alone=alone, next_id=next_id, top=top)
+        conn.execute(f.insert().from_select([col.name for col in f.c], chosen))
+    if postgres:
         conn.execute(text("ANALYZE import_consent_facts"))  # plans below go by its size
     conn.execute(
         insert_for(session, Consent).from_select(
@@ -553,10 +516,11 @@ def merge_consents(
                 literal(actor, String()),
                 literal(policy_version, String()),
             )
-            .where(f.c.verdict.in_(written))
+            .where(f.c.verdict.in_(_WRITTEN))
             .order_by(f.c.consent_id),
         )
     )
+    s = ConsentState.__table__
     # The states, pointing at their ledger rows; the rule decides again in the upsert, so a
     # change that committed meanwhile (an unsubscribe) is never overwritten.
     winners = f.c.verdict.in_([Verdict.CHANGED, Verdict.RENEWED])
@@ -607,6 +571,82 @@ def merge_consents(
     ]
     f.drop(conn)
     return tally
+
+
+_WRITTEN = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
+
+
+def _verdicts(given: Any, *, alone: bool, next_id: Any, top: int) -> Select[Any]:
+    """The rows of ``import_consent_facts`` for the facts of ``given`` that are (``alone``) or
+    are not the file's only fact for their address and scope: each with its verdict, and the
+    ledger rows to write (every fact not refused and not already there) with their ids, so
+    that the states and events below point at their ledger rows without looking each one up.
+
+    Facts the ledger already holds (a re-import) or that repeat an earlier line are known; the
+    others are judged against the current state, and among the candidates of an address and
+    scope the latest word wins, the rest is history. Ids follow the file's lines within each
+    address (``next_id`` is the sequence's nextval on PostgreSQL; on SQLite, None: ids count
+    on from ``top``)."""
+    c = Consent.__table__.c
+    s = ConsentState.__table__
+    same_in_ledger = exists().where(
+        c.address_id == given.c.address_id,
+        c.scope == given.c.scope,
+        c.status == given.c.status,
+        c.dated == given.c.dated,
+        or_(given.c.dated == false(), c.occurred_at == given.c.occurred_at),
+    )
+    known: list[tuple[Any, str]] = [(same_in_ledger, str(Verdict.KNOWN))]
+    if not alone:
+        identity = [given.c.address_id, given.c.scope, given.c.status, given.c.dated]
+        repeat = func.row_number().over(
+            partition_by=[*identity, given.c.occurred_at], order_by=given.c.line
+        )
+        known.append((repeat > 1, str(Verdict.KNOWN)))
+    judged = (
+        select(
+            given,
+            case(
+                *known,
+                else_=judge(
+                    _fact(given),
+                    _fact(s),
+                    earlier=word_before(_fact(given), given.c.address_id, given.c.scope),
+                ),
+            ).label("base"),
+            s.c.status.label("state_status"),
+        )
+        .select_from(given)
+        .outerjoin(s, and_(s.c.address_id == given.c.address_id, s.c.scope == given.c.scope))
+        .where(given.c.alone == (true() if alone else false()))
+        # OFFSET 0: computed once, not inlined into every expression that reads it (with its
+        # ledger lookups) when the database flattens the subquery.
+        .offset(0)
+        .subquery()
+    )
+    decided: list[tuple[Any, Any]] = [(judged.c.base != "candidate", judged.c.base)]
+    if not alone:
+        rank = func.row_number().over(
+            partition_by=[judged.c.address_id, judged.c.scope, judged.c.base],
+            order_by=latest_first(_fact(judged)),
+        )
+        decided.append((rank > 1, str(Verdict.HISTORY)))
+    verdict = case(
+        *decided,
+        (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
+        else_=str(Verdict.CHANGED),
+    )
+    names = [col.name for col in _FACTS.c]
+    verdicts = (
+        select(*(judged.c[n] for n in names[:-2]), verdict.label("verdict")).offset(0).subquery()
+    )
+    is_written = verdicts.c.verdict.in_(_WRITTEN)
+    order = [verdicts.c.address_id, verdicts.c.line, verdicts.c.scope]
+    if next_id is None:
+        next_id = top + func.row_number().over(partition_by=is_written, order_by=order)
+    chosen = select(*(verdicts.c[n] for n in names[:-1]), case((is_written, next_id), else_=None))
+    # The ids of an address's several facts in line order; nextval runs after the sort.
+    return chosen if alone else chosen.order_by(*order)
 
 
 def consent_history(session: Session, address_id: int) -> list[Consent]:
