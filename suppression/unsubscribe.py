@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from suppression.address import mask_address
 from suppression.consent import record_consent, repeats_state
-from suppression.events import Hit, event_row, record_events
+from suppression.events import Hit, event_row
 from suppression.models import (
     Address,
     ConsentState,
@@ -32,10 +32,18 @@ from suppression.suppressions import (
 )
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
 
-# Called inside the unsubscribe's transaction with (session, address_id): stops mail to that
-# address that is queued but not yet claimed, and returns how many messages it stopped. The
-# dispatcher supplies it; this package knows no delivery table.
-StopQueued = Callable[[Session, int], int]
+
+class StopQueued(Protocol):
+    """Called inside the unsubscribe's transaction with (session, address_id): stops mail to
+    that address that is queued but not yet claimed, and returns how many messages it stopped;
+    then writes the audit events ``then`` (``event_row`` values, in order), an event whose
+    detail has the key ``stopped`` with that number (in the same round trip where it can).
+    The dispatcher supplies it; this package knows no delivery table."""
+
+    def __call__(
+        self, session: Session, address_id: int, *, then: Sequence[dict[str, Any]] = ()
+    ) -> int: ...
+
 
 # Given whether the unsubscribe suppressed the address anew, the caller's own audit event
 # (``record_event``'s arguments, with ``kind``), written in one INSERT after ``unsubscribed``.
@@ -208,8 +216,11 @@ def unsubscribe_address(
         occurred_at=utcnow(),
         hit=hit,
     )
-    stopped = stop_queued(session, address.id)
-    _events(session, address, hit, actor, campaign_id, stopped, source, added.created, audit)
+    stopped = stop_queued(
+        session,
+        address.id,
+        then=_events(address, hit, actor, campaign_id, source, added.created, audit),
+    )
     return UnsubscribeResult(
         address_id=address.id,
         masked_address=mask_address(address.address),
@@ -233,8 +244,9 @@ def _repeat(
 ) -> UnsubscribeResult:
     """An unsubscribe of an address found :class:`Held`: the suppression and the opt-out
     would write nothing, so only the stop and the events remain."""
-    stopped = stop_queued(session, address.id)
-    _events(session, address, hit, actor, campaign_id, stopped, source, False, audit)
+    stopped = stop_queued(
+        session, address.id, then=_events(address, hit, actor, campaign_id, source, False, audit)
+    )
     return UnsubscribeResult(
         address_id=address.id,
         masked_address=mask_address(address.address),
@@ -246,16 +258,15 @@ def _repeat(
 
 
 def _events(
-    session: Session,
     address: Address,
     hit: Hit | None,
     actor: str | None,
     campaign_id: int | None,
-    stopped: int,
     source: str,
     created: bool,
     audit: AuditAfter | None,
-) -> None:
+) -> list[dict[str, Any]]:
+    """The ``unsubscribed`` event (its ``stopped`` filled in by the stop) and the caller's."""
     rows = [
         event_row(
             "unsubscribed",
@@ -264,14 +275,14 @@ def _events(
             actor=actor,
             outcome="suppressed" if created else "already_suppressed",
             campaign_id=campaign_id,
-            stopped=stopped,
+            stopped=None,
             source=source,
         )
     ]
     if audit is not None:
         extra = dict(audit(created))
         rows.append(event_row(extra.pop("kind"), **extra))
-    record_events(session, rows)
+    return rows
 
 
 def staff_only_suppressions(session: Session, address_id: int) -> list[str]:

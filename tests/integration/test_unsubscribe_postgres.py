@@ -100,9 +100,21 @@ def test_the_unsubscribe_runs_in_fewer_statements_on_postgresql(session: Session
         event.remove(connection, "before_cursor_execute", count)
     assert first.newly_suppressed and first.stopped == 1
     assert not again.newly_suppressed and again.stopped == 0
-    # suppression + event; consent rule + ledger + state + event; stop + counters; event
-    assert statements_first == 4
-    assert len(seen) == 4
+    # suppression + event; consent rule + ledger + state + event; stop + counters + event
+    assert statements_first == 3
+    assert len(seen) == 3
+    events = session.scalars(
+        select(Event).where(Event.address_id == address.id).order_by(Event.id)
+    ).all()[-4:]  # after the contact's own opt-in
+    assert [(e.kind, e.outcome) for e in events] == [
+        ("suppression_added", "unsubscribe"),
+        ("consent_changed", "opted_out"),
+        ("unsubscribed", "suppressed"),
+        ("unsubscribed", "already_suppressed"),
+    ]
+    # The stop's own statement counted what it stopped into the event it wrote.
+    assert [e.detail["stopped"] for e in events[2:]] == [1, 0]
+    assert events[2].detail["source"] == "one_click"
 
 
 def test_concurrent_one_clicks_apply_the_unsubscribe_exactly_once(pg: Backend) -> None:
