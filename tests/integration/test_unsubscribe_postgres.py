@@ -447,3 +447,74 @@ def test_the_preference_page_reads_the_gate_and_the_suppressions_in_one_statemen
     assert stopped.stopped is not None
     assert stopped.stopped.why == STAFF_REASONS["complaint"]
     assert stopped.sharing_suppressed
+
+
+def test_a_connection_the_server_ended_is_replaced_before_the_next_request(pg: Backend) -> None:
+    """No ping per request, yet a pooled connection whose backend was terminated while idle
+    (``pg_terminate_backend``, as a restart does) is found dead before use: the next one-click
+    is answered 200 and applied, not spooled, and the next page is served."""
+    engine = make_engine(pg.settings.database_url)
+    signer = TokenSigner(pg.settings.secret_keys)
+    app = create_app(pg.settings)
+    app_engine = app.extensions["dispatcher.sessions"].kw["bind"]
+    backends: list[int] = []
+    event.listen(
+        app_engine, "connect", lambda dbapi, _record: backends.append(dbapi.info.backend_pid)
+    )
+    client = app.test_client()
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            ids = [make_contact(session, f"ended{i}@example.com").address_id for i in range(2)]
+        first, second = (signer.sign_link(LinkPurpose.UNSUBSCRIBE, i) for i in ids)
+        assert client.get(f"/u/{first}").status_code == 200
+        assert backends
+        with engine.connect() as admin:
+            ended = (
+                admin.execute(
+                    text("SELECT pg_terminate_backend(pid, 10000) FROM unnest(:pids) AS pid"),
+                    {"pids": list(backends)},
+                )
+                .scalars()
+                .all()
+            )
+        assert ended and all(ended)  # returned once each backend had exited
+        answer = client.post(
+            f"/u/{second}", data=ONE_CLICK, content_type="application/x-www-form-urlencoded"
+        )
+        assert answer.status_code == 200
+        assert client.get(f"/u/{first}").status_code == 200
+        with session_scope(make_sessionmaker(engine)) as session:
+            assert [
+                s.reason
+                for s in session.scalars(
+                    select(Suppression).where(Suppression.address_id == ids[1])
+                )
+            ] == ["unsubscribe"]
+    finally:
+        app_engine.dispose()
+        engine.dispose()
+
+
+def test_only_a_connection_in_doubt_is_pinged(pg: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection back from use moments ago is used without a ping; one idle longer than
+    the limit is pinged first."""
+    engine = make_engine(pg.settings.database_url, pool_size=1, max_overflow=0)
+    pings: list[object] = []
+    real_ping = engine.dialect.do_ping
+
+    def counting_ping(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return real_ping(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counting_ping)
+    try:
+        for _ in range(3):
+            with engine.connect() as connection:
+                assert connection.scalar(text("SELECT 1")) == 1
+        assert pings == []
+        monkeypatch.setattr("dispatcher.db.PING_AFTER_IDLE_SECONDS", 0.0)
+        with engine.connect() as connection:
+            assert connection.scalar(text("SELECT 1")) == 1
+        assert len(pings) == 1
+    finally:
+        engine.dispose()
