@@ -34,7 +34,7 @@ def stop_queued(session: Session, address_id: int, *, then: Sequence[dict[str, A
     if connection.dialect.name == "postgresql":
         counted = tuple(STOPPED if STOPPED in row["detail"] else None for row in then)
         if then:
-            params.update(rows_params("then_", then))
+            params.update(rows_params("t", then))
         return len(connection.execute(_stop_in_one(counted), params).all())
     changes = counts.Changes()
     for statement in _stop_statements():
@@ -108,5 +108,5 @@ def _stop_in_one(counted_events: tuple[str | None, ...] = ()) -> Any:
     ctes = [counted]
     if counted_events:
         how_many = select(func.count()).select_from(moved).scalar_subquery()
-        ctes.append(insert_rows("then_", counted_events, how_many).cte("then_events"))
+        ctes.append(insert_rows("t", counted_events, how_many).cte("then_events"))
     return inline_constants(select(moved.c.campaign_id).add_cte(*ctes))

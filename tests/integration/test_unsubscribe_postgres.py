@@ -518,3 +518,17 @@ def test_only_a_connection_in_doubt_is_pinged(pg: Backend, monkeypatch: pytest.M
         assert len(pings) == 1
     finally:
         engine.dispose()
+
+
+def test_the_one_clicks_stop_statement_stays_short_enough_for_psycopg_to_keep_parsed() -> None:
+    """psycopg keeps its parsed form of a statement only under 4 KB of SQL and 50 parameters;
+    a one-click's stop, counters and two events is one statement that should stay under both
+    (over them it is parsed again on every request)."""
+    from psycopg import _queries
+    from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
+
+    from dispatcher.campaigns.deliveries import _stop_in_one
+
+    compiled = _stop_in_one(("stopped", None)).compile(dialect=pg_dialect.dialect())
+    assert len(str(compiled).encode()) < _queries.MAX_CACHED_STATEMENT_LENGTH
+    assert len(compiled.params) < _queries.MAX_CACHED_STATEMENT_PARAMS
