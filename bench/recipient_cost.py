@@ -11,10 +11,12 @@ package (Flask, werkzeug, SQLAlchemy, psycopg, itsdangerous, Jinja, this project
 Talks to 127.0.0.1 only; drops what it creates.
 
 Last figures (issue 18; ``nice -n 19 … --contacts 2000 --requests 500``, PostgreSQL, load
-average about 6 on 2 shared cores, CPU reference 8.5 to 9.3 ms), ms of CPU per request and
-statements, before → after this round: floor 0.12 → 0.11; ``GET /u/<token>`` 0.85 → 0.78
-(1 → 1); ``GET /preferences/<token>`` 1.15 → 0.93 (3 → 2); one-click first 2.4 → 1.44
-(12 → 6); repeated 1.7 → 1.47 (8 → 6). See the README, "The web edge".
+average 2.4 to 2.5 on 2 shared cores, CPU reference 9.0 to 10.1 ms; main run alternately,
+three runs each), ms of CPU per request and statements, before → after this round: floor
+0.10 → 0.10; ``GET /u/<token>`` 0.61–0.64 → 0.58–0.61 (1 → 1); ``GET /preferences/<token>``
+0.76–0.77 → 0.71–0.73 (2 → 2); one-click first 1.17–1.19 → 1.02–1.03 (6 → 4); repeated
+1.20–1.22 → 0.81–0.84 (6 → 2). A run under more load measures higher for both.
+See the README, "The web edge".
 """
 
 from __future__ import annotations

@@ -179,6 +179,14 @@ def _unless_overtaken(upsert: Any, *, recipient_action: bool) -> Any:
     )
 
 
+def repeats_state(status: ConsentStatus, occurred_at: Any) -> ColumnElement[bool]:
+    """SQL over ``consent_states``: true where :func:`record_consent` of ``status`` at
+    ``occurred_at`` (not the recipient's own action) would change nothing, because it
+    repeats the current state (the rule's ``candidate`` with the same status)."""
+    new = Fact(literal(str(status)), occurred_at, literal(True))
+    return and_(ConsentState.status == str(status), judge(new, _state_fact()) == "candidate")
+
+
 def current_consent(session: Session, address_id: int, scope: Scope) -> ConsentState | None:
     return session.get(ConsentState, (address_id, str(scope)))
 

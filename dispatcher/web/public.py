@@ -29,6 +29,7 @@ from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome,
 from suppression.unsubscribe import (
     CannotResubscribe,
     resolve_link,
+    resolve_unsubscribe_link,
     resubscribe,
     unsubscribe_address,
 )
@@ -77,22 +78,29 @@ def _record_hit(
 ) -> None:
     """``fold_by`` (the link's token): repeats of this hit by the same IP and browser within
     the fold window raise one row's count instead of adding rows (a scanner's storm)."""
-    hit = _hit()
-    fold = None
+    event = _hit_event(route, outcome, action, address_id, **detail)
     if fold_by is not None:
-        fold = fold_key("web_hit", route, action, request.method, fold_by, hit.ip, hit.user_agent)
-    record_event(
-        session,
-        "web_hit",
-        address_id=address_id,
-        hit=hit,
-        outcome=outcome,
-        fold=fold,
-        route=route,
-        action=action,
-        method=request.method,
+        hit = event["hit"]
+        event["fold"] = fold_key(
+            "web_hit", route, action, request.method, fold_by, hit.ip, hit.user_agent
+        )
+    record_event(session, event.pop("kind"), **event)
+
+
+def _hit_event(
+    route: str, outcome: str, action: str, address_id: int | None = None, **detail: Any
+) -> dict[str, Any]:
+    """A hit's audit event, as ``record_event``'s arguments (with ``kind``)."""
+    return {
+        "kind": "web_hit",
+        "address_id": address_id,
+        "hit": _hit(),
+        "outcome": outcome,
+        "route": route,
+        "action": action,
+        "method": request.method,
         **detail,
-    )
+    }
 
 
 def _hit_record(route: str, action: str, token: str) -> dict[str, Any]:
@@ -201,7 +209,7 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
         with session_scope(sessions) as session:
-            subject, address = resolve_link(session, _signer(), LinkPurpose.UNSUBSCRIBE, token)
+            subject, address, held = resolve_unsubscribe_link(session, _signer(), token)
             if not one_click and not _form_ok(token):
                 _record_hit(
                     session,
@@ -220,16 +228,17 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
                 hit=_hit(),
                 source="one_click" if one_click else "unsubscribe_page",
                 campaign_id=subject.campaign_id,
+                held=held,
+                # This request's own audit row, written with the unsubscribe's event.
+                audit=lambda created: _hit_event(
+                    "unsubscribe",
+                    TokenOutcome.VALID.value,
+                    "unsubscribed" if created else "already_unsubscribed",
+                    address.id,
+                ),
             )
             if result.newly_suppressed:
                 metrics.UNSUBSCRIBES.labels("one_click" if one_click else "unsubscribe_page").inc()
-            _record_hit(
-                session,
-                "unsubscribe",
-                TokenOutcome.VALID.value,
-                "unsubscribed" if result.newly_suppressed else "already_unsubscribed",
-                address.id,
-            )
             if one_click:
                 return Response("Unsubscribed.\n", status=200, mimetype="text/plain")
             pref = _signer().sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)

@@ -14,6 +14,7 @@ from threading import Barrier
 
 import pytest
 from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import counts
@@ -26,7 +27,7 @@ from suppression.consent import consent_history
 from suppression.models import Address, Event, Reason, Suppression
 from suppression.suppressions import Added, add_suppression
 from suppression.tokens import LinkPurpose, TokenSigner
-from suppression.unsubscribe import unsubscribe_address
+from suppression.unsubscribe import resolve_unsubscribe_link, unsubscribe_address
 from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
 from tests.unit.suppression.test_consent import (  # noqa: F401 - collected again, on PostgreSQL
@@ -42,6 +43,7 @@ from tests.unit.suppression.test_unsubscribe import (  # noqa: F401 - collected 
     test_resubscribe_lifts_only_the_recipients_own_unsubscribe,
     test_staff_passing_on_an_unsubscribe_are_named_with_their_note,
     test_staff_suppressions_block_resubscribe_and_nothing_changes,
+    test_the_callers_audit_event_follows_the_unsubscribed_event,
     test_unsubscribe_suppresses_opts_out_stops_queued_mail_and_is_idempotent,
 )
 
@@ -100,9 +102,164 @@ def test_the_unsubscribe_runs_in_fewer_statements_on_postgresql(session: Session
         event.remove(connection, "before_cursor_execute", count)
     assert first.newly_suppressed and first.stopped == 1
     assert not again.newly_suppressed and again.stopped == 0
-    # suppression + event; consent rule + ledger + state + event; stop + counters; event
-    assert statements_first == 4
-    assert len(seen) == 4
+    # suppression + event; consent rule + ledger + state + event; stop + counters + event
+    assert statements_first == 3
+    assert len(seen) == 3
+    events = session.scalars(
+        select(Event).where(Event.address_id == address.id).order_by(Event.id)
+    ).all()[-4:]  # after the contact's own opt-in
+    assert [(e.kind, e.outcome) for e in events] == [
+        ("suppression_added", "unsubscribe"),
+        ("consent_changed", "opted_out"),
+        ("unsubscribed", "suppressed"),
+        ("unsubscribed", "already_suppressed"),
+    ]
+    # The stop's own statement counted what it stopped into the event it wrote.
+    assert [e.detail["stopped"] for e in events[2:]] == [1, 0]
+    assert events[2].detail["source"] == "one_click"
+
+
+def counting_statements(session: Session) -> list[str]:
+    """The statements the session's connection runs from now on (until the test ends)."""
+    seen: list[str] = []
+    event.listen(session.connection(), "before_cursor_execute", lambda *args: seen.append(args[2]))
+    return seen
+
+
+def test_a_repeated_click_is_held_and_still_stops_mail_queued_since(pg: Backend) -> None:
+    """A click on an address already unsubscribed is recognised by the link's read, which
+    locks the suppression and the opt-out: one more statement stops mail queued since the
+    first click (with its counters) and writes the event; no second suppression, no second
+    opt-out in the ledger."""
+    engine = make_engine(pg.settings.database_url)
+    sessions = make_sessionmaker(engine)
+    signer = TokenSigner(pg.settings.secret_keys)
+    try:
+        with session_scope(sessions) as session:
+            contact = make_contact(session, "held@example.com")
+            token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id, 5)
+            subject, address, held = resolve_unsubscribe_link(session, signer, token)
+            assert held is None
+            first = unsubscribe_address(session, address, stop_queued=stop_queued, source="t")
+        with session_scope(sessions) as session:
+            since = queue_counted(session, contact)  # queued after the first click
+        with session_scope(sessions) as session:
+            seen = counting_statements(session)
+            subject, address, held = resolve_unsubscribe_link(session, signer, token)
+            assert held is not None and held.suppression_id == first.suppression_id
+            again = unsubscribe_address(
+                session,
+                address,
+                stop_queued=stop_queued,
+                source="t",
+                campaign_id=subject.campaign_id,
+                held=held,
+            )
+            assert len(seen) == 2  # the link's read; the stop, its counters and the event
+        assert (again.newly_suppressed, again.stopped) == (False, 1)
+        assert again.suppression_id == first.suppression_id
+        with session_scope(sessions) as session:
+            delivery = session.get(Delivery, since.id)
+            assert delivery is not None
+            assert (delivery.status, delivery.skip_reason) == ("cancelled", "unsubscribe")
+            assert counts.verify(session, [since.campaign_id]) == []
+            assert [c.status for c in consent_history(session, address.id)] == [
+                "opted_in",
+                "opted_out",
+            ]
+            assert (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Suppression)
+                    .where(Suppression.address_id == address.id)
+                )
+                == 1
+            )
+            last = session.scalars(
+                select(Event).where(Event.address_id == address.id).order_by(Event.id.desc())
+            ).first()
+            assert last is not None
+            assert (last.kind, last.outcome, last.detail["stopped"]) == (
+                "unsubscribed",
+                "already_suppressed",
+                1,
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_held_click_keeps_a_lift_and_an_opt_in_waiting_until_it_commits(pg: Backend) -> None:
+    """Nothing can lift what a held click relies on before it commits: staff's lift and a
+    change of the consent state wait for its transaction (here: give up after their lock
+    timeout), and go through once it has committed."""
+    engine = make_engine(pg.settings.database_url)
+    sessions = make_sessionmaker(engine)
+    signer = TokenSigner(pg.settings.secret_keys)
+    lift = text("UPDATE suppressions SET lifted_at = now() WHERE address_id = :a")
+    opt_in = text("UPDATE consent_states SET status = 'opted_in' WHERE address_id = :a")
+    try:
+        with session_scope(sessions) as session:
+            contact = make_contact(session, "lock@example.com")
+            token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
+            _subject, address, _held = resolve_unsubscribe_link(session, signer, token)
+            unsubscribe_address(session, address, stop_queued=stop_queued, source="t")
+        clicking = sessions()
+        clicking.begin()
+        _subject, address, held = resolve_unsubscribe_link(clicking, signer, token)
+        assert held is not None
+        with engine.connect() as other:
+            for change in (lift, opt_in):
+                other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                with pytest.raises(OperationalError, match="lock timeout"):
+                    other.execute(change, {"a": address.id})
+                other.rollback()
+            unsubscribe_address(clicking, address, stop_queued=stop_queued, source="t", held=held)
+            clicking.commit()
+            clicking.close()
+            other.execute(text("SET LOCAL lock_timeout = '5s'"))
+            assert other.execute(lift, {"a": address.id}).rowcount == 1
+            other.rollback()
+    finally:
+        engine.dispose()
+
+
+def test_a_hold_is_not_taken_without_the_opt_out_nor_used_in_another_transaction(
+    pg: Backend,
+) -> None:
+    """An address with the unsubscribe suppression but still opted in (staff added the
+    suppression alone) is not a repeat: the click writes the opt-out. A hold from a
+    transaction that has ended is not used: the unsubscribe runs in full."""
+    engine = make_engine(pg.settings.database_url)
+    sessions = make_sessionmaker(engine)
+    signer = TokenSigner(pg.settings.secret_keys)
+    try:
+        with session_scope(sessions) as session:
+            contact = make_contact(session, "half@example.com")
+            add_suppression(
+                session,
+                contact.address_id,
+                scope="marketing",
+                reason=Reason.UNSUBSCRIBE,
+                source="staff",
+            )
+            token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
+        with session_scope(sessions) as session:
+            _subject, address, held = resolve_unsubscribe_link(session, signer, token)
+            assert held is None
+            unsubscribe_address(session, address, stop_queued=stop_queued, source="t")
+        with session_scope(sessions) as session:
+            assert [c.status for c in consent_history(session, address.id)] == [
+                "opted_in",
+                "opted_out",
+            ]
+            _subject, address, old = resolve_unsubscribe_link(session, signer, token)
+            assert old is not None
+        with session_scope(sessions) as session:
+            seen = counting_statements(session)
+            unsubscribe_address(session, address, stop_queued=stop_queued, source="t", held=old)
+            assert len(seen) == 3  # suppression, consent, stop: the full unsubscribe
+    finally:
+        engine.dispose()
 
 
 def test_concurrent_one_clicks_apply_the_unsubscribe_exactly_once(pg: Backend) -> None:
@@ -290,3 +447,88 @@ def test_the_preference_page_reads_the_gate_and_the_suppressions_in_one_statemen
     assert stopped.stopped is not None
     assert stopped.stopped.why == STAFF_REASONS["complaint"]
     assert stopped.sharing_suppressed
+
+
+def test_a_connection_the_server_ended_is_replaced_before_the_next_request(pg: Backend) -> None:
+    """No ping per request, yet a pooled connection whose backend was terminated while idle
+    (``pg_terminate_backend``, as a restart does) is found dead before use: the next one-click
+    is answered 200 and applied, not spooled, and the next page is served."""
+    engine = make_engine(pg.settings.database_url)
+    signer = TokenSigner(pg.settings.secret_keys)
+    app = create_app(pg.settings)
+    app_engine = app.extensions["dispatcher.sessions"].kw["bind"]
+    backends: list[int] = []
+    event.listen(
+        app_engine, "connect", lambda dbapi, _record: backends.append(dbapi.info.backend_pid)
+    )
+    client = app.test_client()
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            ids = [make_contact(session, f"ended{i}@example.com").address_id for i in range(2)]
+        first, second = (signer.sign_link(LinkPurpose.UNSUBSCRIBE, i) for i in ids)
+        assert client.get(f"/u/{first}").status_code == 200
+        assert backends
+        with engine.connect() as admin:
+            ended = (
+                admin.execute(
+                    text("SELECT pg_terminate_backend(pid, 10000) FROM unnest(:pids) AS pid"),
+                    {"pids": list(backends)},
+                )
+                .scalars()
+                .all()
+            )
+        assert ended and all(ended)  # returned once each backend had exited
+        answer = client.post(
+            f"/u/{second}", data=ONE_CLICK, content_type="application/x-www-form-urlencoded"
+        )
+        assert answer.status_code == 200
+        assert client.get(f"/u/{first}").status_code == 200
+        with session_scope(make_sessionmaker(engine)) as session:
+            assert [
+                s.reason
+                for s in session.scalars(
+                    select(Suppression).where(Suppression.address_id == ids[1])
+                )
+            ] == ["unsubscribe"]
+    finally:
+        app_engine.dispose()
+        engine.dispose()
+
+
+def test_only_a_connection_in_doubt_is_pinged(pg: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection back from use moments ago is used without a ping; one idle longer than
+    the limit is pinged first."""
+    engine = make_engine(pg.settings.database_url, pool_size=1, max_overflow=0)
+    pings: list[object] = []
+    real_ping = engine.dialect.do_ping
+
+    def counting_ping(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return real_ping(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counting_ping)
+    try:
+        for _ in range(3):
+            with engine.connect() as connection:
+                assert connection.scalar(text("SELECT 1")) == 1
+        assert pings == []
+        monkeypatch.setattr("dispatcher.db.PING_AFTER_IDLE_SECONDS", 0.0)
+        with engine.connect() as connection:
+            assert connection.scalar(text("SELECT 1")) == 1
+        assert len(pings) == 1
+    finally:
+        engine.dispose()
+
+
+def test_the_one_clicks_stop_statement_stays_short_enough_for_psycopg_to_keep_parsed() -> None:
+    """psycopg keeps its parsed form of a statement only under 4 KB of SQL and 50 parameters;
+    a one-click's stop, counters and two events is one statement that should stay under both
+    (over them it is parsed again on every request)."""
+    from psycopg import _queries
+    from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
+
+    from dispatcher.campaigns.deliveries import _stop_in_one
+
+    compiled = _stop_in_one(("stopped", None)).compile(dialect=pg_dialect.dialect())
+    assert len(str(compiled).encode()) < _queries.MAX_CACHED_STATEMENT_LENGTH
+    assert len(compiled.params) < _queries.MAX_CACHED_STATEMENT_PARAMS
