@@ -89,27 +89,29 @@ def _batches_run(log: Path) -> dict[tuple[int, int], int]:
 def test_two_workers_never_claim_the_same_row(
     rabbit: Backend, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
-    """Every batch is published twice before the workers start, so the two workers really
-    take the same id ranges at the same time; the claim must give each row to one of them."""
+    """Every batch is published twice, once both workers are consuming, so the two workers
+    really take the same id ranges at the same time (published before the second worker was
+    ready, the first could run them all alone); the claim must give each row to one of
+    them."""
     eligible = populate(rabbit.settings, 1000)
     campaign_id = start_campaign(rabbit.settings)
     batches = list(fan_out(sessions_for(rabbit.settings), campaign_id, 20))
     publisher = Celery("publisher", set_as_current=False)
     publisher.config_from_object(celery_config(rabbit.settings))
     queue = publisher.conf.task_default_queue
-    with publisher.connection_for_write() as connection:
-        for first, last in batches:
-            for _ in range(2):
-                publisher.send_task(
-                    "workers.tasks.send_batch",
-                    args=(campaign_id, first, last),
-                    queue=queue,
-                    connection=connection,
-                )
     with (
         worker(rabbit, smtp_sink, tmp_path / "a.log", batch_size="20"),
         worker(rabbit, smtp_sink, tmp_path / "b.log", batch_size="20"),
     ):
+        with publisher.connection_for_write() as connection:
+            for first, last in batches:
+                for _ in range(2):
+                    publisher.send_task(
+                        "workers.tasks.send_batch",
+                        args=(campaign_id, first, last),
+                        queue=queue,
+                        connection=connection,
+                    )
         wait_done(rabbit.settings, campaign_id, 120)
     counts = assert_invariants(rabbit.settings, campaign_id, smtp_sink, eligible)
     assert counts["sent"] == len(eligible) and counts["unknown"] == 0
