@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, Delivery, DeliveryStatus, RateLimit
-from dispatcher.sending.batch import BatchResult, RetryLater, _record, send_batch
+from dispatcher.sending.batch import BatchResult, RetryLater, _record, describe, send_batch
 from dispatcher.settings import Settings
 from suppression.models import Address, Reason, Suppression, utcnow
 from tests.factories import make_contact, make_sending_campaign
@@ -424,3 +424,19 @@ def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
     after = details(session_factory, campaign_id)
     assert after[ADDRESSES[0]][0] == "sent"
     assert {(after[a][0], after[a][4]) for a in ADDRESSES[1:]} == {("queued", None)}
+
+
+def test_the_task_result_counts_each_outcome_under_its_own_name() -> None:
+    result = BatchResult(
+        claimed=9, skipped=1, sent=[1, 2], failed={3: "x"}, released=[4, 5, 6], unknown=[7]
+    )
+    result.orphaned = 8
+    assert describe(result) == {
+        "claimed": 9,
+        "skipped": 1,
+        "sent": 2,
+        "failed": 1,
+        "released": 3,
+        "unknown": 1,
+        "orphaned": 8,
+    }

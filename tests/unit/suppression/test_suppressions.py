@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from suppression.models import Reason
+from suppression.registry import ensure_address
+from suppression.suppressions import add_suppression, lift_suppressions, page_suppressions
+
+
+def _suppress(session: Session, address: str, reason: Reason, scope: str = "global") -> int:
+    address_id = ensure_address(session, address)
+    return add_suppression(
+        session, address_id, scope=scope, reason=reason, source="test"
+    ).suppression_id
+
+
+def test_pages_walk_newest_first_by_id_and_filters_narrow_them(session: Session) -> None:
+    ids = [_suppress(session, f"p{i}@example.com", Reason.MANUAL) for i in range(5)]
+    bounced = _suppress(session, "b@example.com", Reason.HARD_BOUNCE, scope="marketing")
+    lifted = _suppress(session, "l@example.com", Reason.MANUAL)
+    lift_suppressions(session, ensure_address(session, "l@example.com"), why="test", actor="t")
+    session.flush()
+
+    def walk(**filters: object) -> list[list[int]]:
+        pages, before = [], None
+        while True:
+            rows, before = page_suppressions(session, before_id=before, limit=2, **filters)  # type: ignore[arg-type]
+            pages.append([s.id for _, s in rows])
+            if before is None:
+                return pages
+
+    newest_first = [bounced, *reversed(ids)]
+    assert walk() == [newest_first[0:2], newest_first[2:4], newest_first[4:6]]
+    assert walk(include_lifted=True)[0] == [lifted, bounced]
+    assert walk(reason="manual") == [ids[:2:-1][:2], ids[2:0:-1], [ids[0]]]
+    assert walk(scope="marketing") == [[bounced]]
+    rows, before = page_suppressions(session)
+    assert before is None and len(rows) == 6
+    assert rows[0][0] == "b@example.com" and rows[0][1].reason == "hard_bounce"
+    assert page_suppressions(session, limit=6)[1] is None
+    assert page_suppressions(session, limit=5)[1] == ids[1]
