@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import pytest
 from sqlalchemy.orm import Session
 
 from suppression.models import Reason
 from suppression.registry import ensure_address
-from suppression.suppressions import add_suppression, lift_suppressions, page_suppressions
+from suppression.suppressions import (
+    SuppressionError,
+    add_suppression,
+    lift_suppressions,
+    list_suppressions,
+    page_suppressions,
+    valid_reason,
+)
 
 
 def _suppress(session: Session, address: str, reason: Reason, scope: str = "global") -> int:
@@ -34,8 +42,40 @@ def test_pages_walk_newest_first_by_id_and_filters_narrow_them(session: Session)
     assert walk(include_lifted=True)[0] == [lifted, bounced]
     assert walk(reason="manual") == [ids[:2:-1][:2], ids[2:0:-1], [ids[0]]]
     assert walk(scope="marketing") == [[bounced]]
-    rows, before = page_suppressions(session)
+    rows, before = page_suppressions(session, limit=100)
     assert before is None and len(rows) == 6
     assert rows[0][0] == "b@example.com" and rows[0][1].reason == "hard_bounce"
     assert page_suppressions(session, limit=6)[1] is None
     assert page_suppressions(session, limit=5)[1] == ids[1]
+
+
+def test_the_full_list_is_oldest_first_with_lifted_rows_only_when_asked(session: Session) -> None:
+    first = _suppress(session, "a@example.com", Reason.MANUAL)
+    lifted = _suppress(session, "l@example.com", Reason.COMPLAINT)
+    lift_suppressions(session, ensure_address(session, "l@example.com"), why="test", actor="t")
+    last = _suppress(session, "z@example.com", Reason.LEGAL, scope="marketing")
+    session.flush()
+    assert [(a, s.id) for a, s in list_suppressions(session, include_lifted=False)] == [
+        ("a@example.com", first),
+        ("z@example.com", last),
+    ]
+    assert [s.id for _, s in list_suppressions(session, include_lifted=True)] == [
+        first,
+        lifted,
+        last,
+    ]
+
+
+def test_an_unknown_or_reserved_reason_is_refused_with_the_reasons_staff_may_give() -> None:
+    allowed = (
+        "unsubscribe, hard_bounce, repeated_soft_bounce, complaint, manual, postal_request, legal"
+    )
+    assert valid_reason("legal") is Reason.LEGAL
+    with pytest.raises(SuppressionError) as unknown:
+        valid_reason("nope")
+    assert str(unknown.value) == f"unknown reason 'nope': use one of {allowed}"
+    with pytest.raises(SuppressionError) as reserved:
+        valid_reason("erased")
+    assert str(reserved.value) == (
+        f"reason 'erased' is set only by `dispatcher person erase`: use one of {allowed}"
+    )
