@@ -16,9 +16,11 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.campaigns import counts
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, Delivery, DeliveryStatus, RateLimit
-from dispatcher.sending.batch import BatchResult, RetryLater, _record, describe, send_batch
+from dispatcher.sending.batch import BatchResult, RetryLater, _Lease, _record, describe, send_batch
+from dispatcher.sending.transports import PermanentSendError
 from dispatcher.settings import Settings
 from suppression.models import Address, Reason, Suppression, utcnow
 from tests.factories import make_contact, make_sending_campaign
@@ -49,6 +51,12 @@ def rows(sessions: sessionmaker[Session], campaign_id: int) -> dict[str, tuple[s
 
 def sent_to(sink: SmtpSink) -> list[str]:
     return sorted(r for message in sink.received() for r in message.recipients)
+
+
+def assert_counters_match(sessions: sessionmaker[Session]) -> None:
+    """The campaign counters moved exactly as the rows did (per status and skip reason)."""
+    with sessions() as session:
+        assert [str(m) for m in counts.verify(session)] == []
 
 
 @pytest.fixture
@@ -88,6 +96,7 @@ def test_a_batch_is_sent_to_the_eligible_rows_only(
     messages = [r.message for r in smtp_sink.received()]
     assert all(m["To"].startswith("Ann Example <") for m in messages)
     assert len({m["Message-ID"] for m in messages}) == len(messages)  # one per recipient
+    assert_counters_match(session_factory)
 
 
 def test_recording_touches_only_rows_this_execution_still_holds(
@@ -118,6 +127,8 @@ def test_recording_touches_only_rows_this_execution_still_holds(
             .where(Delivery.id.in_(other_ids))
             .values(status="sending", claim_token="other", claimed_at=utcnow())
         )
+        for campaign in (campaign_id, other_campaign):  # the counters of the rows set above
+            counts.rebuild(session, campaign)
     everyone_else = other_ids[:4]
     outcome = BatchResult(
         sent=[ids[0], ids[4], everyone_else[0]],
@@ -137,6 +148,16 @@ def test_recording_touches_only_rows_this_execution_still_holds(
     assert {state[i] for i in other_ids} == {"sending"}
     assert campaign_status(session_factory, campaign_id) == "sending"
     assert campaign_status(session_factory, other_campaign) == "sending"
+    assert_counters_match(session_factory)
+    # Outcomes only for rows this execution no longer holds: no row and no counter moves.
+    with session_scope(session_factory) as session:
+        _record(
+            session,
+            other_campaign,
+            "mine",
+            BatchResult(sent=[other_ids[0]], unknown=[other_ids[1]], released=[other_ids[2]]),
+        )
+    assert_counters_match(session_factory)
 
 
 def test_a_claim_cut_by_a_failing_statement_sends_nothing(
@@ -233,6 +254,7 @@ def test_a_recipient_the_relay_refuses_fails_with_a_global_hard_bounce(
         ).all()
     assert bounce == [("global", "hard_bounce", f"smtp:campaign:{campaign_id}")]
     assert campaign_status(session_factory, campaign_id) == "done"
+    assert_counters_match(session_factory)
 
 
 def test_a_temporary_refusal_puts_the_row_back_and_the_retry_sends_it_once(
@@ -240,8 +262,9 @@ def test_a_temporary_refusal_puts_the_row_back_and_the_retry_sends_it_once(
 ) -> None:
     smtp_sink.tempfail_next(1, "451 4.3.0 try again later")
     campaign_id, ids = sending_campaign(session_factory)
-    with pytest.raises(RetryLater, match="1 messages put back"):
+    with pytest.raises(RetryLater, match="1 messages put back") as caught:
         send(campaign_id, ids[0], ids[-1])
+    assert "451" in str(caught.value.__cause__)
     first = details(session_factory, campaign_id)
     back = [a for a, row in first.items() if row[0] == "queued"]
     assert len(back) == 1 and first[back[0]][4] is None  # claim released
@@ -266,6 +289,8 @@ def test_a_connection_lost_after_the_message_leaves_the_row_unknown(
     rows_now = details(session_factory, campaign_id)
     unknown = [a for a, row in rows_now.items() if row[0] == "unknown"]
     assert len(unknown) == 1 and rows_now[unknown[0]][1] == "connection_lost"
+    assert rows_now[unknown[0]][5] is not None  # finished: its outcome is final
+    assert_counters_match(session_factory)
     assert {row[0] for a, row in rows_now.items() if a not in unknown} == {"sent"}
     # The hidden outcome is never resent on its own.
     assert sum(r.recipients.count(unknown[0]) for r in smtp_sink.received()) == 1
@@ -278,8 +303,9 @@ def test_a_relay_refusing_our_sender_fails_nobody_and_sends_nothing(
     # Our envelope sender is the VERP return path (bounces+d<id>.<tag>@…).
     smtp_sink.reject("bounces@killertracks.com", "550 5.7.1 sender not allowed")
     campaign_id, ids = sending_campaign(session_factory)
-    with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back"):
+    with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back") as caught:
         send(campaign_id, ids[0], ids[-1])
+    assert isinstance(caught.value.__cause__, PermanentSendError)  # the why, for the record
     assert sent_to(smtp_sink) == []
     rows_now = details(session_factory, campaign_id)
     assert {(row[0], row[4]) for row in rows_now.values()} == {("queued", None)}
@@ -342,6 +368,27 @@ def test_a_recipient_whose_data_would_break_a_header_is_failed_and_the_rest_go(
     assert (status, reason) == ("failed", "render_error")
     assert error.startswith("not sent: ") and "header" in error
     assert campaign_status(session_factory, campaign_id) == "done"
+    assert_counters_match(session_factory)
+
+
+def test_a_render_failure_and_a_refusal_in_one_batch_keep_their_own_reasons(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    smtp_sink.reject(ADDRESSES[2], "550 5.1.1 mailbox unavailable")
+    with session_scope(session_factory) as session:
+        make_contact(session, "eve@example.com", first_name="Eve\r\nBcc: x@evil.example")
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(subject="{{ greeting_name }}, new music")
+        )
+    send(campaign_id, ids[0], ids[-1])
+    after = details(session_factory, campaign_id)
+    assert after["eve@example.com"][:2] == ("failed", "render_error")
+    assert after[ADDRESSES[2]][:2] == ("failed", "hard_bounce")
+    assert_counters_match(session_factory)
 
 
 def test_a_rate_limited_batch_is_paced_and_sends_everything(
@@ -375,12 +422,14 @@ def test_a_relay_closing_the_connection_puts_the_rest_of_the_batch_back(
     not yet sent goes back to the queue for the retry."""
     smtp_sink.tempfail_next(1, "421 4.3.2 shutting down")
     campaign_id, ids = sending_campaign(session_factory)
-    with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back"):
+    with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back") as caught:
         send(campaign_id, ids[0], ids[-1])
+    assert "421" in str(caught.value.__cause__)
     assert sent_to(smtp_sink) == []
     assert {(r[0], r[4]) for r in details(session_factory, campaign_id).values()} == {
         ("queued", None)
     }
+    assert_counters_match(session_factory)
 
 
 def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
@@ -408,7 +457,7 @@ def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
 
     campaign_id, ids = sending_campaign(session_factory)
     try:
-        with pytest.raises(RetryLater, match=f"{len(ADDRESSES) - 1} messages put back"):
+        with pytest.raises(RetryLater, match=f"{len(ADDRESSES) - 1} messages put back") as caught:
             send_batch(
                 fast_lease,
                 session_factory,
@@ -420,6 +469,7 @@ def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
             )
     finally:
         event.remove(engine, "before_cursor_execute", refuse_renewals)
+    assert isinstance(caught.value.__cause__, OperationalError)
     assert sent_to(smtp_sink) == [ADDRESSES[0]]
     after = details(session_factory, campaign_id)
     assert after[ADDRESSES[0]][0] == "sent"
@@ -440,3 +490,90 @@ def test_the_task_result_counts_each_outcome_under_its_own_name() -> None:
         "unknown": 1,
         "orphaned": 8,
     }
+
+
+def test_the_lease_renews_this_executions_rows_only(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    """With a lease short enough to renew before every message, each row this execution sent
+    was renewed while it held it; rows another live execution holds in the same batch keep
+    their own renewal time (a renewal of theirs would keep a dead claim alive)."""
+    from suppression.tokens import TokenSigner
+
+    campaign_id, ids = sending_campaign(session_factory)
+    held, theirs_renewed = ids[1::2], utcnow() + timedelta(days=1)  # live: never orphaned
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(held))
+            .values(
+                status=DeliveryStatus.SENDING.value,
+                claim_token="other",
+                claimed_at=utcnow(),
+                renewed_at=theirs_renewed,
+            )
+        )
+    fast_lease = to_sink.replace(claim_lease_seconds=0.004)
+    started = utcnow()
+    send_batch(
+        fast_lease,
+        session_factory,
+        TokenSigner(fast_lease.secret_keys),
+        campaign_id,
+        ids[0],
+        ids[-1],
+    )
+    with session_factory() as session:
+        found = session.execute(
+            select(Delivery.id, Delivery.renewed_at).where(Delivery.campaign_id == campaign_id)
+        )
+        renewed = {delivery_id: at for delivery_id, at in found}
+    mine = [i for i in ids if i not in held]
+    assert len(sent_to(smtp_sink)) == len(mine)
+    assert all(renewed[i] is not None and renewed[i] >= started for i in mine), renewed
+    assert all(renewed[i] == theirs_renewed for i in held), renewed
+
+
+def test_a_lease_is_renewed_at_a_quarter_of_its_length_and_at_least_every_2_seconds() -> None:
+    """Losing the database stops sending within seconds, whatever the lease (README)."""
+    batch = Delivery.id.between(1, 10)
+    assert _Lease(None, "t", 4.0, batch).every == 1.0  # type: ignore[arg-type]
+    assert _Lease(None, "t", 120.0, batch).every == 2.0  # type: ignore[arg-type]
+
+
+def test_recording_outcomes_retries_with_growing_jittered_waits_then_gives_up(
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once messages have left only this process knows it: a database that fails to take the
+    outcomes is asked again 8 times, waiting 0.5 s doubling to at most 10 s, plus up to half
+    as much again at random; the eighth failure is raised (the rows stay ``sending``)."""
+    from sqlalchemy.exc import OperationalError
+
+    from dispatcher.sending import batch
+
+    failures = {"left": 3}
+    recorded: list[BatchResult] = []
+
+    def flaky_record(session, campaign_id, claim_token, result) -> None:  # type: ignore[no-untyped-def]
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("UPDATE deliveries", None, Exception("database went away"))
+        recorded.append(result)
+
+    jitter: list[tuple[float, float]] = []
+    slept: list[float] = []
+    monkeypatch.setattr(batch, "_record", flaky_record)
+    monkeypatch.setattr(batch.random, "uniform", lambda a, b: jitter.append((a, b)) or b)
+    monkeypatch.setattr(batch.time, "sleep", slept.append)
+    outcome = BatchResult(sent=[1])
+    batch._record_durably(session_factory, 1, "mine", outcome)
+    assert recorded == [outcome]
+    assert jitter == [(0, 0.25), (0, 0.5), (0, 1.0)]
+    assert slept == [0.75, 1.5, 3.0]
+
+    failures["left"], jitter[:], slept[:] = 100, [], []
+    with pytest.raises(OperationalError):
+        batch._record_durably(session_factory, 1, "mine", outcome)
+    assert failures["left"] == 100 - 8 and len(slept) == 7
+    assert jitter == [(0, wait / 2) for wait in (0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0)]
+    assert slept == [0.75, 1.5, 3.0, 6.0, 12.0, 15.0, 15.0]  # 10 s, plus its half at most
