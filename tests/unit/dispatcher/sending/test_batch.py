@@ -99,6 +99,23 @@ def test_a_batch_is_sent_to_the_eligible_rows_only(
     assert_counters_match(session_factory)
 
 
+def test_a_batch_counts_its_messages_and_the_gate_s_refusals_in_the_metrics(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    from dispatcher.ops.metrics import MESSAGES, SUPPRESSED
+
+    def now() -> tuple[float, float]:
+        return (
+            MESSAGES.labels("marketing", "sent")._value.get(),
+            SUPPRESSED.labels("marketing", "unsubscribe")._value.get(),
+        )
+
+    before = now()
+    campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1])
+    send(campaign_id, ids[0], ids[-1])
+    assert (now()[0] - before[0], now()[1] - before[1]) == (5, 1)
+
+
 def test_recording_touches_only_rows_this_execution_still_holds(
     session_factory: sessionmaker[Session],
 ) -> None:
@@ -396,13 +413,17 @@ def test_a_rate_limited_batch_is_paced_and_sends_everything(
 ) -> None:
     from suppression.tokens import TokenSigner
 
-    paced = to_sink.replace(rate_per_second=500.0, domain_rate_per_second=500.0)
+    paced = to_sink.replace(rate_per_second=600.0, domain_rate_per_second=200.0)
     campaign_id, ids = sending_campaign(session_factory)
     send_batch(paced, session_factory, TokenSigner(paced.secret_keys), campaign_id, ids[0], ids[-1])
     assert sent_to(smtp_sink) == sorted(ADDRESSES)
     with session_factory() as session:
-        reserved = session.scalar(select(func.count()).select_from(RateLimit))
-    assert reserved  # the pacing went through the shared rate-limit table
+        found = session.execute(select(RateLimit.key, RateLimit.last_cost))
+        reserved = {key: cost for key, cost in found}
+    # The pacing went through the shared rate-limit table, each limit under its own key; a
+    # reservation's cost is its messages over the limit's rate (the last one is kept).
+    assert set(reserved) == {"global", "domain:example.com"}
+    assert reserved["domain:example.com"] == pytest.approx(3 * reserved["global"])
 
 
 def test_a_long_refusal_is_kept_to_500_characters(
@@ -577,3 +598,27 @@ def test_recording_outcomes_retries_with_growing_jittered_waits_then_gives_up(
     assert failures["left"] == 100 - 8 and len(slept) == 7
     assert jitter == [(0, wait / 2) for wait in (0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0)]
     assert slept == [0.75, 1.5, 3.0, 6.0, 12.0, 15.0, 15.0]  # 10 s, plus its half at most
+
+
+def test_the_relay_connection_uses_the_configured_timeout(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink, monkeypatch
+) -> None:
+    """A relay that stops answering holds a batch for smtp_timeout_seconds, not a default."""
+    from dispatcher.sending import batch
+    from suppression.tokens import TokenSigner
+
+    opened: list[dict[str, object]] = []
+    real = batch.reused_transport
+
+    def recording(url: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        opened.append(kwargs)
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(batch, "reused_transport", recording)
+    patient = to_sink.replace(smtp_timeout_seconds=7.5)
+    campaign_id, ids = sending_campaign(session_factory)
+    send_batch(
+        patient, session_factory, TokenSigner(patient.secret_keys), campaign_id, ids[0], ids[-1]
+    )
+    assert opened == [{"timeout": 7.5}]
+    assert sent_to(smtp_sink) == sorted(ADDRESSES)
