@@ -57,6 +57,8 @@ def test_invalid_addresses_are_rejected_with_a_reason(raw: str, why: str) -> Non
 def test_mask_hides_most_of_the_address() -> None:
     assert mask_address("ann.smith@example.com") == "a***@e***.com"
     assert "ann.smith" not in mask_address("ann.smith@example.com")
+    assert mask_address("ann@mail.example.co.uk") == "a***@m***.uk"  # only the last label shown
+    assert mask_address("ann@localhost") == "a***@l***"  # no dot: nothing of the domain but one
 
 
 def test_digest_is_sha256_of_canonical_form() -> None:

@@ -8,6 +8,7 @@ loop could hand a transport a message it must not (ARCHITECTURE.md, invariants 1
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -19,7 +20,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.campaigns import counts
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, Delivery, DeliveryStatus, RateLimit
-from dispatcher.sending.batch import BatchResult, RetryLater, _Lease, _record, describe, send_batch
+from dispatcher.sending.batch import (
+    BatchResult,
+    RetryLater,
+    _Lease,
+    _record,
+    describe,
+    orphan_stale_claims,
+    send_batch,
+)
 from dispatcher.sending.transports import PermanentSendError
 from dispatcher.settings import Settings
 from suppression.models import Address, Reason, Suppression, utcnow
@@ -99,21 +108,45 @@ def test_a_batch_is_sent_to_the_eligible_rows_only(
     assert_counters_match(session_factory)
 
 
+def metric_deltas(run: Callable[[], object]) -> dict[str, float]:
+    """How much each marketing batch metric moved while ``run`` ran."""
+    from dispatcher.ops.metrics import BATCH_SECONDS, MESSAGES, SUPPRESSED
+
+    def now() -> dict[str, float]:
+        values = {o: MESSAGES.labels("marketing", o)._value.get() for o in OUTCOMES}
+        values["suppressed"] = SUPPRESSED.labels("marketing", "unsubscribe")._value.get()
+        values["seconds"] = BATCH_SECONDS.labels("marketing")._sum.get()
+        return values
+
+    before = now()
+    with contextlib.suppress(RetryLater):
+        run()
+    return {k: v - before[k] for k, v in now().items()}
+
+
+OUTCOMES = ("sent", "failed", "unknown", "retried")
+
+
 def test_a_batch_counts_its_messages_and_the_gate_s_refusals_in_the_metrics(
     session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
 ) -> None:
-    from dispatcher.ops.metrics import MESSAGES, SUPPRESSED
-
-    def now() -> tuple[float, float]:
-        return (
-            MESSAGES.labels("marketing", "sent")._value.get(),
-            SUPPRESSED.labels("marketing", "unsubscribe")._value.get(),
-        )
-
-    before = now()
+    smtp_sink.reject(ADDRESSES[2], "550 5.1.1 mailbox unavailable")
     campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1])
-    send(campaign_id, ids[0], ids[-1])
-    assert (now()[0] - before[0], now()[1] - before[1]) == (5, 1)
+    moved = metric_deltas(lambda: send(campaign_id, ids[0], ids[-1]))
+    assert 0 < moved.pop("seconds") < 60
+    assert moved == {"sent": 4, "failed": 1, "unknown": 0, "retried": 0, "suppressed": 1}
+
+
+def test_rows_put_back_and_rows_of_unknown_outcome_are_counted_in_the_metrics(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = sending_campaign(session_factory)
+    smtp_sink.tempfail_next(1, "421 4.3.2 shutting down")
+    moved = metric_deltas(lambda: send(campaign_id, ids[0], ids[-1]))
+    assert (moved["sent"], moved["retried"]) == (0, len(ADDRESSES))
+    smtp_sink.drop_connection_after_data(1)
+    moved = metric_deltas(lambda: send(campaign_id, ids[0], ids[-1]))
+    assert moved["unknown"] == 1
 
 
 def test_recording_touches_only_rows_this_execution_still_holds(
@@ -360,6 +393,48 @@ def test_rows_a_dead_execution_left_sending_become_unknown_and_are_not_resent(
         "outcome_hidden_by_crash",
     )
     assert campaign_status(session_factory, campaign_id) == "done"
+
+
+def test_only_dead_claims_inside_the_batch_are_taken_for_orphans(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A claim is dead when neither its renewal nor the claim itself is within the lease; only
+    this campaign's rows of this batch, still ``sending`` under another token, qualify."""
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        other_campaign, other_ids = make_sending_campaign(session)
+    long_ago, just_now = utcnow() - timedelta(hours=1), utcnow()
+    dead = {"status": "sending", "claim_token": "dead", "claimed_at": long_ago}
+    setups = {
+        ids[0]: dead,  # outside the batch below
+        ids[1]: dead,  # the one orphan
+        ids[2]: {**dead, "renewed_at": just_now},  # alive: renewed within the lease
+        ids[3]: {**dead, "claim_token": "mine"},  # this execution's own claim
+        ids[4]: {**dead, "status": "queued"},  # not being sent
+        other_ids[0]: dead,  # another campaign's row inside the id range
+    }
+    with session_scope(session_factory) as session:
+        for delivery_id, values in setups.items():
+            session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+        for campaign in (campaign_id, other_campaign):
+            counts.rebuild(session, campaign)
+    with session_scope(session_factory) as session:
+        orphaned = orphan_stale_claims(
+            session, campaign_id, ids[1], other_ids[-1], "mine", lease_seconds=60
+        )
+    assert orphaned == 1
+    with session_factory() as session:
+        after = {
+            i: (status, reason, finished is not None)
+            for i, status, reason, finished in session.execute(
+                select(
+                    Delivery.id, Delivery.status, Delivery.skip_reason, Delivery.finished_at
+                ).where(Delivery.id.in_(setups))
+            )
+        }
+    assert after.pop(ids[1]) == ("unknown", "outcome_hidden_by_crash", True)
+    assert {status for status, _, _ in after.values()} == {"sending", "queued"}
+    assert_counters_match(session_factory)
 
 
 def campaign_status(sessions: sessionmaker[Session], campaign_id: int) -> str | None:
