@@ -79,3 +79,31 @@ def test_an_unknown_or_reserved_reason_is_refused_with_the_reasons_staff_may_giv
     assert str(reserved.value) == (
         f"reason 'erased' is set only by `dispatcher person erase`: use one of {allowed}"
     )
+
+
+def test_a_lift_is_recorded_once_with_who_why_and_from_where(session: Session) -> None:
+    from sqlalchemy import select
+
+    from suppression.events import Hit
+    from suppression.models import Event, Suppression
+
+    address_id = ensure_address(session, "a@example.com")
+    first = _suppress(session, "a@example.com", Reason.MANUAL)
+    with pytest.raises(SuppressionError, match=r"^say why the suppression is lifted \(--reason\)$"):
+        lift_suppressions(session, address_id, why="  ", actor="staff")
+    hit = Hit(ip="10.0.0.9", user_agent="console")
+    assert lift_suppressions(session, address_id, why=" asked by phone ", actor="ann", hit=hit) == 1
+    again = _suppress(session, "a@example.com", Reason.MANUAL)
+    assert lift_suppressions(session, address_id, why="second", actor="bob") == 1
+    rows = {s.id: s for s in session.scalars(select(Suppression))}
+    # The first lift's record is kept: a later lift touches only rows still active.
+    assert (rows[first].lifted_by, rows[first].lift_reason) == ("ann", "asked by phone")
+    assert (rows[again].lifted_by, rows[again].lift_reason) == ("bob", "second")
+    events = session.scalars(
+        select(Event).where(Event.kind == "suppression_lifted").order_by(Event.id)
+    ).all()
+    assert [(e.address_id, e.actor, e.ip, e.outcome) for e in events] == [
+        (address_id, "ann", "10.0.0.9", "lifted"),
+        (address_id, "bob", None, "lifted"),
+    ]
+    assert (events[0].detail["count"], events[0].detail["why"]) == (1, "asked by phone")
