@@ -55,3 +55,15 @@ def test_scopes_are_independent(session: Session) -> None:
     a = ensure_address(session, "a@example.com")
     record(session, a, IN)
     assert current_consent(session, a, Scope.AFFILIATES) is None
+
+
+def test_history_is_in_the_order_things_happened_not_the_order_they_were_recorded(
+    session: Session,
+) -> None:
+    a = ensure_address(session, "a@example.com")
+    record(session, a, OUT, T0 + timedelta(days=2))
+    record(session, a, IN, T0)  # an older opt-in, imported later
+    assert [(c.status, c.occurred_at) for c in consent_history(session, a)] == [
+        (IN, T0),
+        (OUT, T0 + timedelta(days=2)),
+    ]
