@@ -698,3 +698,45 @@ def test_the_relay_connection_uses_the_configured_timeout(
     )
     assert opened == [{"timeout": 7.5}]
     assert sent_to(smtp_sink) == sorted(ADDRESSES)
+
+
+def test_a_transport_failing_outside_a_send_puts_back_only_what_was_not_sent(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    """The transport gives up between two messages (as when opening or closing the connection
+    fails): the messages that left stay sent, the failed and unknown keep their outcome, and
+    only the rest goes back to the queue."""
+    from dispatcher.sending.transports import TransientSendError
+    from suppression.tokens import TokenSigner
+
+    smtp_sink.reject(ADDRESSES[1], "550 5.1.1 mailbox unavailable")
+    smtp_sink.drop_connection_after_data(1)  # the first message: outcome unknown
+    seen: list[int] = []
+
+    def give_up_at_the_fifth(row) -> None:  # type: ignore[no-untyped-def]
+        seen.append(row.delivery_id)
+        if len(seen) == 5:
+            raise TransientSendError("connection could not be reopened")
+
+    campaign_id, ids = sending_campaign(session_factory)
+    with pytest.raises(RetryLater, match="2 messages put back") as caught:
+        send_batch(
+            to_sink,
+            session_factory,
+            TokenSigner(to_sink.secret_keys),
+            campaign_id,
+            ids[0],
+            ids[-1],
+            before_send=give_up_at_the_fifth,
+        )
+    assert "could not be reopened" in str(caught.value.__cause__)
+    after = {a: row[0] for a, row in details(session_factory, campaign_id).items()}
+    assert after == {
+        ADDRESSES[0]: "unknown",
+        ADDRESSES[1]: "failed",
+        ADDRESSES[2]: "sent",
+        ADDRESSES[3]: "sent",
+        ADDRESSES[4]: "queued",
+        ADDRESSES[5]: "queued",
+    }
+    assert_counters_match(session_factory)
