@@ -122,3 +122,26 @@ def test_the_quick_path_agrees_with_email_validator(local: str, domain: str) -> 
     assert quick[0] == full[0]
     if quick[0] == "ok":
         assert quick == full
+
+
+def _greek_address(last_label: int) -> str:
+    """'ΐ' is 2 octets and case-folds to 3 characters: this address grows by one when folded."""
+    return f"ΐ{'a' * 40}@{'b' * 63}.{'c' * 63}.{'d' * 63}.{'e' * last_label}.com"
+
+
+def test_an_address_that_folding_lengthens_past_254_characters_is_refused() -> None:
+    fits = _greek_address(14)  # 253 octets; its key is exactly 254 characters
+    assert len(fits.encode()) == 253 and len(canonical_address(fits)) == 254
+    with pytest.raises(InvalidAddress, match="^the address is longer than 254 characters$"):
+        canonical_address(_greek_address(15))  # 254 octets, a key of 255
+
+
+def test_a_quoted_local_part_is_refused() -> None:
+    with pytest.raises(InvalidAddress, match="Quoting the part before the @-sign"):
+        canonical_address('"ann smith"@example.com')
+
+
+@pytest.mark.parametrize("given", ["@example.com", "ann@", "ann.example.com", "  "])
+def test_delivery_address_needs_a_local_part_and_a_domain(given: str) -> None:
+    with pytest.raises(InvalidAddress, match="^the address has no local part or no domain$"):
+        delivery_address(given)

@@ -116,3 +116,18 @@ def test_sharing_needs_both_opt_ins(session: Session) -> None:
         True,
         False,
     ]
+
+
+def test_a_global_unsubscribe_does_not_block_service_notices(session: Session) -> None:
+    """Only staff's own global suppression (manual) joins the reasons that always block: an
+    unsubscribe, whatever its scope, is about marketing."""
+    contact = make_contact(
+        session, "u@example.com", suppressed=Reason.UNSUBSCRIBE, suppression_scope="global"
+    )
+    assert reason_for(session, contact, Purpose.SERVICE_NOTICE) is None
+    assert reason_for(session, contact, Purpose.MARKETING) == "unsubscribe"
+
+
+def test_an_unknown_purpose_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="^unknown purpose 'newsletter'$"):
+        blocking_reason(Contact.address_id, "newsletter")  # type: ignore[arg-type]
