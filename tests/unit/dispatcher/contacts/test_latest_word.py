@@ -90,3 +90,23 @@ def test_an_opt_in_refused_once_stays_refused_when_a_later_opt_out_arrives(
         ("ann@example.com", "marketing"): "opted_out",
         ("ann@example.com", "affiliates"): "opted_out",
     }
+
+
+def test_an_older_opt_in_is_judged_by_the_word_before_it_of_its_own_address_and_scope(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Ann's older opt-in follows her own marketing opt-in, so it is history; the opt-outs
+    just before it in time belong to Bob, and to Ann's affiliates consent, and change nothing."""
+    first = write(
+        tmp_path,
+        "ann@example.com,yes,,2015-01-01\n"
+        "ann@example.com,,no,2015-06-01\n"
+        "bob@example.com,no,,2015-06-01\n",
+        "first.csv",
+    )
+    later = write(tmp_path, "ann@example.com,yes,,2016-01-01\n", "later.csv")
+    older = write(tmp_path, "ann@example.com,yes,,2015-09-01\n", "older.csv")
+    for path in (first, later):
+        import_contacts(session_factory, path, source="test")
+    report = import_contacts(session_factory, older, source="test")
+    assert report.consent == {"marketing:history": 1}
