@@ -20,9 +20,10 @@ from dispatcher.settings import PROJECT_ROOT, Settings, load_settings
 TEST_KEYS = "test-signing-key-newest-0001,test-signing-key-older-0000"
 
 # Under scripts/mutation (mutmut sets MUTANT_UNDER_TEST in every phase) each property test runs
-# this many examples, always the same ones: a mutant is run against hundreds of tests, and a
-# verdict must not change between two runs because hypothesis drew other examples.
-MUTATION_MAX_EXAMPLES = 10
+# this many examples (MUTATION_MAX_EXAMPLES overrides), always the same ones: a mutant is run
+# against hundreds of tests, and a verdict must not change between two runs because hypothesis
+# drew other examples. The deterministic tests beside them carry the verdicts (README).
+MUTATION_MAX_EXAMPLES = int(os.environ.get("MUTATION_MAX_EXAMPLES", "10"))
 
 
 def settings_for(home: Path, **overrides: str) -> Settings:
