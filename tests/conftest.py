@@ -48,6 +48,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if "MUTANT_UNDER_TEST" not in os.environ:
         return
+    from hypothesis import Phase
     from hypothesis import settings as hypothesis_settings
 
     # Fastest first (mutmut's timings of the clean run, in its working folder): with -x a
@@ -65,6 +66,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 max_examples=min(chosen.max_examples, MUTATION_MAX_EXAMPLES),
                 derandomize=True,
                 database=None,
+                # A failing example kills the mutant as it is: shrinking it costs seconds.
+                phases=(Phase.explicit, Phase.generate),
             )
 
 
