@@ -631,6 +631,26 @@ def test_the_lease_renews_this_executions_rows_only(
     assert all(renewed[i] == theirs_renewed for i in held), renewed
 
 
+def test_the_first_message_goes_without_a_renewal_before_it(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    """Renewals are spaced (every 2 s under the default 120 s lease), not one per message: the
+    claim is fresh when the first message leaves, so nothing has been renewed yet."""
+    from suppression.tokens import TokenSigner
+
+    seen: list[set[object]] = []
+
+    def look(row) -> None:  # type: ignore[no-untyped-def]
+        if not seen:
+            with session_factory() as session:
+                seen.append(set(session.scalars(select(Delivery.renewed_at)).all()))
+
+    campaign_id, ids = sending_campaign(session_factory)
+    signer = TokenSigner(to_sink.secret_keys)
+    send_batch(to_sink, session_factory, signer, campaign_id, ids[0], ids[-1], before_send=look)
+    assert seen == [{None}] and len(sent_to(smtp_sink)) == len(ADDRESSES)
+
+
 def test_a_lease_is_renewed_at_a_quarter_of_its_length_and_at_least_every_2_seconds() -> None:
     """Losing the database stops sending within seconds, whatever the lease (README)."""
     batch = Delivery.id.between(1, 10)
