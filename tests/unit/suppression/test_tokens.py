@@ -144,9 +144,10 @@ def test_a_signed_payload_that_does_not_decode_is_malformed() -> None:
     assert caught.value.outcome is TokenOutcome.MALFORMED
 
 
-def test_a_token_that_is_not_text_is_malformed() -> None:
+@pytest.mark.parametrize("token", [None, 12345, b"bytes"])
+def test_a_token_that_is_not_text_is_malformed(token: object) -> None:
     with pytest.raises(BadToken) as caught:
-        TokenSigner([NEW]).read_link(LinkPurpose.UNSUBSCRIBE, None)  # type: ignore[arg-type]
+        TokenSigner([NEW]).read_link(LinkPurpose.UNSUBSCRIBE, token)  # type: ignore[arg-type]
     assert caught.value.outcome is TokenOutcome.MALFORMED
     assert not TokenSigner([NEW]).check_tag(LinkPurpose.RETURN_PATH, None, 42)  # type: ignore[arg-type]
 
