@@ -145,3 +145,10 @@ def test_a_quoted_local_part_is_refused() -> None:
 def test_delivery_address_needs_a_local_part_and_a_domain(given: str) -> None:
     with pytest.raises(InvalidAddress, match="^the address has no local part or no domain$"):
         delivery_address(given)
+
+
+def test_a_domain_is_written_in_ascii_without_transitional_mapping() -> None:
+    """IDNA 2008 (non-transitional): 'faß.de' is its own domain, not 'fass.de'."""
+    assert delivery_address("Ann@faß.de") == "Ann@xn--fa-hia.de"
+    with pytest.raises(InvalidAddress, match="^the domain cannot be written in ASCII: "):
+        delivery_address("ann@☃.com")

@@ -110,3 +110,32 @@ def test_an_older_opt_in_is_judged_by_the_word_before_it_of_its_own_address_and_
         import_contacts(session_factory, path, source="test")
     report = import_contacts(session_factory, older, source="test")
     assert report.consent == {"marketing:history": 1}
+
+
+def test_an_older_opt_in_after_a_tie_that_the_opt_out_won_is_refused(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """At equal times the opt-out is the later word, in the ledger too: an import's opt-in
+    that comes after such a tie (and before the person's own later opt-in) is refused."""
+    from datetime import UTC, datetime
+
+    from suppression.consent import record_consent
+    from suppression.models import ConsentStatus, Scope
+    from suppression.registry import ensure_address
+
+    tie = write(tmp_path, "ann@example.com,yes,,2015-01-01\nann@example.com,no,,2015-01-01\n")
+    import_contacts(session_factory, tie, source="test")
+    with session_scope(session_factory) as session:
+        record_consent(
+            session,
+            ensure_address(session, "ann@example.com"),
+            Scope.MARKETING,
+            ConsentStatus.OPTED_IN,
+            source="preferences",
+            occurred_at=datetime(2016, 1, 1, tzinfo=UTC),
+            recipient_action=True,
+        )
+    older = write(tmp_path, "ann@example.com,yes,,2015-06-01\n", "older.csv")
+    assert import_contacts(session_factory, older, source="test").consent == {
+        "marketing:refused": 1
+    }
