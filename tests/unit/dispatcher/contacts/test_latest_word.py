@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.contacts.importer import import_contacts
 from dispatcher.db import session_scope
-from suppression.models import Consent, Event
+from suppression.models import Address, Consent, Event
 from tests.unit.dispatcher.contacts.test_contacts import states
 
 HEADER = "email,marketing_consent,affiliates_consent,consent_at\n"
@@ -138,4 +138,51 @@ def test_an_older_opt_in_after_a_tie_that_the_opt_out_won_is_refused(
     older = write(tmp_path, "ann@example.com,yes,,2015-06-01\n", "older.csv")
     assert import_contacts(session_factory, older, source="test").consent == {
         "marketing:refused": 1
+    }
+
+
+def test_each_state_an_import_writes_gets_one_event_naming_the_address_actor_and_source(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    path = write(tmp_path, "ann@example.com,yes,no,2015-01-01\nbob@example.com,no,,2015-01-01\n")
+    import_contacts(session_factory, path, source="crm-export", actor="staff:ann")
+    with session_scope(session_factory) as session:
+        found = session.execute(
+            select(Address.address, Event.actor, Event.outcome, Event.detail)
+            .join(Address, Address.id == Event.address_id)
+            .where(Event.kind == "consent_changed")
+        ).all()
+    assert sorted((a, actor, outcome, dict(detail)) for a, actor, outcome, detail in found) == [
+        (
+            "ann@example.com",
+            "staff:ann",
+            "opted_in",
+            {"scope": "marketing", "source": "crm-export"},
+        ),
+        (
+            "ann@example.com",
+            "staff:ann",
+            "opted_out",
+            {"scope": "affiliates", "source": "crm-export"},
+        ),
+        (
+            "bob@example.com",
+            "staff:ann",
+            "opted_out",
+            {"scope": "marketing", "source": "crm-export"},
+        ),
+    ]
+
+
+def test_a_repeated_line_is_known_and_a_later_same_word_renews_the_state(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    first = write(tmp_path, "ann@example.com,yes,,2015-01-01\nann@example.com,yes,,2015-01-01\n")
+    assert import_contacts(session_factory, first, source="test").consent == {
+        "marketing:changed": 1,
+        "marketing:known": 1,
+    }
+    later = write(tmp_path, "ann@example.com,yes,,2016-01-01\n", "later.csv")
+    assert import_contacts(session_factory, later, source="test").consent == {
+        "marketing:renewed": 1
     }
