@@ -152,3 +152,17 @@ def test_a_domain_is_written_in_ascii_without_transitional_mapping() -> None:
     assert delivery_address("Ann@faß.de") == "Ann@xn--fa-hia.de"
     with pytest.raises(InvalidAddress, match="^the domain cannot be written in ASCII: "):
         delivery_address("ann@☃.com")
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (None, "the address is missing"),
+        (" \t ", "the address is empty"),
+        ("ann@exam\nple.com", "the address contains a line break or NUL character"),
+    ],
+)
+def test_what_is_not_an_address_is_refused_with_why(raw: object, why: str) -> None:
+    with pytest.raises(InvalidAddress) as caught:
+        canonical_address(raw)  # type: ignore[arg-type]
+    assert str(caught.value) == why

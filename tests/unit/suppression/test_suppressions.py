@@ -107,3 +107,49 @@ def test_a_lift_is_recorded_once_with_who_why_and_from_where(session: Session) -
         (address_id, "bob", None, "lifted"),
     ]
     assert (events[0].detail["count"], events[0].detail["why"]) == (1, "asked by phone")
+
+
+def test_adding_an_active_suppression_again_returns_it_and_records_one_event(
+    session: Session,
+) -> None:
+    from sqlalchemy import select
+
+    from suppression.events import Hit
+    from suppression.models import Event
+
+    address_id = ensure_address(session, "a@example.com")
+    hit = Hit(ip="10.0.0.8", user_agent="console")
+    first = add_suppression(
+        session,
+        address_id,
+        scope="marketing",
+        reason=Reason.COMPLAINT,
+        source="fbl",
+        actor="t",
+        hit=hit,
+    )
+    again = add_suppression(
+        session, address_id, scope="marketing", reason=Reason.COMPLAINT, source="fbl", actor="t"
+    )
+    assert (first.created, again.created, again.suppression_id) == (
+        True,
+        False,
+        first.suppression_id,
+    )
+    events = session.scalars(select(Event).where(Event.kind == "suppression_added")).all()
+    assert [(e.address_id, e.actor, e.ip, e.outcome) for e in events] == [
+        (address_id, "t", "10.0.0.8", "complaint")
+    ]
+    assert (events[0].detail["scope"], events[0].detail["source"]) == ("marketing", "fbl")
+
+
+@pytest.mark.parametrize("scope", ["affiliate:abc", "affiliates:12", "marketingx123"])
+def test_an_unknown_scope_is_refused_with_the_scopes_there_are(scope: str) -> None:
+    from suppression.suppressions import valid_scope
+
+    assert valid_scope("affiliate:12") == "affiliate:12"
+    with pytest.raises(SuppressionError) as caught:
+        valid_scope(scope)
+    assert str(caught.value) == (
+        f"unknown scope {scope!r}: use one of affiliates, global, marketing or affiliate:<id>"
+    )

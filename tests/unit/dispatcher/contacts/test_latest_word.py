@@ -186,3 +186,27 @@ def test_a_repeated_line_is_known_and_a_later_same_word_renews_the_state(
     assert import_contacts(session_factory, later, source="test").consent == {
         "marketing:renewed": 1
     }
+
+
+def test_an_opt_in_without_a_time_loses_to_any_opt_out_recorded_later(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Even one dated before the moment the undated opt-in was learned."""
+    from datetime import UTC, datetime
+
+    from suppression.consent import ConsentOutcome, record_consent
+    from suppression.models import ConsentStatus, Scope
+    from suppression.registry import ensure_address
+
+    import_contacts(session_factory, write(tmp_path, "ann@example.com,yes,,\n"), source="test")
+    with session_scope(session_factory) as session:
+        outcome = record_consent(
+            session,
+            ensure_address(session, "ann@example.com"),
+            Scope.MARKETING,
+            ConsentStatus.OPTED_OUT,
+            source="staff",
+            occurred_at=datetime(2015, 1, 1, tzinfo=UTC),
+        )
+    assert outcome == ConsentOutcome.RECORDED
+    assert states(session_factory)[("ann@example.com", "marketing")] == "opted_out"
