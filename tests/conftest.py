@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +71,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 # A failing example kills the mutant as it is: shrinking it costs seconds.
                 phases=(Phase.explicit, Phase.generate),
             )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In a mutant's run, forget what the project's caches kept (statements built once, e.g.
+    ``_record_statements``): they were filled before mutmut forked this process, by the
+    original code, and would hide a mutant of everything they call."""
+    if not os.environ.get("MUTANT_UNDER_TEST"):
+        return
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in {"suppression", "dispatcher", "workers"}:
+            for value in list(vars(module).values()):
+                if isinstance(value, functools._lru_cache_wrapper):
+                    value.cache_clear()
 
 
 def _migrations_digest() -> str:

@@ -210,3 +210,37 @@ def test_an_opt_in_without_a_time_loses_to_any_opt_out_recorded_later(
         )
     assert outcome == ConsentOutcome.RECORDED
     assert states(session_factory)[("ann@example.com", "marketing")] == "opted_out"
+
+
+def test_an_undated_opt_in_learned_long_ago_is_not_the_word_before_a_dated_opt_in(
+    tmp_path: Path, session_factory: sessionmaker[Session], monkeypatch
+) -> None:
+    """The ledger orders an undated opt-in below every dated word, whenever it was learned:
+    the word before a 2022 opt-in is the 2019 opt-out, not the opt-in learned in 2020."""
+    from datetime import UTC, datetime
+
+    from dispatcher.contacts import importer
+    from suppression.consent import record_consent
+    from suppression.models import ConsentStatus, Scope
+    from suppression.registry import ensure_address
+
+    opt_out = write(tmp_path, "ann@example.com,no,,2019-01-01\n", "2019.csv")
+    import_contacts(session_factory, opt_out, source="test")
+    monkeypatch.setattr(importer, "utcnow", lambda: datetime(2020, 1, 1, tzinfo=UTC))
+    undated = write(tmp_path, "ann@example.com,yes,,\n", "undated.csv")
+    import_contacts(session_factory, undated, source="test")  # learned on 1 January 2020
+    monkeypatch.undo()
+    with session_scope(session_factory) as session:
+        record_consent(  # the person's own opt-in makes the state
+            session,
+            ensure_address(session, "ann@example.com"),
+            Scope.MARKETING,
+            ConsentStatus.OPTED_IN,
+            source="preferences",
+            occurred_at=datetime(2023, 1, 1, tzinfo=UTC),
+            recipient_action=True,
+        )
+    older = write(tmp_path, "ann@example.com,yes,,2022-01-01\n", "2022.csv")
+    assert import_contacts(session_factory, older, source="test").consent == {
+        "marketing:refused": 1
+    }
