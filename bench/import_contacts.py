@@ -1,6 +1,7 @@
 """Contacts import speed, on SQLite and PostgreSQL, against PostgreSQL's own COPY.
 
     .venv/bin/python bench/import_contacts.py [--rows 200000] [--backend both|sqlite|postgres]
+        [--phases]
 
 Generates one CSV of ROWS contacts (~1.2 consent facts, two tags and an attribute each), then
 per backend: a first import into a fresh database and a re-import of the same file (which
@@ -13,12 +14,19 @@ throw-away database (dispatcher_bench_import_*) is dropped at the end.
 Prints each import's rows/s against issue 11's targets (first import of 1M rows >= 20,000
 rows/s on SQLite, >= 50,000 on PostgreSQL; a re-import faster still) with the verdict, rows per
 CPU-second (the steadier figure on a shared machine), peak RSS and the load average.
+``--phases`` adds wall and CPU seconds per phase: parsing and checking rows in Python, staging
+(COPY / executemany), and each merge statement by verb and table (CPU of this process and, on
+PostgreSQL, of the server process running the statement).
 
-Measured 2026-12-01, --rows 1000000 --backend sqlite, the shared 2-core machine at load
-average 9-18: first import 2,677 rows/s (8,469 per CPU-second), re-import 2,731 (10,171);
-peak RSS 86-88 MB. --backend postgres, load average 6-27: first import 754 rows/s (3,187 per
-CPU-second, client and server), re-import 3,746 (7,992), peak RSS 78 MB; COPY of the same file
-352,338 rows/s; import / COPY = 0.002. Targets not met.
+Measured 2026-12-01, --rows 1000000 --backend both --phases, the shared 2-core machine at load
+average 3.6-4.9: SQLite first import 27,407 rows/s (38,449 per CPU-second), re-import 39,306
+(52,959), peak RSS 81 MB: target met. PostgreSQL first import 14,325 rows/s (17,024 per
+CPU-second, client and server), re-import 31,235 (42,004), peak RSS 87 MB; COPY of the same
+file 1,021,789 rows/s; import / COPY = 0.014: target not met. The code before (main at
+18f575c), run with this script in the same hour at load average 4.9-7.0: SQLite 14,041 rows/s
+(32,711 per CPU-second), re-import 19,237 (40,760); PostgreSQL 5,366 (12,540), re-import
+14,162 (29,497). Where PostgreSQL's time goes and why 50,000 rows/s is out of reach: README,
+"Importing contacts".
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import resource
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import event  # noqa: E402
 
+from dispatcher.contacts import staging  # noqa: E402
 from dispatcher.contacts.importer import ImportReport, import_contacts  # noqa: E402
 from dispatcher.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from dispatcher.settings import load_settings  # noqa: E402
@@ -107,7 +118,65 @@ def describe(
     return rate
 
 
-def run_imports(database_url: str, home: Path, path: Path) -> float:
+class Phases:
+    """Wall time and CPU time (this process and, on PostgreSQL, the server process serving the
+    statement) per phase of one import: staging (COPY / executemany), each kind of SQL
+    statement (by verb and table), and the rest (reading and checking rows in Python)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.times: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+        load = staging.Stage.load
+
+        def timed_load(stage: staging.Stage, *args: Any) -> None:
+            pid = _server_pid(stage.conn)
+            started = self._clock(pid)
+            load(stage, *args)
+            self._add("stage (COPY / executemany)", started, pid)
+
+        staging.Stage.load = timed_load  # type: ignore[method-assign]
+
+    @staticmethod
+    def _clock(pid: int | None) -> tuple[float, float]:
+        return time.perf_counter(), own_cpu() + (backend_cpu({pid}) if pid else 0.0)
+
+    def _add(self, name: str, started: tuple[float, float], pid: int | None) -> None:
+        wall, cpu = self._clock(pid)
+        self.times[name][0] += wall - started[0]
+        self.times[name][1] += cpu - started[1]
+
+    def _before(self, conn: Any, *_args: Any) -> None:
+        pid = _server_pid(conn)
+        conn.info["bench_started"] = (self._clock(pid), pid)
+
+    def _after(self, conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        words = statement.split(None, 6)
+        verb = " ".join(words[:3] if words[0] in ("INSERT", "CREATE") else words[:2])
+        started, pid = conn.info["bench_started"]
+        self._add(re.sub(r"\s*\(.*", "", verb), started, pid)
+
+    def report(self, wall: float, cpu: float) -> None:
+        rest = (
+            wall - sum(w for w, _ in self.times.values()),
+            cpu - sum(c for _, c in self.times.values()),
+        )
+        rows = sorted(self.times.items(), key=lambda kv: -kv[1][1])
+        print(f"  {'':>12}  {'wall s':>7} {'CPU s':>7}")
+        print(f"  {'':>12}  {rest[0]:7.2f} {rest[1]:7.2f}  parse and check rows (Python, the rest)")
+        for name, (seconds, used) in rows:
+            if max(seconds / wall, used / cpu) >= 0.01:
+                print(f"  {'':>12}  {seconds:7.2f} {used:7.2f}  {name}")
+        self.times.clear()
+
+
+def _server_pid(conn: Any) -> int | None:
+    driver = conn.connection.driver_connection
+    info = getattr(driver, "info", None)
+    return getattr(info, "backend_pid", None)
+
+
+def run_imports(database_url: str, home: Path, path: Path, phases: bool = False) -> float:
     settings = load_settings(
         {
             "DISPATCHER_HOME": str(home),
@@ -124,6 +193,7 @@ def run_imports(database_url: str, home: Path, path: Path) -> float:
         def _server_pid(dbapi_connection: Any, _record: Any) -> None:
             servers.add(dbapi_connection.info.backend_pid)
 
+    timing = Phases(engine) if phases else None
     sessions = make_sessionmaker(engine)
     first = 0.0
     try:
@@ -134,6 +204,8 @@ def run_imports(database_url: str, home: Path, path: Path) -> float:
             cpu = own_cpu() + backend_cpu(servers) - cpu
             rate = describe(label, report, elapsed, cpu, TARGETS[engine.dialect.name], bar=first)
             first = first or rate
+            if timing is not None:
+                timing.report(elapsed, cpu)
     finally:
         engine.dispose()
     return first
@@ -168,6 +240,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--backend", choices=["both", "sqlite", "postgres"], default="both")
+    parser.add_argument(
+        "--phases", action="store_true", help="print the wall time of each phase of an import"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
@@ -180,12 +255,14 @@ def main() -> None:
         if args.backend in ("both", "sqlite"):
             print("SQLite:")
             (home / "sqlite").mkdir()
-            run_imports(f"sqlite:///{home / 'sqlite' / 'bench.db'}", home / "sqlite", path)
+            run_imports(
+                f"sqlite:///{home / 'sqlite' / 'bench.db'}", home / "sqlite", path, args.phases
+            )
         if args.backend in ("both", "postgres"):
             print("PostgreSQL:")
             with temporary_database(PG_ADMIN_URL, "dispatcher_bench_import") as url:
                 (home / "pg").mkdir()
-                rate = run_imports(url, home / "pg", path)
+                rate = run_imports(url, home / "pg", path, args.phases)
                 baseline = copy_rate(url, path, args.rows)
                 print(f"  first import / COPY = {rate / baseline:.3f}")
         print(f"load average at the end {load_average()}")

@@ -37,8 +37,9 @@ from suppression.tokens import TokenSigner
 from workers.process import WorkerProcess, wait_until
 
 STAGES = ("claim", "sign", "render", "build", "send", "record")
+# The worker's log lines (workers/observability.py): time, level, logger, [context]: text.
 _TASK_LINE = re.compile(
-    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]+\] "
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+(?: \[[^\]]*\])?: "
     r"Task workers\.tasks\.(\w+)\[[^\]]+\] (received|succeeded)"
 )
 

@@ -5,8 +5,18 @@
 Runs ``create_app`` against a throw-away PostgreSQL database (or ``--sqlite``) through
 Flask's test client, with no server and no network client in the way, so the figure is the
 app's own work per request: the one-click POST first-time and repeated, the unsubscribe page
-and the preference page. ``--profile`` prints cProfile's top functions for each path.
+and the preference page. ``--profile`` prints cProfile's top functions for each path
+(``SORT`` and ``TOP`` in the environment choose the order and how many) and the CPU per
+package (Flask, werkzeug, SQLAlchemy, psycopg, itsdangerous, Jinja, this project).
 Talks to 127.0.0.1 only; drops what it creates.
+
+Last figures (issue 18; ``nice -n 19 … --contacts 2000 --requests 500``, PostgreSQL, load
+average 2.4 to 2.5 on 2 shared cores, CPU reference 9.0 to 10.1 ms; main run alternately,
+three runs each), ms of CPU per request and statements, before → after this round: floor
+0.10 → 0.10; ``GET /u/<token>`` 0.61–0.64 → 0.58–0.61 (1 → 1); ``GET /preferences/<token>``
+0.76–0.77 → 0.71–0.73 (2 → 2); one-click first 1.17–1.19 → 1.02–1.03 (6 → 4); repeated
+1.20–1.22 → 0.81–0.84 (6 → 2). A run under more load measures higher for both.
+See the README, "The web edge".
 """
 
 from __future__ import annotations
@@ -87,11 +97,37 @@ def measure(
     cost = Cost(name, n, 1000 * cpu / n, (counter.count - before) / n, codes)
     if profiler:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats(
-            os.environ.get("SORT", "tottime")
-        ).print_stats(int(os.environ.get("TOP", "25")))
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+            int(os.environ.get("TOP", "25"))
+        )
         say(out.getvalue())
+        say(f"{name}: own CPU by package, share of the profiled time")
+        for package, share in by_package(stats):
+            say(f"  {package:28s} {100 * share:5.1f} %")
     return cost
+
+
+def _package(filename: str) -> str:
+    """Which library (or part of this project) a profiled function's file belongs to."""
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins and generated code"
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
+    if filename.startswith(str(ROOT)):
+        return "project: " + filename[len(str(ROOT)) + 1 :].split("/", 1)[0]
+    if filename.endswith((".html", ".txt")):
+        return "templates (jinja2)"
+    return "python stdlib"
+
+
+def by_package(stats: pstats.Stats) -> list[tuple[str, float]]:
+    """Own time (tottime) per package, largest first, as shares of the whole."""
+    totals: dict[str, float] = {}
+    for (filename, _line, _name), row in stats.stats.items():  # type: ignore[attr-defined]
+        totals[_package(filename)] = totals.get(_package(filename), 0.0) + row[2]
+    whole = sum(totals.values()) or 1.0
+    return sorted(((k, v / whole) for k, v in totals.items()), key=lambda kv: -kv[1])
 
 
 def costs(

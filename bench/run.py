@@ -183,6 +183,9 @@ def main() -> None:
         help="recipients of each fan-out step of --scale, comma-separated (each step prints "
         "its database's size: extrapolate before asking for 10000000)",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work folder (worker logs, stage timings)"
+    )
     args = parser.parse_args()
     contacts = 2_000 if args.quick else args.contacts
     cores = os.cpu_count() or 1
@@ -253,7 +256,10 @@ def main() -> None:
         if args.only in ("scale", "fanout") or (args.scale and not args.quick and not args.only):
             report_fan_out([int(n) for n in args.fan_out_sizes.split(",")], workdir)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            say(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     say(f"benchmark took {time.perf_counter() - began:.0f} s")
 
 

@@ -232,7 +232,7 @@ def fan_out_million(recipients: int, workdir: Path) -> dict[str, Any]:
                 capture_output=True,
                 text=True,
                 check=False,
-                timeout=900,
+                timeout=max(900, recipients // 2000),
             )
         finally:
             rabbit_after = _rabbitmq_rss_mb()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import select
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.settings import PROJECT_ROOT, Settings
@@ -60,7 +63,53 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(database_url, pool_pre_ping=False, **kwargs)
+    ping_when_in_doubt(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection idle longer than this is pinged before use.
+PING_AFTER_IDLE_SECONDS = 10.0
+
+
+def ping_when_in_doubt(engine: Engine) -> None:
+    """Ping a pooled connection before use only when it may be dead, instead of before every
+    use (``pool_pre_ping``: a round trip per request): when it has been idle longer than
+    :data:`PING_AFTER_IDLE_SECONDS`, or when its socket has something to read, which an idle
+    connection's has when the server ended it (``pg_terminate_backend``, a restart: the
+    server says why, then closes). Asking the socket is a system call, not a round trip. A
+    failed ping discards the pool's connections and the checkout connects afresh."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_from"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_in_doubt(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_from = record.info.get("idle_from")
+        if idle_from is None:
+            return  # connected for this checkout
+        if time.monotonic() - idle_from < PING_AFTER_IDLE_SECONDS and not _readable(
+            dbapi_connection
+        ):
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise InvalidatePoolError(f"ping failed: {exc}") from exc
+        if not alive:
+            raise InvalidatePoolError("ping failed")
+
+
+def _readable(dbapi_connection: Any) -> bool:
+    """Whether an idle connection's socket has data or an end of file waiting."""
+    try:
+        fd = dbapi_connection.fileno()
+    except Exception:  # closed: let the ping find out
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -84,6 +133,24 @@ def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction commits when the block ends and rolls back on error."""
     with factory() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def each_statement_commits(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for work whose statements each stand on their own (a page's read, with its
+    audit row written by the same statement): on PostgreSQL every statement commits as it
+    runs, which spares the BEGIN and COMMIT round trips of a transaction; on SQLite, which
+    writes its audit row with a statement of its own, as :func:`session_scope`.
+
+    For Core statements only (``suppression.sql.core``): on PostgreSQL the session is
+    closed, not committed, so an ORM object added to it would not be written."""
+    with factory() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            with session.begin():
+                yield session
+            return
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
 
 

@@ -313,6 +313,21 @@ class PublishedBatch(Base):
     last_id: Mapped[int] = mapped_column(BigId)
 
 
+class CampaignRender(Base):
+    """A campaign's parts rendered once with placeholders and their CSS inlined, stored when
+    it is created or scheduled, so sending processes fill them in without premailer (lxml,
+    cssutils: ~13 MB a process). ``fingerprint`` covers everything the render read (template
+    sources, subject, campaign and settings values); a process whose fingerprint differs
+    (a template edited since) renders afresh (dispatcher/sending/stored_render.py)."""
+
+    __tablename__ = "campaign_renders"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    parts: Mapped[str] = mapped_column(Text)  # JSON: subject, text, html segments
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class CampaignCount(Base):
     """A change to a campaign's number of deliveries in one status (and skip reason), written
     in the same transaction as the statement that moved the rows.

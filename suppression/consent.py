@@ -45,15 +45,18 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     not_,
     or_,
     select,
     text,
+    true,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.orm import Session
 
-from suppression.events import Hit, record_event
+from suppression.events import Hit, bound_event, bound_event_params, insert_events, record_event
 from suppression.models import (
     BigId,
     Consent,
@@ -64,7 +67,7 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, dialect_name, insert_for, insert_on
+from suppression.sql import core, dialect_name, inline_constants, insert_for, insert_on
 
 IN, OUT = str(ConsentStatus.OPTED_IN), str(ConsentStatus.OPTED_OUT)
 
@@ -176,6 +179,14 @@ def _unless_overtaken(upsert: Any, *, recipient_action: bool) -> Any:
     )
 
 
+def repeats_state(status: ConsentStatus, occurred_at: Any) -> ColumnElement[bool]:
+    """SQL over ``consent_states``: true where :func:`record_consent` of ``status`` at
+    ``occurred_at`` (not the recipient's own action) would change nothing, because it
+    repeats the current state (the rule's ``candidate`` with the same status)."""
+    new = Fact(literal(str(status)), occurred_at, literal(True))
+    return and_(ConsentState.status == str(status), judge(new, _state_fact()) == "candidate")
+
+
 def current_consent(session: Session, address_id: int, scope: Scope) -> ConsentState | None:
     return session.get(ConsentState, (address_id, str(scope)))
 
@@ -205,6 +216,31 @@ def record_consent(
     key = {"address_id": address_id, "scope": str(scope)}
     fact = {"status": str(status), "occurred_at": occurred_at}
     connection = core(session)
+    if connection.dialect.name == "postgresql":
+        return _record_in_one(
+            session,
+            connection,
+            key,
+            fact,
+            recipient_action=recipient_action,
+            values={
+                "source": source,
+                "actor": actor,
+                "ip": hit.ip if hit else None,
+                "policy_version": policy_version,
+                "recorded_at": utcnow(),
+            },
+            event=bound_event_params(
+                "e",
+                "consent_changed",
+                address_id=address_id,
+                actor=actor,
+                hit=hit,
+                outcome=str(status),
+                scope=str(scope),
+                source=source,
+            ),
+        )
     row = connection.execute(judged, {f"p_{k}": v for k, v in {**key, **fact}.items()}).first()
     verdict, current = (row[0], row[1]) if row is not None else ("candidate", None)
     if verdict == Verdict.REFUSED:
@@ -227,9 +263,7 @@ def record_consent(
     if verdict == Verdict.HISTORY:
         return ConsentOutcome.STALE
     connection.execute(state_upsert, {**key, **fact, "dated": True, "consent_id": ledger_id})
-    cached = session.identity_map.get(session.identity_key(ConsentState, (address_id, str(scope))))
-    if cached is not None:
-        session.expire(cached)
+    _expire_state(session, address_id, str(scope))
     record_event(
         session,
         "consent_changed",
@@ -241,6 +275,120 @@ def record_consent(
         source=source,
     )
     return ConsentOutcome.RECORDED
+
+
+def _expire_state(session: Session, address_id: int, scope: str) -> None:
+    """A state the session holds is stale once a Core statement has written it."""
+    cached = session.identity_map.get(session.identity_key(ConsentState, (address_id, scope)))
+    if cached is not None:
+        session.expire(cached)
+
+
+def _record_in_one(
+    session: Session,
+    connection: Any,
+    key: dict[str, Any],
+    fact: dict[str, Any],
+    *,
+    recipient_action: bool,
+    values: dict[str, Any],
+    event: dict[str, Any],
+) -> ConsentOutcome:
+    """PostgreSQL: :func:`record_consent` as one statement (the rule, the ledger row, the
+    state and the event; see :func:`_record_in_one_statement`)."""
+    params = {f"p_{k}": v for k, v in {**key, **fact, **values}.items()}
+    verdict, current = connection.execute(
+        _record_in_one_statement(recipient_action), {**params, **event}
+    ).one()
+    if verdict == Verdict.REFUSED:
+        return ConsentOutcome.KEPT_OPT_OUT
+    if verdict == "candidate" and current == fact["status"]:
+        return ConsentOutcome.UNCHANGED
+    if verdict == Verdict.HISTORY:
+        return ConsentOutcome.STALE
+    _expire_state(session, key["address_id"], key["scope"])
+    return ConsentOutcome.RECORDED
+
+
+@cache
+def _record_in_one_statement(recipient_action: bool) -> Any:
+    """PostgreSQL: the three statements of :func:`_record_statements` and the
+    ``consent_changed`` event in one round trip, deciding as :func:`record_consent` does in
+    Python: nothing is written when the rule refuses the change or it repeats the current
+    status; the ledger row otherwise; the state (its upsert judges again, against the row as
+    committed) and the event unless the change is history. Returns (verdict, current status).
+    """
+    consents = cast(Table, Consent.__table__)
+    param = {c.name: bindparam(f"p_{c.name}", type_=c.type) for c in consents.c}
+    # The new fact once, and the state under a short name: the SQL stays under psycopg's
+    # 4 KB for statements it keeps parsed.
+    given = select(param["status"].label("status"), param["occurred_at"].label("occurred_at")).cte(
+        "given"
+    )
+    states = cast(Table, ConsentState.__table__).alias("s")
+    rule = judge(
+        Fact(given.c.status, given.c.occurred_at, literal(True)),
+        Fact(states.c.status, states.c.occurred_at, states.c.dated),
+        recipient_action=recipient_action,
+    )
+    found = (
+        select(rule.label("verdict"), states.c.status)
+        .select_from(given)
+        .join(
+            states,
+            and_(states.c.address_id == param["address_id"], states.c.scope == param["scope"]),
+        )
+        .cte("judged")
+    )
+    verdict = func.coalesce(select(found.c.verdict).scalar_subquery(), "candidate")
+    current = select(found.c.status).scalar_subquery()
+    decided = select(verdict.label("verdict"), current.label("current")).cte("decided")
+    repeats = and_(decided.c.verdict == "candidate", decided.c.current == given.c.status)
+    writes = and_(decided.c.verdict != str(Verdict.REFUSED), not_(func.coalesce(repeats, False)))
+    ledger_columns = [
+        "address_id",
+        "scope",
+        "status",
+        "occurred_at",
+        "dated",
+        "source",
+        "actor",
+        "ip",
+        "policy_version",
+        "recorded_at",
+    ]
+    fact = {"status": given.c.status, "occurred_at": given.c.occurred_at, "dated": literal(True)}
+    ledger = (
+        insert(consents)
+        .from_select(
+            ledger_columns,
+            select(*(fact.get(c, param[c]) for c in ledger_columns))
+            .select_from(given)
+            .where(select(decided.c.verdict).where(writes).exists()),
+        )
+        .returning(consents.c.id)
+        .cte("ledger")
+    )
+    becomes_state = decided.c.verdict != str(Verdict.HISTORY)
+    upsert = postgresql_insert(cast(Table, ConsentState.__table__)).from_select(
+        ["address_id", "scope", "status", "consent_id", "occurred_at", "dated"],
+        select(
+            param["address_id"],
+            param["scope"],
+            given.c.status,
+            ledger.c.id,
+            given.c.occurred_at,
+            literal(True),
+        )
+        .select_from(ledger)
+        .join(decided, becomes_state)
+        .join(given, literal(True)),
+    )
+    state = _unless_overtaken(upsert, recipient_action=recipient_action).cte("state")
+    changed = insert_events(bound_event("e").select_from(ledger).join(decided, becomes_state)).cte(
+        "changed"
+    )
+    return inline_constants(select(decided.c.verdict, decided.c.current).add_cte(state, changed))
 
 
 @cache
@@ -259,7 +407,8 @@ def _record_statements(dialect: str, recipient_action: bool) -> tuple[Any, Any, 
     # The INSERTs take their values from each call's parameters.
     ledger = insert(cast(Table, Consent.__table__)).returning(Consent.__table__.c.id)
     upsert = insert_on(dialect, ConsentState.__table__)
-    return judged, ledger, _unless_overtaken(upsert, recipient_action=recipient_action)
+    state = _unless_overtaken(upsert, recipient_action=recipient_action)
+    return inline_constants(judged), ledger, inline_constants(state)
 
 
 @dataclass
@@ -306,87 +455,48 @@ def merge_consents(
 ) -> MergeTally:
     """Apply an import's consent facts at once, set-based, under the rule above.
 
-    ``facts`` selects ``line, address_id, scope, status, occurred_at, dated, source``: every
-    fact of one file. The file's own history is settled first (its latest word per address and
-    scope), then compared with the current state. Ledger rows, states and one
-    ``consent_changed`` audit event per state written are added in ``session``'s transaction.
+    ``facts`` selects ``line, address_id, scope, status, occurred_at, dated, source, alone``:
+    every fact of one file, ``alone`` true only where the fact is the file's one fact for its
+    address and scope (false is always correct, only slower). The file's own history is
+    settled first (its latest word per address and scope), then compared with the current
+    state. Ledger rows, states and one ``consent_changed`` audit event per state written are
+    added in ``session``'s transaction.
     """
     conn = session.connection()
     f = _FACTS
     f.drop(conn, checkfirst=True)
     f.create(conn)
-    # Every fact and its verdict in one pass: facts the ledger already holds (a re-import) or
-    # that repeat an earlier line are known; the others are judged against the current state,
-    # and among the candidates of an address and scope the latest word wins, the rest is
-    # history.
     given = facts.subquery()
-    c = Consent.__table__.c
-    s = ConsentState.__table__
-    identity = [given.c.address_id, given.c.scope, given.c.status, given.c.dated]
-    same_in_ledger = exists().where(
-        c.address_id == given.c.address_id,
-        c.scope == given.c.scope,
-        c.status == given.c.status,
-        c.dated == given.c.dated,
-        or_(given.c.dated == false(), c.occurred_at == given.c.occurred_at),
-    )
-    repeat = func.row_number().over(
-        partition_by=[*identity, given.c.occurred_at], order_by=given.c.line
-    )
-    judged = (
-        select(
-            given,
-            case(
-                (same_in_ledger, str(Verdict.KNOWN)),
-                (repeat > 1, str(Verdict.KNOWN)),
-                else_=judge(
-                    _fact(given),
-                    _fact(s),
-                    earlier=word_before(_fact(given), given.c.address_id, given.c.scope),
-                ),
-            ).label("base"),
-            s.c.status.label("state_status"),
+    postgres = conn.dialect.name == "postgresql"
+    next_id: Any = None  # SQLite: counted in the statement
+    if postgres:
+        # From the table's own sequence (ids stay unique beside concurrent writers). The
+        # sequence is looked up once, by oid: named by pg_get_serial_sequence in the
+        # statement, it would be looked up again for every row.
+        sequence = int(
+            conn.scalar(text("SELECT pg_get_serial_sequence('consents', 'id')::regclass::oid"))
         )
-        .select_from(given)
-        .outerjoin(s, and_(s.c.address_id == given.c.address_id, s.c.scope == given.c.scope))
-        .subquery()
-    )
-    rank = func.row_number().over(
-        partition_by=[judged.c.address_id, judged.c.scope, judged.c.base],
-        order_by=latest_first(_fact(judged)),
-    )
-    verdict = case(
-        (judged.c.base != "candidate", judged.c.base),
-        (rank > 1, str(Verdict.HISTORY)),
-        (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
-        else_=str(Verdict.CHANGED),
-    )
-    # The ledger rows to write (every fact not refused and not already there) get their ids
-    # here, in line order as one INSERT … ORDER BY line would give them, so that the states and
-    # events below point at their ledger rows by id instead of looking each one up again.
-    written = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
-    names = [col.name for col in f.c]
-    verdicts = select(*(judged.c[n] for n in names[:-2]), verdict.label("verdict")).subquery()
-    is_written = verdicts.c.verdict.in_(written)
-    order = [verdicts.c.line, verdicts.c.scope]
-    if conn.dialect.name == "postgresql":
-        # From the table's own sequence (ids stay unique beside concurrent writers); nextval
-        # runs after the sort, in line order.
-        next_id: Any = func.nextval(func.pg_get_serial_sequence("consents", "id"))
-    else:
-        # SQLite: this transaction holds the write lock (it has written the addresses), so no
-        # other writer takes ids meanwhile; the next rowid is max + 1, as SQLite gives it.
-        top = select(func.coalesce(func.max(c.id), 0)).scalar_subquery()
-        next_id = top + func.row_number().over(partition_by=is_written, order_by=order)
-    conn.execute(
-        f.insert().from_select(
-            names,
-            select(
-                *(verdicts.c[n] for n in names[:-1]), case((is_written, next_id), else_=None)
-            ).order_by(*order),
-        )
-    )
-    if conn.dialect.name == "postgresql":
+        next_id = func.nextval(literal_column(f"{sequence}::regclass"))
+    # Facts alone in the file for their address and scope (most of a contacts file) need none
+    # of the file's own ordering: judged against the ledger and state only, without the window
+    # functions (and their sorts over every fact) that settle an address's several facts.
+    for alone in (True, False):
+        top = 0
+        if not postgres:
+            # SQLite: this transaction holds the write lock (it has written the addresses), so
+            # no other writer takes ids meanwhile; ids count on from the largest one given.
+            top = conn.scalar(
+                select(
+                    func.coalesce(
+                        select(func.max(f.c.consent_id)).scalar_subquery(),
+                        select(func.max(Consent.id)).scalar_subquery(),
+                        0,
+                    )
+                )
+            )
+        chosen = _verdicts(given, alone=alone, next_id=next_id, top=top)
+        conn.execute(f.insert().from_select([col.name for col in f.c], chosen))
+    if postgres:
         conn.execute(text("ANALYZE import_consent_facts"))  # plans below go by its size
     conn.execute(
         insert_for(session, Consent).from_select(
@@ -414,10 +524,11 @@ def merge_consents(
                 literal(actor, String()),
                 literal(policy_version, String()),
             )
-            .where(f.c.verdict.in_(written))
+            .where(f.c.verdict.in_(_WRITTEN))
             .order_by(f.c.consent_id),
         )
     )
+    s = ConsentState.__table__
     # The states, pointing at their ledger rows; the rule decides again in the upsert, so a
     # change that committed meanwhile (an unsubscribe) is never overwritten.
     winners = f.c.verdict.in_([Verdict.CHANGED, Verdict.RENEWED])
@@ -468,6 +579,82 @@ def merge_consents(
     ]
     f.drop(conn)
     return tally
+
+
+_WRITTEN = [Verdict.HISTORY, Verdict.CHANGED, Verdict.RENEWED]
+
+
+def _verdicts(given: Any, *, alone: bool, next_id: Any, top: int) -> Select[Any]:
+    """The rows of ``import_consent_facts`` for the facts of ``given`` that are (``alone``) or
+    are not the file's only fact for their address and scope: each with its verdict, and the
+    ledger rows to write (every fact not refused and not already there) with their ids, so
+    that the states and events below point at their ledger rows without looking each one up.
+
+    Facts the ledger already holds (a re-import) or that repeat an earlier line are known; the
+    others are judged against the current state, and among the candidates of an address and
+    scope the latest word wins, the rest is history. Ids follow the file's lines within each
+    address (``next_id`` is the sequence's nextval on PostgreSQL; on SQLite, None: ids count
+    on from ``top``)."""
+    c = Consent.__table__.c
+    s = ConsentState.__table__
+    same_in_ledger = exists().where(
+        c.address_id == given.c.address_id,
+        c.scope == given.c.scope,
+        c.status == given.c.status,
+        c.dated == given.c.dated,
+        or_(given.c.dated == false(), c.occurred_at == given.c.occurred_at),
+    )
+    known: list[tuple[Any, str]] = [(same_in_ledger, str(Verdict.KNOWN))]
+    if not alone:
+        identity = [given.c.address_id, given.c.scope, given.c.status, given.c.dated]
+        repeat = func.row_number().over(
+            partition_by=[*identity, given.c.occurred_at], order_by=given.c.line
+        )
+        known.append((repeat > 1, str(Verdict.KNOWN)))
+    judged = (
+        select(
+            given,
+            case(
+                *known,
+                else_=judge(
+                    _fact(given),
+                    _fact(s),
+                    earlier=word_before(_fact(given), given.c.address_id, given.c.scope),
+                ),
+            ).label("base"),
+            s.c.status.label("state_status"),
+        )
+        .select_from(given)
+        .outerjoin(s, and_(s.c.address_id == given.c.address_id, s.c.scope == given.c.scope))
+        .where(given.c.alone == (true() if alone else false()))
+        # OFFSET 0: computed once, not inlined into every expression that reads it (with its
+        # ledger lookups) when the database flattens the subquery.
+        .offset(0)
+        .subquery()
+    )
+    decided: list[tuple[Any, Any]] = [(judged.c.base != "candidate", judged.c.base)]
+    if not alone:
+        rank = func.row_number().over(
+            partition_by=[judged.c.address_id, judged.c.scope, judged.c.base],
+            order_by=latest_first(_fact(judged)),
+        )
+        decided.append((rank > 1, str(Verdict.HISTORY)))
+    verdict = case(
+        *decided,
+        (judged.c.state_status == judged.c.status, str(Verdict.RENEWED)),
+        else_=str(Verdict.CHANGED),
+    )
+    names = [col.name for col in _FACTS.c]
+    verdicts = (
+        select(*(judged.c[n] for n in names[:-2]), verdict.label("verdict")).offset(0).subquery()
+    )
+    is_written = verdicts.c.verdict.in_(_WRITTEN)
+    order = [verdicts.c.address_id, verdicts.c.line, verdicts.c.scope]
+    if next_id is None:
+        next_id = top + func.row_number().over(partition_by=is_written, order_by=order)
+    chosen = select(*(verdicts.c[n] for n in names[:-1]), case((is_written, next_id), else_=None))
+    # The ids of an address's several facts in line order; nextval runs after the sort.
+    return chosen if alone else chosen.order_by(*order)
 
 
 def consent_history(session: Session, address_id: int) -> list[Consent]:

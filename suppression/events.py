@@ -11,16 +11,19 @@ and how often.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, bindparam, func, insert, literal, null, select, union_all
+from sqlalchemy import cast as cast_sql
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from suppression.models import Event, utcnow
-from suppression.sql import core, dialect_name, insert_on
+from suppression.sql import core, dialect_name, inline_constants, insert_on
 
 # Repeats of one act by one caller within this many seconds fold into one row.
 FOLD_WINDOW_SECONDS = 600
@@ -111,6 +114,79 @@ def record_event(
     return int(core(session).execute(_folding_insert(dialect_name(session)), row).scalar_one())
 
 
+def record_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Write audit events (:func:`event_row` values, none folding) in the caller's
+    transaction, in the order given: on PostgreSQL as one INSERT (one round trip)."""
+    connection = core(session)
+    if connection.dialect.name != "postgresql" or len(rows) < 2:
+        for row in rows:
+            connection.execute(_plain_insert(), row)
+        return
+    connection.execute(_rows_insert(len(rows)), rows_params("e", rows))
+
+
+def rows_params(prefix: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of :func:`insert_rows` for ``rows`` (:func:`event_row` values)."""
+    params = {}
+    for i, row in enumerate(rows):
+        if row["fold_key"] is not None:
+            raise ValueError("an event written with others does not fold")
+        params.update({f"{prefix}{i}_{k}": v for k, v in row.items() if k not in _NOT_BOUND})
+    return params
+
+
+_NOT_BOUND = frozenset(("count", "fold_key"))  # bound_event writes them as constants
+
+
+def insert_rows(prefix: str, counted: tuple[str | None, ...], count: Any = None) -> Any:
+    """PostgreSQL: one INSERT of ``len(counted)`` events, bound as :func:`rows_params` names
+    them, their ids in that order. Where ``counted[i]`` names a key, the event's detail gets
+    that key set to the SQL ``count``: a statement that acts and writes its event in the same
+    round trip (the queued messages an unsubscribe stopped) counts there what it did."""
+    selects = []
+    for i, key in enumerate(counted):
+        given = {}
+        if key is not None:
+            detail = bindparam(f"{prefix}{i}_detail", type_=postgresql.JSONB())
+            merged = detail.op("||")(func.jsonb_build_object(key, count))
+            given["detail"] = cast_sql(merged, postgresql.JSON())  # as the other rows
+        selects.append(bound_event(f"{prefix}{i}", **given))
+    return insert_events(union_all(*selects) if len(selects) > 1 else selects[0])
+
+
+@cache
+def _rows_insert(n: int) -> Any:
+    """``n`` events as one INSERT … SELECT … UNION ALL …: rows, and so ids, in that order."""
+    return insert_rows("e", (None,) * n)
+
+
+def bound_event(prefix: str, **given: Any) -> Any:
+    """A SELECT of one event's values (:data:`ROW_COLUMNS`) as parameters named
+    ``<prefix>_<column>``, typed as the column, or as the SQL expressions ``given`` for some
+    columns: the source of :func:`insert_events` inside a larger statement, which adds the
+    event only when the SELECT yields a row (``.select_from`` a CTE of what was written).
+    The event does not fold unless ``count`` and ``fold_key`` are given."""
+    given = {"count": literal(1), "fold_key": null(), **given}
+    return select(
+        *(
+            given[name]
+            if name in given
+            else bindparam(f"{prefix}_{name}", type_=_EVENTS.c[name].type)
+            for name in ROW_COLUMNS
+        )
+    )
+
+
+def bound_event_params(prefix: str, kind: str, **event: Any) -> dict[str, Any]:
+    """The parameters of :func:`bound_event` for one event (``record_event``'s arguments)."""
+    return {f"{prefix}_{k}": v for k, v in event_row(kind, **event).items()}
+
+
+def insert_events(source: Any) -> Any:
+    """INSERT into events the rows ``source`` (:func:`bound_event` SELECTs) yields."""
+    return insert(_EVENTS).from_select(list(ROW_COLUMNS), source)
+
+
 @cache
 def _plain_insert() -> Any:
     return insert(_EVENTS)
@@ -118,7 +194,7 @@ def _plain_insert() -> Any:
 
 @cache
 def _folding_insert(dialect: str) -> Any:
-    return folding(insert_on(dialect, _EVENTS))
+    return inline_constants(folding(insert_on(dialect, _EVENTS)))
 
 
 def folding(stmt: Any) -> Any:

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from suppression.events import Hit, record_event
+from suppression.events import Hit, bound_event, bound_event_params, insert_events, record_event
 from suppression.models import GLOBAL_SCOPE, Address, Reason, Scope, Suppression, utcnow
-from suppression.sql import core, dialect_name, insert_on
+from suppression.sql import core, dialect_name, inline_constants, insert_on
 
 # Suppressions a recipient may lift by re-subscribing. Everything else needs staff.
 RECIPIENT_LIFTABLE = frozenset({Reason.UNSUBSCRIBE})
@@ -68,13 +68,36 @@ def add_suppression(
     scope = valid_scope(scope)
     insert, existing_id = _add_statements(dialect_name(session))
     row = {"address_id": address_id, "scope": scope, "reason": str(reason)}
+    keys = {f"p_{k}": v for k, v in row.items()}
+    values = {"source": source, "note": note, "created_by": actor, "created_at": utcnow()}
     connection = core(session)
-    new_id = connection.execute(
-        insert,
-        {**row, "source": source, "note": note, "created_by": actor, "created_at": utcnow()},
-    ).scalar_one_or_none()
+    if connection.dialect.name == "postgresql":
+        # One round trip: the INSERT, its event (written only when a row was added) and the
+        # active row it met otherwise.
+        event = bound_event_params(
+            "e",
+            "suppression_added",
+            address_id=address_id,
+            actor=actor,
+            hit=hit,
+            outcome=str(reason),
+            scope=scope,
+            source=source,
+        )
+        new_id, existing = connection.execute(
+            _add_in_one(), {**keys, **{f"p_{k}": v for k, v in values.items()}, **event}
+        ).one()
+        if new_id is not None:
+            return Added(new_id, created=True)
+        if existing is None:
+            # The row we met was committed by another transaction after this statement's
+            # snapshot (two clicks at once): read it again with a new snapshot.
+            existing = connection.scalar(existing_id, keys)
+        assert existing is not None
+        return Added(existing, created=False)
+    new_id = connection.execute(insert, {**row, **values}).scalar_one_or_none()
     if new_id is None:
-        existing = connection.scalar(existing_id, {f"p_{k}": v for k, v in row.items()})
+        existing = connection.scalar(existing_id, keys)
         assert existing is not None
         return Added(existing, created=False)
     record_event(
@@ -108,7 +131,25 @@ def _add_statements(dialect: str) -> tuple[Any, Any]:
         Suppression.reason == bindparam("p_reason"),
         Suppression.lifted_at.is_(None),
     )
-    return insert, existing
+    return inline_constants(insert), inline_constants(existing)
+
+
+@cache
+def _add_in_one() -> Any:
+    """PostgreSQL: :func:`_add_statements` and the ``suppression_added`` event as one
+    statement. Returns (the new row's id or NULL, the active row met or NULL)."""
+    insert, existing = _add_statements("postgresql")
+    columns = ("address_id", "scope", "reason", "source", "note", "created_by", "created_at")
+    added = insert.values(
+        {c: bindparam(f"p_{c}", type_=Suppression.__table__.c[c].type) for c in columns}
+    ).cte("added")
+    event = insert_events(bound_event("e").select_from(added)).cte("added_event")
+    return inline_constants(
+        select(
+            select(added.c.id).scalar_subquery().label("new_id"),
+            existing.scalar_subquery().label("existing_id"),
+        ).add_cte(event)
+    )
 
 
 def active_suppressions(session: Session, address_id: int) -> list[Suppression]:

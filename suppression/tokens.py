@@ -84,12 +84,25 @@ class TokenSigner:
         self._newest_kid = key_id(keys[0])
         # itsdangerous signs with the last key and verifies with all of them.
         self._verify_order = list(reversed(self._keys))
+        # Built once per purpose: recipient pages sign and verify on every request.
+        self._serializers: dict[LinkPurpose, URLSafeSerializer] = {}
+        self._timed_serializers: dict[LinkPurpose, URLSafeTimedSerializer] = {}
 
     def _serializer(self, purpose: LinkPurpose) -> URLSafeSerializer:
-        return URLSafeSerializer(self._verify_order, salt=f"dispatcher.{purpose.value}")
+        serializer = self._serializers.get(purpose)
+        if serializer is None:
+            serializer = URLSafeSerializer(self._verify_order, salt=f"dispatcher.{purpose.value}")
+            self._serializers[purpose] = serializer
+        return serializer
 
     def _timed(self, purpose: LinkPurpose) -> URLSafeTimedSerializer:
-        return URLSafeTimedSerializer(self._verify_order, salt=f"dispatcher.{purpose.value}")
+        serializer = self._timed_serializers.get(purpose)
+        if serializer is None:
+            serializer = URLSafeTimedSerializer(
+                self._verify_order, salt=f"dispatcher.{purpose.value}"
+            )
+            self._timed_serializers[purpose] = serializer
+        return serializer
 
     # Recipient links: they never expire by time, only by key rotation.
     def sign_link(

@@ -18,6 +18,7 @@ from dispatcher.campaigns.fanout import (
     due_campaigns,
     fan_out,
     refill,
+    refill_after,
     sending_campaigns,
 )
 from dispatcher.campaigns.problems import FAN_OUT, SEND_BATCH, START, recording_errors
@@ -26,7 +27,7 @@ from dispatcher.db import session_scope
 from dispatcher.sending.batch import describe, send_batch
 from dispatcher.sending.transports import TransientSendError
 from suppression.audit import seal_events
-from workers.app import app, queue_for
+from workers.app import NOTICES_SUFFIX, app, queue_for
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,10 @@ def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
     return count
 
 
-def _publish(campaign_id: int, batches: Iterable[tuple[int, int]]) -> int:
-    """One ``send_batch`` per batch, on the queue of the campaign's purpose."""
+def _publish(campaign_id: int, batches: Iterable[tuple[int, int]], queue: str | None = None) -> int:
+    """One ``send_batch`` per batch, on ``queue`` or else the queue of the campaign's
+    purpose."""
     count = 0
-    queue = None
     for first_id, last_id in batches:
         if queue is None:
             with session_scope(runtime().sessions) as session:
@@ -103,18 +104,19 @@ def _refill(campaign_id: int) -> int:
 )
 def send_batch_task(campaign_id: int, first_id: int, last_id: int) -> dict[str, int]:
     rt = runtime()
+    with recording_errors(rt.sessions, campaign_id, SEND_BATCH, first_id, last_id):
+        result = send_batch(rt.settings, rt.sessions, rt.signer, campaign_id, first_id, last_id)
+    # This batch ran to its end and left the broker: its successor takes its place, on the
+    # same queue. A batch that raised is retried (it still waits) and refills nothing; beat
+    # redoes a refill lost here (database away, worker killed).
+    came_from = (send_batch_task.request.delivery_info or {}).get("routing_key")
+    default = app.conf.task_default_queue
+    queue = came_from if came_from in (default, default + NOTICES_SUFFIX) else None
     try:
-        with recording_errors(rt.sessions, campaign_id, SEND_BATCH, first_id, last_id):
-            result = send_batch(rt.settings, rt.sessions, rt.signer, campaign_id, first_id, last_id)
-    finally:
-        # This batch left the broker: publish the next one(s). Beat redoes a refill lost
-        # here (database away, worker killed).
-        try:
-            _refill(campaign_id)
-        except Exception:  # noqa: BLE001 — the batch's own outcome must not be masked
-            log.warning(
-                "campaign %s: refilling its batch window failed", campaign_id, exc_info=True
-            )
+        batches = refill_after(rt.sessions, campaign_id, first_id, rt.settings.batch_size)
+        _publish(campaign_id, batches, queue)
+    except Exception:  # noqa: BLE001 — the batch's own outcome must not be masked
+        log.warning("campaign %s: refilling its batch window failed", campaign_id, exc_info=True)
     return describe(result)
 
 

@@ -73,6 +73,23 @@ def record(session: Session, changes: Mapping[Key, int]) -> None:
         session.execute(insert(CampaignCount), rows)
 
 
+def moved_insert(moved: Any, before: str, after: str, at: Any) -> Any:
+    """:func:`record` as SQL, for a statement that moves rows and writes their counts in the
+    same round trip: ``moved`` (a CTE of the rows moved, with ``campaign_id`` and the
+    ``reason`` after the move) left ``before`` for ``after``. One INSERT; nothing when
+    nothing moved."""
+    left = select(moved.c.campaign_id, literal(before), literal(""), -func.count(), at).group_by(
+        moved.c.campaign_id
+    )
+    reason = func.coalesce(moved.c.reason, "")
+    arrived = select(moved.c.campaign_id, literal(after), reason, func.count(), at).group_by(
+        moved.c.campaign_id, reason
+    )
+    return insert(CampaignCount).from_select(
+        ["campaign_id", "status", "reason", "change", "at"], union_all(left, arrived)
+    )
+
+
 @dataclass
 class Counts:
     """A campaign's deliveries per status and per skip reason."""
@@ -268,6 +285,7 @@ __all__ = [
     "finished_since",
     "fold",
     "fold_busy",
+    "moved_insert",
     "rebuild",
     "record",
     "sent_per_minute",

@@ -44,33 +44,47 @@ def campaign_purpose(session: Session, campaign_id: int) -> str:
     return purpose or "marketing"
 
 
-def create_deliveries(session: Session, campaign: Campaign) -> int:
-    """One queued row per contact of the audience, set-based; existing rows are kept as they
-    are, so running it again adds nothing. Returns how many rows were added."""
+# Contacts per INSERT of the fan-out. PostgreSQL holds every inserted row's foreign-key
+# checks in the statement's memory until the statement ends: 10M recipients in one INSERT
+# took a 568 MB backend (bench/run.py --only fanout).
+FAN_OUT_CHUNK = 500_000
+
+
+def create_deliveries(session: Session, campaign: Campaign, chunk: int = FAN_OUT_CHUNK) -> int:
+    """One queued row per contact of the audience, set-based, a range of contact ids per
+    statement (all in the caller's transaction); existing rows are kept as they are, so
+    running it again adds nothing. Returns how many rows were added."""
     now = utcnow()
-    audience = (
-        select(
-            literal(campaign.id),
-            Contact.id,
-            Contact.address_id,
-            literal(DeliveryStatus.QUEUED.value),
-            literal(0),
-            literal(now, type_=Delivery.__table__.c.created_at.type),
+    low, high = session.execute(select(func.min(Contact.id), func.max(Contact.id))).one()
+    added = 0
+    for start in range(low or 0, (high or -1) + 1, chunk):
+        audience = (
+            select(
+                literal(campaign.id),
+                Contact.id,
+                Contact.address_id,
+                literal(DeliveryStatus.QUEUED.value),
+                literal(0),
+                literal(now, type_=Delivery.__table__.c.created_at.type),
+            )
+            .where(
+                Contact.id >= start,
+                Contact.id < start + chunk,
+                audience_filter(campaign.audience),
+            )
+            .order_by(Contact.id)
         )
-        .where(audience_filter(campaign.audience))
-        .order_by(Contact.id)
-    )
-    stmt = (
-        insert_for(session, Delivery)
-        .from_select(
-            ["campaign_id", "contact_id", "address_id", "status", "attempts", "created_at"],
-            audience,
+        stmt = (
+            insert_for(session, Delivery)
+            .from_select(
+                ["campaign_id", "contact_id", "address_id", "status", "attempts", "created_at"],
+                audience,
+            )
+            .on_conflict_do_nothing(index_elements=["campaign_id", "contact_id"])
         )
-        .on_conflict_do_nothing(index_elements=["campaign_id", "contact_id"])
-    )
-    # SQLAlchemy keeps an INSERT's row count only when asked (else -1 on PostgreSQL).
-    result = session.execute(stmt, execution_options={"preserve_rowcount": True})
-    added = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        # SQLAlchemy keeps an INSERT's row count only when asked (else -1 on PostgreSQL).
+        result = session.execute(stmt, execution_options={"preserve_rowcount": True})
+        added += int(result.rowcount or 0)  # type: ignore[attr-defined]
     changes = counts.Changes()
     changes.add(campaign.id, DeliveryStatus.QUEUED.value, added)
     counts.record(session, changes)
@@ -186,14 +200,10 @@ def refill(
     """
     for _ in range(_REFILL_ATTEMPTS):
         with session_scope(sessions) as session:
-            state = session.execute(
-                select(Campaign.status, Campaign.published_through).where(
-                    Campaign.id == campaign_id
-                )
-            ).one_or_none()
-            if state is None or state[0] != CampaignStatus.SENDING:
+            state = _published_mark(session, campaign_id)
+            if state is None:
                 return []
-            mark = state[1]
+            (mark,) = state
             # A correlated scalar subquery is run once per batch with the batch's bounds as
             # parameters, so they are index conditions whatever the planner believes about
             # a table the fan-out has just filled (as an anti-join they were a filter, and
@@ -227,29 +237,88 @@ def refill(
             free = window - waiting
             if free <= 0:
                 return []
-            batches = _cut(session, campaign_id, batch_size, after=mark, batches=free)
-            if not batches:
-                return []
-            moved = session.execute(
-                update(Campaign)
-                .where(
-                    Campaign.id == campaign_id,
-                    Campaign.published_through.is_(None)
-                    if mark is None
-                    else Campaign.published_through == mark,
-                )
-                .values(published_through=batches[-1][1])
-            )
-            if moved.rowcount:  # type: ignore[attr-defined]
-                session.execute(
-                    insert(PublishedBatch),
-                    [
-                        {"campaign_id": campaign_id, "first_id": first, "last_id": last}
-                        for first, last in batches
-                    ],
-                )
+            batches = _take(session, campaign_id, batch_size, mark, free)
+            if batches is not None:
                 return batches
     return []  # others moved the mark each time: they publish; beat tops up what is left
+
+
+def refill_after(
+    sessions: sessionmaker[Session],
+    campaign_id: int,
+    first_id: int,
+    batch_size: int,
+) -> list[tuple[int, int]]:
+    """The batch starting at ``first_id`` ran to its end: give its place in the window to the
+    next batch (returned to be published; the mark is committed before this returns).
+
+    The batch task's own refill, without :func:`refill`'s probe of every waiting batch: the
+    task knows its batch left the broker. Whoever removes a batch's ``published_batches`` row
+    publishes its successor, so a batch run twice, or one beat already saw finished, adds
+    nothing here. A task that raised (its retry still waits in the broker) does not call
+    this; beat's :func:`refill` covers a refill lost to a crash.
+    """
+    with session_scope(sessions) as session:
+        gone = session.execute(
+            delete(PublishedBatch).where(
+                PublishedBatch.campaign_id == campaign_id, PublishedBatch.first_id == first_id
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        if not gone:
+            return []
+        for _ in range(_REFILL_ATTEMPTS):
+            # Each statement reads what others committed (PostgreSQL's read committed;
+            # SQLite holds the write lock since the delete), so a lost compare-and-set
+            # looks again at the mark that beat it.
+            state = _published_mark(session, campaign_id)
+            if state is None:
+                return []
+            batches = _take(session, campaign_id, batch_size, state[0], 1)
+            if batches is not None:
+                return batches
+    return []  # beat tops up the place this batch left
+
+
+def _published_mark(session: Session, campaign_id: int) -> tuple[int | None] | None:
+    """``(published_through,)`` of a sending campaign; None when it is not sending (nothing
+    is published then)."""
+    state = session.execute(
+        select(Campaign.status, Campaign.published_through).where(Campaign.id == campaign_id)
+    ).one_or_none()
+    if state is None or state[0] != CampaignStatus.SENDING:
+        return None
+    return (state[1],)
+
+
+def _take(
+    session: Session, campaign_id: int, batch_size: int, mark: int | None, count: int
+) -> list[tuple[int, int]] | None:
+    """Cut up to ``count`` batches above the published mark and move the mark past them by
+    compare-and-set, recording them as waiting: the batches to publish ([] when no rows are
+    left), or None when another refill moved the mark first."""
+    batches = _cut(session, campaign_id, batch_size, after=mark, batches=count)
+    if not batches:
+        return []
+    moved = session.execute(
+        update(Campaign)
+        .where(
+            Campaign.id == campaign_id,
+            Campaign.published_through.is_(None)
+            if mark is None
+            else Campaign.published_through == mark,
+        )
+        .values(published_through=batches[-1][1])
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        return None
+    session.execute(
+        insert(PublishedBatch),
+        [
+            {"campaign_id": campaign_id, "first_id": first, "last_id": last}
+            for first, last in batches
+        ],
+    )
+    return batches
 
 
 def sending_campaigns(session: Session) -> list[int]:

@@ -13,6 +13,7 @@ from dispatcher.campaigns.audience import AudienceError, validate_audience
 from dispatcher.campaigns.lifecycle import CampaignError, IllegalTransition, get_campaign
 from dispatcher.inbound.rates import Rates, campaign_rates
 from dispatcher.models import Campaign, CampaignContent, CampaignStatus, Delivery, DeliveryStatus
+from dispatcher.sending import stored_render
 from dispatcher.sending.rendering import CampaignView, TemplateProblem, check_campaign
 from dispatcher.sending.staff_text import StaffContent
 from dispatcher.settings import Settings
@@ -97,9 +98,10 @@ def create_campaign(
     if content is not None:
         add_content_version(session, campaign, content, actor=actor)
     try:
-        check_campaign(settings, campaign_view(campaign))
+        prepared = check_campaign(settings, campaign_view(campaign))
     except TemplateProblem as exc:
         raise CampaignError(f"campaign {name!r}: {exc}") from None
+    stored_render.save(session, campaign.id, prepared)
     record_event(session, "campaign_created", actor=actor, campaign_id=campaign.id)
     return campaign
 
@@ -168,9 +170,11 @@ def schedule_campaign(
     if at is not None and at.tzinfo is None:
         raise CampaignError("--at needs a time zone (e.g. 2026-12-01T09:00:00+00:00)")
     try:
-        check_campaign(settings, campaign_view(campaign))
+        prepared = check_campaign(settings, campaign_view(campaign))
     except TemplateProblem as exc:
         raise CampaignError(f"campaign {campaign_id} cannot be scheduled: {exc}") from None
+    # Sending processes fill in this render instead of inlining CSS themselves.
+    stored_render.save(session, campaign_id, prepared)
     lifecycle.transition(session, campaign, CampaignStatus.SCHEDULED)
     campaign.scheduled_at = at or utcnow()
     record_event(

@@ -138,7 +138,7 @@ def _run(
             last = time.monotonic()
             _write(status, state)
 
-    outcome = "ok"
+    outcome = "failed"  # until the import says otherwise
     detail: dict[str, Any] = {}
     try:
         report = import_contacts(
@@ -159,22 +159,26 @@ def _run(
         outcome = "failed"
     else:
         state.update(state="done", bytes_done=state["bytes_total"], report=_report(report))
+        outcome = "ok"
         detail = {"read": report.read, "created": report.created, "invalid": report.invalid}
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
-        _write(status, state)
-    try:
-        with session_scope(sessions) as session:
-            record_event(
-                session,
-                "console_contacts_import",
-                actor=actor,
-                hit=hit,
-                outcome=outcome,
-                **detail,
-            )
-    except Exception:  # noqa: BLE001 - the import stands; say it was not recorded
-        log.warning("could not record the console import event", exc_info=True)
+        # The audit event first, then the state the page polls: a job shown as ended has
+        # its event recorded (or its failure to record it logged).
+        try:
+            with session_scope(sessions) as session:
+                record_event(
+                    session,
+                    "console_contacts_import",
+                    actor=actor,
+                    hit=hit,
+                    outcome=outcome,
+                    **detail,
+                )
+        except Exception:  # noqa: BLE001 - the import stands; say it was not recorded
+            log.warning("could not record the console import event", exc_info=True)
+        finally:
+            _write(status, state)
 
 
 def read_job(settings: Settings, job: str) -> dict[str, Any] | None:

@@ -91,6 +91,7 @@ PEOPLE = Table(
     Column("contact_id", BigInteger),
     Column("is_new", Boolean, nullable=False),
     Column("changed", Boolean, nullable=False),
+    Column("alone", Boolean, nullable=False),  # on one row of the file
     prefixes=["TEMPORARY"],
 )
 _ROW_COLUMNS = [c.name for c in ROWS.c]
@@ -187,12 +188,21 @@ def merge(
         # SQLite would build this index for each of the two statements that join the tags.
         conn.execute(text("CREATE INDEX ix_import_tags_address ON import_tags (address)"))
     at_now = literal(now, UTCDateTime())
+    a = Address.__table__
+    # Only the addresses not known yet (a re-import inserts none), in the order the file first
+    # names them: their ids then follow the file, and what points at them below is written in
+    # id order, so foreign-key checks and index entries land on neighbouring pages instead of
+    # all over a large table. ON CONFLICT: one another writer added meanwhile.
+    first_seen = select(r.c.address, func.min(r.c.line).label("line")).group_by(r.c.address)
+    unknown = first_seen.subquery()
     conn.execute(
         insert_for(session, Address)
         .from_select(
-            # WHERE: SQLite reads "SELECT … FROM t ON CONFLICT" as a join without it.
             ["address", "created_at"],
-            select(r.c.address, at_now).where(true()).distinct(),
+            # The WHERE also keeps SQLite from reading "SELECT … FROM t ON CONFLICT" as a join.
+            select(unknown.c.address, at_now)
+            .where(~exists().where(a.c.address == unknown.c.address))
+            .order_by(unknown.c.line),
         )
         .on_conflict_do_nothing()
     )
@@ -211,6 +221,7 @@ def merge(
         r.c.source,
         r.c.consent_at.label("collected_at"),
         r.c.attributes,
+        true().label("alone"),
     ).where(r.c.address.not_in(multi))
     windowed = select(
         r.c.address,
@@ -229,9 +240,9 @@ def merge(
         func.first_value(r.c.attributes)
         .over(partition_by=by_address, order_by=[r.c.attributes.is_(None), *last])
         .label("attributes"),
+        false().label("alone"),
     ).where(r.c.address.in_(multi))
     people = union_all(single, windowed).subquery()
-    a = Address.__table__
     contacts = Contact.__table__
     conn.execute(
         p.insert().from_select(
@@ -247,6 +258,7 @@ def merge(
                 "contact_id",
                 "is_new",
                 "changed",
+                "alone",
             ],
             select(
                 a.c.id,
@@ -260,6 +272,7 @@ def merge(
                 contacts.c.id,
                 contacts.c.id.is_(None),
                 false(),
+                people.c.alone,
             )
             .select_from(people)
             .join(a, a.c.address == people.c.address)
@@ -320,7 +333,7 @@ def merge(
                 at_now,
             )
             .where(p.c.is_new == true())
-            .order_by(p.c.address),
+            .order_by(p.c.address_id),
         )
     )
     # Tags: a new tag on an existing contact is a change.
@@ -337,15 +350,29 @@ def merge(
     conn.execute(
         update(p).where(p.c.contact_id.in_(tagged), p.c.changed == false()).values(changed=true())
     )
+    tags_of = (
+        select(old.id, t.c.tag)
+        .select_from(t)
+        .join(p, p.c.address == t.c.address)
+        .join(contacts, old.address_id == p.c.address_id)
+    )
+    # A contact this import created from one row: its tags (deduplicated when the row was
+    # read) are all new and no other writer can see the contact yet, so a plain INSERT.
+    created_alone = and_(p.c.is_new == true(), p.c.alone == true())
+    conn.execute(
+        insert_for(session, ContactTag).from_select(
+            ["contact_id", "tag"], tags_of.where(created_alone)
+        )
+    )
+    # The others: only the tags the contact lacks (a re-import inserts none); ON CONFLICT for
+    # a tag on several rows of one address, or one added meanwhile.
     conn.execute(
         insert_for(session, ContactTag)
         .from_select(
             ["contact_id", "tag"],
-            select(old.id, t.c.tag)
-            .select_from(t)
-            .join(p, p.c.address == t.c.address)
-            .join(contacts, old.address_id == p.c.address_id)
-            .where(true()),
+            tags_of.where(
+                ~created_alone, ~exists().where(ct.c.contact_id == old.id, ct.c.tag == t.c.tag)
+            ),
         )
         .on_conflict_do_nothing()
     )
@@ -361,6 +388,7 @@ def merge(
                 func.coalesce(r.c.consent_at, at_now).label("occurred_at"),
                 r.c.consent_at.is_not(None).label("dated"),
                 r.c.source,
+                p.c.alone,
             )
             .select_from(r)
             .join(p, p.c.address == r.c.address)

@@ -463,7 +463,7 @@ def send_batch(
         session.expunge(campaign)
         purpose = campaign.purpose
     if rows:
-        factory = MessageFactory(settings, campaign, signer, clock)
+        factory = MessageFactory(settings, campaign, signer, clock, sessions)
         try:
             with reused_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
                 batch = and_(

@@ -8,9 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.utils import parseaddr
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from dispatcher.campaigns.services import campaign_view
+from dispatcher.db import session_scope
 from dispatcher.inbound import returnpath
 from dispatcher.models import Campaign
+from dispatcher.sending import stored_render
 from dispatcher.sending.dkim_signing import DkimSigner
 from dispatcher.sending.messages import (
     HeaderInjection,
@@ -46,7 +50,9 @@ class ClaimedRow:
 _prepared: dict[tuple[str, ...], PreparedCampaign] = {}
 
 
-def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
+def _prepared_for(
+    settings: Settings, campaign: Campaign, sessions: sessionmaker[Session] | None = None
+) -> PreparedCampaign:
     key = (
         settings.database_url,
         str(campaign.id),
@@ -61,8 +67,24 @@ def _prepared_for(settings: Settings, campaign: Campaign) -> PreparedCampaign:
     if prepared is None:
         if len(_prepared) > 32:
             _prepared.clear()
-        prepared = prepare_campaign(settings, campaign_view(campaign))
+        prepared = _prepare(settings, campaign, sessions)
         _prepared[key] = prepared
+    return prepared
+
+
+def _prepare(
+    settings: Settings, campaign: Campaign, sessions: sessionmaker[Session] | None
+) -> PreparedCampaign:
+    """The render stored when the campaign was scheduled, if it is still this process's
+    render (same fingerprint); else prepared here, and stored for the other processes."""
+    if sessions is None:
+        return prepare_campaign(settings, campaign_view(campaign))
+    with sessions() as session:
+        stored = stored_render.load(session, campaign.id)
+    prepared = prepare_campaign(settings, campaign_view(campaign), stored=stored)
+    if stored is None or stored[0] != prepared.fingerprint:
+        with session_scope(sessions) as session:
+            stored_render.save(session, campaign.id, prepared)
     return prepared
 
 
@@ -88,12 +110,13 @@ class MessageFactory:
         campaign: Campaign,
         signer: TokenSigner,
         clock: Stopwatch | None = None,
+        sessions: sessionmaker[Session] | None = None,
     ) -> None:
         self.clock = clock or Stopwatch("")
         self.settings = settings
         self.campaign = campaign
         self.signer = signer
-        self.prepared = _prepared_for(settings, campaign)
+        self.prepared = _prepared_for(settings, campaign, sessions)
         self.sender_address = parseaddr(settings.sender)[1]
         self.sender_domain = self.sender_address.rpartition("@")[2]
         self.marketing = campaign.purpose == Purpose.MARKETING

@@ -13,6 +13,8 @@ whose values the samples do not cover. Correct first, fast when possible."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tomllib
 from dataclasses import dataclass
@@ -54,6 +56,9 @@ PARTS = ("body.html", "body.txt")
 META = "template.toml"
 # Far above what a mail client shows; it keeps a subject line well inside SMTP's limits.
 MAX_SUBJECT = 250
+# Part of every stored render's fingerprint: change it when rendering itself changes (the
+# placeholders, the inliner's options), so renders stored before are not reused.
+RENDER_VERSION = "1"
 RECIPIENT_FIELDS = tuple(RECIPIENT_NAMES)
 __all__ = [
     "CampaignView",
@@ -287,15 +292,24 @@ class PreparedCampaign:
         paths: dict[str, str],
         subject_source: str,
         fast: tuple[Segments, Segments, Segments] | None,
+        fingerprint: str = "",
     ) -> None:
         self._renderer = renderer
         self._paths = paths
         self._subject_source = subject_source
         self._fast = fast
+        self.fingerprint = fingerprint
 
     @property
     def fast(self) -> bool:
         return self._fast is not None
+
+    def stored(self) -> tuple[str, str] | None:
+        """``(fingerprint, parts)`` for another process's :func:`prepare_campaign`, or None
+        when every recipient is rendered in full (there is nothing to reuse)."""
+        if self._fast is None:
+            return None
+        return self.fingerprint, json.dumps([list(part.parts) for part in self._fast])
 
     def render(self, recipient: Recipient) -> RenderedMessage:
         values = recipient_values(recipient)
@@ -337,7 +351,7 @@ def _staff_sources(
 
 def _read_first(
     renderer: _Renderer, paths: dict[str, str], subject_source: str, subject_file: bool
-) -> None:
+) -> list[tuple[str, str]]:
     """Every part, and every file it extends or includes, read (not run) by the sandbox's
     check before anything renders: an unknown name or a ``_`` attribute is refused here.
 
@@ -359,6 +373,7 @@ def _read_first(
         )
     wrappers = set(paths.values()) if content is not None else set()
     pending, seen = list(paths.values()), set()
+    read: list[tuple[str, str]] = []
     while pending:
         path = pending.pop()
         if path in seen:
@@ -371,11 +386,34 @@ def _read_first(
         where = f"template {name!r}: {renderer._relative(filename or path)}"
         allowed = BODY_TEMPLATE_NAMES | (STAFF_WRAPPER_NAMES if path in wrappers else frozenset())
         pending += check_source(env, source, where=where, allowed=allowed)
+        read.append((path, source))
+    return read
 
 
-def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampaign:
+def _fingerprint(renderer: _Renderer, subject_source: str, sources: list[tuple[str, str]]) -> str:
+    """What a render with placeholders depends on: every template source it reads, the
+    subject, and the campaign's and settings' values (the recipient's are placeholders)."""
+    digest = hashlib.sha256()
+    for piece in (
+        RENDER_VERSION,
+        repr(sorted(renderer.context.items())),
+        subject_source,
+        *(f"{path}\0{source}" for path, source in sorted(sources)),
+    ):
+        digest.update(piece.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0\1")
+    return digest.hexdigest()
+
+
+def prepare_campaign(
+    settings: Settings, campaign: CampaignView, *, stored: tuple[str, str] | None = None
+) -> PreparedCampaign:
     """Check the campaign's parts in the sandbox, render them once (CSS inlined once) and
-    prove the fast path."""
+    prove the fast path.
+
+    ``stored`` is ``(fingerprint, parts)`` of an earlier preparation
+    (:meth:`PreparedCampaign.stored`): when the fingerprint is still this render's, its
+    parts are used as they are, and neither premailer nor the proof runs again."""
     name = campaign.template
     subject_file: str | None
     if campaign.content is not None:
@@ -385,7 +423,12 @@ def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCamp
         paths, subject_file = _sources(settings, name)
     renderer = _Renderer(settings, campaign)
     subject_source = subject_file if subject_file is not None else campaign.subject
-    _read_first(renderer, paths, subject_source, subject_file is not None)
+    sources = _read_first(renderer, paths, subject_source, subject_file is not None)
+    fingerprint = _fingerprint(renderer, subject_source, sources)
+    if stored is not None and stored[0] == fingerprint:
+        loaded = _load_parts(stored[1])
+        if loaded is not None:
+            return PreparedCampaign(renderer, paths, subject_source, loaded, fingerprint)
 
     placeholders = Placeholders(RECIPIENT_FIELDS)
     with_placeholders = _render_full(renderer, paths, subject_source, placeholders.values)
@@ -394,7 +437,7 @@ def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCamp
         placeholders.cut(with_placeholders.text, html=False),
         placeholders.cut(with_placeholders.html, html=True),
     )
-    prepared = PreparedCampaign(renderer, paths, subject_source, fast)
+    prepared = PreparedCampaign(renderer, paths, subject_source, fast, fingerprint)
     for sample in SAMPLE_RECIPIENTS:
         quick, full = prepared.render(sample), prepared.render_full(sample)
         if quick != full:
@@ -408,12 +451,26 @@ def prepare_campaign(settings: Settings, campaign: CampaignView) -> PreparedCamp
                 name,
                 ", ".join(differs),
             )
-            return PreparedCampaign(renderer, paths, subject_source, None)
+            return PreparedCampaign(renderer, paths, subject_source, None, fingerprint)
     return prepared
 
 
-def check_campaign(settings: Settings, campaign: CampaignView) -> None:
-    """Refuse, with the reason, a campaign that must not be scheduled as it is.
+def _load_parts(text: str) -> tuple[Segments, Segments, Segments] | None:
+    """Stored parts back into segments; None when they are not what :meth:`stored` wrote."""
+    try:
+        loaded = json.loads(text)
+        subject, body_text, html = (
+            Segments(tuple(p if isinstance(p, str) else (str(p[0]), str(p[1])) for p in part))
+            for part in loaded
+        )
+    except (ValueError, TypeError, IndexError):
+        return None
+    return subject, body_text, html
+
+
+def check_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampaign:
+    """Refuse, with the reason, a campaign that must not be scheduled as it is; return it
+    prepared (to be stored for the sending processes).
 
     The template must exist, declare the campaign's purpose, render for sample recipients
     without an undefined variable, give a one-line subject, and — for marketing — carry the
@@ -457,3 +514,4 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> None:
                     f"template {name!r}: {part} lacks the postal address "
                     "({{ postal_address }}), which marketing mail must carry"
                 )
+    return prepared

@@ -4,6 +4,7 @@ and the preference center. Every hit is recorded with time, IP, user agent and o
 from __future__ import annotations
 
 from email.utils import parseaddr
+from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
 from dispatcher.campaigns.deliveries import stop_queued
-from dispatcher.db import session_scope
+from dispatcher.db import each_statement_commits, session_scope
 from dispatcher.inbound import spool
 from dispatcher.inbound.drain import start_drainer
 from dispatcher.ops import metrics
@@ -28,6 +29,7 @@ from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome,
 from suppression.unsubscribe import (
     CannotResubscribe,
     resolve_link,
+    resolve_unsubscribe_link,
     resubscribe,
     unsubscribe_address,
 )
@@ -76,22 +78,29 @@ def _record_hit(
 ) -> None:
     """``fold_by`` (the link's token): repeats of this hit by the same IP and browser within
     the fold window raise one row's count instead of adding rows (a scanner's storm)."""
-    hit = _hit()
-    fold = None
+    event = _hit_event(route, outcome, action, address_id, **detail)
     if fold_by is not None:
-        fold = fold_key("web_hit", route, action, request.method, fold_by, hit.ip, hit.user_agent)
-    record_event(
-        session,
-        "web_hit",
-        address_id=address_id,
-        hit=hit,
-        outcome=outcome,
-        fold=fold,
-        route=route,
-        action=action,
-        method=request.method,
+        hit = event["hit"]
+        event["fold"] = fold_key(
+            "web_hit", route, action, request.method, fold_by, hit.ip, hit.user_agent
+        )
+    record_event(session, event.pop("kind"), **event)
+
+
+def _hit_event(
+    route: str, outcome: str, action: str, address_id: int | None = None, **detail: Any
+) -> dict[str, Any]:
+    """A hit's audit event, as ``record_event``'s arguments (with ``kind``)."""
+    return {
+        "kind": "web_hit",
+        "address_id": address_id,
+        "hit": _hit(),
+        "outcome": outcome,
+        "route": route,
+        "action": action,
+        "method": request.method,
         **detail,
-    )
+    }
 
 
 def _hit_record(route: str, action: str, token: str) -> dict[str, Any]:
@@ -130,9 +139,15 @@ def _page(template: str, link: LinkRead, **extra: Any) -> str:
         masked=mask_address(link.address),
         campaign_name=link.campaign_name,
         preferences_url=f"/preferences/{pref_token}",
-        reply_address=parseaddr(_settings().sender)[1],
+        reply_address=_reply_address(_settings().sender),
         **extra,
     )
+
+
+@lru_cache(maxsize=4)
+def _reply_address(sender: str) -> str:
+    """The address part of ``DISPATCHER_SENDER``, parsed once, not on every page."""
+    return parseaddr(sender)[1]
 
 
 @bp.get("/u/<token>")
@@ -142,7 +157,7 @@ def unsubscribe_page(token: str) -> Any:
     Link scanners fetch it within seconds of delivery: one read, one (folded) audit row."""
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with session_scope(sessions) as session:
+        with each_statement_commits(sessions) as session:
             subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
             link = read_link(session, subject, _hit_record("unsubscribe", "shown", token))
         return _page(
@@ -194,7 +209,7 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
         with session_scope(sessions) as session:
-            subject, address = resolve_link(session, _signer(), LinkPurpose.UNSUBSCRIBE, token)
+            subject, address, held = resolve_unsubscribe_link(session, _signer(), token)
             if not one_click and not _form_ok(token):
                 _record_hit(
                     session,
@@ -213,16 +228,17 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
                 hit=_hit(),
                 source="one_click" if one_click else "unsubscribe_page",
                 campaign_id=subject.campaign_id,
+                held=held,
+                # This request's own audit row, written with the unsubscribe's event.
+                audit=lambda created: _hit_event(
+                    "unsubscribe",
+                    TokenOutcome.VALID.value,
+                    "unsubscribed" if created else "already_unsubscribed",
+                    address.id,
+                ),
             )
             if result.newly_suppressed:
                 metrics.UNSUBSCRIBES.labels("one_click" if one_click else "unsubscribe_page").inc()
-            _record_hit(
-                session,
-                "unsubscribe",
-                TokenOutcome.VALID.value,
-                "unsubscribed" if result.newly_suppressed else "already_unsubscribed",
-                address.id,
-            )
             if one_click:
                 return Response("Unsubscribed.\n", status=200, mimetype="text/plain")
             pref = _signer().sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
@@ -262,7 +278,7 @@ def _preferences_view(
 def preferences_page(token: str) -> Any:
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with session_scope(sessions) as session:
+        with each_statement_commits(sessions) as session:
             subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
             link = read_link(session, subject, _hit_record("preferences", "shown", token))
             now = standing(session, link.address_id)

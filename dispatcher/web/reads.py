@@ -18,9 +18,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from dispatcher.models import Campaign
-from suppression.events import ROW_COLUMNS, event_row, folding, record_event
+from suppression.events import ROW_COLUMNS, bound_event, event_row, folding, record_event
 from suppression.models import Address, Event, Reason, Suppression
-from suppression.sql import core
+from suppression.sql import core, inline_constants
 from suppression.tokens import BadToken, LinkSubject, TokenOutcome
 
 
@@ -91,7 +91,9 @@ def _statement() -> Any:
         )
         .label("unsubscribed")
     )
-    return select(addresses.address, campaign, unsubscribed).where(addresses.id == address_id)
+    return inline_constants(
+        select(addresses.address, campaign, unsubscribed).where(addresses.id == address_id)
+    )
 
 
 @cache
@@ -99,13 +101,13 @@ def _read_and_record() -> Any:
     """PostgreSQL: :func:`_statement` that also writes the hit's folding audit row (none when
     the address is gone: the INSERT selects from it)."""
     events = cast(Table, Event.__table__)
-    address_id: BindParameter[int] = bindparam("r_address_id")
     addresses = Address.__table__.c
-    values = [
-        addresses.id if name == "address_id" else bindparam(f"h_{name}", type_=events.c[name].type)
-        for name in ROW_COLUMNS
-    ]
-    source = select(*values).where(addresses.id == address_id)
+    source = bound_event(
+        "h",
+        address_id=addresses.id,
+        count=bindparam("h_count", type_=events.c.count.type),
+        fold_key=bindparam("h_fold_key", type_=events.c.fold_key.type),
+    ).where(addresses.id == bindparam("r_address_id"))
     hit = folding(postgresql.insert(events).from_select(list(ROW_COLUMNS), source)).cte("hit")
     read = _statement()
-    return read.add_columns(select(hit.c.count).scalar_subquery().label("hits"))
+    return inline_constants(read.add_columns(select(hit.c.count).scalar_subquery().label("hits")))

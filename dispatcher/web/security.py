@@ -42,6 +42,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+_SECURITY_ITEMS = tuple(SECURITY_HEADERS.items())
+
 # Recipient routes by path prefix, named as the views name them in the audit trail.
 RECIPIENT_ROUTES = {
     "/u/": "unsubscribe",
@@ -98,10 +100,13 @@ def install(app: Flask, settings: Settings, trusted_proxies: int = 0) -> None:
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        location = response.headers.get("Location")
-        if location is not None:
+        # One pass over the response's few headers, not one look-up per header we add.
+        present = {name.lower() for name, _ in response.headers}
+        response.headers.extend(
+            [(name, value) for name, value in _SECURITY_ITEMS if name.lower() not in present]
+        )
+        if "location" in present:
+            location = response.headers["Location"]
             response.headers["Location"] = _on_base_url(settings.base_url, location)
         return response
 

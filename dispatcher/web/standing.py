@@ -13,12 +13,12 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, select
+from sqlalchemy import BindParameter, bindparam, select, true
 from sqlalchemy.orm import Session
 
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import GLOBAL_SCOPE, ConsentState, ConsentStatus, Scope, Suppression
-from suppression.sql import core
+from suppression.sql import core, inline_constants
 from suppression.suppressions import RECIPIENT_LIFTABLE
 
 # Why only staff can change it, in the recipient's words.
@@ -81,13 +81,12 @@ class Standing:
 
 
 def standing(session: Session, address_id: int) -> Standing:
-    """Two statements, built once per process: what the gate says, and the active
-    suppressions (why, and since when, for the ones only staff may lift)."""
-    gate, active_rows = _statements()
-    params = {"s_address_id": address_id}
-    connection = core(session)
-    marketing_block, service_block, sharing = connection.execute(gate, params).one()
-    active = connection.execute(active_rows, params).all()
+    """One statement, built once per process: what the gate says, on every row of the
+    active suppressions (why, and since when, for the ones only staff may lift); one row
+    with no suppression when there is none."""
+    rows = core(session).execute(_statement(), {"s_address_id": address_id}).all()
+    marketing_block, service_block, sharing = rows[0][:3]
+    active = [row for row in rows if row.id is not None]
     staff_only = {row.reason for row in active} - {str(r) for r in RECIPIENT_LIFTABLE}
     stopped = None
     if staff_only:
@@ -106,6 +105,15 @@ def standing(session: Session, address_id: int) -> Standing:
 
 
 @cache
+def _statement() -> Any:
+    gate, active = (s.subquery() for s in _statements())
+    return (
+        select(*gate.c, active.c.id, active.c.scope, active.c.reason, active.c.created_at)
+        .select_from(gate.outerjoin(active, true()))
+        .order_by(active.c.id)
+    )
+
+
 def _statements() -> tuple[Any, Any]:
     address_id: BindParameter[int] = bindparam("s_address_id")
     sharing = (
@@ -124,7 +132,7 @@ def _statements() -> tuple[Any, Any]:
         .where(columns.address_id == address_id, columns.lifted_at.is_(None))
         .order_by(columns.id)
     )
-    return gate, active
+    return inline_constants(gate), inline_constants(active)
 
 
 def done_messages(codes: str | None, now: Standing) -> list[str]:

@@ -17,6 +17,7 @@ from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade
 from dispatcher.models import Contact
 from tests.conftest import settings_for
 from tests.support.backends import postgres_database, require
+from tests.unit.dispatcher.contacts import test_latest_word as latest_word
 from tests.unit.dispatcher.contacts.test_latest_word_property import check, histories
 
 pytestmark = pytest.mark.integration
@@ -53,6 +54,16 @@ def test_imports_keep_the_latest_word_on_postgres(
     _empty(pg_factory)
     with tempfile.TemporaryDirectory() as tmp:
         check(pg_factory, files, Path(tmp))
+
+
+def test_one_row_and_several_row_addresses_mixed_on_postgres(
+    pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Ledger ids from the sequence, given by the two paths of the consent merge."""
+    _empty(pg_factory)
+    latest_word.test_one_row_and_several_row_addresses_mixed_in_a_file_over_an_existing_ledger(
+        tmp_path, pg_factory
+    )
 
 
 def test_nul_bytes_and_updates_on_postgres(

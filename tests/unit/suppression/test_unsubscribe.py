@@ -14,6 +14,7 @@ from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 from suppression.unsubscribe import (
     CannotResubscribe,
     resolve_link,
+    resolve_unsubscribe_link,
     resubscribe,
     unsubscribe_address,
 )
@@ -46,8 +47,9 @@ def queue(session: Session, contact: Contact, purpose: str = "marketing") -> Del
 
 
 def unsubscribe_link(session: Session, token: str, source: str = "one_click"):
-    """What the one-click page does with a link: verify it, then the one unsubscribe."""
-    subject, address = resolve_link(session, SIGNER, LinkPurpose.UNSUBSCRIBE, token)
+    """What the one-click page does with a link: verify it (and, on PostgreSQL, find a repeat
+    held), then the one unsubscribe."""
+    subject, address, held = resolve_unsubscribe_link(session, SIGNER, token)
     return unsubscribe_address(
         session,
         address,
@@ -55,6 +57,7 @@ def unsubscribe_link(session: Session, token: str, source: str = "one_click"):
         hit=HIT,
         source=source,
         campaign_id=subject.campaign_id,
+        held=held,
     )
 
 
@@ -87,6 +90,37 @@ def test_unsubscribe_suppresses_opts_out_stops_queued_mail_and_is_idempotent(
     assert [(e.outcome, e.detail["stopped"], e.ip) for e in events] == [
         ("suppressed", 2, "127.0.0.1"),
         ("already_suppressed", 0, "127.0.0.1"),
+    ]
+
+
+def test_the_callers_audit_event_follows_the_unsubscribed_event(session: Session) -> None:
+    """``audit``: the caller's own row (a page's hit), told whether the address was newly
+    suppressed, written right after ``unsubscribed``; on SQLite a link is never held."""
+    contact = make_contact(session, "ann@example.com")
+    queue(session, contact)
+    token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id, 3)
+    told: list[bool] = []
+
+    def audit(created: bool) -> dict[str, object]:
+        told.append(created)
+        return {"kind": "web_hit", "address_id": contact.address_id, "hit": HIT, "n": len(told)}
+
+    for _ in range(2):
+        subject, address, held = resolve_unsubscribe_link(session, SIGNER, token)
+        if session.get_bind().dialect.name == "sqlite":
+            assert held is None
+        unsubscribe_address(
+            session, address, stop_queued=stop_queued, hit=HIT, source="t", held=held, audit=audit
+        )
+    assert told == [True, False]
+    events = session.scalars(
+        select(Event).where(Event.kind.in_(["unsubscribed", "web_hit"])).order_by(Event.id)
+    ).all()
+    assert [(e.kind, e.outcome, e.detail.get("stopped"), e.detail.get("n")) for e in events] == [
+        ("unsubscribed", "suppressed", 1, None),
+        ("web_hit", None, None, 1),
+        ("unsubscribed", "already_suppressed", 0, None),
+        ("web_hit", None, None, 2),
     ]
 
 

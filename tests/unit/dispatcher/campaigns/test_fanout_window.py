@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns.fanout import fan_out, refill
+from dispatcher.campaigns.fanout import fan_out, refill, refill_after
 from dispatcher.db import session_scope
 from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from suppression.models import utcnow
@@ -170,3 +170,105 @@ def test_without_a_window_every_batch_is_published_at_once(
     batches = list(fan_out(session_factory, campaign_id, BATCH))
     assert len(batches) == 5
     assert refill(session_factory, campaign_id, BATCH, WINDOW) == []  # nothing left to publish
+
+
+def test_each_finished_batch_hands_its_place_to_the_next_and_every_row_is_published_once(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The batch task's own refill (no probe of the waiting batches)."""
+    campaign_id = due_campaign(session_factory, 53)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    rng = random.Random(17)
+    while True:
+        in_broker = waiting(session_factory, campaign_id, published)
+        assert len(in_broker) <= WINDOW
+        if not in_broker:
+            break
+        batch = rng.choice(in_broker)
+        finish(session_factory, campaign_id, batch)
+        after = refill_after(session_factory, campaign_id, batch[0], BATCH)
+        assert len(after) <= 1
+        published += after
+        assert refill_after(session_factory, campaign_id, batch[0], BATCH) == []  # run twice
+    ids = all_ids(session_factory, campaign_id)
+    assert covered(published, ids) == ids
+    assert len(published) == 11
+
+
+def test_a_batch_beat_already_saw_finished_adds_nothing_more(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 40)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    finish(session_factory, campaign_id, published[0])
+    topped_up = refill(session_factory, campaign_id, BATCH, WINDOW)  # beat came first
+    assert len(topped_up) == 1
+    assert refill_after(session_factory, campaign_id, published[0][0], BATCH) == []
+    assert len(waiting(session_factory, campaign_id, published + topped_up)) == WINDOW
+
+
+def test_a_finished_batch_of_a_paused_campaign_publishes_nothing(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 40)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(status=CampaignStatus.PAUSED.value)
+        )
+    assert refill_after(session_factory, campaign_id, published[0][0], BATCH) == []
+
+
+def test_batch_refills_racing_beat_never_exceed_the_window_or_publish_rows_twice(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 200)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=8))
+    for batch in published[:6]:
+        finish(session_factory, campaign_id, batch)
+    found: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def run(call: object) -> None:
+        batches = call()  # type: ignore[operator]
+        with lock:
+            found.extend(batches)
+
+    calls = [
+        lambda b=batch: refill_after(session_factory, campaign_id, b[0], BATCH)
+        for batch in published[:6]
+    ] + [lambda: refill(session_factory, campaign_id, BATCH, 8)] * 3
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    ids = all_ids(session_factory, campaign_id)
+    assert len(found) == 6  # the six places the finished batches left, once each
+    hits = covered(published + found, ids)
+    assert len(hits) == len(set(hits))
+    assert len(waiting(session_factory, campaign_id, published + found)) == 8
+
+
+def test_deliveries_made_a_range_of_contacts_at_a_time_are_each_contact_once(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The fan-out's INSERT runs per range of contact ids (PostgreSQL's memory per
+    statement); ranges that do not divide the ids evenly still give every contact one row."""
+    from dispatcher.campaigns.fanout import create_deliveries
+    from dispatcher.models import Contact
+
+    campaign_id = due_campaign(session_factory, 23)
+    with session_scope(session_factory) as session:
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None
+        assert create_deliveries(session, campaign, chunk=11) == 23  # ranges 1-11, 12-22, 23
+        assert create_deliveries(session, campaign, chunk=7) == 0  # again: nothing added
+        contacts = sorted(session.scalars(select(Contact.id)))
+        delivered = sorted(
+            session.scalars(select(Delivery.contact_id).where(Delivery.campaign_id == campaign_id))
+        )
+    assert delivered == contacts

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.contacts.importer import import_contacts
 from dispatcher.db import session_scope
-from suppression.models import Address, Consent, Event
+from suppression.models import Address, Consent, ConsentState, Event
 from tests.unit.dispatcher.contacts.test_contacts import states
 
 HEADER = "email,marketing_consent,affiliates_consent,consent_at\n"
@@ -90,6 +90,69 @@ def test_an_opt_in_refused_once_stays_refused_when_a_later_opt_out_arrives(
         ("ann@example.com", "marketing"): "opted_out",
         ("ann@example.com", "affiliates"): "opted_out",
     }
+
+
+def test_one_row_and_several_row_addresses_mixed_in_a_file_over_an_existing_ledger(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Facts alone in the file for their address and scope take a shorter path through the
+    merge than an address's several facts: both land in one ledger, with distinct ids counting
+    on from the rows already there, an address's rows in line order, every state pointing at
+    a ledger row of its own word and one event per state written."""
+    first = write(tmp_path, "bob@example.com,yes,,2015-01-01\n", "a.csv")
+    import_contacts(session_factory, first, source="test")
+    first_id = max(_ledger_ids(session_factory))
+    path = write(
+        tmp_path,
+        "ann@example.com,yes,no,2015-01-01\n"  # line 2: ann's opt-in, history by line 5
+        "bob@example.com,no,,2016-01-01\n"  # alone: a later word over bob's state
+        "cat@example.com,,yes,2015-01-01\n"  # alone: a new address
+        "ann@example.com,no,,2015-01-01\n",  # same time as line 2: the opt-out wins
+        "b.csv",
+    )
+    report = import_contacts(session_factory, path, source="test")
+    assert report.consent == {
+        "marketing:changed": 2,
+        "marketing:history": 1,
+        "affiliates:changed": 2,
+    }
+    assert states(session_factory) == {
+        ("ann@example.com", "marketing"): "opted_out",
+        ("ann@example.com", "affiliates"): "opted_out",
+        ("bob@example.com", "marketing"): "opted_out",
+        ("cat@example.com", "affiliates"): "opted_in",
+    }
+    with session_scope(session_factory) as session:
+        ledger = session.execute(
+            select(Consent.id, Address.address, Consent.scope, Consent.status)
+            .join(Address, Address.id == Consent.address_id)
+            .where(Consent.id > first_id)
+        ).all()
+        assert len(ledger) == 5 and len({row.id for row in ledger}) == 5
+        ann_marketing = sorted(
+            (row.id, row.status)
+            for row in ledger
+            if (row.address, row.scope) == ("ann@example.com", "marketing")
+        )
+        assert [status for _, status in ann_marketing] == ["opted_in", "opted_out"]  # lines
+        for state in session.scalars(select(ConsentState)):
+            word = session.get(Consent, state.consent_id)
+            assert word is not None
+            assert (word.address_id, word.scope, word.status) == (
+                state.address_id,
+                state.scope,
+                state.status,
+            )
+        events = session.scalars(select(Event).where(Event.kind == "consent_changed")).all()
+        assert len(events) == 1 + 4  # the first file's, then one per state written
+    again = import_contacts(session_factory, path, source="test")
+    assert set(again.consent) == {"marketing:known", "affiliates:known"}
+    assert max(_ledger_ids(session_factory)) == max(row.id for row in ledger)
+
+
+def _ledger_ids(session_factory: sessionmaker[Session]) -> list[int]:
+    with session_scope(session_factory) as session:
+        return list(session.scalars(select(Consent.id)))
 
 
 def test_an_older_opt_in_is_judged_by_the_word_before_it_of_its_own_address_and_scope(

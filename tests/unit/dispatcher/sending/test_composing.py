@@ -99,3 +99,75 @@ def test_message_id_is_stable_across_a_retry_and_unique_across_installations(
         assert campaign.id == 1 and found[0].startswith(b"<c1.")
         ids.append(found[0])
     assert ids[0] != ids[1]
+
+
+_SENDING_PROCESS = """
+import json, sys
+from dispatcher.db import make_engine, make_sessionmaker
+from dispatcher.sending.batch import send_batch
+from dispatcher.settings import load_settings
+from suppression.tokens import TokenSigner
+
+settings = load_settings()
+sessions = make_sessionmaker(make_engine(settings.database_url))
+campaign_id, first, last = map(int, sys.argv[1:4])
+result = send_batch(
+    settings, sessions, TokenSigner(settings.secret_keys), campaign_id, first, last
+)
+print(json.dumps({"sent": len(result.sent), "premailer": "premailer" in sys.modules,
+                  "lxml": "lxml" in sys.modules}))
+"""
+
+
+def test_a_scheduled_campaign_is_sent_by_a_process_that_never_loads_premailer(
+    settings: Settings, session_factory, smtp_sink: SmtpSink
+) -> None:
+    """Scheduling stores the render with its CSS inlined; a sending process fills it in
+    (premailer, lxml and cssutils stay out of its memory) and the mail is the same."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sqlalchemy import select
+
+    from dispatcher.models import CampaignRender
+    from tests.conftest import TEST_KEYS
+
+    with session_scope(session_factory) as session:
+        make_contact(session, "ann@example.com", first_name="Ann")
+        campaign = create_campaign(
+            session,
+            settings,
+            name="Winter",
+            subject="{{ greeting_name }}, news",
+            template="new-releases",
+        )
+        schedule_campaign(session, settings, campaign.id)
+        campaign_id = campaign.id
+    with session_scope(session_factory) as session:
+        stored = session.scalars(select(CampaignRender)).one()
+        assert stored.campaign_id == campaign_id and len(stored.fingerprint) == 64
+    [(first, last)] = list(fan_out(session_factory, campaign_id, 100))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update(
+        DISPATCHER_HOME=str(settings.home),
+        DISPATCHER_SECRET_KEYS=TEST_KEYS,
+        DISPATCHER_BASE_URL=settings.base_url,
+        DISPATCHER_MAIL_URL=smtp_sink.url,
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _SENDING_PROCESS, str(campaign_id), str(first), str(last)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"sent": 1, "premailer": False, "lxml": False}
+    [received] = smtp_sink.wait_for_count(1, timeout=30)
+    html = received.message.get_body(("html",)).get_content()
+    assert "Hi Ann" in html or "Ann" in html
+    assert 'style="' in html  # the CSS inlined at scheduling time

@@ -194,16 +194,7 @@ def test_service_notice_has_preferences_and_address_but_no_unsubscribe(
 def test_css_is_inlined_once_per_campaign_not_per_recipient(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import premailer  # rendering imports it on first use, so patch the class itself
-
-    calls: list[int] = []
-    original = premailer.Premailer.transform
-
-    def counting(self: object, *args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(premailer.Premailer, "transform", counting)
+    calls = _counting_inliner(monkeypatch)
     prepared = prepare_campaign(settings, view("new-releases"))
     at_prepare = len(calls)
     ordinary = [RECIPIENTS[0], RECIPIENTS[3], RECIPIENTS[4], RECIPIENTS[5]]
@@ -432,3 +423,73 @@ def test_html_part_that_renders_to_nothing_is_refused(
     write_template(root, "blank", html=html, text="x", purpose="service_notice")
     with pytest.raises(TemplateProblem, match="'blank': body.html renders to nothing"):
         check_campaign(local, view("blank", purpose="service_notice"))
+
+
+# --- a render prepared in one process, used in another -----------------------------------
+
+
+def _counting_inliner(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts premailer's inlining calls (rendering imports it on first use, so the class
+    itself is patched)."""
+    import premailer
+
+    calls: list[int] = []
+    original = premailer.Premailer.transform
+
+    def counting(self: object, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(premailer.Premailer, "transform", counting)
+    return calls
+
+
+@pytest.mark.parametrize("template", SHIPPED)
+def test_a_stored_render_gives_the_same_mail_without_inlining_css_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, template: str
+) -> None:
+    first = prepare_campaign(settings, view(template))
+    stored = first.stored()
+    assert stored is not None
+    calls = _counting_inliner(monkeypatch)
+    again = prepare_campaign(settings, view(template), stored=stored)
+    assert again.fingerprint == first.fingerprint and again.fast
+    proven = [RECIPIENTS[0], RECIPIENTS[3], RECIPIENTS[4], RECIPIENTS[5]]
+    for recipient in proven:
+        assert again.render(recipient) == first.render(recipient)
+        assert again.render(recipient) == again.render_full(recipient)  # the reference
+    assert len(calls) == len(proven)  # the references only: reusing the render inlined nothing
+
+
+def test_a_stored_render_is_not_used_once_what_it_read_has_changed(
+    custom: tuple[Path, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, local = custom
+    write_template(root, "editable", html=GOOD_HTML, text=GOOD_TEXT)
+    stored = prepare_campaign(local, view("editable")).stored()
+    assert stored is not None
+    (root / "email" / "editable" / "body.txt").write_text("Edited. " + GOOD_TEXT)
+    edited = prepare_campaign(local, view("editable"), stored=stored)
+    assert edited.fingerprint != stored[0]
+    assert edited.render(RECIPIENTS[0]).text.startswith("Edited. Hi Ann")
+    # The settings the templates see, the subject and the campaign are part of it too.
+    moved = local.replace(postal_address="1 New Street, Paris")
+    assert prepare_campaign(moved, view("editable"), stored=stored).fingerprint != stored[0]
+    other = prepare_campaign(local, view("editable", subject="Other"), stored=stored)
+    assert other.fingerprint != stored[0]
+
+
+def test_stored_parts_that_cannot_be_read_are_prepared_again(settings: Settings) -> None:
+    fingerprint, _ = prepare_campaign(settings, view("new-releases")).stored() or ("", "")
+    for broken in ("not json", "[1, 2]", '[["a"], ["b"]]'):
+        prepared = prepare_campaign(settings, view("new-releases"), stored=(fingerprint, broken))
+        assert prepared.render(RECIPIENTS[0]) == prepared.render_full(RECIPIENTS[0])
+
+
+def test_a_template_rendered_in_full_per_recipient_stores_nothing(
+    custom: tuple[Path, Settings],
+) -> None:
+    root, local = custom
+    html = GOOD_HTML.replace("{{ greeting_name }}", "{{ first_name | upper }}")
+    write_template(root, "clever", html=html, text=GOOD_TEXT)
+    assert prepare_campaign(local, view("clever")).stored() is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import mailbox
+import re
 import socket
 from collections.abc import Iterator
 from email import policy
@@ -11,12 +12,15 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from dispatcher.sending.transports import (
     PermanentSendError,
     SmtpOptions,
     TransientSendError,
     UncertainSendError,
+    _data_payload,
     close_idle_transports,
     open_transport,
     parse_mail_url,
@@ -116,6 +120,24 @@ def test_body_survives_dot_stuffing_and_bare_line_feeds(smtp_sink: SmtpSink) -> 
     parsed = got.message
     assert parsed["Subject"] == "message 1"
     assert parsed.get_content().replace("\r\n", "\n") == body + "\n"
+
+
+def _reference_payload(message: bytes) -> bytes:
+    """RFC 5321 4.5.2 written plainly: CRLF line ends, a dot doubled at each line's start,
+    the last line ended, then the "." line."""
+    data = re.sub(rb"(?<!\r)\n", b"\r\n", message)
+    data = re.sub(rb"^\.", b"..", data, flags=re.MULTILINE)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+@given(st.binary().map(lambda b: bytes(b".\r\na"[x % 4] for x in b)))
+@example(b".")
+@example(b"\r.\n.")
+@example(b"a\r\n.\n..\r")
+def test_the_data_payload_is_dot_stuffed_as_rfc_5321_says(message: bytes) -> None:
+    assert _data_payload(message) == _reference_payload(message)
 
 
 def test_nothing_is_connected_for_an_empty_batch(smtp_sink: SmtpSink) -> None:
