@@ -202,16 +202,11 @@ def lift_suppressions(
     return count
 
 
-def list_suppressions(
-    session: Session, *, include_lifted: bool = False, limit: int | None = None
-) -> list[tuple[str, Suppression]]:
+def list_suppressions(session: Session, *, include_lifted: bool) -> list[tuple[str, Suppression]]:
     stmt = select(Address.address, Suppression).join(Address, Address.id == Suppression.address_id)
     if not include_lifted:
         stmt = stmt.where(Suppression.lifted_at.is_(None))
-    stmt = stmt.order_by(Suppression.id)
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    return [(addr, sup) for addr, sup in session.execute(stmt)]
+    return [(addr, sup) for addr, sup in session.execute(stmt.order_by(Suppression.id))]
 
 
 def page_suppressions(
@@ -221,7 +216,7 @@ def page_suppressions(
     scope: str | None = None,
     include_lifted: bool = False,
     before_id: int | None = None,
-    limit: int = 100,
+    limit: int,
 ) -> tuple[list[tuple[str, Suppression]], int | None]:
     """One page of suppressions, newest first, and the id to ask for the next page with
     (None on the last). Keyset paging (``id < before_id``), so page 1,000 costs what page 1

@@ -298,7 +298,7 @@ def resubscribe(
     address_id: int,
     *,
     hit: Hit,
-    source: str = "preferences",
+    source: str,
     policy_version: str | None = None,
 ) -> None:
     """The recipient asks for marketing again: lift only their own unsubscribe, opt back in.

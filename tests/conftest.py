@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,12 @@ from dispatcher.db import make_engine, make_sessionmaker, upgrade
 from dispatcher.settings import PROJECT_ROOT, Settings, load_settings
 
 TEST_KEYS = "test-signing-key-newest-0001,test-signing-key-older-0000"
+
+# Under scripts/mutation (mutmut sets MUTANT_UNDER_TEST in every phase) each property test runs
+# this many examples (MUTATION_MAX_EXAMPLES overrides), always the same ones: a mutant is run
+# against hundreds of tests, and a verdict must not change between two runs because hypothesis
+# drew other examples. The deterministic tests beside them carry the verdicts (README).
+MUTATION_MAX_EXAMPLES = int(os.environ.get("MUTATION_MAX_EXAMPLES", "10"))
 
 
 def settings_for(home: Path, **overrides: str) -> Settings:
@@ -36,6 +45,45 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("DISPATCHER_"):
             monkeypatch.delenv(key)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        return
+    from hypothesis import Phase
+    from hypothesis import settings as hypothesis_settings
+
+    # Fastest first (mutmut's timings of the clean run, in its working folder): with -x a
+    # killed mutant stops at the first failing test, so the cheap ones should get their go.
+    stats = Path("mutmut-stats.json")
+    if stats.exists():
+        duration = json.loads(stats.read_text(encoding="utf-8")).get("duration_by_test", {})
+        items.sort(key=lambda item: duration.get(item.nodeid, 0.0))
+    for item in items:
+        test = getattr(item, "obj", None)
+        chosen = getattr(test, "_hypothesis_internal_use_settings", None)
+        if chosen is not None:
+            test._hypothesis_internal_use_settings = hypothesis_settings(  # type: ignore[union-attr]
+                chosen,
+                max_examples=min(chosen.max_examples, MUTATION_MAX_EXAMPLES),
+                derandomize=True,
+                database=None,
+                # A failing example kills the mutant as it is: shrinking it costs seconds.
+                phases=(Phase.explicit, Phase.generate),
+            )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In a mutant's run, forget what the project's caches kept (statements built once, e.g.
+    ``_record_statements``): they were filled before mutmut forked this process, by the
+    original code, and would hide a mutant of everything they call."""
+    if not os.environ.get("MUTANT_UNDER_TEST"):
+        return
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in {"suppression", "dispatcher", "workers"}:
+            for value in list(vars(module).values()):
+                if isinstance(value, functools._lru_cache_wrapper):
+                    value.cache_clear()
 
 
 def _migrations_digest() -> str:

@@ -57,6 +57,8 @@ def test_invalid_addresses_are_rejected_with_a_reason(raw: str, why: str) -> Non
 def test_mask_hides_most_of_the_address() -> None:
     assert mask_address("ann.smith@example.com") == "a***@e***.com"
     assert "ann.smith" not in mask_address("ann.smith@example.com")
+    assert mask_address("ann@mail.example.co.uk") == "a***@m***.uk"  # only the last label shown
+    assert mask_address("ann@localhost") == "a***@l***"  # no dot: nothing of the domain but one
 
 
 def test_digest_is_sha256_of_canonical_form() -> None:
@@ -120,3 +122,47 @@ def test_the_quick_path_agrees_with_email_validator(local: str, domain: str) -> 
     assert quick[0] == full[0]
     if quick[0] == "ok":
         assert quick == full
+
+
+def _greek_address(last_label: int) -> str:
+    """'ΐ' is 2 octets and case-folds to 3 characters: this address grows by one when folded."""
+    return f"ΐ{'a' * 40}@{'b' * 63}.{'c' * 63}.{'d' * 63}.{'e' * last_label}.com"
+
+
+def test_an_address_that_folding_lengthens_past_254_characters_is_refused() -> None:
+    fits = _greek_address(14)  # 253 octets; its key is exactly 254 characters
+    assert len(fits.encode()) == 253 and len(canonical_address(fits)) == 254
+    with pytest.raises(InvalidAddress, match="^the address is longer than 254 characters$"):
+        canonical_address(_greek_address(15))  # 254 octets, a key of 255
+
+
+def test_a_quoted_local_part_is_refused() -> None:
+    with pytest.raises(InvalidAddress, match="Quoting the part before the @-sign"):
+        canonical_address('"ann smith"@example.com')
+
+
+@pytest.mark.parametrize("given", ["@example.com", "ann@", "ann.example.com", "  "])
+def test_delivery_address_needs_a_local_part_and_a_domain(given: str) -> None:
+    with pytest.raises(InvalidAddress, match="^the address has no local part or no domain$"):
+        delivery_address(given)
+
+
+def test_a_domain_is_written_in_ascii_without_transitional_mapping() -> None:
+    """IDNA 2008 (non-transitional): 'faß.de' is its own domain, not 'fass.de'."""
+    assert delivery_address("Ann@faß.de") == "Ann@xn--fa-hia.de"
+    with pytest.raises(InvalidAddress, match="^the domain cannot be written in ASCII: "):
+        delivery_address("ann@☃.com")
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (None, "the address is missing"),
+        (" \t ", "the address is empty"),
+        ("ann@exam\nple.com", "the address contains a line break or NUL character"),
+    ],
+)
+def test_what_is_not_an_address_is_refused_with_why(raw: object, why: str) -> None:
+    with pytest.raises(InvalidAddress) as caught:
+        canonical_address(raw)  # type: ignore[arg-type]
+    assert str(caught.value) == why

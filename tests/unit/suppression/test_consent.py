@@ -55,3 +55,48 @@ def test_scopes_are_independent(session: Session) -> None:
     a = ensure_address(session, "a@example.com")
     record(session, a, IN)
     assert current_consent(session, a, Scope.AFFILIATES) is None
+
+
+def test_history_is_in_the_order_things_happened_not_the_order_they_were_recorded(
+    session: Session,
+) -> None:
+    a = ensure_address(session, "a@example.com")
+    record(session, a, OUT, T0 + timedelta(days=2))
+    assert record(session, a, IN, T0) == ConsentOutcome.STALE  # an older opt-in, told later
+    state = current_consent(session, a, Scope.MARKETING)
+    assert state is not None and state.status == OUT
+    assert [(c.status, c.occurred_at) for c in consent_history(session, a)] == [
+        (IN, T0),
+        (OUT, T0 + timedelta(days=2)),
+    ]
+
+
+def test_a_recorded_change_names_who_and_how_and_refreshes_a_loaded_state(
+    session: Session,
+) -> None:
+    from sqlalchemy import select
+
+    from suppression.events import Hit
+    from suppression.models import Event
+
+    a = ensure_address(session, "a@example.com")
+    record(session, a, IN)
+    loaded = current_consent(session, a, Scope.MARKETING)  # now in the session's identity map
+    assert loaded is not None and loaded.status == IN
+    hit = Hit(ip="10.0.0.7", user_agent="browser")
+    outcome = record(session, a, OUT, T0 + timedelta(days=1), actor="staff:bo", hit=hit)
+    assert outcome == ConsentOutcome.RECORDED
+    assert loaded.status == OUT  # the loaded object is not left stale
+    latest = consent_history(session, a)[-1]
+    assert (latest.actor, latest.ip, latest.dated) == ("staff:bo", "10.0.0.7", True)
+    event = session.scalars(
+        select(Event).where(Event.kind == "consent_changed").order_by(Event.id.desc())
+    ).first()
+    assert event is not None
+    assert (event.address_id, event.actor, event.ip, event.outcome) == (
+        a,
+        "staff:bo",
+        "10.0.0.7",
+        "opted_out",
+    )
+    assert (event.detail["scope"], event.detail["source"]) == ("marketing", "test")

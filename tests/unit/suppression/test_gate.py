@@ -5,7 +5,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dispatcher.models import Contact
-from suppression.gate import NOT_ASKED, OPTED_OUT, Purpose, blocking_reason
+from suppression.gate import NOT_ASKED, OPTED_OUT, Purpose, affiliate_shareable, blocking_reason
 from suppression.models import ConsentStatus, Reason
 from suppression.suppressions import lift_suppressions
 from tests.factories import make_contact
@@ -75,3 +75,59 @@ def test_global_manual_suppression_blocks_service_notice(session: Session) -> No
         session, "m@example.com", suppressed=Reason.MANUAL, suppression_scope="global"
     )
     assert reason_for(session, contact, Purpose.SERVICE_NOTICE) == "manual"
+
+
+def shareable_with(session: Session, contact: Contact, affiliate_id: int) -> bool:
+    stmt = select(affiliate_shareable(Contact.address_id, affiliate_id)).where(
+        Contact.id == contact.id
+    )
+    return bool(session.execute(stmt).scalar_one())
+
+
+def test_an_affiliate_s_own_suppression_blocks_that_affiliate_only(session: Session) -> None:
+    both = {"marketing": ConsentStatus.OPTED_IN, "affiliates": ConsentStatus.OPTED_IN}
+    contact = make_contact(
+        session, "a@example.com", suppressed=Reason.MANUAL, suppression_scope="affiliate:2", **both
+    )
+    assert shareable_with(session, contact, 1)
+    assert not shareable_with(session, contact, 2)
+
+
+@pytest.mark.parametrize("scope", ["global", "marketing", "affiliates"])
+def test_a_wider_suppression_blocks_every_affiliate(session: Session, scope: str) -> None:
+    contact = make_contact(
+        session,
+        "a@example.com",
+        affiliates=ConsentStatus.OPTED_IN,
+        suppressed=Reason.MANUAL,
+        suppression_scope=scope,
+    )
+    assert not shareable_with(session, contact, 1)
+
+
+def test_sharing_needs_both_opt_ins(session: Session) -> None:
+    only_marketing = make_contact(session, "m@example.com")
+    both = make_contact(session, "b@example.com", affiliates=ConsentStatus.OPTED_IN)
+    only_affiliates = make_contact(
+        session, "o@example.com", marketing=None, affiliates=ConsentStatus.OPTED_IN
+    )
+    assert [shareable_with(session, c, 1) for c in (only_marketing, both, only_affiliates)] == [
+        False,
+        True,
+        False,
+    ]
+
+
+def test_a_global_unsubscribe_does_not_block_service_notices(session: Session) -> None:
+    """Only staff's own global suppression (manual) joins the reasons that always block: an
+    unsubscribe, whatever its scope, is about marketing."""
+    contact = make_contact(
+        session, "u@example.com", suppressed=Reason.UNSUBSCRIBE, suppression_scope="global"
+    )
+    assert reason_for(session, contact, Purpose.SERVICE_NOTICE) is None
+    assert reason_for(session, contact, Purpose.MARKETING) == "unsubscribe"
+
+
+def test_an_unknown_purpose_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="^unknown purpose 'newsletter'$"):
+        blocking_reason(Contact.address_id, "newsletter")  # type: ignore[arg-type]

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
-from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
+from suppression.tokens import (
+    BadToken,
+    LinkPurpose,
+    LinkSubject,
+    TokenOutcome,
+    TokenSigner,
+    key_id,
+)
 
 NEW, OLD = "newest-key-0123456789", "older-key-0123456789"
 
@@ -67,6 +76,7 @@ def test_timed_tokens_expire() -> None:
     with pytest.raises(BadToken) as caught:
         signer.read_timed(LinkPurpose.AFFILIATE_DOWNLOAD, token, -1)
     assert caught.value.outcome is TokenOutcome.EXPIRED
+    assert str(caught.value) == "this link has expired"
 
 
 @pytest.mark.parametrize("keys", [[], [""], ["short"]])
@@ -85,3 +95,104 @@ def test_header_tags_verify_case_blind_across_rotation_and_not_across_purposes()
     assert not new.check_tag(LinkPurpose.MESSAGE_ID, tag, 42)  # another purpose
     assert not TokenSigner(["newer-key-1111111111"]).check_tag(LinkPurpose.RETURN_PATH, tag, 42)
     assert not new.check_tag(LinkPurpose.RETURN_PATH, tag[:-1], 42)
+
+
+def test_a_key_of_exactly_16_characters_is_enough_and_the_errors_name_the_setting() -> None:
+    TokenSigner(["k" * 16])
+    with pytest.raises(ValueError, match=r"^no signing key configured \(DISPATCHER_SECRET_KEYS\)$"):
+        TokenSigner(["", ""])
+    with pytest.raises(ValueError, match="^every signing key must be at least 16 characters long$"):
+        TokenSigner([NEW, "k" * 15])
+
+
+def test_key_ids_tags_and_erasure_digests_keep_their_published_values() -> None:
+    """Issued links name their key, mail headers carry tags and erased addresses are stored as
+    digests: a release that computed any of them differently would orphan what is out there."""
+    signer = TokenSigner([NEW, OLD])
+    assert key_id(NEW) == "c12fdb1d"
+    assert signer.tag(LinkPurpose.MESSAGE_ID, 3, 42) == "deb167c0ba789eac3662"
+    assert signer.keyed_digests("ada@example.org") == [
+        "bf2cfa37212d36de2c905cefbec2404af315deb752bab99b567f2d131f0ada1e",  # newest key first
+        "8cb31db2f61e51ccefda0dc6e129af223ae49ba61df3062c501d38259ef904c7",
+    ]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"a": 1, "b": 2, "c": 3, "d": 4},  # not a list, though of the right length
+        [1, "kid", 42],  # too short
+        [2, "kid", 42, None],  # a format this release does not know
+        [1, "kid", "42", None],  # address id not an integer
+        [1, "kid", True, None],  # a boolean is not an id
+        [1, "kid", 42, "7"],  # campaign id not an integer
+    ],
+)
+def test_a_link_we_signed_in_another_shape_is_malformed(payload: object) -> None:
+    signer = TokenSigner([NEW])
+    token = signer._serializer(LinkPurpose.UNSUBSCRIBE).dumps(payload)
+    with pytest.raises(BadToken) as caught:
+        signer.read_link(LinkPurpose.UNSUBSCRIBE, token)
+    assert caught.value.outcome is TokenOutcome.MALFORMED
+
+
+def test_a_signed_payload_that_does_not_decode_is_malformed() -> None:
+    signer = TokenSigner([NEW])
+    token = signer._serializer(LinkPurpose.UNSUBSCRIBE).make_signer().sign(b"not-json").decode()
+    with pytest.raises(BadToken) as caught:
+        signer.read_link(LinkPurpose.UNSUBSCRIBE, token)
+    assert caught.value.outcome is TokenOutcome.MALFORMED
+
+
+@pytest.mark.parametrize("token", [None, 12345, b"bytes"])
+def test_a_token_that_is_not_text_is_malformed(token: object) -> None:
+    with pytest.raises(BadToken) as caught:
+        TokenSigner([NEW]).read_link(LinkPurpose.UNSUBSCRIBE, token)  # type: ignore[arg-type]
+    assert caught.value.outcome is TokenOutcome.MALFORMED
+    assert not TokenSigner([NEW]).check_tag(LinkPurpose.RETURN_PATH, None, 42)  # type: ignore[arg-type]
+
+
+def _timed_token_of_length(signer: TokenSigner, length: int) -> str:
+    for size in range(100, 1000):
+        token = signer.sign_timed(LinkPurpose.AFFILIATE_DOWNLOAD, {"p": _noise(size)})
+        if len(token) == length:
+            return token
+    raise AssertionError(f"no token of {length} characters")
+
+
+def _noise(size: int) -> str:
+    """Text zlib cannot shorten, so the token grows with it."""
+    digests = (hashlib.sha256(str(i).encode()).hexdigest() for i in range(size // 64 + 1))
+    return "".join(digests)[:size]
+
+
+def test_tokens_longer_than_512_characters_are_refused_unread() -> None:
+    signer = TokenSigner([NEW])
+    assert signer.read_timed(
+        LinkPurpose.AFFILIATE_DOWNLOAD, _timed_token_of_length(signer, 512), 60
+    )
+    with pytest.raises(BadToken) as caught:
+        signer.read_timed(LinkPurpose.AFFILIATE_DOWNLOAD, _timed_token_of_length(signer, 514), 60)
+    assert caught.value.outcome is TokenOutcome.MALFORMED
+
+
+def test_timed_purposes_do_not_cross_and_a_dropped_key_is_named() -> None:
+    signer = TokenSigner([NEW])
+    token = signer.sign_timed(LinkPurpose.AFFILIATE_DOWNLOAD, {"export": 3})
+    with pytest.raises(BadToken):
+        signer.read_timed(LinkPurpose.SIGNUP_CONFIRM, token, 60)
+    old = TokenSigner([OLD]).sign_timed(LinkPurpose.AFFILIATE_DOWNLOAD, {"export": 3})
+    with pytest.raises(BadToken) as caught:
+        signer.read_timed(LinkPurpose.AFFILIATE_DOWNLOAD, old, 60)
+    assert caught.value.outcome is TokenOutcome.UNKNOWN_KEY
+
+
+def test_timed_payloads_other_than_a_mapping_are_malformed_and_a_missing_key_id_is_fine() -> None:
+    signer = TokenSigner([NEW])
+    timed = signer._timed(LinkPurpose.AFFILIATE_DOWNLOAD)
+    with pytest.raises(BadToken) as caught:
+        signer.read_timed(LinkPurpose.AFFILIATE_DOWNLOAD, timed.dumps([1, 2]), 60)
+    assert caught.value.outcome is TokenOutcome.MALFORMED
+    assert signer.read_timed(LinkPurpose.AFFILIATE_DOWNLOAD, timed.dumps({"export": 3}), 60) == {
+        "export": 3
+    }

@@ -13,6 +13,7 @@ from suppression.suppressions import active_suppressions, add_suppression
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 from suppression.unsubscribe import (
     CannotResubscribe,
+    resolve_link,
     resolve_unsubscribe_link,
     resubscribe,
     unsubscribe_address,
@@ -146,7 +147,7 @@ def test_resubscribe_lifts_only_the_recipients_own_unsubscribe(session: Session)
     contact = make_contact(session, "ann@example.com")
     token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
     unsubscribe_link(session, token)
-    resubscribe(session, contact.address_id, hit=HIT)
+    resubscribe(session, contact.address_id, hit=HIT, source="preferences")
     assert active_suppressions(session, contact.address_id) == []
     assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_in"
 
@@ -164,8 +165,11 @@ def test_staff_suppressions_block_resubscribe_and_nothing_changes(
         session, contact.address_id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="t"
     )
     with pytest.raises(CannotResubscribe) as caught:
-        resubscribe(session, contact.address_id, hit=HIT)
-    assert reason.value.replace("_", " ") in str(caught.value)
+        resubscribe(session, contact.address_id, hit=HIT, source="preferences")
+    assert str(caught.value) == (
+        "this address cannot be re-subscribed here because it was suppressed for: "
+        f"{reason.value.replace('_', ' ')}. Please contact us to change this."
+    )
     assert len(active_suppressions(session, contact.address_id)) == 2
     assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_out"
 
@@ -226,3 +230,50 @@ def test_staff_passing_on_an_unsubscribe_are_named_with_their_note(session: Sess
     event = session.scalars(select(Event).where(Event.kind == "unsubscribed")).one()
     assert (event.actor, event.ip, event.detail["campaign_id"]) == ("rita", None, None)
     assert result.campaign_id is None and result.masked_address == "a***@e***.com"
+
+
+def test_two_staff_suppressions_are_both_named_when_resubscribe_is_refused(
+    session: Session,
+) -> None:
+    contact = make_contact(session, "ann@example.com")
+    for reason in (Reason.MANUAL, Reason.HARD_BOUNCE):
+        add_suppression(session, contact.address_id, scope="global", reason=reason, source="t")
+    with pytest.raises(CannotResubscribe, match=r"suppressed for: hard bounce, manual\. Please"):
+        resubscribe(session, contact.address_id, hit=HIT, source="preferences")
+
+
+def test_a_resubscribe_records_who_asked_from_where_under_which_policy(session: Session) -> None:
+    contact = make_contact(session, "ann@example.com")
+    unsubscribe_link(session, SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id))
+    resubscribe(session, contact.address_id, hit=HIT, source="signup_form", policy_version="v7")
+    lifted = session.scalars(
+        select(Suppression).where(Suppression.address_id == contact.address_id)
+    ).one()
+    assert (lifted.lifted_by, lifted.lift_reason) == ("recipient", "re-subscribed by the recipient")
+    event = session.scalars(select(Event).where(Event.kind == "suppression_lifted")).one()
+    assert (event.address_id, event.actor, event.ip) == (
+        contact.address_id,
+        "recipient",
+        "127.0.0.1",
+    )
+    opt_in = consent_history(session, contact.address_id)[-1]
+    assert (opt_in.status, opt_in.source, opt_in.ip, opt_in.policy_version) == (
+        "opted_in",
+        "signup_form",
+        "127.0.0.1",
+        "v7",
+    )
+
+
+def test_a_link_resolves_to_the_whole_address_row(session: Session) -> None:
+    contact = make_contact(session, "ann@example.com")
+    row = session.get(Address, contact.address_id)
+    assert row is not None
+    token = SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id, 3)
+    subject, address = resolve_link(session, SIGNER, LinkPurpose.UNSUBSCRIBE, token)
+    assert (subject.address_id, subject.campaign_id) == (contact.address_id, 3)
+    assert (address.id, address.address, address.created_at) == (
+        row.id,
+        row.address,
+        row.created_at,
+    )

@@ -153,3 +153,157 @@ def test_one_row_and_several_row_addresses_mixed_in_a_file_over_an_existing_ledg
 def _ledger_ids(session_factory: sessionmaker[Session]) -> list[int]:
     with session_scope(session_factory) as session:
         return list(session.scalars(select(Consent.id)))
+
+
+def test_an_older_opt_in_is_judged_by_the_word_before_it_of_its_own_address_and_scope(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Ann's older opt-in follows her own marketing opt-in, so it is history; the opt-outs
+    just before it in time belong to Bob, and to Ann's affiliates consent, and change nothing."""
+    first = write(
+        tmp_path,
+        "ann@example.com,yes,,2015-01-01\n"
+        "ann@example.com,,no,2015-06-01\n"
+        "bob@example.com,no,,2015-06-01\n",
+        "first.csv",
+    )
+    later = write(tmp_path, "ann@example.com,yes,,2016-01-01\n", "later.csv")
+    older = write(tmp_path, "ann@example.com,yes,,2015-09-01\n", "older.csv")
+    for path in (first, later):
+        import_contacts(session_factory, path, source="test")
+    report = import_contacts(session_factory, older, source="test")
+    assert report.consent == {"marketing:history": 1}
+
+
+def test_an_older_opt_in_after_a_tie_that_the_opt_out_won_is_refused(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """At equal times the opt-out is the later word, in the ledger too: an import's opt-in
+    that comes after such a tie (and before the person's own later opt-in) is refused."""
+    from datetime import UTC, datetime
+
+    from suppression.consent import record_consent
+    from suppression.models import ConsentStatus, Scope
+    from suppression.registry import ensure_address
+
+    tie = write(tmp_path, "ann@example.com,yes,,2015-01-01\nann@example.com,no,,2015-01-01\n")
+    import_contacts(session_factory, tie, source="test")
+    with session_scope(session_factory) as session:
+        record_consent(
+            session,
+            ensure_address(session, "ann@example.com"),
+            Scope.MARKETING,
+            ConsentStatus.OPTED_IN,
+            source="preferences",
+            occurred_at=datetime(2016, 1, 1, tzinfo=UTC),
+            recipient_action=True,
+        )
+    older = write(tmp_path, "ann@example.com,yes,,2015-06-01\n", "older.csv")
+    assert import_contacts(session_factory, older, source="test").consent == {
+        "marketing:refused": 1
+    }
+
+
+def test_each_state_an_import_writes_gets_one_event_naming_the_address_actor_and_source(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    path = write(tmp_path, "ann@example.com,yes,no,2015-01-01\nbob@example.com,no,,2015-01-01\n")
+    import_contacts(session_factory, path, source="crm-export", actor="staff:ann")
+    with session_scope(session_factory) as session:
+        found = session.execute(
+            select(Address.address, Event.actor, Event.outcome, Event.detail)
+            .join(Address, Address.id == Event.address_id)
+            .where(Event.kind == "consent_changed")
+        ).all()
+    assert sorted((a, actor, outcome, dict(detail)) for a, actor, outcome, detail in found) == [
+        (
+            "ann@example.com",
+            "staff:ann",
+            "opted_in",
+            {"scope": "marketing", "source": "crm-export"},
+        ),
+        (
+            "ann@example.com",
+            "staff:ann",
+            "opted_out",
+            {"scope": "affiliates", "source": "crm-export"},
+        ),
+        (
+            "bob@example.com",
+            "staff:ann",
+            "opted_out",
+            {"scope": "marketing", "source": "crm-export"},
+        ),
+    ]
+
+
+def test_a_repeated_line_is_known_and_a_later_same_word_renews_the_state(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    first = write(tmp_path, "ann@example.com,yes,,2015-01-01\nann@example.com,yes,,2015-01-01\n")
+    assert import_contacts(session_factory, first, source="test").consent == {
+        "marketing:changed": 1,
+        "marketing:known": 1,
+    }
+    later = write(tmp_path, "ann@example.com,yes,,2016-01-01\n", "later.csv")
+    assert import_contacts(session_factory, later, source="test").consent == {
+        "marketing:renewed": 1
+    }
+
+
+def test_an_opt_in_without_a_time_loses_to_any_opt_out_recorded_later(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Even one dated before the moment the undated opt-in was learned."""
+    from datetime import UTC, datetime
+
+    from suppression.consent import ConsentOutcome, record_consent
+    from suppression.models import ConsentStatus, Scope
+    from suppression.registry import ensure_address
+
+    import_contacts(session_factory, write(tmp_path, "ann@example.com,yes,,\n"), source="test")
+    with session_scope(session_factory) as session:
+        outcome = record_consent(
+            session,
+            ensure_address(session, "ann@example.com"),
+            Scope.MARKETING,
+            ConsentStatus.OPTED_OUT,
+            source="staff",
+            occurred_at=datetime(2015, 1, 1, tzinfo=UTC),
+        )
+    assert outcome == ConsentOutcome.RECORDED
+    assert states(session_factory)[("ann@example.com", "marketing")] == "opted_out"
+
+
+def test_an_undated_opt_in_learned_long_ago_is_not_the_word_before_a_dated_opt_in(
+    tmp_path: Path, session_factory: sessionmaker[Session], monkeypatch
+) -> None:
+    """The ledger orders an undated opt-in below every dated word, whenever it was learned:
+    the word before a 2022 opt-in is the 2019 opt-out, not the opt-in learned in 2020."""
+    from datetime import UTC, datetime
+
+    from dispatcher.contacts import importer
+    from suppression.consent import record_consent
+    from suppression.models import ConsentStatus, Scope
+    from suppression.registry import ensure_address
+
+    opt_out = write(tmp_path, "ann@example.com,no,,2019-01-01\n", "2019.csv")
+    import_contacts(session_factory, opt_out, source="test")
+    monkeypatch.setattr(importer, "utcnow", lambda: datetime(2020, 1, 1, tzinfo=UTC))
+    undated = write(tmp_path, "ann@example.com,yes,,\n", "undated.csv")
+    import_contacts(session_factory, undated, source="test")  # learned on 1 January 2020
+    monkeypatch.undo()
+    with session_scope(session_factory) as session:
+        record_consent(  # the person's own opt-in makes the state
+            session,
+            ensure_address(session, "ann@example.com"),
+            Scope.MARKETING,
+            ConsentStatus.OPTED_IN,
+            source="preferences",
+            occurred_at=datetime(2023, 1, 1, tzinfo=UTC),
+            recipient_action=True,
+        )
+    older = write(tmp_path, "ann@example.com,yes,,2022-01-01\n", "2022.csv")
+    assert import_contacts(session_factory, older, source="test").consent == {
+        "marketing:refused": 1
+    }

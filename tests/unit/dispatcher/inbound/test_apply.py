@@ -305,7 +305,7 @@ def test_a_repeated_soft_bounce_is_lifted_by_staff_and_not_by_the_recipient(
     process(session, settings, signer, dsn(verp, "f@x", "4.2.2", "<q1@mx>", "delayed"))
 
     with pytest.raises(CannotResubscribe, match="repeated soft bounce"):
-        resubscribe(session, delivery.address_id, hit=Hit())
+        resubscribe(session, delivery.address_id, hit=Hit(), source="preferences")
     assert suppressions(session, "repeated_soft_bounce") == 1
     # The person's data export names it as it is.
     held = person_record(session, "full@example.org", actor="admin")["suppressions"]

@@ -107,9 +107,21 @@ def test_a_submitted_address_that_is_not_the_checked_key_is_never_mailed(
     settings: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
     settings = settings_for(settings.home, mail_url=smtp_sink.url)
-    _import(session_factory, tmp_path, "ann@example.com")
+    _import(session_factory, tmp_path, "ann@example.com", "carol@example.com", "dave@example.com")
     with session_scope(session_factory) as session:
         # A writer that broke the pairing (the gate checked ann's key, not bob's).
-        session.execute(update(Contact).values(submitted_address="bob@example.com"))
-    assert _send(settings, session_factory) == [("failed", "address_mismatch")]
-    assert smtp_sink.received() == []
+        session.execute(
+            update(Contact)
+            .where(Contact.submitted_address == "ann@example.com")
+            .values(submitted_address="bob@example.com")
+        )
+    outcomes = _send(settings, session_factory)
+    assert outcomes[0] == ("failed", "address_mismatch")  # the first of the batch …
+    assert outcomes[1:] == [("sent", None), ("sent", None)]  # … and the rest still go
+    with session_scope(session_factory) as session:
+        error = session.scalar(select(Delivery.error).where(Delivery.status == "failed"))
+    assert error == ("not sent: the contact's submitted address does not match the address checked")
+    assert sorted(r.exact_recipients[0] for r in smtp_sink.wait_for_count(2)) == [
+        "carol@example.com",
+        "dave@example.com",
+    ]
