@@ -13,6 +13,8 @@ from suppression.suppressions import active_suppressions, add_suppression
 from suppression.tokens import BadToken, LinkPurpose, TokenSigner
 from suppression.unsubscribe import (
     CannotResubscribe,
+    Held,
+    UnsubscribeResult,
     resolve_link,
     resolve_unsubscribe_link,
     resubscribe,
@@ -277,3 +279,102 @@ def test_a_link_resolves_to_the_whole_address_row(session: Session) -> None:
         row.address,
         row.created_at,
     )
+
+
+def test_a_held_repeat_writes_only_the_stop_and_the_events(session: Session) -> None:
+    """Given a :class:`Held` of this address and transaction (on PostgreSQL from
+    :func:`resolve_unsubscribe_link`; built by hand here, as SQLite never holds), the repeat
+    trusts it: no suppression or opt-out written again, mail queued since the first time
+    stopped, the events say who asked, how and from which campaign."""
+    ann = make_contact(session, "ann@example.com")
+    address = session.get(Address, ann.address_id)
+    first = unsubscribe_address(session, address, stop_queued=stop_queued, source="one_click")
+    since = queue(session, ann)
+    notice = queue(session, ann, purpose="service_notice")
+    before = (count(session, Suppression), len(consent_history(session, ann.address_id)))
+    last_event = session.scalar(select(func.max(Event.id)))
+    told: list[bool] = []
+
+    def audit(created: bool) -> dict[str, object]:
+        told.append(created)
+        return {"kind": "web_hit", "address_id": ann.address_id, "hit": HIT, "page": "one-click"}
+
+    held = Held(ann.address_id, first.suppression_id, session.get_transaction())
+    result = unsubscribe_address(
+        session,
+        address,
+        stop_queued=stop_queued,
+        source="unsubscribe_page",
+        hit=HIT,
+        campaign_id=9,
+        actor="rita",
+        note="never written",
+        held=held,
+        audit=audit,
+    )
+
+    assert result == UnsubscribeResult(
+        address_id=ann.address_id,
+        masked_address="a***@e***.com",
+        campaign_id=9,
+        newly_suppressed=False,
+        stopped=1,
+        suppression_id=first.suppression_id,
+    )
+    assert told == [False]
+    session.expire_all()
+    assert (since.status, since.skip_reason) == ("cancelled", "unsubscribe")
+    assert notice.status == "queued"
+    assert (count(session, Suppression), len(consent_history(session, ann.address_id))) == before
+    events = session.scalars(select(Event).where(Event.id > last_event).order_by(Event.id)).all()
+    assert [
+        (e.kind, e.address_id, e.actor, e.ip, e.user_agent, e.outcome, e.detail) for e in events
+    ] == [
+        (
+            "unsubscribed",
+            ann.address_id,
+            "rita",
+            "127.0.0.1",
+            "pytest",
+            "already_suppressed",
+            {"campaign_id": 9, "stopped": 1, "source": "unsubscribe_page"},
+        ),
+        ("web_hit", ann.address_id, None, "127.0.0.1", "pytest", None, {"page": "one-click"}),
+    ]
+
+
+def test_a_held_of_another_address_or_an_ended_transaction_is_not_trusted(
+    session: Session,
+) -> None:
+    """The held rows are locked only in their transaction and only for their address:
+    otherwise the unsubscribe is written in full."""
+    ann = make_contact(session, "ann@example.com")
+    bob = make_contact(session, "bob@example.com")
+    carl = make_contact(session, "carl@example.com")
+    anns = unsubscribe_address(
+        session, session.get(Address, ann.address_id), stop_queued=stop_queued, source="t"
+    )
+    not_bobs = Held(ann.address_id, anns.suppression_id, session.get_transaction())
+    result = unsubscribe_address(
+        session,
+        session.get(Address, bob.address_id),
+        stop_queued=stop_queued,
+        source="t",
+        held=not_bobs,
+    )
+    assert result.newly_suppressed and result.suppression_id != anns.suppression_id
+    assert [s.reason for s in active_suppressions(session, bob.address_id)] == ["unsubscribe"]
+    assert current_consent(session, bob.address_id, Scope.MARKETING).status == "opted_out"
+
+    ended = Held(carl.address_id, anns.suppression_id, session.get_transaction())
+    session.commit()
+    result = unsubscribe_address(
+        session,
+        session.get(Address, carl.address_id),
+        stop_queued=stop_queued,
+        source="t",
+        held=ended,
+    )
+    assert result.newly_suppressed and result.suppression_id != anns.suppression_id
+    assert [s.reason for s in active_suppressions(session, carl.address_id)] == ["unsubscribe"]
+    assert current_consent(session, carl.address_id, Scope.MARKETING).status == "opted_out"
