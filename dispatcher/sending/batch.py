@@ -252,6 +252,9 @@ def _send_each(
     renew: Callable[[], None],
     pacer: throttle.Pacer,
 ) -> None:
+    # The next row's message, taken before this one goes so that its envelope can travel
+    # with this one's end (one round trip a message); or what building it raised.
+    ahead: tuple[ClaimedRow, tuple[str, bytes] | Exception] | None = None
     for index, row in enumerate(rows):
         try:
             renew()
@@ -268,16 +271,33 @@ def _send_each(
             continue
         pacer.wait(index)
         try:
-            envelope_from, message = built.take(row)
+            if ahead is not None and ahead[0] is row:
+                taken, ahead = ahead[1], None
+                if isinstance(taken, Exception):
+                    raise taken
+                envelope_from, message = taken
+            else:
+                envelope_from, message = built.take(row)
         except (HeaderInjection, TemplateProblem) as exc:
             # Bad data for this one recipient: nothing is sent to them; the rest go on.
             result.failed[row.delivery_id] = f"not sent: {exc}"
             continue
+        then: tuple[str, str, bytes] | None = None
+        following = rows[index + 1] if index + 1 < len(rows) else None
+        if following is not None and following.address is not None and not pacer.limits.active:
+            # Announced only when nothing can come between: no pacing to wait for.
+            try:
+                sender, next_message = built.take(following)
+            except (HeaderInjection, TemplateProblem) as exc:
+                ahead = (following, exc)
+            else:
+                ahead = (following, (sender, next_message))
+                then = (sender, following.address, next_message)
         if before_send is not None:
             before_send(row)
         try:
             with factory.clock.stage("send"), metrics.SEND_SECONDS.time():
-                transport.send(envelope_from, row.address, message)
+                transport.send(envelope_from, row.address, message, then=then)
         except NeedsSmtpUtf8 as exc:
             # The relay cannot carry this address; folding it into ASCII would reach
             # another mailbox. Not sent, not retried, not a bounce.

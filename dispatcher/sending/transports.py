@@ -104,7 +104,14 @@ class UncertainSendError(SendError):
 
 
 class Transport(Protocol):
-    def send(self, envelope_from: str, recipient: str, message: bytes) -> None: ...
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        then: tuple[str, str, bytes] | None = None,
+    ) -> None: ...
 
 
 def _check_envelope(envelope_from: str, recipient: str) -> None:
@@ -148,7 +155,14 @@ class MaildirTransport:
             raise OutboxUnwritable(f"maildir {self.root} is not writable: {exc}") from None
         self._ready = True
 
-    def send(self, envelope_from: str, recipient: str, message: bytes) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        then: tuple[str, str, bytes] | None = None,  # a file needs no announcing
+    ) -> None:
         _check_envelope(envelope_from, recipient)
         if not self._ready:
             self._prepare()
@@ -229,19 +243,62 @@ def _relay_reply(reply: bytes | str, password: str | None) -> str:
     return text
 
 
+@dataclass
+class _Announced:
+    """A message whose MAIL, RCPT and DATA went out ahead of its body (RFC 2920 3.1 lets
+    message content open a group: the previous message's end and this message's commands
+    share one write). ``replies`` is empty when the connection broke before they came."""
+
+    sender: str
+    recipient: str
+    message: bytes
+    payload: bytes
+    replies: list[tuple[int, bytes]]
+
+    @property
+    def data_open(self) -> bool:
+        """The server took DATA and waits for a body: only dropping the connection ends
+        that without a message (a lone "." would send an empty one)."""
+        return len(self.replies) == 3 and self.replies[2][0] == 354
+
+
+def _write(sock: socket.socket, data: bytes) -> int:
+    """Write all of ``data``; on a failure, :class:`_PartlyWritten` says how many bytes the
+    kernel had taken (what the server may have)."""
+    view, done = memoryview(data), 0
+    try:
+        while done < len(data):
+            done += sock.send(view[done:])
+    except OSError as exc:
+        raise _PartlyWritten(done, exc) from None
+    return done
+
+
+class _PartlyWritten(Exception):
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(f"{cause} (after {written} bytes)")
+        self.written = written
+
+
 class SMTPTransport:
     """One SMTP connection for a batch: opened on the first send, reused, closed with QUIT.
 
     Commands are pipelined (RFC 2920) when the server offers it: MAIL, RCPT and DATA go in
-    one write, so each message costs two round trips. A connection that fails before a
-    message's end went out is replaced once, transparently, when it had already carried a
-    message (the server may have closed it for idling or for a per-connection limit).
+    one write, so each message costs two round trips; a caller that names the next message
+    (``send(..., then=...)``) gets that message's MAIL, RCPT and DATA written with this
+    message's end, so a run of messages costs one round trip each. A connection that fails
+    before a message's end went out is replaced once, transparently, when it had already
+    carried a message (the server may have closed it for idling or for a per-connection
+    limit).
     """
 
     def __init__(self, options: SmtpOptions) -> None:
         self.options = options
         self._conn: smtplib.SMTP | None = None
         self._fresh = True
+        # The next message's envelope, written with the last message's end, and the server's
+        # replies to it: the next send() for that message starts from them.
+        self._announced: _Announced | None = None
 
     def _connection(self) -> smtplib.SMTP:
         if self._conn is not None:
@@ -304,18 +361,37 @@ class SMTPTransport:
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        self._announced = None
         self._close_quietly(conn)
 
-    def send(self, envelope_from: str, recipient: str, message: bytes) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        then: tuple[str, str, bytes] | None = None,
+    ) -> None:
+        """Hand ``message`` over (errors: see the module's docstring).
+
+        ``then``: the envelope sender, recipient and message the caller sends next, whatever
+        becomes of this one. With PIPELINING, its MAIL, RCPT and DATA go out in the same
+        write as this message's end and their replies are read with this message's, so the
+        next :meth:`send` of exactly that message needs one round trip. Those commands
+        deliver nothing by themselves: if the caller sends anything else next, or closes,
+        a transaction the server opened for them is ended by dropping the connection (a
+        lone "." would be an empty message)."""
         _check_envelope(envelope_from, recipient)
-        payload = _data_payload(message)
+        announced = self._take_announced(envelope_from, recipient, message)
+        payload = announced.payload if announced is not None else _data_payload(message)
         for attempt in (1, 2):
             conn = self._connection()
             fresh = self._fresh
             try:
-                self._transaction(conn, envelope_from, recipient, payload)
+                self._transaction(conn, envelope_from, recipient, payload, announced, then)
             except _BrokenBeforeBody as exc:
                 self._drop()
+                announced = None  # its replies were the old connection's
                 if fresh or attempt == 2:
                     raise TransientSendError(str(exc)) from None
                 continue
@@ -323,7 +399,25 @@ class SMTPTransport:
                 self._fresh = False
             return
 
-    def _transaction(self, conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes) -> None:
+    def _take_announced(self, sender: str, recipient: str, message: bytes) -> _Announced | None:
+        """The announced transaction if it is this message's; otherwise it is ended."""
+        announced, self._announced = self._announced, None
+        if announced is None:
+            return None
+        if (announced.sender, announced.recipient, announced.message) == (
+            sender,
+            recipient,
+            message,
+        ):
+            return announced
+        if announced.data_open or self._conn is None:
+            self._drop()
+        else:  # refused before DATA: the transaction only needs resetting
+            self._abort(self._conn, data_open=False)
+        return None
+
+    @staticmethod
+    def _commands(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes) -> bytes:
         extensions = ""
         if not (sender.isascii() and recipient.isascii()):
             if not conn.has_extn("smtputf8"):
@@ -336,36 +430,70 @@ class SMTPTransport:
             extensions += " SMTPUTF8"
         if not payload.isascii() and conn.has_extn("8bitmime"):
             extensions += " BODY=8BITMIME"
-        commands = (
-            f"MAIL FROM:<{sender}>{extensions}\r\n".encode(),
-            f"RCPT TO:<{recipient}>\r\n".encode(),
-            b"DATA\r\n",
-        )
+        return f"MAIL FROM:<{sender}>{extensions}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode()
+
+    def _ahead(
+        self, conn: smtplib.SMTP, then: tuple[str, str, bytes] | None
+    ) -> tuple[_Announced, bytes] | None:
+        """The next message's transaction and commands, to write after this message's end."""
+        if then is None or not conn.has_extn("pipelining"):
+            return None
+        sender, recipient, message = then
+        try:
+            _check_envelope(sender, recipient)
+            payload = _data_payload(message)
+            commands = self._commands(conn, sender, recipient, payload)
+        except PermanentSendError:
+            return None  # its own send() refuses it and says why
+        return _Announced(sender, recipient, message, payload, []), commands
+
+    def _transaction(
+        self,
+        conn: smtplib.SMTP,
+        sender: str,
+        recipient: str,
+        payload: bytes,
+        announced: _Announced | None,
+        then: tuple[str, str, bytes] | None,
+    ) -> None:
         expected = ((250,), (250, 251), (354,))
         replies: list[tuple[int, bytes]] = []
-        try:
-            if conn.has_extn("pipelining"):
-                conn.send(b"".join(commands))
-                replies = [conn.getreply() for _ in commands]
-            else:
-                for command, ok in zip(commands, expected, strict=True):
-                    conn.send(command)
-                    replies.append(conn.getreply())
-                    if replies[-1][0] not in ok:
-                        break
-        except _LOST as exc:
-            raise _BrokenBeforeBody(f"SMTP connection lost before the message: {exc}") from None
+        if announced is not None:
+            replies = announced.replies  # its commands went out with the last message's end
+        else:
+            commands = self._commands(conn, sender, recipient, payload)
+            try:
+                if conn.has_extn("pipelining"):
+                    conn.send(commands)
+                    replies = [conn.getreply() for _ in expected]
+                else:
+                    lines = commands.splitlines(keepends=True)
+                    for command, ok in zip(lines, expected, strict=True):
+                        conn.send(command)
+                        replies.append(conn.getreply())
+                        if replies[-1][0] not in ok:
+                            break
+            except _LOST as exc:
+                raise _BrokenBeforeBody(f"SMTP connection lost before the message: {exc}") from None
         stages = ("MAIL FROM", "RCPT TO", "DATA")
         for stage, (code, text), ok in zip(stages, replies, expected, strict=False):
             if code not in ok:
                 metrics.smtp_reply(code)
                 self._abort(conn, data_open=replies[-1][0] == 354 and len(replies) == 3)
                 self._refused(stage, code, text, recipient)
+        ahead = self._ahead(conn, then)
+        if conn.sock is None:
+            raise _BrokenBeforeBody("SMTP connection closed before the message")
         try:
-            conn.send(payload)
-        except _LOST as exc:
-            # The final "." never went out, so the server cannot have taken the message.
-            raise _BrokenBeforeBody(f"SMTP connection lost while sending: {exc}") from None
+            _write(conn.sock, payload + ahead[1] if ahead is not None else payload)
+        except _PartlyWritten as exc:
+            if exc.written < len(payload):
+                # The final "." never went out, so the server cannot have taken the message.
+                raise _BrokenBeforeBody(f"SMTP connection lost while sending: {exc}") from None
+            self._drop()
+            raise UncertainSendError(
+                f"SMTP connection lost after the message was sent, before the reply: {exc}"
+            ) from None
         try:
             code, text = conn.getreply()
         except _LOST as exc:
@@ -373,6 +501,14 @@ class SMTPTransport:
             raise UncertainSendError(
                 f"SMTP connection lost after the message was sent, before the reply: {exc}"
             ) from None
+        if ahead is not None and 200 <= code < 600 and code != 421:
+            # The server goes on to the next message's commands: read their replies now, so
+            # the dialogue stays in step whatever this message's fate.
+            try:
+                ahead[0].replies = [conn.getreply() for _ in expected]
+                self._announced = ahead[0]
+            except _LOST:
+                self._drop()  # nothing of the next message was taken; its send reconnects
         metrics.smtp_reply(code)
         if 200 <= code < 300:
             return
@@ -411,7 +547,11 @@ class SMTPTransport:
         )
 
     def close(self) -> None:
+        if self._announced is not None and self._announced.data_open:
+            self._drop()  # a QUIT now would be read as the announced message's text
+            return
         conn, self._conn = self._conn, None
+        self._announced = None
         if conn is not None:
             try:
                 conn.quit()
@@ -422,10 +562,16 @@ class SMTPTransport:
     def connected(self) -> bool:
         return self._conn is not None
 
+    @property
+    def idle(self) -> bool:
+        """Connected, with no transaction announced: fit to be kept for another batch."""
+        return self._conn is not None and self._announced is None
+
     def reset(self) -> bool:
         """RSET on a kept connection: True when it answers 250 and can carry the next
         transaction; otherwise it is dropped (the next send opens a fresh one)."""
-        if self._conn is None:
+        if self._conn is None or self._announced is not None:
+            self._drop()
             return False
         try:
             code, _ = self._conn.rset()
@@ -574,7 +720,7 @@ def reused_transport(mail_url: str, *, timeout: float = 30.0) -> Iterator[Transp
         yield transport
         clean = True
     finally:
-        if clean and transport.connected:
+        if clean and transport.idle:
             _checkin(key, transport)
         else:
             transport.close()

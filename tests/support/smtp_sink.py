@@ -120,6 +120,7 @@ class SinkHandler:
         self.tempfail_at = "rcpt"
         self.drop_after_data_left = 0
         self.connections = 0
+        self.recipients_seen: list[str] = []  # every RCPT TO answered, in order (lower-cased)
         self.pipelining = True
         self.smtputf8 = True
         self.logins: list[tuple[str, str]] = []
@@ -170,6 +171,8 @@ class SinkHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        with self.lock:
+            self.recipients_seen.append(address.lower())
         reply = self.reject.get(address) or self._take_tempfail("rcpt")
         if reply is not None:
             return reply
@@ -323,6 +326,11 @@ class SmtpSink:
 
     def envelopes(self) -> list[tuple[list[str], EmailMessage]]:
         return [(r.recipients, r.message) for r in self.received()]
+
+    def recipients_seen(self) -> list[str]:
+        """Every RCPT TO the server answered so far, delivered or not (lower-cased)."""
+        with self.handler.lock:
+            return list(self.handler.recipients_seen)
 
     def count_for(self, recipient: str) -> int:
         return sum(r.recipients.count(recipient.lower()) for r in self.received())

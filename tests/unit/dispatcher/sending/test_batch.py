@@ -465,6 +465,52 @@ def test_a_recipient_whose_data_would_break_a_header_is_failed_and_the_rest_go(
     assert_counters_match(session_factory)
 
 
+def test_each_next_message_is_announced_with_the_one_before_and_each_goes_once(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    """One round trip a message: when a message goes, the server has already answered the
+    next one's RCPT (sent with the last one's end). A row whose message cannot be built is
+    never announced, and the row after it goes the plain way."""
+    from suppression.tokens import TokenSigner
+
+    with session_scope(session_factory) as session:
+        make_contact(session, "a0@example.com")
+        make_contact(session, "eve@example.com", first_name="Eve\r\nBcc: x@evil.example")
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(subject="{{ greeting_name }}, new music")
+        )
+    announced: list[tuple[str, bool]] = []
+
+    def look(row) -> None:  # type: ignore[no-untyped-def]
+        announced.append((row.address, row.address in smtp_sink.recipients_seen()))
+
+    send_batch(
+        to_sink,
+        session_factory,
+        TokenSigner(to_sink.secret_keys),
+        campaign_id,
+        min(ids),
+        max(ids),
+        before_send=look,
+    )
+    order = ["a0@example.com", *ADDRESSES]
+    assert announced == [("a0@example.com", False), (ADDRESSES[0], False)] + [
+        (address, True) for address in ADDRESSES[1:]
+    ]
+    assert smtp_sink.recipients_seen() == order  # each RCPT once, eve's never
+    assert [r.recipients for r in smtp_sink.wait_for_count(len(order))] == [[a] for a in order]
+    assert smtp_sink.connections == 1
+    assert details(session_factory, campaign_id)["eve@example.com"][:2] == (
+        "failed",
+        "render_error",
+    )
+    assert_counters_match(session_factory)
+
+
 def test_a_render_failure_and_a_refusal_in_one_batch_keep_their_own_reasons(
     session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
 ) -> None:

@@ -247,6 +247,142 @@ def test_drop_after_the_body_is_uncertain_then_a_new_connection(
     ]
 
 
+# --- SMTP: the next message announced with this one's end (one round trip a message) -------
+
+
+def test_the_next_envelope_goes_with_the_message_before_it(smtp_sink: SmtpSink) -> None:
+    """send(..., then=next): the next message's RCPT reaches the server with this message's
+    end, before its own send(); that send() then delivers it over the same connection."""
+    mails = [message(n, f"r{n}@example.com") for n in range(4)]
+    with open_transport(smtp_sink.url) as transport:
+        for n in range(4):
+            then = (SENDER, f"r{n + 1}@example.com", mails[n + 1]) if n < 3 else None
+            transport.send(SENDER, f"r{n}@example.com", mails[n], then=then)
+            if then is not None:
+                assert smtp_sink.recipients_seen()[-1] == f"r{n + 1}@example.com"
+                assert smtp_sink.count_for(f"r{n + 1}@example.com") == 0
+    got = smtp_sink.wait_for_count(4, timeout=10)
+    assert [r.recipients for r in got] == [[f"r{n}@example.com"] for n in range(4)]
+    assert smtp_sink.recipients_seen() == [f"r{n}@example.com" for n in range(4)]
+    assert smtp_sink.connections == 1
+
+
+def test_an_announced_message_sent_by_nobody_is_never_delivered(smtp_sink: SmtpSink) -> None:
+    """The caller announced b, then sent c instead (or closed): the server had opened DATA
+    for b, so the connection is dropped without a word — b never arrives, c arrives once."""
+    with open_transport(smtp_sink.url) as transport:
+        transport.send(
+            SENDER, "a@example.com", message(1), then=(SENDER, "b@example.com", message(2))
+        )
+        transport.send(SENDER, "c@example.com", message(3))
+        transport.send(
+            SENDER, "d@example.com", message(4), then=(SENDER, "e@example.com", message(5))
+        )
+    smtp_sink.wait_for_count(3, timeout=10)
+    assert [r.recipients for r in smtp_sink.received()] == [
+        ["a@example.com"],
+        ["c@example.com"],
+        ["d@example.com"],
+    ]
+    assert smtp_sink.connections == 2  # b's DATA was ended by dropping the first
+
+
+def test_closing_with_a_message_announced_drops_at_once(smtp_sink: SmtpSink) -> None:
+    """No QUIT while the server waits for a body: it would be read as the message's text and
+    the close would wait for a reply that never comes (the URL's 5 s timeout)."""
+    import time
+
+    with reused_transport(f"{smtp_sink.url}?timeout=5") as transport:
+        transport.send(
+            SENDER, "a@example.com", message(1), then=(SENDER, "b@example.com", message(2))
+        )
+        started = time.monotonic()
+    assert time.monotonic() - started < 4
+    assert [r.recipients for r in smtp_sink.wait_for_count(1, timeout=10)] == [["a@example.com"]]
+    close_idle_transports()  # nothing was kept: the connection was not fit for another batch
+    with reused_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "c@example.com", message(3))
+    assert smtp_sink.connections == 2
+    assert smtp_sink.count_for("b@example.com") == 0
+
+
+def test_an_announced_recipient_refused_fails_only_its_own_send(smtp_sink: SmtpSink) -> None:
+    smtp_sink.reject["gone@example.com"] = "550 5.1.1 no such user"
+    with open_transport(smtp_sink.url) as transport:
+        transport.send(
+            SENDER, "a@example.com", message(1), then=(SENDER, "gone@example.com", message(2))
+        )
+        with pytest.raises(PermanentSendError) as caught:
+            transport.send(
+                SENDER, "gone@example.com", message(2), then=(SENDER, "c@example.com", message(3))
+            )
+        transport.send(SENDER, "c@example.com", message(3))
+    assert caught.value.recipient_refused and caught.value.recipient == "gone@example.com"
+    got = smtp_sink.wait_for_count(2, timeout=10)
+    assert [r.recipients for r in got] == [["a@example.com"], ["c@example.com"]]
+    assert smtp_sink.connections == 1
+
+
+def test_a_message_refused_after_its_body_leaves_the_announced_one_going(
+    smtp_sink: SmtpSink,
+) -> None:
+    smtp_sink.tempfail_next(1, "451 4.3.0 try later", at="data")
+    with open_transport(smtp_sink.url) as transport:
+        with pytest.raises(TransientSendError, match="451") as caught:
+            transport.send(
+                SENDER, "a@example.com", message(1), then=(SENDER, "b@example.com", message(2))
+            )
+        assert not caught.value.connection_lost
+        transport.send(SENDER, "b@example.com", message(2))
+    assert [r.recipients for r in smtp_sink.wait_for_count(1, timeout=10)] == [["b@example.com"]]
+    assert smtp_sink.recipients_seen() == ["a@example.com", "b@example.com"]  # b's RCPT once
+    assert smtp_sink.connections == 1
+
+
+def test_a_drop_after_the_body_leaves_the_announced_message_to_a_new_connection(
+    smtp_sink: SmtpSink,
+) -> None:
+    smtp_sink.drop_connection_after_data(1)
+    with open_transport(smtp_sink.url) as transport:
+        with pytest.raises(UncertainSendError):
+            transport.send(
+                SENDER, "a@example.com", message(1), then=(SENDER, "b@example.com", message(2))
+            )
+        transport.send(SENDER, "b@example.com", message(2))
+    got = smtp_sink.wait_for_count(2, timeout=10)
+    assert [(r.recipients, r.dropped, r.connection) for r in got] == [
+        (["a@example.com"], True, 1),
+        (["b@example.com"], False, 2),
+    ]
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_an_announced_envelope_the_relay_cannot_take_is_left_to_its_own_send(
+    smtp_sink: SmtpSink, pipelining: bool
+) -> None:
+    """Without PIPELINING nothing is announced; a next envelope that is bad or needs
+    SMTPUTF8 the relay lacks is not announced either: its own send() refuses it."""
+    smtp_sink.pipelining = pipelining
+    smtp_sink.smtputf8 = False
+    with open_transport(smtp_sink.url) as transport:
+        transport.send(
+            SENDER, "a@example.com", message(1), then=(SENDER, "jösé@example.com", message(2))
+        )
+        transport.send(
+            SENDER, "b@example.com", message(3), then=(SENDER, "x\r\nRSET@example.com", message(4))
+        )
+        with pytest.raises(PermanentSendError, match="SMTPUTF8"):
+            transport.send(SENDER, "jösé@example.com", message(2))
+        transport.send(
+            SENDER, "c@example.com", message(5), then=(SENDER, "d@example.com", message(6))
+        )
+        transport.send(SENDER, "d@example.com", message(6))
+    got = smtp_sink.wait_for_count(4, timeout=10)
+    assert [r.recipients for r in got] == [[f"{x}@example.com"] for x in "abcd"]
+    assert smtp_sink.recipients_seen() == [f"{x}@example.com" for x in "abcd"]
+    assert smtp_sink.connections == 1
+
+
 def test_refused_connection_is_transient_and_retried_on_next_send(smtp_sink: SmtpSink) -> None:
     smtp_sink.refuse_connections = True
     with open_transport(smtp_sink.url) as transport:
