@@ -5,14 +5,15 @@ keeping its rules where they are subtle. Every header goes through the stdlib's 
 folding (RFC 2047 encoded words, lines folded under 78 octets) except a short ASCII one,
 which that folding would leave as it is anyway. The body has one fixed shape —
 multipart/alternative, text/plain then text/html, UTF-8, quoted-printable — so it is written
-directly: :func:`binascii.b2a_qp` (C) encodes each part with lines of at most 76 octets, and
-the boundary starts with ``=_``, which quoted-printable text can never contain, so it needs
-no search through the bodies. Tests parse the result back with the stdlib parser.
+directly: :mod:`dispatcher.sending.quoted_printable` encodes each part with lines of at most
+76 octets (a campaign's fast render brings its parts encoded, all but the lines holding a
+recipient's value done once per campaign), and the boundary starts with ``=_``, which
+quoted-printable text can never contain, so it needs no search through the bodies. Tests
+parse the result back with the stdlib parser.
 """
 
 from __future__ import annotations
 
-import binascii
 import re
 import secrets
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from email.policy import Compat32
 from email.utils import format_datetime, formataddr, parseaddr, quote
 from functools import lru_cache
 
+from dispatcher.sending.quoted_printable import encode
 from dispatcher.sending.rendering import RenderedMessage
 
 # A display name longer than this is left out of the To header (it is only cosmetic, and a
@@ -128,19 +130,6 @@ def _sender(sender: str) -> str | Header:
     return _mailbox("From", name, address)
 
 
-def _quoted_printable(body: str) -> bytes:
-    if "\r" in body:
-        body = body.replace("\r\n", "\n").replace("\r", "\n")
-    text = body.replace("\n", _CRLF)
-    data = text.encode("utf-8", "replace")
-    encoded = binascii.b2a_qp(data, istext=True)
-    if b"\n" not in data:
-        # b2a_qp takes its line end from the first line; with none, its soft breaks are
-        # bare LF, the only LFs in the output.
-        encoded = encoded.replace(b"\n", b"\r\n")
-    return encoded
-
-
 def build_message(
     rendered: RenderedMessage,
     *,
@@ -188,16 +177,17 @@ def build_message(
     head.append(b"MIME-Version: 1.0\r\n")
     head.append(_header("Content-Type", f'multipart/alternative; boundary="{boundary}"'))
     delimiter = f"{_CRLF}--{boundary}{_CRLF}".encode("ascii")
+    text, html = rendered.encoded or (encode(rendered.text), encode(rendered.html))
     return b"".join(
         [
             *head,
             b"\r\n",
             delimiter[2:],
             _PART_HEAD.format(subtype="plain").encode("ascii"),
-            _quoted_printable(rendered.text),
+            text,
             delimiter,
             _PART_HEAD.format(subtype="html").encode("ascii"),
-            _quoted_printable(rendered.html),
+            html,
             f"{_CRLF}--{boundary}--{_CRLF}".encode("ascii"),
         ]
     )

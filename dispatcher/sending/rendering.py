@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from markupsafe import Markup
 
 from dispatcher.sending import staff_text
 from dispatcher.sending.placeholders import ESCAPE_ATTR, ESCAPE_TEXT, Placeholders, Segments, proven
+from dispatcher.sending.quoted_printable import EncodedPart
 from dispatcher.sending.sandbox import (
     BODY_TEMPLATE_NAMES,
     RECIPIENT_NAMES,
@@ -78,6 +79,9 @@ class RenderedMessage:
     subject: str
     text: str
     html: str
+    # text and html as quoted-printable, when the render already has them (the fast path
+    # encodes only the lines that hold a recipient's value: quoted_printable.EncodedPart).
+    encoded: tuple[bytes, bytes] | None = field(default=None, compare=False)
 
 
 SAMPLE_RECIPIENTS = (
@@ -298,6 +302,7 @@ class PreparedCampaign:
         self._paths = paths
         self._subject_source = subject_source
         self._fast = fast
+        self._encoded = (EncodedPart.of(fast[1]), EncodedPart.of(fast[2])) if fast else None
         self.fingerprint = fingerprint
 
     @property
@@ -318,8 +323,13 @@ class PreparedCampaign:
         if self._fast is None or not proven(names, urls):
             return _render_full(self._renderer, self._paths, self._subject_source, values)
         subject, text, html = self._fast
+        assert self._encoded is not None
+        text_encoded, html_encoded = self._encoded
         return RenderedMessage(
-            subject=subject.fill(values).strip(), text=text.fill(values), html=html.fill(values)
+            subject=subject.fill(values).strip(),
+            text=text.fill(values),
+            html=html.fill(values),
+            encoded=(text_encoded.fill(values), html_encoded.fill(values)),
         )
 
     def render_full(self, recipient: Recipient) -> RenderedMessage:
