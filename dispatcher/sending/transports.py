@@ -26,7 +26,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +111,7 @@ class Transport(Protocol):
         message: bytes,
         *,
         then: tuple[str, str, bytes] | None = None,
+        while_waiting: Callable[[], None] | None = None,
     ) -> None: ...
 
 
@@ -162,6 +163,7 @@ class MaildirTransport:
         message: bytes,
         *,
         then: tuple[str, str, bytes] | None = None,  # a file needs no announcing
+        while_waiting: Callable[[], None] | None = None,  # nor waits for a reply
     ) -> None:
         _check_envelope(envelope_from, recipient)
         if not self._ready:
@@ -371,8 +373,12 @@ class SMTPTransport:
         message: bytes,
         *,
         then: tuple[str, str, bytes] | None = None,
+        while_waiting: Callable[[], None] | None = None,
     ) -> None:
         """Hand ``message`` over (errors: see the module's docstring).
+
+        ``while_waiting`` is called once the message has gone and before its reply is
+        read, so the round trip overlaps the caller's work; it must not raise.
 
         ``then``: the envelope sender, recipient and message the caller sends next, whatever
         becomes of this one. With PIPELINING, its MAIL, RCPT and DATA go out in the same
@@ -388,7 +394,9 @@ class SMTPTransport:
             conn = self._connection()
             fresh = self._fresh
             try:
-                self._transaction(conn, envelope_from, recipient, payload, announced, then)
+                self._transaction(
+                    conn, envelope_from, recipient, payload, announced, then, while_waiting
+                )
             except _BrokenBeforeBody as exc:
                 self._drop()
                 announced = None  # its replies were the old connection's
@@ -455,6 +463,7 @@ class SMTPTransport:
         payload: bytes,
         announced: _Announced | None,
         then: tuple[str, str, bytes] | None,
+        while_waiting: Callable[[], None] | None,
     ) -> None:
         expected = ((250,), (250, 251), (354,))
         replies: list[tuple[int, bytes]] = []
@@ -494,6 +503,8 @@ class SMTPTransport:
             raise UncertainSendError(
                 f"SMTP connection lost after the message was sent, before the reply: {exc}"
             ) from None
+        if while_waiting is not None:
+            while_waiting()
         try:
             code, text = conn.getreply()
         except _LOST as exc:

@@ -267,6 +267,29 @@ def test_the_next_envelope_goes_with_the_message_before_it(smtp_sink: SmtpSink) 
     assert smtp_sink.connections == 1
 
 
+def test_while_waiting_runs_once_a_message_has_gone_and_before_its_reply(
+    smtp_sink: SmtpSink,
+) -> None:
+    """The caller's work overlaps the round trip: when while_waiting runs, the whole message
+    is at the server already (it stores a message before it answers)."""
+    seen: list[int] = []
+
+    def meanwhile() -> None:
+        seen.append(len(smtp_sink.wait_for_count(len(seen) + 1, timeout=10)))
+
+    with open_transport(smtp_sink.url) as transport:
+        transport.send(SENDER, "a@example.com", message(1), while_waiting=meanwhile)
+        transport.send(
+            SENDER,
+            "b@example.com",
+            message(2),
+            then=(SENDER, "c@example.com", message(3)),
+            while_waiting=meanwhile,
+        )
+        transport.send(SENDER, "c@example.com", message(3), while_waiting=meanwhile)
+    assert seen == [1, 2, 3]
+
+
 def test_an_announced_message_sent_by_nobody_is_never_delivered(smtp_sink: SmtpSink) -> None:
     """The caller announced b, then sent c instead (or closed): the server had opened DATA
     for b, so the connection is dropped without a word — b never arrives, c arrives once."""
