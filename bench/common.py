@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from dispatcher.campaigns.fleet import start_due_now
 from dispatcher.campaigns.services import create_campaign, schedule_campaign
 from dispatcher.db import make_engine, make_sessionmaker, session_scope
 from dispatcher.settings import Settings, load_settings
@@ -207,7 +208,7 @@ def populate(database_url: str, contacts: int, extra_suppressions: int = 0) -> N
     engine.dispose()
 
 
-def scheduled_campaign(settings: Settings) -> int:
+def scheduled_campaign(settings: Settings, *, nudge: bool = False) -> int:
     """A marketing campaign on the shipped CSS-styled template, scheduled for now."""
     engine = make_engine(settings.database_url)
     with session_scope(make_sessionmaker(engine)) as session:
@@ -217,6 +218,8 @@ def scheduled_campaign(settings: Settings) -> int:
         schedule_campaign(session, settings, campaign.id)
         campaign_id = campaign.id
     engine.dispose()
+    if nudge:  # a worker is running: ask it to start now, as `campaign schedule` does
+        start_due_now(settings)
     return campaign_id
 
 

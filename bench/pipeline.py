@@ -224,7 +224,7 @@ def pipeline(
                 idle = tree_report(worker.process.pid)  # start-up CPU is not the campaign's
                 started = time.perf_counter()
                 scheduled_at = time.time()
-                campaign_id = scheduled_campaign(settings)
+                campaign_id = scheduled_campaign(settings, nudge=True)
                 outcome = _wait_terminal(database_url, campaign_id, timeout)
                 elapsed = time.perf_counter() - started
                 processes = {

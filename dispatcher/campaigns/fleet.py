@@ -98,6 +98,38 @@ def heartbeats(session: Session, kind: str) -> list[Heartbeat]:
     )
 
 
+START_DUE_TASK = "workers.tasks.start_due_campaigns"
+
+
+def start_due_now(settings: Settings, timeout: float = 2.0) -> bool:
+    """Ask a worker to start the campaigns that are due now instead of at the beat's next
+    tick (up to ``DISPATCHER_BEAT_INTERVAL_SECONDS`` away): "send now" starts at once.
+
+    Only a nudge, sent after the schedule is committed: the beat starts the campaign anyway,
+    and a campaign started twice is started once (the fan-out moves it to sending first).
+    False, and a line in the log, when the broker did not take it."""
+    from celery import Celery
+
+    app = Celery("nudge", set_as_current=False)
+    app.conf.update(
+        {
+            "broker_url": settings.broker_url,
+            "task_default_queue": DEFAULT_QUEUE,
+            "broker_connection_timeout": timeout,
+            "broker_connection_retry": False,
+            **settings.celery,  # the workers' own queue and routes
+        }
+    )
+    try:
+        app.send_task(START_DUE_TASK, retry=False)
+    except Exception as exc:  # noqa: BLE001 - any failure is the same news: beat will do it
+        log.info("could not ask the workers to start due campaigns now: %s", type(exc).__name__)
+        return False
+    finally:
+        app.close()
+    return True
+
+
 @dataclass(frozen=True)
 class Fleet:
     """What the broker said at ``checked_at``.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dispatcher.campaigns.fleet import probe_fleet
+from dispatcher.campaigns.fleet import probe_fleet, start_due_now
 from dispatcher.campaigns.health import CampaignHealth, campaign_health, campaigns_in_trouble
 from dispatcher.campaigns.links import dead_own_links
 from dispatcher.campaigns.preview import preview_message
@@ -32,6 +32,7 @@ from dispatcher.db import session_scope
 from dispatcher.sending.rendering import list_templates
 from dispatcher.sending.staff_text import StaffContent
 from suppression.address import InvalidAddress
+from suppression.models import utcnow
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -189,6 +190,8 @@ def schedule(app: AppContext, campaign_id: int, at: datetime | None, actor: str)
             dead = dead_own_links(app.settings, campaign_view(row))
     except CampaignError as exc:
         raise _fail(exc) from None
+    if when is not None and when <= utcnow():
+        start_due_now(app.settings)  # committed: a worker may start it now
     click.echo(f"campaign {campaign_id} scheduled for {when:%Y-%m-%d %H:%M:%S %Z}")
     for link in dead:
         click.echo(

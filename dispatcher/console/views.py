@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from dispatcher.campaigns import counts as campaign_counts
+from dispatcher.campaigns.fleet import start_due_now
 from dispatcher.campaigns.health import campaign_health, campaigns_in_trouble
 from dispatcher.campaigns.services import (
     CampaignError,
@@ -75,6 +76,7 @@ from dispatcher.sending.messages import build_message
 from dispatcher.sending.rendering import TemplateProblem, list_layouts
 from dispatcher.sending.staff_text import STAFF_VARIABLES, StaffContent
 from dispatcher.sending.transports import SendError
+from suppression.models import utcnow
 from suppression.tokens import BadToken
 
 bp = Blueprint("console", __name__)
@@ -528,6 +530,8 @@ def schedule(campaign_id: int) -> BaseResponse:
         flash(str(exc), "error")
     else:
         audit("campaign_schedule", campaign_id=campaign_id, at=when.isoformat() if when else None)
+        if when is not None and when <= utcnow():
+            start_due_now(settings())  # committed: a worker may start it now
         flash(f"Scheduled for {_local(when, _zone())}.")
     return redirect(url_for("console.campaign", campaign_id=campaign_id))
 
