@@ -444,18 +444,27 @@ def campaign_status(sessions: sessionmaker[Session], campaign_id: int) -> str | 
         return session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
 
 
-def test_a_recipient_whose_data_would_break_a_header_is_failed_and_the_rest_go(
-    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
-) -> None:
-    with session_scope(session_factory) as session:
+def campaign_with_eve(sessions: sessionmaker[Session], *first: str) -> tuple[int, list[int]]:
+    """sending_campaign with, before ADDRESSES, the contacts ``first`` and then Eve, whose
+    name would break a header: the subject carries the name, so her message cannot be built."""
+    with session_scope(sessions) as session:
+        for address in first:
+            make_contact(session, address)
         make_contact(session, "eve@example.com", first_name="Eve\r\nBcc: x@evil.example")
-    campaign_id, ids = sending_campaign(session_factory)
-    with session_scope(session_factory) as session:
+    campaign_id, ids = sending_campaign(sessions)
+    with session_scope(sessions) as session:
         session.execute(
             update(Campaign)
             .where(Campaign.id == campaign_id)
             .values(subject="{{ greeting_name }}, new music")
         )
+    return campaign_id, ids
+
+
+def test_a_recipient_whose_data_would_break_a_header_is_failed_and_the_rest_go(
+    session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
+) -> None:
+    campaign_id, ids = campaign_with_eve(session_factory)
     send(campaign_id, ids[0], ids[-1])
     assert sent_to(smtp_sink) == sorted(ADDRESSES)
     status, reason, error, *_ = details(session_factory, campaign_id)["eve@example.com"]
@@ -473,16 +482,7 @@ def test_each_next_message_is_announced_with_the_one_before_and_each_goes_once(
     never announced, and the row after it goes the plain way."""
     from suppression.tokens import TokenSigner
 
-    with session_scope(session_factory) as session:
-        make_contact(session, "a0@example.com")
-        make_contact(session, "eve@example.com", first_name="Eve\r\nBcc: x@evil.example")
-    campaign_id, ids = sending_campaign(session_factory)
-    with session_scope(session_factory) as session:
-        session.execute(
-            update(Campaign)
-            .where(Campaign.id == campaign_id)
-            .values(subject="{{ greeting_name }}, new music")
-        )
+    campaign_id, ids = campaign_with_eve(session_factory, "a0@example.com")
     announced: list[tuple[str, bool]] = []
 
     def look(row) -> None:  # type: ignore[no-untyped-def]
@@ -515,15 +515,7 @@ def test_a_render_failure_and_a_refusal_in_one_batch_keep_their_own_reasons(
     session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
 ) -> None:
     smtp_sink.reject(ADDRESSES[2], "550 5.1.1 mailbox unavailable")
-    with session_scope(session_factory) as session:
-        make_contact(session, "eve@example.com", first_name="Eve\r\nBcc: x@evil.example")
-    campaign_id, ids = sending_campaign(session_factory)
-    with session_scope(session_factory) as session:
-        session.execute(
-            update(Campaign)
-            .where(Campaign.id == campaign_id)
-            .values(subject="{{ greeting_name }}, new music")
-        )
+    campaign_id, ids = campaign_with_eve(session_factory)
     send(campaign_id, ids[0], ids[-1])
     after = details(session_factory, campaign_id)
     assert after["eve@example.com"][:2] == ("failed", "render_error")
