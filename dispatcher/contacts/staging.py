@@ -202,6 +202,15 @@ def _attributes_differ(postgres: bool, old: Any, new: Any) -> Any:
     return func.json_patch(old, new) != func.json(old)
 
 
+def _differs(pg: bool, new: Any, old: Any) -> Any:
+    """SQL: whether a file's details (``new``) change a contact's (``old``)."""
+    return or_(
+        and_(new.first_name.is_not(None), new.first_name.is_distinct_from(old.first_name)),
+        and_(new.last_name.is_not(None), new.last_name.is_distinct_from(old.last_name)),
+        and_(new.attributes.is_not(None), _attributes_differ(pg, old.attributes, new.attributes)),
+    )
+
+
 def merge(
     stage: Stage,
     *,
@@ -304,7 +313,9 @@ def merge(
                 people.c.attributes,
                 contacts.c.id,
                 contacts.c.id.is_(None),
-                false(),
+                # An existing contact the file changes (names, attributes; tags and consent
+                # are looked at below).
+                and_(contacts.c.id.is_not(None), _differs(pg, people.c, contacts.c)),
                 people.c.alone,
                 a.c.id.in_(select(FRESH.c.address_id)) if pg else false(),
             )
@@ -317,18 +328,8 @@ def merge(
     conn.execute(text("CREATE INDEX ix_import_people_address ON import_people (address)"))
     if pg:
         conn.execute(text("ANALYZE import_people"))
-    # Existing contacts: what the file changes, then the change.
+    # Existing contacts: the change.
     old = contacts.c
-    differs = or_(
-        and_(p.c.first_name.is_not(None), p.c.first_name.is_distinct_from(old.first_name)),
-        and_(p.c.last_name.is_not(None), p.c.last_name.is_distinct_from(old.last_name)),
-        and_(p.c.attributes.is_not(None), _attributes_differ(pg, old.attributes, p.c.attributes)),
-    )
-    conn.execute(
-        update(p)
-        .where(p.c.is_new == false(), exists().where(old.id == p.c.contact_id, differs))
-        .values(changed=true())
-    )
     conn.execute(
         update(Contact)
         .where(old.id == p.c.contact_id, p.c.changed == true())
