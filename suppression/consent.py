@@ -461,8 +461,8 @@ def merge_consents(
     for its address and scope, ``fresh`` true only where the address was added in this very
     transaction, so that no other can hold or write a state of it (false is always correct for
     both, only slower). The file's own history is settled first (its latest word per address
-    and scope), then compared with the current state. Ledger rows, states and one ``consent_changed`` audit event per state written are
-    added in ``session``'s transaction.
+    and scope), then compared with the current state. Ledger rows, states and one
+    ``consent_changed`` audit event per state written are added in ``session``'s transaction.
     """
     conn = session.connection()
     f = _FACTS
@@ -554,17 +554,19 @@ def merge_consents(
                 f.c.status,
                 _json_detail(session, "scope", f.c.scope, "source", f.c.source),
             )
-            # one event per state this import wrote (not one a concurrent change kept)
-            .select_from(f)
-            .join(
-                s,
-                and_(
-                    s.c.address_id == f.c.address_id,
-                    s.c.scope == f.c.scope,
-                    s.c.consent_id == f.c.consent_id,
+            # One event per state this import wrote, not one a concurrent change kept: a fresh
+            # address's state was written above (or the INSERT had failed).
+            .where(
+                winners,
+                or_(
+                    f.c.fresh == true(),
+                    exists().where(
+                        s.c.address_id == f.c.address_id,
+                        s.c.scope == f.c.scope,
+                        s.c.consent_id == f.c.consent_id,
+                    ),
                 ),
             )
-            .where(winners)
             .order_by(f.c.line),
         )
     )

@@ -19,7 +19,7 @@ from dispatcher.contacts.importer import import_contacts
 from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade
 from dispatcher.models import Contact
 from suppression.consent import record_consent
-from suppression.models import Address, Consent, ConsentState, ConsentStatus, Scope
+from suppression.models import Address, Consent, ConsentState, ConsentStatus, Event, Scope
 from suppression.registry import ensure_address
 from tests.conftest import settings_for
 from tests.support.backends import postgres_database, require
@@ -68,6 +68,17 @@ def test_one_row_and_several_row_addresses_mixed_on_postgres(
     """Ledger ids from the sequence, given by the two paths of the consent merge."""
     _empty(pg_factory)
     latest_word.test_one_row_and_several_row_addresses_mixed_in_a_file_over_an_existing_ledger(
+        tmp_path, pg_factory
+    )
+
+
+def test_each_state_an_import_writes_gets_one_event_on_postgres(
+    pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """New addresses' states are written without the upsert, and their events without
+    looking the states up again."""
+    _empty(pg_factory)
+    latest_word.test_each_state_an_import_writes_gets_one_event_naming_the_address_actor_and_source(
         tmp_path, pg_factory
     )
 
@@ -157,3 +168,13 @@ def test_an_address_another_writer_adds_during_the_import_keeps_its_state_judged
             ("bob@example.com", "opted_in", "crm"),
         ]
         assert session.scalar(select(func.count()).select_from(Consent)) == 3
+        events = session.execute(
+            select(Address.address, Event.outcome)
+            .join(Address, Address.id == Event.address_id)
+            .where(Event.kind == "consent_changed", Event.detail["source"].as_string() == "crm")
+            .order_by(Address.address)
+        ).all()
+        assert [tuple(row) for row in events] == [
+            ("ann@example.com", "opted_out"),
+            ("bob@example.com", "opted_in"),
+        ]
