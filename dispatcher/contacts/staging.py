@@ -233,7 +233,8 @@ def merge(
     # Only the addresses not known yet (a re-import inserts none), in the order the file first
     # names them: their ids then follow the file, and what points at them below is written in
     # id order, so foreign-key checks and index entries land on neighbouring pages instead of
-    # all over a large table. ON CONFLICT: one another writer added meanwhile.
+    # all over a large table. ON CONFLICT: one another writer added meanwhile (on PostgreSQL
+    # only when a plain INSERT met one: _add_addresses).
     first_seen = select(r.c.address, func.min(r.c.line).label("line")).group_by(r.c.address)
     unknown = first_seen.subquery()
     add = insert_for(session, Address).from_select(
