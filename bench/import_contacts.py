@@ -18,15 +18,15 @@ CPU-second (the steadier figure on a shared machine), peak RSS and the load aver
 (COPY / executemany), and each merge statement by verb and table (CPU of this process and, on
 PostgreSQL, of the server process running the statement).
 
-Measured 2026-12-01, --rows 1000000 --backend both --phases, the shared 2-core machine at load
-average 3.6-4.9: SQLite first import 27,407 rows/s (38,449 per CPU-second), re-import 39,306
-(52,959), peak RSS 81 MB: target met. PostgreSQL first import 14,325 rows/s (17,024 per
-CPU-second, client and server), re-import 31,235 (42,004), peak RSS 87 MB; COPY of the same
-file 1,021,789 rows/s; import / COPY = 0.014: target not met. The code before (main at
-18f575c), run with this script in the same hour at load average 4.9-7.0: SQLite 14,041 rows/s
-(32,711 per CPU-second), re-import 19,237 (40,760); PostgreSQL 5,366 (12,540), re-import
-14,162 (29,497). Where PostgreSQL's time goes and why 50,000 rows/s is out of reach: README,
-"Importing contacts".
+Measured 2026-12-01 10:05, --rows 1000000 --backend both --phases, the shared 2-core machine
+under other sessions' load tests (load average 7-21, so rows per CPU-second is the figure):
+SQLite 35,739 rows per CPU-second first import, re-import 51,474, peak RSS 81 MB (the quiet
+run before: 37,442 rows/s, target met). PostgreSQL 18,300 rows per CPU-second first import
+(client and server), re-import 43,588, peak RSS 86 MB; COPY of the same file 634,218 rows/s:
+target not met. On 200,000 rows, the code before this round (main at 1ccf71d) and after,
+alternately: first import 16,964-17,744 rows per CPU-second before, 19,107-19,485 after.
+Where PostgreSQL's time goes and why 50,000 rows/s is out of reach: README, "Contacts CSV",
+the **Speed** item.
 """
 
 from __future__ import annotations

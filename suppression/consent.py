@@ -430,6 +430,7 @@ _FACTS = Table(
     Column("occurred_at", UTCDateTime(), nullable=False),
     Column("dated", Boolean, nullable=False),
     Column("source", String(200), nullable=False),
+    Column("fresh", Boolean, nullable=False),
     Column("verdict", String(16)),
     Column("consent_id", BigId),  # the ledger row's id, given before it is written
     prefixes=["TEMPORARY"],
@@ -455,12 +456,13 @@ def merge_consents(
 ) -> MergeTally:
     """Apply an import's consent facts at once, set-based, under the rule above.
 
-    ``facts`` selects ``line, address_id, scope, status, occurred_at, dated, source, alone``:
-    every fact of one file, ``alone`` true only where the fact is the file's one fact for its
-    address and scope (false is always correct, only slower). The file's own history is
-    settled first (its latest word per address and scope), then compared with the current
-    state. Ledger rows, states and one ``consent_changed`` audit event per state written are
-    added in ``session``'s transaction.
+    ``facts`` selects ``line, address_id, scope, status, occurred_at, dated, source, alone,
+    fresh``: every fact of one file, ``alone`` true only where the fact is the file's one fact
+    for its address and scope, ``fresh`` true only where the address was added in this very
+    transaction, so that no other can hold or write a state of it (false is always correct for
+    both, only slower). The file's own history is settled first (its latest word per address
+    and scope), then compared with the current state. Ledger rows, states and one
+    ``consent_changed`` audit event per state written are added in ``session``'s transaction.
     """
     conn = session.connection()
     f = _FACTS
@@ -532,11 +534,13 @@ def merge_consents(
     # The states, pointing at their ledger rows; the rule decides again in the upsert, so a
     # change that committed meanwhile (an unsubscribe) is never overwritten.
     winners = f.c.verdict.in_([Verdict.CHANGED, Verdict.RENEWED])
+    state_columns = ["address_id", "scope", "status", "consent_id", "occurred_at", "dated"]
+    states = select(*(f.c[name] for name in state_columns)).where(winners)
+    # A fresh address has no state, and none can be written beside this transaction: a plain
+    # INSERT, without the upsert's speculative insertion.
+    conn.execute(insert(ConsentState).from_select(state_columns, states.where(f.c.fresh == true())))
     upsert = insert_for(session, ConsentState).from_select(
-        ["address_id", "scope", "status", "consent_id", "occurred_at", "dated"],
-        select(
-            f.c.address_id, f.c.scope, f.c.status, f.c.consent_id, f.c.occurred_at, f.c.dated
-        ).where(winners),
+        state_columns, states.where(f.c.fresh == false())
     )
     conn.execute(_unless_overtaken(upsert, recipient_action=False))
     conn.execute(
@@ -550,17 +554,19 @@ def merge_consents(
                 f.c.status,
                 _json_detail(session, "scope", f.c.scope, "source", f.c.source),
             )
-            # one event per state this import wrote (not one a concurrent change kept)
-            .select_from(f)
-            .join(
-                s,
-                and_(
-                    s.c.address_id == f.c.address_id,
-                    s.c.scope == f.c.scope,
-                    s.c.consent_id == f.c.consent_id,
+            # One event per state this import wrote, not one a concurrent change kept: a fresh
+            # address's state was written above (or the INSERT had failed).
+            .where(
+                winners,
+                or_(
+                    f.c.fresh == true(),
+                    exists().where(
+                        s.c.address_id == f.c.address_id,
+                        s.c.scope == f.c.scope,
+                        s.c.consent_id == f.c.consent_id,
+                    ),
                 ),
             )
-            .where(winners)
             .order_by(f.c.line),
         )
     )

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -113,7 +114,11 @@ class Consent(Base):
     """The consent ledger: every change is a row; nothing here is updated or deleted."""
 
     __tablename__ = "consents"
-    __table_args__ = (Index("ix_consents_address_scope", "address_id", "scope", "occurred_at"),)
+    # Every query names an address (and mostly a scope); unique, so that a state can point at
+    # a word of its own address and scope (ConsentState's foreign key).
+    __table_args__ = (
+        Index("uq_consents_address_id_scope_id", "address_id", "scope", "id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"))
@@ -134,14 +139,23 @@ class ConsentState(Base):
     """The latest word per (address, scope): a ledger row, chosen by the rule in ``consent.py``.
 
     The gate reads this by primary key, so its cost does not grow with the ledger's history.
+    One foreign key, to the ledger row of the same address and scope (which in turn names an
+    existing address): one check per state written, where an import writes a million.
     """
 
     __tablename__ = "consent_states"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["address_id", "scope", "consent_id"],
+            ["consents.address_id", "consents.scope", "consents.id"],
+            name="fk_consent_states_address_id_consents",
+        ),
+    )
 
-    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"), primary_key=True)
+    address_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     scope: Mapped[str] = mapped_column(String(32), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
-    consent_id: Mapped[int] = mapped_column(ForeignKey("consents.id"))
+    consent_id: Mapped[int] = mapped_column(BigId)
     occurred_at: Mapped[datetime]
     dated: Mapped[bool] = mapped_column(default=True, server_default=true())
 

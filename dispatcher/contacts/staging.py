@@ -41,6 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dispatcher.models import Contact, ContactTag
@@ -92,6 +93,17 @@ PEOPLE = Table(
     Column("is_new", Boolean, nullable=False),
     Column("changed", Boolean, nullable=False),
     Column("alone", Boolean, nullable=False),  # on one row of the file
+    # The address was added by this import, so no other transaction can hold anything of it
+    # (it cannot see the row until the import commits): its consent states are inserted
+    # without the upsert's conflict handling.
+    Column("fresh", Boolean, nullable=False),
+    prefixes=["TEMPORARY"],
+)
+# PostgreSQL: the ids of the addresses this import added.
+FRESH = Table(
+    "import_fresh",
+    _meta,
+    Column("address_id", BigInteger, primary_key=True),
     prefixes=["TEMPORARY"],
 )
 _ROW_COLUMNS = [c.name for c in ROWS.c]
@@ -112,6 +124,7 @@ class Stage:
         self.session = session
         self.conn = session.connection()
         self.postgres = self.conn.dialect.name == "postgresql"
+        self.tables = (ROWS, TAGS, PEOPLE, FRESH) if self.postgres else (ROWS, TAGS, PEOPLE)
         if self.postgres:
             # For this transaction only. JIT compiles the merge's statements for seconds (their
             # cost estimates are large) and then saves nothing on a few hash joins; the sorts
@@ -119,7 +132,7 @@ class Stage:
             # the default 4 MB.
             self.conn.execute(text("SET LOCAL jit = off"))
             self.conn.execute(text("SET LOCAL work_mem = '64MB'"))
-        for table in (ROWS, TAGS, PEOPLE):
+        for table in self.tables:
             table.drop(self.conn, checkfirst=True)
             table.create(self.conn)
 
@@ -146,8 +159,27 @@ class Stage:
             cursor.close()
 
     def drop(self) -> None:
-        for table in (ROWS, TAGS, PEOPLE):
+        for table in self.tables:
             table.drop(self.conn)
+
+
+def _add_addresses(session: Session, add: Any) -> None:
+    """PostgreSQL: run ``add`` (INSERT INTO addresses … SELECT the addresses not known yet),
+    noting the ids it adds in import_fresh. Tried as a plain INSERT, which costs half as much
+    as ON CONFLICT's speculative insertion; when another writer added one of the addresses
+    meanwhile (a signup), that is undone and the INSERT runs again with ON CONFLICT DO NOTHING,
+    whose RETURNING names only the addresses this import added."""
+    a = Address.__table__
+    for attempt in (add, add.on_conflict_do_nothing()):
+        added = attempt.returning(a.c.id).cte("added")
+        note = FRESH.insert().from_select(["address_id"], select(added.c.id)).add_cte(added)
+        try:
+            with session.begin_nested():
+                session.connection().execute(note)
+            return
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "23505" or attempt is not add:
+                raise
 
 
 @dataclass
@@ -168,6 +200,15 @@ def _attributes_differ(postgres: bool, old: Any, new: Any) -> Any:
     if postgres:
         return cast(old, JSONB).op("||")(cast(new, JSONB)) != cast(old, JSONB)
     return func.json_patch(old, new) != func.json(old)
+
+
+def _differs(pg: bool, new: Any, old: Any) -> Any:
+    """SQL: whether a file's details (``new``) change a contact's (``old``)."""
+    return or_(
+        and_(new.first_name.is_not(None), new.first_name.is_distinct_from(old.first_name)),
+        and_(new.last_name.is_not(None), new.last_name.is_distinct_from(old.last_name)),
+        and_(new.attributes.is_not(None), _attributes_differ(pg, old.attributes, new.attributes)),
+    )
 
 
 def merge(
@@ -192,20 +233,21 @@ def merge(
     # Only the addresses not known yet (a re-import inserts none), in the order the file first
     # names them: their ids then follow the file, and what points at them below is written in
     # id order, so foreign-key checks and index entries land on neighbouring pages instead of
-    # all over a large table. ON CONFLICT: one another writer added meanwhile.
+    # all over a large table. ON CONFLICT: one another writer added meanwhile (on PostgreSQL
+    # only when a plain INSERT met one: _add_addresses).
     first_seen = select(r.c.address, func.min(r.c.line).label("line")).group_by(r.c.address)
     unknown = first_seen.subquery()
-    conn.execute(
-        insert_for(session, Address)
-        .from_select(
-            ["address", "created_at"],
-            # The WHERE also keeps SQLite from reading "SELECT … FROM t ON CONFLICT" as a join.
-            select(unknown.c.address, at_now)
-            .where(~exists().where(a.c.address == unknown.c.address))
-            .order_by(unknown.c.line),
-        )
-        .on_conflict_do_nothing()
+    add = insert_for(session, Address).from_select(
+        ["address", "created_at"],
+        # The WHERE also keeps SQLite from reading "SELECT … FROM t ON CONFLICT" as a join.
+        select(unknown.c.address, at_now)
+        .where(~exists().where(a.c.address == unknown.c.address))
+        .order_by(unknown.c.line),
     )
+    if pg:
+        _add_addresses(session, add)
+    else:
+        conn.execute(add.on_conflict_do_nothing())
     # One row per address: details from its latest row (by consent_at, undated rows counting
     # as the oldest, then by line), its origin from its first line.
     last = [r.c.consent_at.is_(None), r.c.consent_at.desc(), r.c.line.desc()]
@@ -259,6 +301,7 @@ def merge(
                 "is_new",
                 "changed",
                 "alone",
+                "fresh",
             ],
             select(
                 a.c.id,
@@ -271,8 +314,11 @@ def merge(
                 people.c.attributes,
                 contacts.c.id,
                 contacts.c.id.is_(None),
-                false(),
+                # An existing contact the file changes (names, attributes; tags and consent
+                # are looked at below).
+                and_(contacts.c.id.is_not(None), _differs(pg, people.c, contacts.c)),
                 people.c.alone,
+                a.c.id.in_(select(FRESH.c.address_id)) if pg else false(),
             )
             .select_from(people)
             .join(a, a.c.address == people.c.address)
@@ -283,18 +329,8 @@ def merge(
     conn.execute(text("CREATE INDEX ix_import_people_address ON import_people (address)"))
     if pg:
         conn.execute(text("ANALYZE import_people"))
-    # Existing contacts: what the file changes, then the change.
+    # Existing contacts: the change.
     old = contacts.c
-    differs = or_(
-        and_(p.c.first_name.is_not(None), p.c.first_name.is_distinct_from(old.first_name)),
-        and_(p.c.last_name.is_not(None), p.c.last_name.is_distinct_from(old.last_name)),
-        and_(p.c.attributes.is_not(None), _attributes_differ(pg, old.attributes, p.c.attributes)),
-    )
-    conn.execute(
-        update(p)
-        .where(p.c.is_new == false(), exists().where(old.id == p.c.contact_id, differs))
-        .values(changed=true())
-    )
     conn.execute(
         update(Contact)
         .where(old.id == p.c.contact_id, p.c.changed == true())
@@ -389,6 +425,7 @@ def merge(
                 r.c.consent_at.is_not(None).label("dated"),
                 r.c.source,
                 p.c.alone,
+                p.c.fresh,
             )
             .select_from(r)
             .join(p, p.c.address == r.c.address)

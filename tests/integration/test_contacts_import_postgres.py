@@ -4,17 +4,23 @@ property, bad bytes that PostgreSQL itself refuses (NUL), and updates of existin
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.contacts.importer import import_contacts
 from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade
 from dispatcher.models import Contact
+from suppression.consent import record_consent
+from suppression.models import Address, Consent, ConsentState, ConsentStatus, Event, Scope
+from suppression.registry import ensure_address
 from tests.conftest import settings_for
 from tests.support.backends import postgres_database, require
 from tests.unit.dispatcher.contacts import test_latest_word as latest_word
@@ -66,6 +72,17 @@ def test_one_row_and_several_row_addresses_mixed_on_postgres(
     )
 
 
+def test_each_state_an_import_writes_gets_one_event_on_postgres(
+    pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """New addresses' states are written without the upsert, and their events without
+    looking the states up again."""
+    _empty(pg_factory)
+    latest_word.test_each_state_an_import_writes_gets_one_event_naming_the_address_actor_and_source(
+        tmp_path, pg_factory
+    )
+
+
 def test_nul_bytes_and_updates_on_postgres(
     pg_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
@@ -92,3 +109,72 @@ def test_nul_bytes_and_updates_on_postgres(
     with session_scope(pg_factory) as session:
         ann = session.scalars(select(Contact).where(Contact.first_name == "Ann")).one()
         assert ann.attributes == {"genre": "jazz", "city": "Rome"}
+
+
+def test_an_address_another_writer_adds_during_the_import_keeps_its_state_judged(
+    pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The import adds its new addresses with a plain INSERT and writes their states without
+    the upsert. A signup that adds one of them meanwhile makes that INSERT fail: it is undone
+    and done again with ON CONFLICT, and only the addresses the import itself added skip the
+    upsert; the other's state is judged against the word the signup wrote."""
+    _empty(pg_factory)
+    path = tmp_path / "a.csv"
+    path.write_text(
+        "email,marketing_consent,consent_at\n"
+        "ann@example.com,no,2015-01-01\n"
+        "bob@example.com,yes,2015-01-01\n",
+        encoding="utf-8",
+    )
+    engine = pg_factory.kw["bind"]
+    first = pg_factory()
+    first.begin()
+    ann = ensure_address(first, "ann@example.com")
+    record_consent(
+        first,
+        ann,
+        Scope.MARKETING,
+        ConsentStatus.OPTED_IN,
+        source="signup",
+        occurred_at=datetime(2010, 1, 1, tzinfo=UTC),
+        recipient_action=True,
+    )
+    first_pid = first.scalar(text("SELECT pg_backend_pid()"))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        importing = pool.submit(import_contacts, pg_factory, path, source="crm")
+        with engine.connect() as watch:
+            # Until the import's INSERT of ann's address waits for the signup's row.
+            blocked = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
+            )
+            deadline = time.monotonic() + 60
+            while not watch.scalar(blocked, {"pid": first_pid}):
+                watch.rollback()
+                assert not importing.done(), importing.result()
+                assert time.monotonic() < deadline, "the import never waited for the signup"
+        first.commit()
+        first.close()
+        report = importing.result(timeout=60)
+    assert (report.created, report.consent) == (2, {"marketing:changed": 2})
+    with session_scope(pg_factory) as session:
+        found = session.execute(
+            select(Address.address, ConsentState.status, Consent.source)
+            .join(ConsentState, ConsentState.address_id == Address.id)
+            .join(Consent, Consent.id == ConsentState.consent_id)
+            .order_by(Address.address)
+        ).all()
+        assert [tuple(row) for row in found] == [
+            ("ann@example.com", "opted_out", "crm"),
+            ("bob@example.com", "opted_in", "crm"),
+        ]
+        assert session.scalar(select(func.count()).select_from(Consent)) == 3
+        events = session.execute(
+            select(Address.address, Event.outcome)
+            .join(Address, Address.id == Event.address_id)
+            .where(Event.kind == "consent_changed", Event.detail["source"].as_string() == "crm")
+            .order_by(Address.address)
+        ).all()
+        assert [tuple(row) for row in events] == [
+            ("ann@example.com", "opted_out"),
+            ("bob@example.com", "opted_in"),
+        ]
