@@ -41,7 +41,14 @@ if str(ROOT) not in sys.path:
 from flask import Flask  # noqa: E402
 from sqlalchemy import Engine, event  # noqa: E402
 
-from bench.common import bench_env, postgres, say, settings_from  # noqa: E402
+from bench.common import (  # noqa: E402
+    PG_ADMIN,
+    PostgresCpu,
+    bench_env,
+    postgres,
+    say,
+    settings_from,
+)
 from bench.recipient_data import Population, prepare  # noqa: E402
 from dispatcher.settings import Settings  # noqa: E402
 from dispatcher.web import create_app  # noqa: E402
@@ -57,6 +64,7 @@ class Cost:
     cpu_ms: float  # per request, this process (the app, the driver, the test client)
     statements: float  # per request
     codes: dict[int, int]
+    pg_ms: float = 0.0  # PostgreSQL's CPU per request (its backends and its own processes)
 
 
 class StatementCounter:
@@ -81,8 +89,10 @@ def measure(
     n: int,
     counter: StatementCounter,
     profile: bool,
+    pg: PostgresCpu | None = None,
 ) -> Cost:
     codes: dict[int, int] = {}
+    pg_before = pg.snapshot() if pg else {}
     profiler = cProfile.Profile(time.process_time) if profile else None
     before = counter.count
     cpu = time.process_time()
@@ -94,7 +104,8 @@ def measure(
     if profiler:
         profiler.disable()
     cpu = time.process_time() - cpu
-    cost = Cost(name, n, 1000 * cpu / n, (counter.count - before) / n, codes)
+    pg_ms = 1000 * PostgresCpu.spent(pg_before, pg.snapshot()) / n if pg else 0.0
+    cost = Cost(name, n, 1000 * cpu / n, (counter.count - before) / n, codes, pg_ms)
     if profiler:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
@@ -134,6 +145,8 @@ def costs(
     settings: Settings, population: Population, n: int, *, profile: bool = False
 ) -> list[Cost]:
     app = create_app(settings)
+    url = settings.database_url
+    pg = PostgresCpu(PG_ADMIN, url.rsplit("/", 1)[1]) if url.startswith("postgresql") else None
     counter = StatementCounter(engine_of(app))
     client = app.test_client()
     # Warm up: the first requests compile statements and templates.
@@ -155,6 +168,7 @@ def costs(
             n,
             counter,
             False,
+            pg,
         ),
         measure(
             app,
@@ -163,6 +177,7 @@ def costs(
             n,
             counter,
             profile,
+            pg,
         ),
         measure(
             app,
@@ -171,11 +186,14 @@ def costs(
             n,
             counter,
             profile,
+            pg,
         ),
-        measure(app, "POST /u/<token> one-click, first", post, n, counter, profile),
-        measure(app, "POST /u/<token> one-click, repeated", post, n, counter, profile),
+        measure(app, "POST /u/<token> one-click, first", post, n, counter, profile, pg),
+        measure(app, "POST /u/<token> one-click, repeated", post, n, counter, profile, pg),
     ]
     engine_of(app).dispose()
+    if pg:
+        pg.engine.dispose()
     return results
 
 
@@ -193,6 +211,7 @@ def report(results: list[Cost]) -> None:
     for c in results:
         say(
             f"{c.path:38s} {c.cpu_ms:6.2f} ms CPU/request  {c.statements:5.1f} statements/request"
+            f"  PostgreSQL {c.pg_ms:5.2f} ms CPU/request"
             f"  ({c.requests} requests, codes {c.codes})"
         )
 

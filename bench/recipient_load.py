@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -35,7 +36,15 @@ if str(ROOT) not in sys.path:
 from flask import Flask  # noqa: E402
 from sqlalchemy import create_engine, func, select  # noqa: E402
 
-from bench.common import PG_ADMIN, TOOLS, bench_env, free_port, postgres, say  # noqa: E402
+from bench.common import (  # noqa: E402
+    PG_ADMIN,
+    TOOLS,
+    PostgresCpu,
+    bench_env,
+    free_port,
+    postgres,
+    say,
+)
 from bench.recipient_data import Population, prepare  # noqa: E402
 from dispatcher.web import POOL_SPARE  # noqa: E402
 from suppression.models import Suppression  # noqa: E402
@@ -124,6 +133,8 @@ class Run:
     not_2xx: int
     socket_errors: int
     cpu: float  # worker CPU seconds
+    pg_cpu: float = 0.0  # CPU seconds of PostgreSQL: the database's backends and its own
+    client_cpu: float = 0.0  # CPU seconds of the client (wrk)
 
     @property
     def rate(self) -> float:
@@ -132,6 +143,14 @@ class Run:
     @property
     def cpu_ms(self) -> float:
         return 1000 * self.cpu / self.requests if self.requests else 0.0
+
+    def per_request(self, seconds: float) -> float:
+        return 1000 * seconds / self.requests if self.requests else 0.0
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wrk(
@@ -144,6 +163,7 @@ def wrk(
     connections: int = 32,
     threads: int = 2,
     body: str = "",
+    pg: PostgresCpu | None = None,
 ) -> Run:
     """``limit`` requests (the paths in turn) at ``connections`` concurrency."""
     script = workdir / "bench.lua"
@@ -161,6 +181,8 @@ def wrk(
     done = workdir / f"done-{time.monotonic_ns()}"
     env["BENCH_DONE"] = str(done)
     cpu = server.worker_cpu()
+    pg_before = pg.snapshot() if pg else {}
+    client = children_cpu()
     process = subprocess.Popen(
         [
             str(wrk_binary()),
@@ -185,9 +207,13 @@ def wrk(
         process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=60)
     cpu = server.worker_cpu() - cpu
+    client = children_cpu() - client
+    pg_cpu = PostgresCpu.spent(pg_before, pg.snapshot()) if pg else 0.0
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     n, micros, p50, p95, p99, bad, errors = (int(v) for v in line.split()[1:])
-    return Run(name, n, micros / 1e6, p50 / 1000, p95 / 1000, p99 / 1000, bad, errors, cpu)
+    return Run(
+        name, n, micros / 1e6, p50 / 1000, p95 / 1000, p99 / 1000, bad, errors, cpu, pg_cpu, client
+    )
 
 
 def trivial_app() -> Flask:
@@ -213,6 +239,8 @@ def report(run: Run, floor: Run | None) -> None:
         verdict = f"; target >= {target:,.0f}/s: {'meets' if run.rate >= target else 'MISSES'}"
     say(
         f"{run.name:28s} {run.rate:7.0f} req/s  worker CPU {run.cpu_ms:5.2f} ms/req  "
+        f"PostgreSQL {run.per_request(run.pg_cpu):4.2f} "
+        f"wrk {run.per_request(run.client_cpu):4.2f}  "
         f"p50 {run.p50:6.1f} p95 {run.p95:6.1f} p99 {run.p99:6.1f} ms  {ratio}  "
         f"({run.requests} requests, {run.not_2xx} not 2xx, {run.socket_errors} socket errors"
         f"{verdict})"
@@ -265,7 +293,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def storm(
-    server: Server, population: Population, workdir: Path, url: str, gets: int, floor: Run
+    server: Server,
+    population: Population,
+    workdir: Path,
+    url: str,
+    gets: int,
+    floor: Run,
+    pg: PostgresCpu | None = None,
 ) -> None:
     """``gets`` GETs of the unsubscribe and preference pages at concurrency 64 (wrk) while
     500 one-click POSTs for addresses not yet unsubscribed arrive from 8 clients."""
@@ -277,7 +311,7 @@ def storm(
     result: dict[str, Run] = {}
     background = threading.Thread(
         target=lambda: result.update(
-            get=wrk(server, "storm GETs", pages, workdir, limit=gets, connections=64)
+            get=wrk(server, "storm GETs", pages, workdir, limit=gets, connections=64, pg=pg)
         )
     )
     background.start()
@@ -336,14 +370,15 @@ def main() -> None:
             floor = wrk(trivial, "trivial Flask view", ["/u/x"], workdir, limit=max(n, 20_000))
         report(floor, None)
         database = url.rsplit("/", 1)[1]
+        pg = PostgresCpu(PG_ADMIN, database)
         before = sessions_opened(PG_ADMIN, database)
         with gunicorn(env, free_port(), workers=args.workers, threads=args.threads) as server:
             u = [f"/u/{t}" for t in population.unsubscribe]
             p = [f"/preferences/{t}" for t in population.preferences]
             wrk(server, "warm-up", u[-600:], workdir, limit=600)
             runs = [
-                wrk(server, "GET /u/<token>", u, workdir, limit=max(n, 20_000)),
-                wrk(server, "GET /preferences/<token>", p, workdir, limit=max(n, 20_000)),
+                wrk(server, "GET /u/<token>", u, workdir, limit=max(n, 20_000), pg=pg),
+                wrk(server, "GET /preferences/<token>", p, workdir, limit=max(n, 20_000), pg=pg),
                 wrk(
                     server,
                     "one-click, first",
@@ -351,6 +386,7 @@ def main() -> None:
                     workdir,
                     limit=len(first),
                     body=ONE_CLICK,
+                    pg=pg,
                 ),
                 wrk(
                     server,
@@ -359,13 +395,15 @@ def main() -> None:
                     workdir,
                     limit=len(first),
                     body=ONE_CLICK,
+                    pg=pg,
                 ),
             ]
             for run in runs:
                 report(run, floor)
-            storm(server, population, workdir, url, args.storm_gets, floor)
+            storm(server, population, workdir, url, args.storm_gets, floor, pg)
         opened = sessions_opened(PG_ADMIN, database) - before
         pool = args.workers * (args.threads + POOL_SPARE)
+        pg.engine.dispose()
         say(
             f"PostgreSQL sessions opened by the server during all of it: {opened} (its pools "
             f"hold {pool}: {args.workers} x ({args.threads} threads + {POOL_SPARE}); "

@@ -154,6 +154,20 @@ def each_statement_commits(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for a page that only reads: on PostgreSQL each statement commits by itself
+    (no BEGIN and COMMIT round trips: :func:`each_statement_commits`), on SQLite a read
+    transaction that does not wait for the write lock (:func:`read_only`)."""
+    bind = factory.kw["bind"]
+    if bind.dialect.name == "postgresql":
+        with each_statement_commits(factory) as session:
+            yield session
+    else:
+        with read_only(factory) as session:
+            yield session
+
+
 def alembic_config(database_url: str) -> Config:
     # Imported here: a worker never migrates, and Alembic (with Mako and Pygments) is ~11 MB
     # of every worker process's memory.

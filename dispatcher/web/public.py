@@ -12,18 +12,19 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
 from dispatcher.campaigns.deliveries import stop_queued
-from dispatcher.db import each_statement_commits, session_scope
+from dispatcher.db import reading, session_scope
 from dispatcher.inbound import spool
 from dispatcher.inbound.drain import start_drainer
 from dispatcher.ops import metrics
 from dispatcher.settings import Settings
 from dispatcher.web import limits
+from dispatcher.web.hits import HitCounter
 from dispatcher.web.reads import LinkRead, read_link
 from dispatcher.web.security import client_hit, form_token, form_token_ok
 from dispatcher.web.standing import Standing, done_messages, standing
 from suppression.address import mask_address
 from suppression.consent import current_consent, record_consent
-from suppression.events import Hit, fold_key, record_event
+from suppression.events import Hit, event_row, fold_key, record_event
 from suppression.models import Address, ConsentStatus, Scope, utcnow
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
 from suppression.unsubscribe import (
@@ -72,18 +73,10 @@ def _record_hit(
     outcome: str,
     action: str,
     address_id: int | None = None,
-    *,
-    fold_by: str | None = None,
     **detail: Any,
 ) -> None:
-    """``fold_by`` (the link's token): repeats of this hit by the same IP and browser within
-    the fold window raise one row's count instead of adding rows (a scanner's storm)."""
+    """This request's audit row, written in the caller's transaction."""
     event = _hit_event(route, outcome, action, address_id, **detail)
-    if fold_by is not None:
-        hit = event["hit"]
-        event["fold"] = fold_key(
-            "web_hit", route, action, request.method, fold_by, hit.ip, hit.user_agent
-        )
     record_event(session, event.pop("kind"), **event)
 
 
@@ -103,19 +96,25 @@ def _hit_event(
     }
 
 
-def _hit_record(route: str, action: str, token: str) -> dict[str, Any]:
-    """A page hit as :func:`read_link` records it with its read: folded per link, IP and
-    browser (a scanner's storm of GETs is one row with a count)."""
+def _count_hit(route: str, action: str, token: str, address_id: int) -> None:
+    """A page view, counted per link, IP, browser and fold window, and written in a batch
+    within a second (``dispatcher/web/hits.py``): a scanner's storm of GETs is one row with
+    a count, and a GET writes nothing itself."""
     hit = _hit()
-    return {
-        "kind": "web_hit",
-        "hit": hit,
-        "outcome": TokenOutcome.VALID.value,
-        "fold": fold_key("web_hit", route, action, request.method, token, hit.ip, hit.user_agent),
-        "route": route,
-        "action": action,
-        "method": request.method,
-    }
+    fold = fold_key("web_hit", route, action, request.method, token, hit.ip, hit.user_agent)
+    row = event_row(
+        "web_hit",
+        address_id=address_id,
+        hit=hit,
+        outcome=TokenOutcome.VALID.value,
+        fold=fold,
+        route=route,
+        action=action,
+        method=request.method,
+    )
+    counter = current_app.extensions["dispatcher.hits"]
+    assert isinstance(counter, HitCounter)
+    counter.add(row)
 
 
 def _invalid(route: str, exc: BadToken) -> tuple[str, int]:
@@ -154,12 +153,13 @@ def _reply_address(sender: str) -> str:
 def unsubscribe_page(token: str) -> Any:
     """Who is being unsubscribed, from what, and one button. Changes nothing.
 
-    Link scanners fetch it within seconds of delivery: one read, one (folded) audit row."""
+    Link scanners fetch it within seconds of delivery: one read; its hit is counted."""
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with each_statement_commits(sessions) as session:
+        with reading(sessions) as session:
             subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
-            link = read_link(session, subject, _hit_record("unsubscribe", "shown", token))
+            link = read_link(session, subject)
+        _count_hit("unsubscribe", "shown", token, link.address_id)
         return _page(
             "unsubscribe.html", link, form_token=_form_token(token), already=link.unsubscribed
         )
@@ -278,10 +278,11 @@ def _preferences_view(
 def preferences_page(token: str) -> Any:
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with each_statement_commits(sessions) as session:
+        with reading(sessions) as session:
             subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
-            link = read_link(session, subject, _hit_record("preferences", "shown", token))
+            link = read_link(session, subject)
             now = standing(session, link.address_id)
+            _count_hit("preferences", "shown", token, link.address_id)
             done = done_messages(request.args.get("done"), now)
             return _preferences_view(session, token, link, done, now=now)
     except BadToken as exc:

@@ -491,6 +491,7 @@ def test_a_connection_the_server_ended_is_replaced_before_the_next_request(pg: B
                 )
             ] == ["unsubscribe"]
     finally:
+        app.extensions["dispatcher.hits"].close()  # its page views, before the database goes
         app_engine.dispose()
         engine.dispose()
 
