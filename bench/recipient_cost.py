@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -50,6 +51,7 @@ from bench.common import (  # noqa: E402
     settings_from,
 )
 from bench.recipient_data import Population, prepare  # noqa: E402
+from dispatcher.db import PageReads  # noqa: E402
 from dispatcher.settings import Settings  # noqa: E402
 from dispatcher.web import create_app  # noqa: E402
 
@@ -68,9 +70,19 @@ class Cost:
 
 
 class StatementCounter:
+    """Statements through SQLAlchemy, and the link pages' reads on the DBAPI cursor
+    (``dispatcher.db.PageReads``), which SQLAlchemy's events do not see."""
+
     def __init__(self, engine: Engine) -> None:
         self.count = 0
         event.listen(engine, "before_cursor_execute", self._seen)
+        rows = PageReads.rows
+
+        def counted(reads: PageReads, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return rows(reads, *args, **kwargs)
+
+        PageReads.rows = counted  # type: ignore[method-assign]
 
     def _seen(self, *_args: object) -> None:
         self.count += 1

@@ -133,6 +133,7 @@ class Run:
     not_2xx: int
     socket_errors: int
     cpu: float  # worker CPU seconds
+    busy: float = 0.0  # share of the machine's CPU time busy during the run (anyone's)
     pg_cpu: float = 0.0  # CPU seconds of PostgreSQL: the database's backends and its own
     client_cpu: float = 0.0  # CPU seconds of the client (wrk)
 
@@ -146,6 +147,13 @@ class Run:
 
     def per_request(self, seconds: float) -> float:
         return 1000 * seconds / self.requests if self.requests else 0.0
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine so far (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def children_cpu() -> float:
@@ -183,6 +191,7 @@ def wrk(
     cpu = server.worker_cpu()
     pg_before = pg.snapshot() if pg else {}
     client = children_cpu()
+    ticks = machine_ticks()
     process = subprocess.Popen(
         [
             str(wrk_binary()),
@@ -208,11 +217,24 @@ def wrk(
     out, _ = process.communicate(timeout=60)
     cpu = server.worker_cpu() - cpu
     client = children_cpu() - client
+    after = machine_ticks()
+    busy = (after[0] - ticks[0]) / max(1, after[1] - ticks[1])
     pg_cpu = PostgresCpu.spent(pg_before, pg.snapshot()) if pg else 0.0
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     n, micros, p50, p95, p99, bad, errors = (int(v) for v in line.split()[1:])
     return Run(
-        name, n, micros / 1e6, p50 / 1000, p95 / 1000, p99 / 1000, bad, errors, cpu, pg_cpu, client
+        name,
+        n,
+        micros / 1e6,
+        p50 / 1000,
+        p95 / 1000,
+        p99 / 1000,
+        bad,
+        errors,
+        cpu,
+        busy,
+        pg_cpu,
+        client,
     )
 
 
@@ -240,7 +262,7 @@ def report(run: Run, floor: Run | None) -> None:
     say(
         f"{run.name:28s} {run.rate:7.0f} req/s  worker CPU {run.cpu_ms:5.2f} ms/req  "
         f"PostgreSQL {run.per_request(run.pg_cpu):4.2f} "
-        f"wrk {run.per_request(run.client_cpu):4.2f}  "
+        f"wrk {run.per_request(run.client_cpu):4.2f} machine busy {100 * run.busy:3.0f}%  "
         f"p50 {run.p50:6.1f} p95 {run.p95:6.1f} p99 {run.p99:6.1f} ms  {ratio}  "
         f"({run.requests} requests, {run.not_2xx} not 2xx, {run.socket_errors} socket errors"
         f"{verdict})"
@@ -345,8 +367,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="2,000 requests per path")
+    parser.add_argument(
+        "--only",
+        default="get,prefs,first,repeated,storm",
+        help="which runs, of get,prefs,first,repeated,storm (the trivial view always runs)",
+    )
     args = parser.parse_args()
     n = 2_000 if args.quick else args.requests
+    only = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-recipient-load-"))
     wrk_binary()
     say(
@@ -376,31 +404,36 @@ def main() -> None:
             u = [f"/u/{t}" for t in population.unsubscribe]
             p = [f"/preferences/{t}" for t in population.preferences]
             wrk(server, "warm-up", u[-600:], workdir, limit=600)
-            runs = [
-                wrk(server, "GET /u/<token>", u, workdir, limit=max(n, 20_000), pg=pg),
-                wrk(server, "GET /preferences/<token>", p, workdir, limit=max(n, 20_000), pg=pg),
-                wrk(
+            many, clicks = max(n, 20_000), [f"/u/{t}" for t in first]
+            plan = {
+                "get": lambda: wrk(server, "GET /u/<token>", u, workdir, limit=many, pg=pg),
+                "prefs": lambda: wrk(
+                    server, "GET /preferences/<token>", p, workdir, limit=many, pg=pg
+                ),
+                "first": lambda: wrk(
                     server,
                     "one-click, first",
-                    [f"/u/{t}" for t in first],
+                    clicks,
                     workdir,
-                    limit=len(first),
+                    limit=len(clicks),
                     body=ONE_CLICK,
                     pg=pg,
                 ),
-                wrk(
+                "repeated": lambda: wrk(
                     server,
                     "one-click, repeated",
-                    [f"/u/{t}" for t in first],
+                    clicks,
                     workdir,
-                    limit=len(first),
+                    limit=len(clicks),
                     body=ONE_CLICK,
                     pg=pg,
                 ),
-            ]
+            }
+            runs = [run() for name, run in plan.items() if name in only]
             for run in runs:
                 report(run, floor)
-            storm(server, population, workdir, url, args.storm_gets, floor, pg)
+            if "storm" in only:
+                storm(server, population, workdir, url, args.storm_gets, floor, pg)
         opened = sessions_opened(PG_ADMIN, database) - before
         pool = args.workers * (args.threads + POOL_SPARE)
         pg.engine.dispose()

@@ -8,11 +8,12 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
 from dispatcher.campaigns.deliveries import stop_queued
-from dispatcher.db import reading, session_scope
+from dispatcher.db import page_reads, session_scope
 from dispatcher.inbound import spool
 from dispatcher.inbound.drain import start_drainer
 from dispatcher.ops import metrics
@@ -44,6 +45,13 @@ def _settings() -> Settings:
     settings = current_app.config["DISPATCHER_SETTINGS"]
     assert isinstance(settings, Settings)
     return settings
+
+
+def _engine() -> Engine:
+    """The app's engine: the link pages read on its pooled connections directly."""
+    engine = current_app.extensions["dispatcher.sessions"].kw["bind"]
+    assert isinstance(engine, Engine)
+    return engine
 
 
 def _signer() -> TokenSigner:
@@ -154,11 +162,10 @@ def unsubscribe_page(token: str) -> Any:
     """Who is being unsubscribed, from what, and one button. Changes nothing.
 
     Link scanners fetch it within seconds of delivery: one read; its hit is counted."""
-    sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with reading(sessions) as session:
-            subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
-            link = read_link(session, subject)
+        subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
+        with page_reads(_engine()) as reads:
+            link = read_link(reads, subject)
         _count_hit("unsubscribe", "shown", token, link.address_id)
         return _page(
             "unsubscribe.html", link, form_token=_form_token(token), already=link.unsubscribed
@@ -253,16 +260,14 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
 
 
 def _preferences_view(
-    session: Session,
     token: str,
     link: LinkRead,
+    now: Standing,
     messages: list[str] | None = None,
     status: int = 200,
     refused: str | None = None,
-    now: Standing | None = None,
 ) -> tuple[str, int]:
     """The page shows what the gate will do, and offers only choices that can take effect."""
-    now = now or standing(session, link.address_id)
     return _page(
         "preferences.html",
         link,
@@ -276,15 +281,14 @@ def _preferences_view(
 
 @bp.get("/preferences/<token>")
 def preferences_page(token: str) -> Any:
-    sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with reading(sessions) as session:
-            subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
-            link = read_link(session, subject)
-            now = standing(session, link.address_id)
-            _count_hit("preferences", "shown", token, link.address_id)
-            done = done_messages(request.args.get("done"), now)
-            return _preferences_view(session, token, link, done, now=now)
+        subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
+        with page_reads(_engine()) as reads:
+            link = read_link(reads, subject)
+            now = standing(reads, link.address_id)
+        _count_hit("preferences", "shown", token, link.address_id)
+        done = done_messages(request.args.get("done"), now)
+        return _preferences_view(token, link, now, done)
     except BadToken as exc:
         return _invalid("preferences", exc)
 
@@ -312,9 +316,9 @@ def _refused(
 ) -> tuple[str, int]:
     """A choice that cannot take effect: recorded, nothing changed, 409 and the page."""
     _record_hit(session, "preferences", TokenOutcome.VALID.value, "resubscribe_refused", address.id)
-    return _preferences_view(
-        session, token, read_link(session, subject), [why] if why else None, 409, refused=choice
-    )
+    link = read_link(session, subject)
+    now = standing(session, address.id)
+    return _preferences_view(token, link, now, [why] if why else None, 409, refused=choice)
 
 
 @bp.post("/preferences/<token>")

@@ -3,7 +3,8 @@
 Link scanners open every link of every message within seconds of delivery, so these pages
 are the app's hottest path: each read here is one prebuilt statement with the ids bound per
 request (building a statement costs more CPU than running it), and returns plain values, not
-ORM objects. The page's audit row is counted in process memory and written in batches
+ORM objects, run on the pool's own DBAPI connection (``dispatcher.db.page_reads``). The
+page's audit row is counted in process memory and written in batches
 (``dispatcher/web/hits.py``), so a page view writes nothing.
 """
 
@@ -16,9 +17,10 @@ from typing import Any
 from sqlalchemy import BindParameter, bindparam, exists, select
 from sqlalchemy.orm import Session
 
+from dispatcher.db import PageReads, Prebuilt, rows
 from dispatcher.models import Campaign
 from suppression.models import Address, Reason, Suppression
-from suppression.sql import core, inline_constants
+from suppression.sql import inline_constants
 from suppression.tokens import BadToken, LinkSubject, TokenOutcome
 
 
@@ -34,20 +36,27 @@ class LinkRead:
     unsubscribed: bool
 
 
-def read_link(session: Session, subject: LinkSubject) -> LinkRead:
-    """One statement; :class:`BadToken` (``unknown_subject``) when the address is gone, the
-    same answer a forged link gets."""
+def read_link(source: Session | PageReads, subject: LinkSubject) -> LinkRead:
+    """One statement, on a session or on a page's own cursor (:func:`page_reads`);
+    :class:`BadToken` (``unknown_subject``) when the address is gone, the same answer a
+    forged link gets."""
     params = {"r_address_id": subject.address_id, "r_campaign_id": subject.campaign_id}
-    row = core(session).execute(_statement(), params).first()
-    if row is None:
+    found = rows(source, _read(), params)
+    if not found:
         raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
+    address, campaign_name, unsubscribed = found[0]
     return LinkRead(
         address_id=subject.address_id,
-        address=row.address,
+        address=address,
         campaign_id=subject.campaign_id,
-        campaign_name=row.campaign_name,
-        unsubscribed=bool(row.unsubscribed),
+        campaign_name=campaign_name,
+        unsubscribed=bool(unsubscribed),
     )
+
+
+@cache
+def _read() -> Prebuilt:
+    return Prebuilt(_statement())
 
 
 @cache
