@@ -203,6 +203,7 @@ def costs(
         measure(app, "POST /u/<token> one-click, first", post, n, counter, profile, pg),
         measure(app, "POST /u/<token> one-click, repeated", post, n, counter, profile, pg),
     ]
+    app.extensions["dispatcher.hits"].close()  # the page views written before the drop
     engine_of(app).dispose()
     if pg:
         pg.engine.dispose()
