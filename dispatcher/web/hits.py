@@ -120,7 +120,12 @@ class HitCounter:
                 taken, self._waiting = self._waiting, {}
             if not taken:
                 return 0
-            rows = [counted_row(w.row, w.times, w.last_at) for w in taken.values()]
+            # In key order: two processes writing rows of the same keys lock them in the
+            # same order, so they cannot deadlock.
+            rows = [
+                counted_row(w.row, w.times, w.last_at)
+                for _, w in sorted(taken.items(), key=lambda item: item[0])
+            ]
             try:
                 with session_scope(self.sessions) as session:  # type: ignore[arg-type]
                     record_counted(session, rows)
