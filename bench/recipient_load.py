@@ -1,13 +1,16 @@
 """Recipient pages under load: the production recipe against a trivial app on the same server.
 
     .venv/bin/python bench/recipient_load.py [--contacts 30000] [--requests 8000] [--quick]
+        [--only get,prefs,first,repeated,storm] [--workers 2] [--threads 16]
 
 Starts the production recipe (``gunicorn -c python:dispatcher.web.gunicorn_conf
 'dispatcher.web:create_app()'``, one process per core, PostgreSQL) and a trivial Flask view
 under the same gunicorn settings, in the same run, and drives both with the same client
 (``wrk``, unpacked from Debian's package into bench/.tools; a storm's one-click POSTs come
 from a Python client alongside it). For each path it prints requests/s, worker CPU per
-request (CPU of the gunicorn worker processes / requests), p50/p95/p99 and the ratio to the
+request (CPU of the gunicorn worker processes / requests), PostgreSQL's CPU per request (the
+database's backends and the server's own processes, from /proc) and wrk's, how busy the
+whole machine was (anyone's work: other users' too), p50/p95/p99 and the ratio to the
 trivial app, with the targets of issue 18; then the storm (20,000 GETs at concurrency 64 with
 500 one-click POSTs) and how many PostgreSQL sessions the server opened (the pool's size is
 the bound: more means connection churn). Client and server share this machine's cores: the
