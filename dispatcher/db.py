@@ -137,24 +137,6 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-@contextmanager
-def each_statement_commits(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session for work whose statements each stand on their own (a page's read, with its
-    audit row written by the same statement): on PostgreSQL every statement commits as it
-    runs, which spares the BEGIN and COMMIT round trips of a transaction; on SQLite, which
-    writes its audit row with a statement of its own, as :func:`session_scope`.
-
-    For Core statements only (``suppression.sql.core``): on PostgreSQL the session is
-    closed, not committed, so an ORM object added to it would not be written."""
-    with factory() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            with session.begin():
-                yield session
-            return
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield session
-
-
 class Prebuilt:
     """A SELECT built once per process and compiled once per backend, for the hottest reads
     (the link pages: :func:`page_reads`): run on the pool's DBAPI connection without

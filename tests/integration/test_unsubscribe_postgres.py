@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from dispatcher.campaigns import counts
 from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.db import (
-    each_statement_commits,
     make_engine,
     make_sessionmaker,
     page_reads,
@@ -408,31 +407,6 @@ def test_a_suppression_met_mid_statement_is_read_again_not_added_twice(pg: Backe
             assert events == 1
     finally:
         engine.dispose()
-
-
-def test_a_page_commits_each_statement_and_hands_back_a_transactional_connection(
-    pg_engine: Engine,
-) -> None:
-    """The link pages run without BEGIN and COMMIT (each statement commits by itself); the
-    pooled connection they used must come back transactional, or a later unsubscribe would
-    commit half of its statements when one fails."""
-    sessions = make_sessionmaker(pg_engine)
-    pool_of_one = make_engine(
-        pg_engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0
-    )
-    try:
-        one = make_sessionmaker(pool_of_one)
-        with each_statement_commits(one) as session:
-            session.execute(text("CREATE TABLE IF NOT EXISTS page_probe (x int)"))
-            session.execute(text("INSERT INTO page_probe VALUES (1)"))
-        with pytest.raises(RuntimeError), session_scope(one) as session:
-            session.execute(text("INSERT INTO page_probe VALUES (2)"))
-            raise RuntimeError("the unsubscribe failed half-way")
-        with session_scope(sessions) as session:
-            assert session.scalars(text("SELECT x FROM page_probe")).all() == [1]
-            session.execute(text("DROP TABLE page_probe"))
-    finally:
-        pool_of_one.dispose()
 
 
 def test_a_page_read_hands_back_a_transactional_connection_even_when_its_page_fails(
