@@ -1,4 +1,4 @@
-"""What one recipient request costs inside the app: CPU of this process and SQL statements.
+"""What one recipient request costs: CPU of the app (this process), of PostgreSQL, statements.
 
     .venv/bin/python bench/recipient_cost.py [--contacts 5000] [--requests 1000] [--profile]
 
@@ -11,11 +11,11 @@ package (Flask, werkzeug, SQLAlchemy, psycopg, itsdangerous, Jinja, this project
 Talks to 127.0.0.1 only; drops what it creates.
 
 Last figures (issue 18; ``nice -n 19 … --contacts 2000 --requests 500``, PostgreSQL, load
-average 2.4 to 2.5 on 2 shared cores, CPU reference 9.0 to 10.1 ms; main run alternately,
-three runs each), ms of CPU per request and statements, before → after this round: floor
-0.10 → 0.10; ``GET /u/<token>`` 0.61–0.64 → 0.58–0.61 (1 → 1); ``GET /preferences/<token>``
-0.76–0.77 → 0.71–0.73 (2 → 2); one-click first 1.17–1.19 → 1.02–1.03 (6 → 4); repeated
-1.20–1.22 → 0.81–0.84 (6 → 2). A run under more load measures higher for both.
+average 9 falling to 7 on 2 shared cores, CPU reference 9.3 to 10.6 ms; main run alternately,
+three runs each), ms of CPU per request (the app's; PostgreSQL's in brackets), main → this:
+``GET /u/<token>`` 0.58–0.65 → 0.35–0.40 (PostgreSQL 0.16–0.20 → 0.06–0.08);
+``GET /preferences/<token>`` 0.72–0.82 → 0.41–0.51 (0.24–0.32 → 0.12–0.16); the one-click
+POSTs unchanged (first 1.0–1.4, PostgreSQL 0.7–0.9; repeated 0.7–0.9, 0.34–0.40).
 See the README, "The web edge".
 """
 

@@ -371,6 +371,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="2,000 requests per path")
     parser.add_argument(
+        "--hit-flush-seconds",
+        type=float,
+        default=1.0,
+        help="DISPATCHER_WEB_HIT_FLUSH_SECONDS: how often the page views counted are written",
+    )
+    parser.add_argument(
         "--only",
         default="get,prefs,first,repeated,storm",
         help="which runs, of get,prefs,first,repeated,storm (the trivial view always runs)",
@@ -386,7 +392,9 @@ def main() -> None:
         f"process(es) x {args.threads} threads; wrk -t2 -c32 (storm -c64)"
     )
     with postgres() as url:
-        env = bench_env(workdir / "home", url, "unused")
+        env = bench_env(
+            workdir / "home", url, "unused", web_hit_flush_seconds=str(args.hit_flush_seconds)
+        )
         population = prepare(settings_from_env(env), args.contacts)
         first = population.unsubscribe[: min(n, len(population.unsubscribe) - 600)]
         with gunicorn(
