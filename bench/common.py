@@ -97,6 +97,40 @@ def smtp_sink() -> Iterator[Sink]:
 # --- databases and queues ---------------------------------------------------------------------
 
 
+class PostgresCpu:
+    """CPU seconds PostgreSQL spends for one database: its backends (``pg_stat_activity``)
+    and the server's own processes (WAL writer, checkpointer: no database), read from
+    /proc; a backend that ends between two readings is left out."""
+
+    def __init__(self, admin_url: str, database: str) -> None:
+        self.engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.database = database
+
+    def snapshot(self) -> dict[int, float]:
+        with self.engine.connect() as conn:
+            pids = conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE (datname = :d OR datname IS NULL)"
+                    " AND pid <> pg_backend_pid()"
+                ),
+                {"d": self.database},
+            ).scalars()
+            return {pid: process_cpu(pid) for pid in pids}
+
+    @staticmethod
+    def spent(before: dict[int, float], after: dict[int, float]) -> float:
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 @contextmanager
 def postgres() -> Iterator[str]:
     """A new PostgreSQL database for one step; dropped (even with connections) afterwards."""

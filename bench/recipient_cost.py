@@ -1,4 +1,4 @@
-"""What one recipient request costs inside the app: CPU of this process and SQL statements.
+"""What one recipient request costs: CPU of the app (this process), of PostgreSQL, statements.
 
     .venv/bin/python bench/recipient_cost.py [--contacts 5000] [--requests 1000] [--profile]
 
@@ -11,11 +11,11 @@ package (Flask, werkzeug, SQLAlchemy, psycopg, itsdangerous, Jinja, this project
 Talks to 127.0.0.1 only; drops what it creates.
 
 Last figures (issue 18; ``nice -n 19 … --contacts 2000 --requests 500``, PostgreSQL, load
-average 2.4 to 2.5 on 2 shared cores, CPU reference 9.0 to 10.1 ms; main run alternately,
-three runs each), ms of CPU per request and statements, before → after this round: floor
-0.10 → 0.10; ``GET /u/<token>`` 0.61–0.64 → 0.58–0.61 (1 → 1); ``GET /preferences/<token>``
-0.76–0.77 → 0.71–0.73 (2 → 2); one-click first 1.17–1.19 → 1.02–1.03 (6 → 4); repeated
-1.20–1.22 → 0.81–0.84 (6 → 2). A run under more load measures higher for both.
+average 9 falling to 7 on 2 shared cores, CPU reference 9.3 to 10.6 ms; main run alternately,
+three runs each), ms of CPU per request (the app's; PostgreSQL's in brackets), main → this:
+``GET /u/<token>`` 0.58–0.65 → 0.35–0.40 (PostgreSQL 0.16–0.20 → 0.06–0.08);
+``GET /preferences/<token>`` 0.72–0.82 → 0.41–0.51 (0.24–0.32 → 0.12–0.16); the one-click
+POSTs unchanged (first 1.0–1.4, PostgreSQL 0.7–0.9; repeated 0.7–0.9, 0.34–0.40).
 See the README, "The web edge".
 """
 
@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -41,8 +42,16 @@ if str(ROOT) not in sys.path:
 from flask import Flask  # noqa: E402
 from sqlalchemy import Engine, event  # noqa: E402
 
-from bench.common import bench_env, postgres, say, settings_from  # noqa: E402
+from bench.common import (  # noqa: E402
+    PG_ADMIN,
+    PostgresCpu,
+    bench_env,
+    postgres,
+    say,
+    settings_from,
+)
 from bench.recipient_data import Population, prepare  # noqa: E402
+from dispatcher.db import PageReads  # noqa: E402
 from dispatcher.settings import Settings  # noqa: E402
 from dispatcher.web import create_app  # noqa: E402
 
@@ -57,12 +66,23 @@ class Cost:
     cpu_ms: float  # per request, this process (the app, the driver, the test client)
     statements: float  # per request
     codes: dict[int, int]
+    pg_ms: float = 0.0  # PostgreSQL's CPU per request (its backends and its own processes)
 
 
 class StatementCounter:
+    """Statements through SQLAlchemy, and the link pages' reads on the DBAPI cursor
+    (``dispatcher.db.PageReads``), which SQLAlchemy's events do not see."""
+
     def __init__(self, engine: Engine) -> None:
         self.count = 0
         event.listen(engine, "before_cursor_execute", self._seen)
+        rows = PageReads.rows
+
+        def counted(reads: PageReads, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return rows(reads, *args, **kwargs)
+
+        PageReads.rows = counted  # type: ignore[method-assign]
 
     def _seen(self, *_args: object) -> None:
         self.count += 1
@@ -81,8 +101,10 @@ def measure(
     n: int,
     counter: StatementCounter,
     profile: bool,
+    pg: PostgresCpu | None = None,
 ) -> Cost:
     codes: dict[int, int] = {}
+    pg_before = pg.snapshot() if pg else {}
     profiler = cProfile.Profile(time.process_time) if profile else None
     before = counter.count
     cpu = time.process_time()
@@ -91,10 +113,16 @@ def measure(
     for i in range(n):
         code = send(i)
         codes[code] = codes.get(code, 0) + 1
+    # The page views these requests counted are written here, charged to them (not to the
+    # next path's requests, during which the app's thread would write them).
+    hits = app.extensions.get("dispatcher.hits")
+    if hits is not None:
+        hits.flush()
     if profiler:
         profiler.disable()
     cpu = time.process_time() - cpu
-    cost = Cost(name, n, 1000 * cpu / n, (counter.count - before) / n, codes)
+    pg_ms = 1000 * PostgresCpu.spent(pg_before, pg.snapshot()) / n if pg else 0.0
+    cost = Cost(name, n, 1000 * cpu / n, (counter.count - before) / n, codes, pg_ms)
     if profiler:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
@@ -134,6 +162,8 @@ def costs(
     settings: Settings, population: Population, n: int, *, profile: bool = False
 ) -> list[Cost]:
     app = create_app(settings)
+    url = settings.database_url
+    pg = PostgresCpu(PG_ADMIN, url.rsplit("/", 1)[1]) if url.startswith("postgresql") else None
     counter = StatementCounter(engine_of(app))
     client = app.test_client()
     # Warm up: the first requests compile statements and templates.
@@ -155,6 +185,7 @@ def costs(
             n,
             counter,
             False,
+            pg,
         ),
         measure(
             app,
@@ -163,6 +194,7 @@ def costs(
             n,
             counter,
             profile,
+            pg,
         ),
         measure(
             app,
@@ -171,11 +203,15 @@ def costs(
             n,
             counter,
             profile,
+            pg,
         ),
-        measure(app, "POST /u/<token> one-click, first", post, n, counter, profile),
-        measure(app, "POST /u/<token> one-click, repeated", post, n, counter, profile),
+        measure(app, "POST /u/<token> one-click, first", post, n, counter, profile, pg),
+        measure(app, "POST /u/<token> one-click, repeated", post, n, counter, profile, pg),
     ]
+    app.extensions["dispatcher.hits"].close()  # the page views written before the drop
     engine_of(app).dispose()
+    if pg:
+        pg.engine.dispose()
     return results
 
 
@@ -193,6 +229,7 @@ def report(results: list[Cost]) -> None:
     for c in results:
         say(
             f"{c.path:38s} {c.cpu_ms:6.2f} ms CPU/request  {c.statements:5.1f} statements/request"
+            f"  PostgreSQL {c.pg_ms:5.2f} ms CPU/request"
             f"  ({c.requests} requests, codes {c.codes})"
         )
 

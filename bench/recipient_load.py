@@ -1,13 +1,16 @@
 """Recipient pages under load: the production recipe against a trivial app on the same server.
 
     .venv/bin/python bench/recipient_load.py [--contacts 30000] [--requests 8000] [--quick]
+        [--only get,prefs,first,repeated,storm] [--workers 2] [--threads 16]
 
 Starts the production recipe (``gunicorn -c python:dispatcher.web.gunicorn_conf
 'dispatcher.web:create_app()'``, one process per core, PostgreSQL) and a trivial Flask view
 under the same gunicorn settings, in the same run, and drives both with the same client
 (``wrk``, unpacked from Debian's package into bench/.tools; a storm's one-click POSTs come
 from a Python client alongside it). For each path it prints requests/s, worker CPU per
-request (CPU of the gunicorn worker processes / requests), p50/p95/p99 and the ratio to the
+request (CPU of the gunicorn worker processes / requests), PostgreSQL's CPU per request (the
+database's backends and the server's own processes, from /proc) and wrk's, how busy the
+whole machine was (anyone's work: other users' too), p50/p95/p99 and the ratio to the
 trivial app, with the targets of issue 18; then the storm (20,000 GETs at concurrency 64 with
 500 one-click POSTs) and how many PostgreSQL sessions the server opened (the pool's size is
 the bound: more means connection churn). Client and server share this machine's cores: the
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -35,7 +39,15 @@ if str(ROOT) not in sys.path:
 from flask import Flask  # noqa: E402
 from sqlalchemy import create_engine, func, select  # noqa: E402
 
-from bench.common import PG_ADMIN, TOOLS, bench_env, free_port, postgres, say  # noqa: E402
+from bench.common import (  # noqa: E402
+    PG_ADMIN,
+    TOOLS,
+    PostgresCpu,
+    bench_env,
+    free_port,
+    postgres,
+    say,
+)
 from bench.recipient_data import Population, prepare  # noqa: E402
 from dispatcher.web import POOL_SPARE  # noqa: E402
 from suppression.models import Suppression  # noqa: E402
@@ -124,6 +136,9 @@ class Run:
     not_2xx: int
     socket_errors: int
     cpu: float  # worker CPU seconds
+    busy: float = 0.0  # share of the machine's CPU time busy during the run (anyone's)
+    pg_cpu: float = 0.0  # CPU seconds of PostgreSQL: the database's backends and its own
+    client_cpu: float = 0.0  # CPU seconds of the client (wrk)
 
     @property
     def rate(self) -> float:
@@ -132,6 +147,21 @@ class Run:
     @property
     def cpu_ms(self) -> float:
         return 1000 * self.cpu / self.requests if self.requests else 0.0
+
+    def per_request(self, seconds: float) -> float:
+        return 1000 * seconds / self.requests if self.requests else 0.0
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine so far (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wrk(
@@ -144,6 +174,7 @@ def wrk(
     connections: int = 32,
     threads: int = 2,
     body: str = "",
+    pg: PostgresCpu | None = None,
 ) -> Run:
     """``limit`` requests (the paths in turn) at ``connections`` concurrency."""
     script = workdir / "bench.lua"
@@ -161,6 +192,9 @@ def wrk(
     done = workdir / f"done-{time.monotonic_ns()}"
     env["BENCH_DONE"] = str(done)
     cpu = server.worker_cpu()
+    pg_before = pg.snapshot() if pg else {}
+    client = children_cpu()
+    ticks = machine_ticks()
     process = subprocess.Popen(
         [
             str(wrk_binary()),
@@ -185,9 +219,26 @@ def wrk(
         process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=60)
     cpu = server.worker_cpu() - cpu
+    client = children_cpu() - client
+    after = machine_ticks()
+    busy = (after[0] - ticks[0]) / max(1, after[1] - ticks[1])
+    pg_cpu = PostgresCpu.spent(pg_before, pg.snapshot()) if pg else 0.0
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     n, micros, p50, p95, p99, bad, errors = (int(v) for v in line.split()[1:])
-    return Run(name, n, micros / 1e6, p50 / 1000, p95 / 1000, p99 / 1000, bad, errors, cpu)
+    return Run(
+        name,
+        n,
+        micros / 1e6,
+        p50 / 1000,
+        p95 / 1000,
+        p99 / 1000,
+        bad,
+        errors,
+        cpu,
+        busy,
+        pg_cpu,
+        client,
+    )
 
 
 def trivial_app() -> Flask:
@@ -213,6 +264,8 @@ def report(run: Run, floor: Run | None) -> None:
         verdict = f"; target >= {target:,.0f}/s: {'meets' if run.rate >= target else 'MISSES'}"
     say(
         f"{run.name:28s} {run.rate:7.0f} req/s  worker CPU {run.cpu_ms:5.2f} ms/req  "
+        f"PostgreSQL {run.per_request(run.pg_cpu):4.2f} "
+        f"wrk {run.per_request(run.client_cpu):4.2f} machine busy {100 * run.busy:3.0f}%  "
         f"p50 {run.p50:6.1f} p95 {run.p95:6.1f} p99 {run.p99:6.1f} ms  {ratio}  "
         f"({run.requests} requests, {run.not_2xx} not 2xx, {run.socket_errors} socket errors"
         f"{verdict})"
@@ -265,7 +318,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def storm(
-    server: Server, population: Population, workdir: Path, url: str, gets: int, floor: Run
+    server: Server,
+    population: Population,
+    workdir: Path,
+    url: str,
+    gets: int,
+    floor: Run,
+    pg: PostgresCpu | None = None,
 ) -> None:
     """``gets`` GETs of the unsubscribe and preference pages at concurrency 64 (wrk) while
     500 one-click POSTs for addresses not yet unsubscribed arrive from 8 clients."""
@@ -277,7 +336,7 @@ def storm(
     result: dict[str, Run] = {}
     background = threading.Thread(
         target=lambda: result.update(
-            get=wrk(server, "storm GETs", pages, workdir, limit=gets, connections=64)
+            get=wrk(server, "storm GETs", pages, workdir, limit=gets, connections=64, pg=pg)
         )
     )
     background.start()
@@ -311,8 +370,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="2,000 requests per path")
+    parser.add_argument(
+        "--hit-flush-seconds",
+        type=float,
+        default=1.0,
+        help="DISPATCHER_WEB_HIT_FLUSH_SECONDS: how often the page views counted are written",
+    )
+    parser.add_argument(
+        "--only",
+        default="get,prefs,first,repeated,storm",
+        help="which runs, of get,prefs,first,repeated,storm (the trivial view always runs)",
+    )
     args = parser.parse_args()
     n = 2_000 if args.quick else args.requests
+    only = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-recipient-load-"))
     wrk_binary()
     say(
@@ -321,7 +392,9 @@ def main() -> None:
         f"process(es) x {args.threads} threads; wrk -t2 -c32 (storm -c64)"
     )
     with postgres() as url:
-        env = bench_env(workdir / "home", url, "unused")
+        env = bench_env(
+            workdir / "home", url, "unused", web_hit_flush_seconds=str(args.hit_flush_seconds)
+        )
         population = prepare(settings_from_env(env), args.contacts)
         first = population.unsubscribe[: min(n, len(population.unsubscribe) - 600)]
         with gunicorn(
@@ -336,36 +409,45 @@ def main() -> None:
             floor = wrk(trivial, "trivial Flask view", ["/u/x"], workdir, limit=max(n, 20_000))
         report(floor, None)
         database = url.rsplit("/", 1)[1]
+        pg = PostgresCpu(PG_ADMIN, database)
         before = sessions_opened(PG_ADMIN, database)
         with gunicorn(env, free_port(), workers=args.workers, threads=args.threads) as server:
             u = [f"/u/{t}" for t in population.unsubscribe]
             p = [f"/preferences/{t}" for t in population.preferences]
             wrk(server, "warm-up", u[-600:], workdir, limit=600)
-            runs = [
-                wrk(server, "GET /u/<token>", u, workdir, limit=max(n, 20_000)),
-                wrk(server, "GET /preferences/<token>", p, workdir, limit=max(n, 20_000)),
-                wrk(
+            many, clicks = max(n, 20_000), [f"/u/{t}" for t in first]
+            plan = {
+                "get": lambda: wrk(server, "GET /u/<token>", u, workdir, limit=many, pg=pg),
+                "prefs": lambda: wrk(
+                    server, "GET /preferences/<token>", p, workdir, limit=many, pg=pg
+                ),
+                "first": lambda: wrk(
                     server,
                     "one-click, first",
-                    [f"/u/{t}" for t in first],
+                    clicks,
                     workdir,
-                    limit=len(first),
+                    limit=len(clicks),
                     body=ONE_CLICK,
+                    pg=pg,
                 ),
-                wrk(
+                "repeated": lambda: wrk(
                     server,
                     "one-click, repeated",
-                    [f"/u/{t}" for t in first],
+                    clicks,
                     workdir,
-                    limit=len(first),
+                    limit=len(clicks),
                     body=ONE_CLICK,
+                    pg=pg,
                 ),
-            ]
+            }
+            runs = [run() for name, run in plan.items() if name in only]
             for run in runs:
                 report(run, floor)
-            storm(server, population, workdir, url, args.storm_gets, floor)
+            if "storm" in only:
+                storm(server, population, workdir, url, args.storm_gets, floor, pg)
         opened = sessions_opened(PG_ADMIN, database) - before
         pool = args.workers * (args.threads + POOL_SPARE)
+        pg.engine.dispose()
         say(
             f"PostgreSQL sessions opened by the server during all of it: {opened} (its pools "
             f"hold {pool}: {args.workers} x ({args.threads} threads + {POOL_SPARE}); "

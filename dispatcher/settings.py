@@ -86,6 +86,9 @@ class Settings:
     # and the threads per web process (the database pool is sized to match).
     trusted_proxies: int = 0
     web_threads: int = 16
+    # Page views (GETs of the link pages) are counted in memory and written at least this
+    # often (dispatcher/web/hits.py): what a crash of a web process can lose.
+    web_hit_flush_seconds: float = 1.0
     # Inbound mail (dispatcher/inbound). The envelope sender of every message is
     # <local>+d<delivery>.<tag>@<domain> of this address (VERP), so a bounce names its delivery.
     return_path: str = "bounces@killertracks.com"
@@ -205,6 +208,7 @@ _FLOAT_FIELDS = {
     "inbound_poll_seconds",
     "console_idle_seconds",
     "staff_link_seconds",
+    "web_hit_flush_seconds",
 }
 _PATH_FIELDS = {"templates_dir"}
 _LIST_FIELDS = {"signup_fields"}
@@ -231,6 +235,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "signup_ip_window_seconds": (1, 7 * 86_400, True),
     "trusted_proxies": (0, 10, True),
     "web_threads": (1, 256, True),
+    "web_hit_flush_seconds": (0, 3_600, False),
     "soft_bounce_limit": (1, 1_000, True),
     "soft_bounce_days": (1, 3_650, True),
     "pause_min_sent": (0, 100_000_000, True),

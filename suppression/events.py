@@ -114,6 +114,23 @@ def record_event(
     return int(core(session).execute(_folding_insert(dialect_name(session)), row).scalar_one())
 
 
+def counted_row(row: dict[str, Any], times: int, last_at: datetime | None) -> dict[str, Any]:
+    """``row`` (:func:`event_row` values of a folding event, first seen) as seen ``times``
+    times, last at ``last_at``: what :func:`record_counted` writes."""
+    if row["fold_key"] is None:
+        raise ValueError("only a folding event is counted")
+    return {**row, "count": times, "last_at": last_at if times > 1 else None}
+
+
+def record_counted(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Write folding events counted by the caller (:func:`counted_row` values, one per fold
+    key) in the caller's transaction: a new key is a row with its count, a key already
+    written raises that row's count by the row's and moves its last-seen time. On
+    PostgreSQL one statement."""
+    if rows:
+        core(session).execute(_counted_insert(dialect_name(session)), list(rows))
+
+
 def record_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Write audit events (:func:`event_row` values, none folding) in the caller's
     transaction, in the order given: on PostgreSQL as one INSERT (one round trip)."""
@@ -195,6 +212,19 @@ def _plain_insert() -> Any:
 @cache
 def _folding_insert(dialect: str) -> Any:
     return inline_constants(folding(insert_on(dialect, _EVENTS)))
+
+
+@cache
+def _counted_insert(dialect: str) -> Any:
+    stmt = insert_on(dialect, _EVENTS)
+    return stmt.on_conflict_do_update(
+        index_elements=[_EVENTS.c.fold_key],
+        index_where=_EVENTS.c.fold_key.is_not(None),
+        set_={
+            "count": _EVENTS.c.count + stmt.excluded.count,
+            "last_at": func.coalesce(stmt.excluded.last_at, stmt.excluded.occurred_at),
+        },
+    )
 
 
 def folding(stmt: Any) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from dispatcher.cli import AppContext, pass_app
@@ -41,16 +43,22 @@ def serve(app: AppContext, host: str, port: int, read_timeout: float) -> None:
         # socketserver applies it to every read: a client that stops sending is let go.
         timeout = read_timeout
 
-    server = make_server(
-        host, port, create_app(app.settings), threaded=True, request_handler=Handler
-    )
+    web = create_app(app.settings)
+    server = make_server(host, port, web, threaded=True, request_handler=Handler)
     click.echo(f"serving on http://{host}:{server.server_port} (Ctrl-C to stop)")
+    # SIGTERM (systemd, kill) stops as Ctrl-C does: the page views counted are written.
+    signal.signal(signal.SIGTERM, _stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        web.extensions["dispatcher.hits"].close()
+
+
+def _stop(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 COMMANDS = [serve]

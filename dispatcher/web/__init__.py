@@ -18,10 +18,12 @@ from dispatcher.db import make_engine, make_sessionmaker
 from dispatcher.ops.logs import setup_logging
 from dispatcher.settings import Settings, load_settings
 from dispatcher.web import redact, security
+from dispatcher.web.hits import HitCounter
 from suppression.tokens import TokenSigner
 
-# Connections beyond the request threads: the spool drainer and the readiness check.
-POOL_SPARE = 2
+# Connections beyond the request threads: the page-view writer (dispatcher/web/hits.py), the
+# spool drainer and the readiness check.
+POOL_SPARE = 3
 
 
 def web_pool(settings: Settings) -> dict[str, int]:
@@ -55,7 +57,10 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int | None 
     )
     app.config["DISPATCHER_SETTINGS"] = settings
     engine = make_engine(settings.database_url, **web_pool(settings))
-    app.extensions["dispatcher.sessions"] = make_sessionmaker(engine)
+    sessions = make_sessionmaker(engine)
+    app.extensions["dispatcher.sessions"] = sessions
+    # Page views are counted here and written in batches (dispatcher/web/hits.py).
+    app.extensions["dispatcher.hits"] = HitCounter(sessions, every=settings.web_hit_flush_seconds)
     # Built once per process: every recipient link is verified with it.
     app.extensions["dispatcher.signer"] = TokenSigner(settings.secret_keys)
 

@@ -8,22 +8,24 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
 from dispatcher.campaigns.deliveries import stop_queued
-from dispatcher.db import each_statement_commits, session_scope
+from dispatcher.db import page_reads, session_scope
 from dispatcher.inbound import spool
 from dispatcher.inbound.drain import start_drainer
 from dispatcher.ops import metrics
 from dispatcher.settings import Settings
 from dispatcher.web import limits
+from dispatcher.web.hits import HitCounter
 from dispatcher.web.reads import LinkRead, read_link
 from dispatcher.web.security import client_hit, form_token, form_token_ok
 from dispatcher.web.standing import Standing, done_messages, standing
 from suppression.address import mask_address
 from suppression.consent import current_consent, record_consent
-from suppression.events import Hit, fold_key, record_event
+from suppression.events import Hit, event_row, fold_key, record_event
 from suppression.models import Address, ConsentStatus, Scope, utcnow
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
 from suppression.unsubscribe import (
@@ -43,6 +45,13 @@ def _settings() -> Settings:
     settings = current_app.config["DISPATCHER_SETTINGS"]
     assert isinstance(settings, Settings)
     return settings
+
+
+def _engine() -> Engine:
+    """The app's engine: the link pages read on its pooled connections directly."""
+    engine = current_app.extensions["dispatcher.sessions"].kw["bind"]
+    assert isinstance(engine, Engine)
+    return engine
 
 
 def _signer() -> TokenSigner:
@@ -72,18 +81,10 @@ def _record_hit(
     outcome: str,
     action: str,
     address_id: int | None = None,
-    *,
-    fold_by: str | None = None,
     **detail: Any,
 ) -> None:
-    """``fold_by`` (the link's token): repeats of this hit by the same IP and browser within
-    the fold window raise one row's count instead of adding rows (a scanner's storm)."""
+    """This request's audit row, written in the caller's transaction."""
     event = _hit_event(route, outcome, action, address_id, **detail)
-    if fold_by is not None:
-        hit = event["hit"]
-        event["fold"] = fold_key(
-            "web_hit", route, action, request.method, fold_by, hit.ip, hit.user_agent
-        )
     record_event(session, event.pop("kind"), **event)
 
 
@@ -103,19 +104,25 @@ def _hit_event(
     }
 
 
-def _hit_record(route: str, action: str, token: str) -> dict[str, Any]:
-    """A page hit as :func:`read_link` records it with its read: folded per link, IP and
-    browser (a scanner's storm of GETs is one row with a count)."""
+def _count_hit(route: str, action: str, token: str, address_id: int) -> None:
+    """A page view, counted per link, IP, browser and fold window, and written in a batch
+    within a second (``dispatcher/web/hits.py``): a scanner's storm of GETs is one row with
+    a count, and a GET writes nothing itself."""
     hit = _hit()
-    return {
-        "kind": "web_hit",
-        "hit": hit,
-        "outcome": TokenOutcome.VALID.value,
-        "fold": fold_key("web_hit", route, action, request.method, token, hit.ip, hit.user_agent),
-        "route": route,
-        "action": action,
-        "method": request.method,
-    }
+    fold = fold_key("web_hit", route, action, request.method, token, hit.ip, hit.user_agent)
+    row = event_row(
+        "web_hit",
+        address_id=address_id,
+        hit=hit,
+        outcome=TokenOutcome.VALID.value,
+        fold=fold,
+        route=route,
+        action=action,
+        method=request.method,
+    )
+    counter = current_app.extensions["dispatcher.hits"]
+    assert isinstance(counter, HitCounter)
+    counter.add(row)
 
 
 def _invalid(route: str, exc: BadToken) -> tuple[str, int]:
@@ -154,12 +161,12 @@ def _reply_address(sender: str) -> str:
 def unsubscribe_page(token: str) -> Any:
     """Who is being unsubscribed, from what, and one button. Changes nothing.
 
-    Link scanners fetch it within seconds of delivery: one read, one (folded) audit row."""
-    sessions = current_app.extensions["dispatcher.sessions"]
+    Link scanners fetch it within seconds of delivery: one read; its hit is counted."""
     try:
-        with each_statement_commits(sessions) as session:
-            subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
-            link = read_link(session, subject, _hit_record("unsubscribe", "shown", token))
+        subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
+        with page_reads(_engine()) as reads:
+            link = read_link(reads, subject)
+        _count_hit("unsubscribe", "shown", token, link.address_id)
         return _page(
             "unsubscribe.html", link, form_token=_form_token(token), already=link.unsubscribed
         )
@@ -253,16 +260,14 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
 
 
 def _preferences_view(
-    session: Session,
     token: str,
     link: LinkRead,
+    now: Standing,
     messages: list[str] | None = None,
     status: int = 200,
     refused: str | None = None,
-    now: Standing | None = None,
 ) -> tuple[str, int]:
     """The page shows what the gate will do, and offers only choices that can take effect."""
-    now = now or standing(session, link.address_id)
     return _page(
         "preferences.html",
         link,
@@ -276,14 +281,14 @@ def _preferences_view(
 
 @bp.get("/preferences/<token>")
 def preferences_page(token: str) -> Any:
-    sessions = current_app.extensions["dispatcher.sessions"]
     try:
-        with each_statement_commits(sessions) as session:
-            subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
-            link = read_link(session, subject, _hit_record("preferences", "shown", token))
-            now = standing(session, link.address_id)
-            done = done_messages(request.args.get("done"), now)
-            return _preferences_view(session, token, link, done, now=now)
+        subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
+        with page_reads(_engine()) as reads:
+            link = read_link(reads, subject)
+            now = standing(reads, link.address_id)
+        _count_hit("preferences", "shown", token, link.address_id)
+        done = done_messages(request.args.get("done"), now)
+        return _preferences_view(token, link, now, done)
     except BadToken as exc:
         return _invalid("preferences", exc)
 
@@ -311,9 +316,9 @@ def _refused(
 ) -> tuple[str, int]:
     """A choice that cannot take effect: recorded, nothing changed, 409 and the page."""
     _record_hit(session, "preferences", TokenOutcome.VALID.value, "resubscribe_refused", address.id)
-    return _preferences_view(
-        session, token, read_link(session, subject), [why] if why else None, 409, refused=choice
-    )
+    link = read_link(session, subject)
+    now = standing(session, address.id)
+    return _preferences_view(token, link, now, [why] if why else None, 409, refused=choice)
 
 
 @bp.post("/preferences/<token>")

@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy import BindParameter, bindparam, select, true
 from sqlalchemy.orm import Session
 
+from dispatcher.db import PageReads, Prebuilt, rows
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import GLOBAL_SCOPE, ConsentState, ConsentStatus, Scope, Suppression
-from suppression.sql import core, inline_constants
+from suppression.sql import inline_constants
 from suppression.suppressions import RECIPIENT_LIFTABLE
 
 # Why only staff can change it, in the recipient's words.
@@ -80,28 +81,34 @@ class Standing:
         return self.sharing_opted_in and self.receives_marketing and not self.sharing_suppressed
 
 
-def standing(session: Session, address_id: int) -> Standing:
+def standing(source: Session | PageReads, address_id: int) -> Standing:
     """One statement, built once per process: what the gate says, on every row of the
     active suppressions (why, and since when, for the ones only staff may lift); one row
-    with no suppression when there is none."""
-    rows = core(session).execute(_statement(), {"s_address_id": address_id}).all()
-    marketing_block, service_block, sharing = rows[0][:3]
-    active = [row for row in rows if row.id is not None]
-    staff_only = {row.reason for row in active} - {str(r) for r in RECIPIENT_LIFTABLE}
+    with no suppression when there is none. On a session or a page's own cursor."""
+    found = rows(source, _read(), {"s_address_id": address_id})
+    marketing_block, service_block, sharing = found[0][:3]
+    # (id, scope, reason, created_at) of each active suppression
+    active = [row[3:] for row in found if row[3] is not None]
+    staff_only = {reason for _, _, reason, _ in active} - {str(r) for r in RECIPIENT_LIFTABLE}
     stopped = None
     if staff_only:
         first = min(
-            (row for row in active if row.reason in staff_only),
-            key=lambda row: (row.scope not in (GLOBAL_SCOPE, str(Scope.MARKETING)), row.id),
+            (row for row in active if row[2] in staff_only),
+            key=lambda row: (row[1] not in (GLOBAL_SCOPE, str(Scope.MARKETING)), row[0]),
         )
-        stopped = StaffStop(STAFF_REASONS.get(first.reason, "of a request"), first.created_at)
+        stopped = StaffStop(STAFF_REASONS.get(first[2], "of a request"), first[3])
     return Standing(
         receives_marketing=marketing_block is None,
         sharing_opted_in=sharing == ConsentStatus.OPTED_IN,
         receives_service_notices=service_block is None,
         stopped=stopped,
-        sharing_suppressed=any(row.scope in _SHARING_SCOPES for row in active),
+        sharing_suppressed=any(scope in _SHARING_SCOPES for _, scope, _, _ in active),
     )
+
+
+@cache
+def _read() -> Prebuilt:
+    return Prebuilt(_statement())
 
 
 @cache

@@ -27,6 +27,7 @@ from tests.integration.faults import populate, sessions_for
 from tests.support.backends import PG_ADMIN_URL, Backend, make_backend
 from tests.support.gunicorn import Server, gunicorn, sessions_opened
 from tests.support.web_server import free_port
+from workers.process import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -103,18 +104,45 @@ def test_fifty_gets_of_one_link_from_one_browser_are_one_audit_row_with_their_co
     page = links(backend, LinkPurpose.UNSUBSCRIBE, [address_id])[0]
     assert fetch(server, [page] * 50, agent="SafeLinks/1.0") == {200: 50}
     assert fetch(server, [page], agent="Mozilla/5.0") == {200: 1}
+    # The scanner: one row that says who, first and last seen, and how often; written by
+    # the worker's page-view writer within a second or so.
+    wanted = [("Mozilla/5.0", "127.0.0.1", 1, "shown"), ("SafeLinks/1.0", "127.0.0.1", 50, "shown")]
+    wait_until(
+        lambda: sorted(summary(e) for e in page_hits(backend, address_id)) == wanted,
+        timeout=30,
+        what="the page views written",
+    )
+    scanner = next(e for e in page_hits(backend, address_id) if e.count == 50)
+    assert scanner.last_at is not None and scanner.last_at > scanner.occurred_at
+
+
+def page_hits(backend: Backend, address_id: int) -> list[Event]:
     with session_scope(sessions_for(backend.settings)) as session:
-        rows = session.scalars(
-            select(Event)
-            .where(Event.kind == "web_hit", Event.address_id == address_id)
-            .order_by(Event.id)
-        ).all()
-    # The scanner: one row that says who, first and last seen, and how often.
-    assert [(e.user_agent, e.ip, e.count, e.detail["action"]) for e in rows] == [
-        ("SafeLinks/1.0", "127.0.0.1", 50, "shown"),
-        ("Mozilla/5.0", "127.0.0.1", 1, "shown"),
+        return list(
+            session.scalars(
+                select(Event).where(Event.kind == "web_hit", Event.address_id == address_id)
+            )
+        )
+
+
+def summary(e: Event) -> tuple:
+    return (e.user_agent, e.ip, e.count, e.detail["action"])
+
+
+def test_a_clean_stop_of_the_server_writes_the_page_views_it_counted(
+    backend: Backend, tmp_path: Path, ids: list[int]
+) -> None:
+    """gunicorn's graceful stop (SIGTERM) writes what the workers counted and had not yet
+    written (here: nothing is written before the stop, the writer waits an hour)."""
+    address_id = ids[-1]
+    page = links(backend, LinkPurpose.PREFERENCES, [address_id])[0]
+    env = backend.env(web_hit_flush_seconds="3600")
+    with gunicorn(env, free_port(), workers=1, threads=2, log=tmp_path / "g.log") as running:
+        assert fetch(running, [page] * 7, agent="SafeLinks/2.0") == {200: 7}
+        assert page_hits(backend, address_id) == []
+    assert [summary(e) for e in page_hits(backend, address_id)] == [
+        ("SafeLinks/2.0", "127.0.0.1", 7, "shown")
     ]
-    assert rows[0].last_at is not None and rows[0].last_at >= rows[0].occurred_at
 
 
 def test_one_click_posts_during_a_burst_of_gets_are_all_answered_and_applied(

@@ -19,14 +19,20 @@ from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import counts
 from dispatcher.campaigns.deliveries import stop_queued
-from dispatcher.db import each_statement_commits, make_engine, make_sessionmaker, session_scope
+from dispatcher.db import (
+    make_engine,
+    make_sessionmaker,
+    page_reads,
+    session_scope,
+)
 from dispatcher.models import Contact, Delivery, DeliveryStatus
 from dispatcher.web import create_app
+from dispatcher.web.reads import read_link
 from dispatcher.web.standing import STAFF_REASONS, standing
 from suppression.consent import consent_history
 from suppression.models import Address, Event, Reason, Suppression
 from suppression.suppressions import Added, add_suppression
-from suppression.tokens import LinkPurpose, TokenSigner
+from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenSigner
 from suppression.unsubscribe import resolve_unsubscribe_link, unsubscribe_address
 from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
@@ -403,29 +409,42 @@ def test_a_suppression_met_mid_statement_is_read_again_not_added_twice(pg: Backe
         engine.dispose()
 
 
-def test_a_page_commits_each_statement_and_hands_back_a_transactional_connection(
+def test_a_page_read_hands_back_a_transactional_connection_even_when_its_page_fails(
     pg_engine: Engine,
 ) -> None:
-    """The link pages run without BEGIN and COMMIT (each statement commits by itself); the
-    pooled connection they used must come back transactional, or a later unsubscribe would
-    commit half of its statements when one fails."""
-    sessions = make_sessionmaker(pg_engine)
+    """The link pages read on the pool's DBAPI connection in autocommit
+    (``dispatcher.db.page_reads``); however the page ends (here: its link names an address
+    that is gone), the connection must come back transactional."""
     pool_of_one = make_engine(
         pg_engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0
     )
+    sessions = make_sessionmaker(pg_engine)
     try:
+        with pytest.raises(BadToken), page_reads(pool_of_one) as reads:
+            read_link(reads, LinkSubject(999_999_999, None))
         one = make_sessionmaker(pool_of_one)
-        with each_statement_commits(one) as session:
+        with session_scope(one) as session:
             session.execute(text("CREATE TABLE IF NOT EXISTS page_probe (x int)"))
-            session.execute(text("INSERT INTO page_probe VALUES (1)"))
         with pytest.raises(RuntimeError), session_scope(one) as session:
             session.execute(text("INSERT INTO page_probe VALUES (2)"))
             raise RuntimeError("the unsubscribe failed half-way")
         with session_scope(sessions) as session:
-            assert session.scalars(text("SELECT x FROM page_probe")).all() == [1]
+            assert session.scalars(text("SELECT x FROM page_probe")).all() == []
             session.execute(text("DROP TABLE page_probe"))
     finally:
         pool_of_one.dispose()
+
+
+def test_a_page_reads_what_a_session_reads_on_postgresql(pg: Backend, pg_engine: Engine) -> None:
+    from tests.unit.dispatcher.web.test_reads import both_ways
+
+    sessions = make_sessionmaker(pg_engine)
+    with session_scope(sessions) as session:
+        address_id = make_contact(session, "page.reads.pg@example.com").address_id
+        add_suppression(session, address_id, scope="global", reason=Reason.COMPLAINT, source="t")
+    through_session, direct = both_ways(pg_engine, sessions, LinkSubject(address_id, None))
+    assert direct == through_session
+    assert direct[1].stopped is not None and direct[1].stopped.since.tzinfo is not None
 
 
 def test_the_preference_page_reads_the_gate_and_the_suppressions_in_one_statement(
@@ -491,6 +510,7 @@ def test_a_connection_the_server_ended_is_replaced_before_the_next_request(pg: B
                 )
             ] == ["unsubscribe"]
     finally:
+        app.extensions["dispatcher.hits"].close()  # its page views, before the database goes
         app_engine.dispose()
         engine.dispose()
 

@@ -28,13 +28,17 @@ BIN = Path(sys.executable).parent
 
 
 @contextmanager
-def running(command: list[str], settings: Settings, log: Path, port: int) -> Iterator[str]:
-    """Start a server process with the test's DISPATCHER_* settings; yield its base URL."""
+def running(
+    command: list[str], settings: Settings, log: Path, port: int, **more: str
+) -> Iterator[str]:
+    """Start a server process with the test's DISPATCHER_* settings (and ``more``); yield
+    its base URL; stop it with SIGTERM."""
     env = {
         **os.environ,
         "DISPATCHER_HOME": str(settings.home),
         "DISPATCHER_SECRET_KEYS": TEST_KEYS,
         "DISPATCHER_BASE_URL": f"http://127.0.0.1:{port}",
+        **more,
     }
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
@@ -120,3 +124,37 @@ def test_each_server_takes_a_one_click_post(
         (ip, "not_checked"),
     ]
     assert "ann@example.com" not in log.read_text()
+
+
+@pytest.mark.parametrize("server", ["dispatcher serve", "gunicorn"])
+def test_each_server_writes_the_page_views_it_counted_when_stopped(
+    server: str, settings: Settings, session_factory, tmp_path: Path
+) -> None:
+    """Page views are counted in memory and written in batches; a stop with SIGTERM (as
+    systemd stops a unit) writes them. The writer is told to wait an hour, so only the stop
+    can have written them."""
+    with session_scope(session_factory) as session:
+        ann = make_contact(session, "ann@example.com").address_id
+    port = free_port()
+    command = {
+        "dispatcher serve": [str(BIN / "dispatcher"), "serve", "--port", str(port)],
+        "gunicorn": [
+            str(BIN / "gunicorn"),
+            "-b",
+            f"127.0.0.1:{port}",
+            "dispatcher.web:create_app()",
+        ],
+    }[server]
+    token = TokenSigner(settings.secret_keys).sign_link(LinkPurpose.UNSUBSCRIBE, ann, None)
+    log = tmp_path / "server.log"
+    with running(command, settings, log, port, DISPATCHER_WEB_HIT_FLUSH_SECONDS="3600") as base:
+        for _ in range(3):
+            with urllib.request.urlopen(f"{base}/u/{token}", timeout=10) as page:  # noqa: S310
+                assert page.status == 200
+        with session_scope(session_factory) as session:
+            assert session.scalars(select(Event).where(Event.kind == "web_hit")).all() == []
+    with session_scope(session_factory) as session:
+        hits = session.execute(
+            select(Event.count, Event.detail).where(Event.kind == "web_hit")
+        ).all()
+    assert [(n, detail["action"]) for n, detail in hits] == [(3, "shown")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -18,8 +20,10 @@ from tests.unit.dispatcher.web.pages import ADDRESS
 
 
 @pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app(settings)
+def app(settings: Settings) -> Iterator[Flask]:
+    app = create_app(settings)
+    yield app
+    app.extensions["dispatcher.hits"].close()  # its page views written, its thread ended
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.db import session_scope
 from dispatcher.models import Delivery
 from dispatcher.settings import Settings
+from dispatcher.web.hits import flush_all
 from suppression.consent import current_consent
 from suppression.models import Event, Scope
 from suppression.suppressions import active_suppressions
@@ -42,8 +43,16 @@ def state(session_factory: sessionmaker[Session], address_id: int) -> tuple:
 
 
 def events(session_factory: sessionmaker[Session], kind: str = "web_hit") -> list[Event]:
+    """The audit trail once the page views counted in memory are written (as a clean
+    shutdown writes them: ``dispatcher/web/hits.py``), in the order things happened: a
+    page view's row is written up to a second after it, so after later rows."""
+    flush_all()
     with session_scope(session_factory) as session:
-        return list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
+        return list(
+            session.scalars(
+                select(Event).where(Event.kind == kind).order_by(Event.occurred_at, Event.id)
+            )
+        )
 
 
 def csrf(page: bytes) -> str:
