@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from dispatcher.db import private_sqlite_file
 from dispatcher.models import Heartbeat
 from dispatcher.settings import Settings
 from suppression.models import utcnow
@@ -110,6 +112,8 @@ def start_due_now(settings: Settings, timeout: float = 2.0) -> bool:
     False, and a line in the log, when the broker did not take it."""
     from celery import Celery
 
+    if settings.broker_url.startswith("sqla+sqlite:///"):  # made before any worker's, private
+        private_sqlite_file(Path(settings.broker_url.removeprefix("sqla+sqlite:///")))
     app = Celery("nudge", set_as_current=False)
     app.conf.update(
         {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.campaigns.fleet import start_due_now
 from dispatcher.db import make_engine, upgrade
 from dispatcher.sending.transports import MaildirTransport
 from tests.conftest import settings_for
@@ -47,6 +48,14 @@ def test_a_new_database_its_wal_files_and_home_are_private(tmp_path: Path) -> No
 def test_the_brokers_sqlite_file_is_private(tmp_path: Path) -> None:
     settings = settings_for(tmp_path / "var")
     celery_config(settings)
+    broker = Path(settings.broker_url.removeprefix("sqla+sqlite:///"))
+    assert mode(broker) == 0o600
+
+
+def test_the_brokers_sqlite_file_made_by_a_send_now_is_private(tmp_path: Path) -> None:
+    """`campaign schedule` may publish before any worker has made the broker's file."""
+    settings = settings_for(tmp_path / "var")
+    assert start_due_now(settings)
     broker = Path(settings.broker_url.removeprefix("sqla+sqlite:///"))
     assert mode(broker) == 0o600
 
