@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Table, literal_column
@@ -82,3 +84,100 @@ def _sql_literal(value: str | int) -> str:
     if isinstance(value, str):
         return "'" + str.__str__(value).replace("'", "''") + "'"
     return str(int(value))
+
+
+def run(connection: Connection, statement: Any, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows of ``statement`` (a Core statement built once per process that returns rows),
+    run on ``connection``'s own DBAPI cursor, in its transaction: without SQLAlchemy's work
+    per execution (a cache key of the whole statement, an execution context, a result
+    object), which costs more than the driver's for the unsubscribe's statements of
+    data-modifying CTEs. Compiled once per statement and backend; each parameter goes
+    through its type's bind processing (times, JSON) and each column through its result
+    processing, as through ``connection.execute``. Listeners of ``before_cursor_execute``
+    and ``after_cursor_execute`` are told (with no execution context); a driver's error is
+    raised as SQLAlchemy raises it (``OperationalError`` …), a lost connection invalidated."""
+    compiled = _compiled(statement, connection.dialect)
+    values = {
+        name: params[name] if name in params else compiled.defaults[name] for name in compiled.names
+    }
+    for name, process in compiled.bind_processors:
+        values[name] = process(values[name])
+    order = compiled.positional_order
+    bound: Any = values if order is None else tuple(values[name] for name in order)
+    cursor = connection.connection.cursor()
+    try:
+        events = connection._has_events or connection.engine._has_events
+        if events:
+            connection.dispatch.before_cursor_execute(
+                connection, cursor, compiled.sql, bound, None, False
+            )
+        cursor.execute(compiled.sql, bound)
+        found = cursor.fetchall()
+        if events:
+            connection.dispatch.after_cursor_execute(
+                connection, cursor, compiled.sql, bound, None, False
+            )
+    except connection.dialect.loaded_dbapi.Error as exc:
+        connection._handle_dbapi_exception(exc, compiled.sql, bound, cursor, None)
+    finally:
+        cursor.close()
+    processors = compiled.result_processors
+    if not any(processors):
+        return [tuple(row) for row in found]
+    return [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in found]
+
+
+def run_one(connection: Connection, statement: Any, params: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The one row of ``statement`` (:func:`run`); ``RuntimeError`` when it is not one."""
+    found = run(connection, statement, params)
+    if len(found) != 1:
+        raise RuntimeError(f"expected one row, got {len(found)}")
+    return found[0]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]
+    positional_order: tuple[str, ...] | None  # a positional driver's parameters, in order
+    defaults: dict[str, Any]  # values the statement carries itself
+    bind_processors: tuple[tuple[str, Any], ...]
+    result_processors: tuple[Any, ...]
+
+
+_COMPILED: dict[tuple[int, str], tuple[Any, _Compiled]] = {}
+
+
+def _compiled(statement: Any, dialect: Any) -> _Compiled:
+    key = (id(statement), dialect.name)
+    found = _COMPILED.get(key)
+    if found is not None and found[0] is statement:
+        return found[1]
+    compiled = statement.compile(dialect=dialect)
+    if "POSTCOMPILE" in compiled.string or compiled.escaped_bind_names:
+        raise ValueError("a prebuilt statement cannot expand or rename parameters per execution")
+    names = tuple(dict.fromkeys(compiled.bind_names.values()))
+    defaults = {
+        name: bind.value
+        for bind, name in compiled.bind_names.items()
+        if not bind.required and bind.callable is None
+    }
+    made = _Compiled(
+        sql=compiled.string,
+        names=names,
+        positional_order=tuple(compiled.positiontup or ()) if dialect.positional else None,
+        defaults=defaults,
+        bind_processors=tuple(
+            (name, process)
+            for name, process in compiled._bind_processors.items()
+            if process is not None and name in names
+        ),
+        result_processors=tuple(
+            column.type._cached_result_processor(dialect, None)
+            for column in compiled._result_columns
+        ),
+    )
+    # Keyed by identity (statements are built once per process and kept): the statement
+    # is kept with its compiled form so that its id is never reused for another.
+    _COMPILED[key] = (statement, made)
+    return made
