@@ -104,7 +104,7 @@ def run(connection: Connection, statement: Any, params: Mapping[str, Any]) -> li
         values[name] = process(values[name])
     order = compiled.positional_order
     bound: Any = values if order is None else tuple(values[name] for name in order)
-    cursor = connection.connection.cursor()
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         events = connection._has_events or connection.engine._has_events
         if events:
