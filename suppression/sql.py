@@ -95,7 +95,8 @@ def run(connection: Connection, statement: Any, params: Mapping[str, Any]) -> li
     through its type's bind processing (times, JSON) and each column through its result
     processing, as through ``connection.execute``. Listeners of ``before_cursor_execute``
     and ``after_cursor_execute`` are told (with no execution context); a driver's error is
-    raised as SQLAlchemy raises it (``OperationalError`` …), a lost connection invalidated."""
+    raised as SQLAlchemy raises it (``OperationalError`` …), a lost connection invalidated.
+    Each statement's compiled form is kept for the process: for statements built once."""
     compiled = _compiled(statement, connection.dialect)
     values = {
         name: params[name] if name in params else compiled.defaults[name] for name in compiled.names
@@ -104,6 +105,8 @@ def run(connection: Connection, statement: Any, params: Mapping[str, Any]) -> li
         values[name] = process(values[name])
     order = compiled.positional_order
     bound: Any = values if order is None else tuple(values[name] for name in order)
+    if not connection.in_transaction():
+        connection.begin()  # as ``execute`` would (a session's connection is in one already)
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         events = connection._has_events or connection.engine._has_events
