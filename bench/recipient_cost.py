@@ -16,6 +16,9 @@ three runs each), ms of CPU per request (the app's; PostgreSQL's in brackets), m
 ``GET /u/<token>`` 0.58–0.65 → 0.35–0.40 (PostgreSQL 0.16–0.20 → 0.06–0.08);
 ``GET /preferences/<token>`` 0.72–0.82 → 0.41–0.51 (0.24–0.32 → 0.12–0.16); the one-click
 POSTs unchanged (first 1.0–1.4, PostgreSQL 0.7–0.9; repeated 0.7–0.9, 0.34–0.40).
+The round after (load average 3.5 to 17, six runs each, 816ecf2 → this): the preference
+page 0.43–0.55 → 0.37–0.42 in one statement; the one-click's statements on the DBAPI
+cursor: first 1.18–1.66 → 1.06–1.23, repeated 0.79–0.98 → 0.68–0.76 (PostgreSQL unchanged).
 See the README, "The web edge".
 """
 

@@ -7,7 +7,6 @@ import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.settings import PROJECT_ROOT, Settings
+from suppression.sql import Compiled, compiled
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -141,41 +141,16 @@ class Prebuilt:
     """A SELECT built once per process and compiled once per backend, for the hottest reads
     (the link pages: :func:`page_reads`): run on the pool's DBAPI connection without
     SQLAlchemy's work per execution (a cache key, an execution context, a result object:
-    about three times the driver's own CPU for a one-row read). Its parameters must be
-    values the driver takes as they are (ids, None); each column's result processing is
-    applied, so a row reads as it would through SQLAlchemy. ``statement`` stays usable
-    on a session (:func:`rows`)."""
+    about three times the driver's own CPU for a one-row read), each parameter and column
+    through its type's processing (:func:`suppression.sql.compiled`, which the unsubscribe's
+    statements run through too), so a row reads as it would through SQLAlchemy.
+    ``statement`` stays usable on a session (:func:`rows`)."""
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._compiled: dict[str, _Compiled] = {}
 
-    def compiled(self, dialect: Any) -> _Compiled:
-        found = self._compiled.get(dialect.name)
-        if found is None:
-            compiled = self.statement.compile(dialect=dialect)
-            if "POSTCOMPILE" in compiled.string:
-                raise ValueError("a prebuilt read cannot expand parameters per execution")
-            found = _Compiled(
-                sql=compiled.string,
-                names=tuple(compiled.positiontup or ()) if dialect.positional else None,
-                # What the dialect binds by itself (SQLite's OFFSET 0 after a LIMIT).
-                defaults={k: v for k, v in compiled.params.items() if v is not None},
-                processors=[
-                    column.type.dialect_impl(dialect).result_processor(dialect, None)
-                    for column in self.statement.selected_columns
-                ],
-            )
-            self._compiled[dialect.name] = found
-        return found
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    sql: str
-    names: tuple[str, ...] | None  # a positional driver's parameters, in order
-    defaults: dict[str, Any]
-    processors: list[Any]
+    def compiled(self, dialect: Any) -> Compiled:
+        return compiled(self.statement, dialect)
 
 
 class PageReads:
@@ -186,19 +161,9 @@ class PageReads:
         self.dialect = dialect
 
     def rows(self, read: Prebuilt, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        compiled = read.compiled(self.dialect)
-        if compiled.defaults:
-            params = {**compiled.defaults, **params}
-        names, processors = compiled.names, compiled.processors
-        self.cursor.execute(
-            compiled.sql, params if names is None else tuple(params[n] for n in names)
-        )
-        found = self.cursor.fetchall()
-        if not any(processors):
-            return [tuple(row) for row in found]
-        return [
-            tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in found
-        ]
+        prepared = read.compiled(self.dialect)
+        self.cursor.execute(prepared.sql, prepared.bind(params))
+        return prepared.rows(self.cursor.fetchall())
 
 
 def rows(source: Session | PageReads, read: Prebuilt, params: dict[str, Any]) -> list[Any]:

@@ -67,7 +67,7 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, dialect_name, inline_constants, insert_for, insert_on
+from suppression.sql import core, dialect_name, inline_constants, insert_for, insert_on, run_one
 
 IN, OUT = str(ConsentStatus.OPTED_IN), str(ConsentStatus.OPTED_OUT)
 
@@ -297,9 +297,9 @@ def _record_in_one(
     """PostgreSQL: :func:`record_consent` as one statement (the rule, the ledger row, the
     state and the event; see :func:`_record_in_one_statement`)."""
     params = {f"p_{k}": v for k, v in {**key, **fact, **values}.items()}
-    verdict, current = connection.execute(
-        _record_in_one_statement(recipient_action), {**params, **event}
-    ).one()
+    verdict, current = run_one(
+        connection, _record_in_one_statement(recipient_action), {**params, **event}
+    )
     if verdict == Verdict.REFUSED:
         return ConsentOutcome.KEPT_OPT_OUT
     if verdict == "candidate" and current == fact["status"]:

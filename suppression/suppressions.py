@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from suppression.events import Hit, bound_event, bound_event_params, insert_events, record_event
 from suppression.models import GLOBAL_SCOPE, Address, Reason, Scope, Suppression, utcnow
-from suppression.sql import core, dialect_name, inline_constants, insert_on
+from suppression.sql import core, dialect_name, inline_constants, insert_on, run_one
 
 # Suppressions a recipient may lift by re-subscribing. Everything else needs staff.
 RECIPIENT_LIFTABLE = frozenset({Reason.UNSUBSCRIBE})
@@ -84,9 +84,9 @@ def add_suppression(
             scope=scope,
             source=source,
         )
-        new_id, existing = connection.execute(
-            _add_in_one(), {**keys, **{f"p_{k}": v for k, v in values.items()}, **event}
-        ).one()
+        new_id, existing = run_one(
+            connection, _add_in_one(), {**keys, **{f"p_{k}": v for k, v in values.items()}, **event}
+        )
         if new_id is not None:
             return Added(new_id, created=True)
         if existing is None:

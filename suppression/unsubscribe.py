@@ -23,7 +23,7 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, inline_constants
+from suppression.sql import core, inline_constants, run
 from suppression.suppressions import (
     RECIPIENT_LIFTABLE,
     active_suppressions,
@@ -106,15 +106,16 @@ def resolve_unsubscribe_link(
         subject, address = resolve_link(session, signer, LinkPurpose.UNSUBSCRIBE, token)
         return subject, address, None
     subject = signer.read_link(LinkPurpose.UNSUBSCRIBE, token)
-    row = connection.execute(
-        _address_held(), {"l_address_id": subject.address_id, "l_now": utcnow()}
-    ).first()
-    if row is None:
+    found = run(
+        connection, _address_held(), {"l_address_id": subject.address_id, "l_now": utcnow()}
+    )
+    if not found:
         raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
-    address = Address(id=row.id, address=row.address, created_at=row.created_at)
+    address_id, text, created_at, suppression_id, repeats_opt_out = found[0]
+    address = Address(id=address_id, address=text, created_at=created_at)
     held = None
-    if row.suppression_id is not None and row.repeats_opt_out:
-        held = Held(row.id, row.suppression_id, session.get_transaction())
+    if suppression_id is not None and repeats_opt_out:
+        held = Held(address_id, suppression_id, session.get_transaction())
     return subject, address, held
 
 

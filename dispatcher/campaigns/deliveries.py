@@ -14,7 +14,7 @@ from dispatcher.models import Campaign, Delivery, DeliveryStatus
 from suppression.events import insert_rows, record_events, rows_params
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import UTCDateTime, utcnow
-from suppression.sql import core, inline_constants
+from suppression.sql import core, inline_constants, run
 
 
 def stop_queued(session: Session, address_id: int, *, then: Sequence[dict[str, Any]] = ()) -> int:
@@ -35,7 +35,7 @@ def stop_queued(session: Session, address_id: int, *, then: Sequence[dict[str, A
         counted = tuple(STOPPED if STOPPED in row["detail"] else None for row in then)
         if then:
             params.update(rows_params("t", then))
-        return len(connection.execute(_stop_in_one(counted), params).all())
+        return len(run(connection, _stop_in_one(counted), params))
     changes = counts.Changes()
     for statement in _stop_statements():
         for campaign_id, why in connection.execute(statement, params):

@@ -20,7 +20,7 @@ from dispatcher.ops import metrics
 from dispatcher.settings import Settings
 from dispatcher.web import limits
 from dispatcher.web.hits import HitCounter
-from dispatcher.web.reads import LinkRead, read_link
+from dispatcher.web.reads import LinkRead, read_link, read_preferences
 from dispatcher.web.security import client_hit, form_token, form_token_ok
 from dispatcher.web.standing import Standing, done_messages, standing
 from suppression.address import mask_address
@@ -137,9 +137,11 @@ def _invalid(route: str, exc: BadToken) -> tuple[str, int]:
     return render_template("invalid.html", settings=_settings()), 400
 
 
-def _page(template: str, link: LinkRead, **extra: Any) -> str:
-    signer = _signer()
-    pref_token = signer.sign_link(LinkPurpose.PREFERENCES, link.address_id, link.campaign_id)
+def _page(template: str, link: LinkRead, pref_token: str | None = None, **extra: Any) -> str:
+    """``pref_token``: the link's own preference token when the caller has it (the preference
+    page: the same address and campaign), else one is signed."""
+    if pref_token is None:
+        pref_token = _signer().sign_link(LinkPurpose.PREFERENCES, link.address_id, link.campaign_id)
     return render_template(
         template,
         settings=_settings(),
@@ -271,6 +273,7 @@ def _preferences_view(
     return _page(
         "preferences.html",
         link,
+        token,
         now=now,
         messages=messages or [],
         refused=refused,
@@ -284,8 +287,7 @@ def preferences_page(token: str) -> Any:
     try:
         subject = _signer().read_link(LinkPurpose.PREFERENCES, token)
         with page_reads(_engine()) as reads:
-            link = read_link(reads, subject)
-            now = standing(reads, link.address_id)
+            link, now = read_preferences(reads, subject)
         _count_hit("preferences", "shown", token, link.address_id)
         done = done_messages(request.args.get("done"), now)
         return _preferences_view(token, link, now, done)

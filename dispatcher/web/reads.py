@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, exists, select
+from sqlalchemy import BindParameter, bindparam, exists, select, true
 from sqlalchemy.orm import Session
 
 from dispatcher.db import PageReads, Prebuilt, rows
 from dispatcher.models import Campaign
+from dispatcher.web.standing import Standing, standing_of
+from dispatcher.web.standing import statement as standing_statement
 from suppression.models import Address, Reason, Suppression
 from suppression.sql import inline_constants
 from suppression.tokens import BadToken, LinkSubject, TokenOutcome
@@ -52,6 +54,37 @@ def read_link(source: Session | PageReads, subject: LinkSubject) -> LinkRead:
         campaign_name=campaign_name,
         unsubscribed=bool(unsubscribed),
     )
+
+
+def read_preferences(
+    source: Session | PageReads, subject: LinkSubject
+) -> tuple[LinkRead, Standing]:
+    """The preference page's link (:func:`read_link`) and what the gate says of its address
+    (:func:`dispatcher.web.standing.standing`), in one statement: a page view is one round
+    trip, as on the unsubscribe page. :class:`BadToken` when the address is gone."""
+    params = {
+        "r_address_id": subject.address_id,
+        "r_campaign_id": subject.campaign_id,
+        "s_address_id": subject.address_id,
+    }
+    found = rows(source, _preferences_read(), params)
+    if not found:
+        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
+    address, campaign_name, unsubscribed = found[0][:3]
+    link = LinkRead(
+        address_id=subject.address_id,
+        address=address,
+        campaign_id=subject.campaign_id,
+        campaign_name=campaign_name,
+        unsubscribed=bool(unsubscribed),
+    )
+    return link, standing_of([row[3:] for row in found])
+
+
+@cache
+def _preferences_read() -> Prebuilt:
+    link, now = _statement().subquery(), standing_statement().subquery()
+    return Prebuilt(select(*link.c, *now.c).select_from(link.join(now, true())).order_by(now.c.id))
 
 
 @cache

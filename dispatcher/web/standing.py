@@ -8,6 +8,7 @@ while a suppression only staff may lift is active) is not offered, and the page 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -85,7 +86,12 @@ def standing(source: Session | PageReads, address_id: int) -> Standing:
     """One statement, built once per process: what the gate says, on every row of the
     active suppressions (why, and since when, for the ones only staff may lift); one row
     with no suppression when there is none. On a session or a page's own cursor."""
-    found = rows(source, _read(), {"s_address_id": address_id})
+    return standing_of(rows(source, _read(), {"s_address_id": address_id}))
+
+
+def standing_of(found: Sequence[Sequence[Any]]) -> Standing:
+    """:func:`standing` from its statement's rows (:func:`statement`), wherever they were
+    read (the preference page reads them with its link, in one statement)."""
     marketing_block, service_block, sharing = found[0][:3]
     # (id, scope, reason, created_at) of each active suppression
     active = [row[3:] for row in found if row[3] is not None]
@@ -108,11 +114,12 @@ def standing(source: Session | PageReads, address_id: int) -> Standing:
 
 @cache
 def _read() -> Prebuilt:
-    return Prebuilt(_statement())
+    return Prebuilt(statement())
 
 
 @cache
-def _statement() -> Any:
+def statement() -> Any:
+    """The gate's answers and the active suppressions, by ``s_address_id``."""
     gate, active = (s.subquery() for s in _statements())
     return (
         select(*gate.c, active.c.id, active.c.scope, active.c.reason, active.c.created_at)

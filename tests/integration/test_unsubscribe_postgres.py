@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
 
 import pytest
-from sqlalchemy import Engine, event, func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, event, func, literal_column, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import counts
@@ -30,10 +30,11 @@ from dispatcher.web import create_app
 from dispatcher.web.reads import read_link
 from dispatcher.web.standing import STAFF_REASONS, standing
 from suppression.consent import consent_history
-from suppression.models import Address, Event, Reason, Suppression
+from suppression.models import Address, Event, Reason, Suppression, utcnow
+from suppression.sql import run
 from suppression.suppressions import Added, add_suppression
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenSigner
-from suppression.unsubscribe import resolve_unsubscribe_link, unsubscribe_address
+from suppression.unsubscribe import _address_held, resolve_unsubscribe_link, unsubscribe_address
 from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
 from tests.unit.suppression.test_consent import (  # noqa: F401 - collected again, on PostgreSQL
@@ -552,3 +553,25 @@ def test_the_one_clicks_stop_statement_stays_short_enough_for_psycopg_to_keep_pa
     compiled = _stop_in_one(("stopped", None)).compile(dialect=pg_dialect.dialect())
     assert len(str(compiled).encode()) < _queries.MAX_CACHED_STATEMENT_LENGTH
     assert len(compiled.params) < _queries.MAX_CACHED_STATEMENT_PARAMS
+
+
+def test_a_statement_run_on_the_driver_reads_and_fails_as_through_sqlalchemy(
+    session: Session,
+) -> None:
+    """``suppression.sql.run`` (the unsubscribe's statements on the DBAPI cursor): typed
+    parameters in, typed columns out, the same rows as ``connection.execute``; a driver's
+    error comes out as SQLAlchemy's own (a lost database is what the spool catches)."""
+    contact = make_contact(session, "driver.run@example.com")
+    connection = session.connection()
+    statement = _address_held()
+    params = {"l_address_id": contact.address_id, "l_now": utcnow()}
+    assert run(connection, statement, params) == [
+        tuple(row) for row in connection.execute(statement, params)
+    ]
+    [(_id, address, created_at, suppression_id, repeats)] = run(connection, statement, params)
+    assert (address, suppression_id, repeats) == ("driver.run@example.com", None, False)
+    assert created_at.tzinfo is not None
+    with pytest.raises(DBAPIError), session.begin_nested():
+        # session.connection(): the savepoint is set when the nested transaction is used.
+        run(session.connection(), select(literal_column("1") / literal_column("0")), {})
+    assert run(connection, statement, params)[0][0] == contact.address_id  # still usable

@@ -4,16 +4,19 @@ read exactly what the same statements read through a session."""
 from __future__ import annotations
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.db import page_reads, session_scope
-from dispatcher.web.reads import read_link
+from dispatcher.db import PageReads, Prebuilt, page_reads, session_scope
+from dispatcher.settings import Settings
+from dispatcher.web.reads import read_link, read_preferences
 from dispatcher.web.standing import standing
 from suppression.models import Reason
 from suppression.suppressions import add_suppression
-from suppression.tokens import BadToken, LinkSubject
+from suppression.tokens import BadToken, LinkPurpose, LinkSubject
 from tests.factories import make_contact
+from tests.unit.dispatcher.web.pages import link
 
 
 def both_ways(engine: Engine, sessions: sessionmaker[Session], subject: LinkSubject) -> tuple:
@@ -21,6 +24,8 @@ def both_ways(engine: Engine, sessions: sessionmaker[Session], subject: LinkSubj
         through_session = (read_link(session, subject), standing(session, subject.address_id))
     with page_reads(engine) as reads:
         direct = (read_link(reads, subject), standing(reads, subject.address_id))
+        # The preference page's one statement reads both.
+        assert read_preferences(reads, subject) == direct
     return through_session, direct
 
 
@@ -45,3 +50,26 @@ def test_a_page_reads_what_a_session_reads(engine: Engine, session_factory) -> N
 def test_an_address_that_is_gone_is_a_bad_link(engine: Engine) -> None:
     with pytest.raises(BadToken), page_reads(engine) as reads:
         read_link(reads, LinkSubject(999_999, None))
+    with pytest.raises(BadToken), page_reads(engine) as reads:
+        read_preferences(reads, LinkSubject(999_999, None))
+
+
+def test_a_preference_page_view_is_one_read(
+    client: FlaskClient,
+    settings: Settings,
+    contact_id: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scanner's GET of a preference link is one statement, as an unsubscribe page's is."""
+    seen: list[str] = []
+    real = PageReads.rows
+
+    def counted(reads: PageReads, read: Prebuilt, params: dict) -> list:
+        seen.append(read.compiled(reads.dialect).sql)
+        return real(reads, read, params)
+
+    monkeypatch.setattr(PageReads, "rows", counted)
+    response = client.get(link(settings, LinkPurpose.PREFERENCES, contact_id))
+    assert response.status_code == 200
+    assert 'id="state-marketing">Marketing e-mail: <strong>yes' in response.data.decode()
+    assert len(seen) == 1
