@@ -103,13 +103,14 @@ def heartbeats(session: Session, kind: str) -> list[Heartbeat]:
 START_DUE_TASK = "workers.tasks.start_due_campaigns"
 
 
-def start_due_now(settings: Settings, timeout: float = 2.0) -> bool:
+def start_due_now(settings: Settings, timeout: float = 5.0) -> bool:
     """Ask a worker to start the campaigns that are due now instead of at the beat's next
     tick (up to ``DISPATCHER_BEAT_INTERVAL_SECONDS`` away): "send now" starts at once.
 
     Only a nudge, sent after the schedule is committed: the beat starts the campaign anyway,
     and a campaign started twice is started once (the fan-out moves it to sending first).
-    False, and a line in the log, when the broker did not take it."""
+    False, and a line in the log, when the broker did not take it within about
+    ``timeout`` seconds (connecting, and one more try)."""
     from celery import Celery
 
     if settings.broker_url.startswith("sqla+sqlite:///"):  # made before any worker's, private
@@ -121,13 +122,28 @@ def start_due_now(settings: Settings, timeout: float = 2.0) -> bool:
             "task_default_queue": DEFAULT_QUEUE,
             "broker_connection_timeout": timeout,
             "broker_connection_retry": False,
+            # RabbitMQ acknowledges the message before the publish returns: a connection
+            # closed right after it could otherwise lose it. (Redis and the SQL transport
+            # answer every write; the SQL one hands its options to create_engine.)
+            "broker_transport_options": (
+                {"confirm_publish": True}
+                if settings.broker_url.split(":", 1)[0] in ("amqp", "amqps", "pyamqp")
+                else {}
+            ),
             **settings.celery,  # the workers' own queue and routes
         }
     )
     try:
-        app.send_task(START_DUE_TASK, retry=False)
+        # Its own connection, closed with the broker's acknowledgement (not cut) on leaving.
+        with app.connection_for_write() as connection:
+            app.send_task(
+                START_DUE_TASK,
+                connection=connection,
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0.5, "interval_step": 0},
+            )
     except Exception as exc:  # noqa: BLE001 - any failure is the same news: beat will do it
-        log.info("could not ask the workers to start due campaigns now: %s", type(exc).__name__)
+        log.warning("could not ask the workers to start due campaigns now: %s", type(exc).__name__)
         return False
     finally:
         app.close()

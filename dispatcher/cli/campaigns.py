@@ -190,9 +190,14 @@ def schedule(app: AppContext, campaign_id: int, at: datetime | None, actor: str)
             dead = dead_own_links(app.settings, campaign_view(row))
     except CampaignError as exc:
         raise _fail(exc) from None
-    if when is not None and when <= utcnow():
-        start_due_now(app.settings)  # committed: a worker may start it now
     click.echo(f"campaign {campaign_id} scheduled for {when:%Y-%m-%d %H:%M:%S %Z}")
+    # Committed: a worker may start it now rather than at the beat's next tick.
+    if when is not None and when <= utcnow() and not start_due_now(app.settings):
+        click.echo(
+            "warning: the broker did not take the request to start it now; the beat starts"
+            f" it within {app.settings.beat_interval_seconds:g} s if it runs",
+            err=True,
+        )
     for link in dead:
         click.echo(
             f"warning: {link} is on our own host ({app.settings.base_url}), which answers"
