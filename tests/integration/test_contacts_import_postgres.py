@@ -4,7 +4,6 @@ property, bad bytes that PostgreSQL itself refuses (NUL), and updates of existin
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from suppression.models import Address, Consent, ConsentState, ConsentStatus, Ev
 from suppression.registry import ensure_address
 from tests.conftest import settings_for
 from tests.support.backends import postgres_database, require
+from tests.support.pg import wait_until_blocked
 from tests.unit.dispatcher.contacts import test_latest_word as latest_word
 from tests.unit.dispatcher.contacts.test_latest_word_property import check, histories
 
@@ -142,16 +142,8 @@ def test_an_address_another_writer_adds_during_the_import_keeps_its_state_judged
     first_pid = first.scalar(text("SELECT pg_backend_pid()"))
     with ThreadPoolExecutor(max_workers=1) as pool:
         importing = pool.submit(import_contacts, pg_factory, path, source="crm")
-        with engine.connect() as watch:
-            # Until the import's INSERT of ann's address waits for the signup's row.
-            blocked = text(
-                "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
-            )
-            deadline = time.monotonic() + 60
-            while not watch.scalar(blocked, {"pid": first_pid}):
-                watch.rollback()
-                assert not importing.done(), importing.result()
-                assert time.monotonic() < deadline, "the import never waited for the signup"
+        # Until the import's INSERT of ann's address waits for the signup's row.
+        wait_until_blocked(engine, first_pid, importing, "the import never waited for the signup")
         first.commit()
         first.close()
         report = importing.result(timeout=60)

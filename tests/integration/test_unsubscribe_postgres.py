@@ -7,7 +7,6 @@ PostgreSQL; the tests below add what only a real server shows: concurrent clicks
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
@@ -37,6 +36,7 @@ from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenSigner
 from suppression.unsubscribe import _address_held, resolve_unsubscribe_link, unsubscribe_address
 from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
+from tests.support.pg import wait_until_blocked
 from tests.unit.suppression.test_consent import (  # noqa: F401 - collected again, on PostgreSQL
     test_an_older_change_does_not_override_a_newer_one,
     test_latest_row_decides_and_history_is_kept,
@@ -385,16 +385,8 @@ def test_a_suppression_met_mid_statement_is_read_again_not_added_twice(pg: Backe
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             waiting = pool.submit(second)
-            with engine.connect() as watch:
-                # Until the second INSERT is blocked by the first transaction's row.
-                blocked = text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
-                )
-                deadline = time.monotonic() + 60
-                while not watch.scalar(blocked, {"pid": first_pid}):
-                    watch.rollback()
-                    assert not waiting.done(), waiting.result()
-                    assert time.monotonic() < deadline, "the second never waited for the first"
+            # Until the second INSERT is blocked by the first transaction's row.
+            wait_until_blocked(engine, first_pid, waiting, "the second never waited for the first")
             first.commit()
             first.close()
             met = waiting.result(timeout=30)
