@@ -65,6 +65,21 @@ def _answers(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
         return False
 
 
+def server_command(
+    server: str, port: int, *gunicorn_options: str, app: str = "create_app()"
+) -> list[str]:
+    """The command line of ``server`` (the built-in one or gunicorn) on ``port``."""
+    if server == "dispatcher serve":
+        return [str(BIN / "dispatcher"), "serve", "--port", str(port)]
+    return [
+        str(BIN / "gunicorn"),
+        *gunicorn_options,
+        "-b",
+        f"127.0.0.1:{port}",
+        f"dispatcher.web:{app}",
+    ]
+
+
 def one_click(url: str, forwarded_for: str, padding: int = 0) -> int:
     request = urllib.request.Request(
         url,
@@ -89,17 +104,7 @@ def test_each_server_takes_a_one_click_post(
     with session_scope(session_factory) as session:
         ann = make_contact(session, "ann@example.com").address_id
     port = free_port()
-    command = {
-        "dispatcher serve": [str(BIN / "dispatcher"), "serve", "--port", str(port)],
-        "gunicorn": [
-            str(BIN / "gunicorn"),
-            "-w",
-            "2",
-            "-b",
-            f"127.0.0.1:{port}",
-            "dispatcher.web:create_app(trusted_proxies=1)",
-        ],
-    }[server]
+    command = server_command(server, port, "-w", "2", app="create_app(trusted_proxies=1)")
     token = TokenSigner(settings.secret_keys).sign_link(LinkPurpose.UNSUBSCRIBE, ann, None)
     log = tmp_path / "server.log"
     with running(command, settings, log, port) as base:
@@ -136,15 +141,7 @@ def test_each_server_writes_the_page_views_it_counted_when_stopped(
     with session_scope(session_factory) as session:
         ann = make_contact(session, "ann@example.com").address_id
     port = free_port()
-    command = {
-        "dispatcher serve": [str(BIN / "dispatcher"), "serve", "--port", str(port)],
-        "gunicorn": [
-            str(BIN / "gunicorn"),
-            "-b",
-            f"127.0.0.1:{port}",
-            "dispatcher.web:create_app()",
-        ],
-    }[server]
+    command = server_command(server, port)
     token = TokenSigner(settings.secret_keys).sign_link(LinkPurpose.UNSUBSCRIBE, ann, None)
     log = tmp_path / "server.log"
     with running(command, settings, log, port, DISPATCHER_WEB_HIT_FLUSH_SECONDS="3600") as base:
