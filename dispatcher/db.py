@@ -33,7 +33,11 @@ def private_sqlite_file(path: Path) -> None:
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for this project's two backends."""
+    """An engine tuned for this project's two backends.
+
+    Its errors never carry a statement's parameters (addresses, IPs, browsers, names):
+    a database error that reaches a log shows the SQL only."""
+    kwargs.setdefault("hide_parameters", True)
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[-1].split("?", 1)[0]
         if path and path != ":memory:":

@@ -97,3 +97,19 @@ def test_log_settings_are_checked(tmp_path) -> None:
         settings_for(tmp_path, log_format="xml")
     with pytest.raises(SettingsError, match="DISPATCHER_LOG_LEVEL"):
         settings_for(tmp_path, log_level="chatty")
+
+
+def test_a_database_error_carries_the_sql_but_not_its_parameters(tmp_path) -> None:
+    """An IP or a browser in a failed statement's parameters would reach the log with the
+    error (the page-view writer logs its failures): engines are made to hide them."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from dispatcher.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn, pytest.raises(DBAPIError) as caught:
+        conn.execute(text("INSERT INTO no_such_table VALUES (:ip)"), {"ip": "198.51.100.7"})
+    engine.dispose()
+    assert "no_such_table" in str(caught.value)
+    assert "198.51.100.7" not in str(caught.value)
