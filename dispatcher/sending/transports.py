@@ -249,7 +249,8 @@ def _relay_reply(reply: bytes | str, password: str | None) -> str:
 class _Announced:
     """A message whose MAIL, RCPT and DATA went out ahead of its body (RFC 2920 3.1 lets
     message content open a group: the previous message's end and this message's commands
-    share one write). ``replies`` is empty when the connection broke before they came."""
+    share one write). Kept only with all three replies read: a connection that broke
+    before they came is dropped, and the announcement with it."""
 
     sender: str
     recipient: str
