@@ -98,6 +98,13 @@ def test_a_worker_without_beat_is_named_as_the_cause_then_a_beat_starts_it(
     env = backend.env(mail_url=smtp_sink.url)
     campaign_id = campaign_due(backend)
     with WorkerProcess(env, tmp_path / "worker.log", beat=False) as worker:
+        # The worker writes its first heartbeat from a thread it starts once ready: on SQLite,
+        # where heartbeats are how workers are seen, wait for it before asking.
+        wait_until(
+            lambda: "no_worker" not in problems(status(env, campaign_id)),
+            30,
+            what="the worker's heartbeat",
+        )
         report = status(env, campaign_id)
         assert report["status"] == "scheduled"
         found = problems(report)
