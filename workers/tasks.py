@@ -7,13 +7,14 @@ sends does not carry the inbound parsers, retention and signup code in its memor
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
 from dispatcher.campaigns.counts import fold_busy
 from dispatcher.campaigns.fanout import (
+    Batches,
+    Publish,
     campaign_purpose,
     due_campaigns,
     fan_out,
@@ -57,7 +58,8 @@ def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
     """Create the campaign's delivery rows, then publish the first window of ``send_batch``
     tasks (the batches themselves, and beat, publish the rest as they finish).
 
-    ``fan_out`` commits the rows before yielding the first batch (enqueue after commit).
+    ``fan_out`` commits the rows before it publishes the first batch (enqueue after commit),
+    and publishes each window before committing the mark that covers it.
     """
     rt = runtime()
     count = 0
@@ -68,30 +70,40 @@ def fan_out_campaign(campaign_id: int, resume: bool = False) -> int:
             rt.settings.batch_size,
             window=rt.settings.batch_window,
             resume=resume,
+            publish=_publisher(campaign_id, _queue(campaign_id)),
         )
-        count = _publish(campaign_id, batches)
+        count = sum(1 for _ in batches)
     return count
 
 
-def _publish(campaign_id: int, batches: Iterable[tuple[int, int]], queue: str | None = None) -> int:
-    """One ``send_batch`` per batch, on ``queue`` or else the queue of the campaign's
-    purpose."""
-    count = 0
-    for first_id, last_id in batches:
-        if queue is None:
-            with session_scope(runtime().sessions) as session:
-                purpose = campaign_purpose(session, campaign_id)
-            queue = queue_for(app.conf.task_default_queue, purpose)
-        send_batch_task.apply_async((campaign_id, first_id, last_id), queue=queue)
-        count += 1
-    return count
+def _queue(campaign_id: int, came_from: str | None = None) -> str:
+    """``came_from`` if it is one of this fleet's send queues, else the queue of the
+    campaign's purpose."""
+    default = app.conf.task_default_queue
+    if came_from is not None and came_from in (default, default + NOTICES_SUFFIX):
+        return came_from
+    with session_scope(runtime().sessions) as session:
+        purpose = campaign_purpose(session, campaign_id)
+    return queue_for(default, purpose)
+
+
+def _publisher(campaign_id: int, queue: str) -> Publish:
+    """One ``send_batch`` per batch on ``queue``; the fan-out calls it before it commits
+    the published mark, so a publish that fails leaves the batches to the next refill."""
+
+    def publish(batches: Batches) -> None:
+        for first_id, last_id in batches:
+            send_batch_task.apply_async((campaign_id, first_id, last_id), queue=queue)
+
+    return publish
 
 
 def _refill(campaign_id: int) -> int:
     """Top up the campaign's window of published batches; returns how many were added."""
     rt = runtime()
-    batches = refill(rt.sessions, campaign_id, rt.settings.batch_size, rt.settings.batch_window)
-    return _publish(campaign_id, batches)
+    publish = _publisher(campaign_id, _queue(campaign_id))
+    size, window = rt.settings.batch_size, rt.settings.batch_window
+    return len(refill(rt.sessions, campaign_id, size, window, publish))
 
 
 @app.task(
@@ -108,13 +120,12 @@ def send_batch_task(campaign_id: int, first_id: int, last_id: int) -> dict[str, 
         result = send_batch(rt.settings, rt.sessions, rt.signer, campaign_id, first_id, last_id)
     # This batch ran to its end and left the broker: its successor takes its place, on the
     # same queue. A batch that raised is retried (it still waits) and refills nothing; beat
-    # redoes a refill lost here (database away, worker killed).
+    # redoes a refill lost here (database or broker away, worker killed): the successor is
+    # published before the mark moves, so a failed publish leaves it to beat's next refill.
     came_from = (send_batch_task.request.delivery_info or {}).get("routing_key")
-    default = app.conf.task_default_queue
-    queue = came_from if came_from in (default, default + NOTICES_SUFFIX) else None
     try:
-        batches = refill_after(rt.sessions, campaign_id, first_id, rt.settings.batch_size)
-        _publish(campaign_id, batches, queue)
+        publish = _publisher(campaign_id, _queue(campaign_id, came_from))
+        refill_after(rt.sessions, campaign_id, first_id, rt.settings.batch_size, publish)
     except Exception:  # noqa: BLE001 — the batch's own outcome must not be masked
         log.warning("campaign %s: refilling its batch window failed", campaign_id, exc_info=True)
     return describe(result)

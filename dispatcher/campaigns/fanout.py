@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from sqlalchemy import Integer, delete, func, insert, literal, select, update
@@ -48,6 +48,13 @@ def campaign_purpose(session: Session, campaign_id: int) -> str:
 # checks in the statement's memory until the statement ends: 10M recipients in one INSERT
 # took a 568 MB backend (bench/run.py --only fanout).
 FAN_OUT_CHUNK = 500_000
+
+Batches = list[tuple[int, int]]
+# Publishes ``(first_id, last_id)`` batches to the broker. Called inside the transaction
+# that moves the published mark, before its commit: a publish that raises rolls the mark
+# back (the batches stay unpublished and the next refill takes them); a crash after the
+# publish and before the commit publishes them twice at worst, and a batch is claimed once.
+Publish = Callable[[Batches], object]
 
 
 def create_deliveries(session: Session, campaign: Campaign, chunk: int = FAN_OUT_CHUNK) -> int:
@@ -98,6 +105,7 @@ def fan_out(
     *,
     window: int | None = None,
     resume: bool = False,
+    publish: Publish | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Start a due campaign and yield ``(first_id, last_id)`` of the batches to publish now.
 
@@ -112,6 +120,9 @@ def fan_out(
     campaign whose tasks were lost) says otherwise; either way publishing starts again from
     the first queued row, since tasks for rows still queued may have been lost (a paused
     campaign's batches ran and claimed nothing).
+
+    With ``publish``, the batches are published before the mark that covers them is
+    committed (see :data:`Publish`), and yielded once published.
     """
     with session_scope(sessions) as session:
         started = start_if_due(session, campaign_id)
@@ -133,9 +144,11 @@ def fan_out(
                     .where(Campaign.id == campaign_id)
                     .values(published_through=batches[-1][1])
                 )
+                if publish is not None:
+                    publish(batches)
         yield from batches
     else:
-        yield from refill(sessions, campaign_id, batch_size, window)
+        yield from refill(sessions, campaign_id, batch_size, window, publish)
     with session_scope(sessions) as session:
         finish_if_done(session, campaign_id)
 
@@ -185,8 +198,12 @@ _REFILL_ATTEMPTS = 3
 
 
 def refill(
-    sessions: sessionmaker[Session], campaign_id: int, batch_size: int, window: int
-) -> list[tuple[int, int]]:
+    sessions: sessionmaker[Session],
+    campaign_id: int,
+    batch_size: int,
+    window: int,
+    publish: Publish | None = None,
+) -> Batches:
     """The batches to publish now so that at most ``window`` of this campaign's batches wait
     in the broker, and advance the campaign's published mark past them (committed before
     this returns: publish after it, never before).
@@ -196,7 +213,8 @@ def refill(
     the campaign; one that does not is dropped from the list. Called at the end of every batch
     and by beat (a refill lost to a crash is redone there). Two callers at once cannot
     publish the same rows: the mark moves by compare-and-set, and the one that loses looks
-    again. Nothing is published unless the campaign is ``sending``.
+    again. Nothing is published unless the campaign is ``sending``. With ``publish``, the
+    batches are published before the mark's move is committed (:data:`Publish`).
     """
     for _ in range(_REFILL_ATTEMPTS):
         with session_scope(sessions) as session:
@@ -239,6 +257,8 @@ def refill(
                 return []
             batches = _take(session, campaign_id, batch_size, mark, free)
             if batches is not None:
+                if batches and publish is not None:
+                    publish(batches)
                 return batches
     return []  # others moved the mark each time: they publish; beat tops up what is left
 
@@ -248,7 +268,8 @@ def refill_after(
     campaign_id: int,
     first_id: int,
     batch_size: int,
-) -> list[tuple[int, int]]:
+    publish: Publish | None = None,
+) -> Batches:
     """The batch starting at ``first_id`` ran to its end: give its place in the window to the
     next batch (returned to be published; the mark is committed before this returns).
 
@@ -256,7 +277,9 @@ def refill_after(
     task knows its batch left the broker. Whoever removes a batch's ``published_batches`` row
     publishes its successor, so a batch run twice, or one beat already saw finished, adds
     nothing here. A task that raised (its retry still waits in the broker) does not call
-    this; beat's :func:`refill` covers a refill lost to a crash.
+    this; beat's :func:`refill` covers a refill lost to a crash. With ``publish``, the
+    successor is published before the commit (:data:`Publish`): if that fails, this batch's
+    place is given back too, and beat's refill sees the batch finished and fills it.
     """
     with session_scope(sessions) as session:
         gone = session.execute(
@@ -275,6 +298,8 @@ def refill_after(
                 return []
             batches = _take(session, campaign_id, batch_size, state[0], 1)
             if batches is not None:
+                if batches and publish is not None:
+                    publish(batches)
                 return batches
     return []  # beat tops up the place this batch left
 

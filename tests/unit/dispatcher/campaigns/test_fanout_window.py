@@ -7,11 +7,12 @@ import random
 import threading
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.campaigns.fanout import fan_out, refill, refill_after
-from dispatcher.db import session_scope
+from dispatcher.db import read_only, session_scope
 from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from suppression.models import utcnow
 from tests.factories import bulk_contacts
@@ -272,3 +273,75 @@ def test_deliveries_made_a_range_of_contacts_at_a_time_are_each_contact_once(
             session.scalars(select(Delivery.contact_id).where(Delivery.campaign_id == campaign_id))
         )
     assert delivered == contacts
+
+
+class BrokerDown(Exception):
+    pass
+
+
+def mark(sessions: sessionmaker[Session], campaign_id: int) -> int | None:
+    """The published mark as another connection sees it (what is committed)."""
+    with read_only(sessions) as session:
+        return session.scalar(select(Campaign.published_through).where(Campaign.id == campaign_id))
+
+
+def test_batches_are_published_before_the_mark_that_covers_them_is_committed(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 30)
+    seen: list[tuple[list[tuple[int, int]], int | None]] = []
+
+    def publish(batches: list[tuple[int, int]]) -> None:
+        seen.append((list(batches), mark(session_factory, campaign_id)))
+
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW, publish=publish))
+    assert seen == [(published, None)]  # published while the mark was still unmoved
+    assert mark(session_factory, campaign_id) == published[-1][1]
+    finish(session_factory, campaign_id, published[0])
+    after = refill_after(session_factory, campaign_id, published[0][0], BATCH, publish)
+    assert seen[1] == (after, published[-1][1])
+    finish(session_factory, campaign_id, published[1])
+    topped_up = refill(session_factory, campaign_id, BATCH, WINDOW, publish)
+    assert seen[2] == (topped_up, after[-1][1])
+    assert len(seen) == 3
+
+
+def test_a_failed_publish_moves_no_mark_and_the_next_refill_publishes_those_rows(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The broker refuses the window: nothing is marked published, so beat's next refill
+    publishes the same batches at once instead of the campaign waiting to be found stalled."""
+    campaign_id = due_campaign(session_factory, 30)
+
+    def broker_down(batches: list[tuple[int, int]]) -> None:
+        raise BrokerDown
+
+    with pytest.raises(BrokerDown):
+        list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW, publish=broker_down))
+    assert mark(session_factory, campaign_id) is None
+    published: list[tuple[int, int]] = []
+    assert refill(session_factory, campaign_id, BATCH, WINDOW, published.extend) == published
+    ids = all_ids(session_factory, campaign_id)
+    assert len(published) == WINDOW and published[0][0] == ids[0]
+
+
+def test_a_batch_whose_successor_could_not_be_published_gives_its_place_back(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 40)
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    finish(session_factory, campaign_id, published[0])
+
+    def broker_down(batches: list[tuple[int, int]]) -> None:
+        raise BrokerDown
+
+    with pytest.raises(BrokerDown):
+        refill_after(session_factory, campaign_id, published[0][0], BATCH, broker_down)
+    assert mark(session_factory, campaign_id) == published[-1][1]  # unmoved
+    topped_up: list[tuple[int, int]] = []
+    refill(session_factory, campaign_id, BATCH, WINDOW, topped_up.extend)  # beat, next tick
+    assert len(topped_up) == 1 and topped_up[0][0] == published[-1][1] + 1
+    ids = all_ids(session_factory, campaign_id)
+    hits = covered(published + topped_up, ids)
+    assert len(hits) == len(set(hits))
+    assert len(waiting(session_factory, campaign_id, published + topped_up)) == WINDOW
