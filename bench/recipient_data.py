@@ -44,11 +44,11 @@ def prepare(settings: Settings, contacts: int) -> Population:
         campaign_id, _ = make_sending_campaign(session)
         ids = list(session.scalars(select(Address.id).order_by(Address.id)))
     if engine.dialect.name == "postgresql":
-        # The planner's statistics for the deliveries just queued, as autovacuum gathers
-        # them within a minute or so: without them PostgreSQL may keep planning the
-        # one-click's statements afresh on every execution instead of reusing a generic
-        # plan (0.5 ms or more of its CPU per click), and a run measures whether autovacuum
-        # happened to come by first.
+        # The planner's statistics for the rows just written, as a real fan-out has them
+        # (``refresh_statistics``) and autovacuum gathers them for the rest within a minute
+        # or so: without them PostgreSQL may keep planning the one-click's statements
+        # afresh on every execution instead of reusing a generic plan (0.5 ms or more of
+        # its CPU per click), and a run measures whether autovacuum came by first.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE"))
     engine.dispose()
