@@ -281,6 +281,11 @@ class BrokerDown(Exception):
     pass
 
 
+def broker_down(batches: list[tuple[int, int]]) -> None:
+    """A publish the broker refuses."""
+    raise BrokerDown
+
+
 def mark(sessions: sessionmaker[Session], campaign_id: int) -> int | None:
     """The published mark as another connection sees it (what is committed)."""
     with read_only(sessions) as session:
@@ -315,9 +320,6 @@ def test_a_failed_publish_moves_no_mark_and_the_next_refill_publishes_those_rows
     publishes the same batches at once instead of the campaign waiting to be found stalled."""
     campaign_id = due_campaign(session_factory, 30)
 
-    def broker_down(batches: list[tuple[int, int]]) -> None:
-        raise BrokerDown
-
     with pytest.raises(BrokerDown):
         list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW, publish=broker_down))
     assert mark(session_factory, campaign_id) is None
@@ -333,9 +335,6 @@ def test_a_batch_whose_successor_could_not_be_published_gives_its_place_back(
     campaign_id = due_campaign(session_factory, 40)
     published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
     finish(session_factory, campaign_id, published[0])
-
-    def broker_down(batches: list[tuple[int, int]]) -> None:
-        raise BrokerDown
 
     with pytest.raises(BrokerDown):
         refill_after(session_factory, campaign_id, published[0][0], BATCH, broker_down)
