@@ -198,7 +198,7 @@ def build_message(
         head.append(_list_unsubscribe(list_unsubscribe_url, unsubscribe_mailto))
         head.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
     text, html = rendered.encoded or (encode(rendered.text), encode(rendered.html))
-    # The Content-Type header is short enough never to be folded.
+    # Content-Type is 76 octets with its 28-character boundary: never folded (78).
     head += (
         b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="',
         boundary,
