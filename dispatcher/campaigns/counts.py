@@ -30,6 +30,8 @@ from sqlalchemy.orm import Session
 from dispatcher.models import Campaign, CampaignCount, Delivery, DeliveryStatus
 from suppression.models import utcnow
 
+_LEDGER = CampaignCount.metadata.tables[CampaignCount.__tablename__]
+
 # (campaign id, status, skip reason or "") -> change in the number of rows
 Key = tuple[int, str, str]
 
@@ -70,7 +72,8 @@ def record(session: Session, changes: Mapping[Key, int]) -> None:
         if n
     ]
     if rows:
-        session.execute(insert(CampaignCount), rows)
+        # On the table: the ORM's bulk insert costs twice the CPU for the same INSERT.
+        session.connection().execute(insert(_LEDGER), rows)
 
 
 def moved_insert(moved: Any, before: str, after: str, at: Any) -> Any:

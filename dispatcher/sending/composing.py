@@ -46,6 +46,8 @@ class ClaimedRow:
     last_name: str | None
 
 
+_LINKS = (LinkPurpose.UNSUBSCRIBE, LinkPurpose.PREFERENCES)
+
 # Rendering is prepared once per campaign per process (CSS inlining is the costly part).
 _prepared: dict[tuple[str, ...], PreparedCampaign] = {}
 
@@ -133,8 +135,7 @@ class MessageFactory:
 
     def _links(self, address_id: int) -> tuple[str, str, str]:
         base = self.settings.base_url
-        unsubscribe = self.signer.sign_link(LinkPurpose.UNSUBSCRIBE, address_id, self.campaign.id)
-        preferences = self.signer.sign_link(LinkPurpose.PREFERENCES, address_id, self.campaign.id)
+        unsubscribe, preferences = self.signer.sign_links(_LINKS, address_id, self.campaign.id)
         return f"{base}/u/{unsubscribe}", f"{base}/preferences/{preferences}", unsubscribe
 
     def envelope_from(self, row: ClaimedRow) -> str:

@@ -34,9 +34,11 @@ _CRLF = "\r\n"
 # SMTP wants CRLF line ends; smtplib does not convert them in a bytes message.
 _POLICY = Compat32(linesep=_CRLF)
 _PART_HEAD = (
-    'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+    '\r\nContent-Type: text/{subtype}; charset="utf-8"\r\n'
     "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
 )
+_PLAIN_HEAD = _PART_HEAD.format(subtype="plain").encode("ascii")
+_HTML_HEAD = _PART_HEAD.format(subtype="html").encode("ascii")
 
 
 class HeaderInjection(ValueError):
@@ -125,9 +127,30 @@ def _mailbox(header: str, name: str | None, address: str) -> str | Header:
 
 
 @lru_cache(maxsize=16)
-def _sender(sender: str) -> str | Header:
+def _sender(sender: str) -> bytes:
+    """The From header (the same for every message of a campaign)."""
     name, address = parseaddr(_clean("From", sender))
-    return _mailbox("From", name, address)
+    return _header("From", _mailbox("From", name, address))
+
+
+@lru_cache(maxsize=64)
+def _fixed(name: str, value: str) -> bytes:
+    """A header whose value is the same for a campaign's every message (List-Id,
+    Feedback-ID); raises :class:`HeaderInjection` (and caches nothing) like ``_clean``."""
+    return _header(name, _clean(name, value))
+
+
+_date: tuple[int, bytes] = (-1, b"")
+
+
+def _date_header() -> bytes:
+    """``Date`` for now, to the second (made once a second: a campaign sends thousands)."""
+    global _date
+    now = datetime.now(UTC).replace(microsecond=0)
+    second = int(now.timestamp())
+    if _date[0] != second:
+        _date = (second, _header("Date", format_datetime(now)))
+    return _date[1]
 
 
 def build_message(
@@ -157,37 +180,38 @@ def build_message(
         subject_value: str | Header = subject
     else:
         subject_value = Header(subject, "utf-8", header_name="Subject")
-    boundary = "=_kt" + secrets.token_hex(12)
+    boundary = b"=_kt" + secrets.token_hex(12).encode("ascii")
     head = [
-        _header("From", _sender(sender)),
+        _sender(sender),
         _header("To", _mailbox("To", to_name, to_address)),
         _header("Subject", subject_value),
-        _header("Date", format_datetime(datetime.now(UTC).replace(microsecond=0))),
+        _date_header(),
         _header("Message-ID", _clean("Message-ID", message_id)),
     ]
     if list_id:
-        head.append(_header("List-Id", _clean("List-Id", list_id)))
+        head.append(_fixed("List-Id", list_id))
     if feedback_id:
-        head.append(_header("Feedback-ID", _clean("Feedback-ID", feedback_id)))
+        head.append(_fixed("Feedback-ID", feedback_id))
     if bulk:
         head.append(b"Precedence: bulk\r\n")
     if list_unsubscribe_url:
         head.append(_list_unsubscribe(list_unsubscribe_url, unsubscribe_mailto))
         head.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
-    head.append(b"MIME-Version: 1.0\r\n")
-    head.append(_header("Content-Type", f'multipart/alternative; boundary="{boundary}"'))
-    delimiter = f"{_CRLF}--{boundary}{_CRLF}".encode("ascii")
     text, html = rendered.encoded or (encode(rendered.text), encode(rendered.html))
-    return b"".join(
-        [
-            *head,
-            b"\r\n",
-            delimiter[2:],
-            _PART_HEAD.format(subtype="plain").encode("ascii"),
-            text,
-            delimiter,
-            _PART_HEAD.format(subtype="html").encode("ascii"),
-            html,
-            f"{_CRLF}--{boundary}--{_CRLF}".encode("ascii"),
-        ]
+    # Content-Type is 76 octets with its 28-character boundary: never folded (78).
+    head += (
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="',
+        boundary,
+        b'"\r\n\r\n--',
+        boundary,
+        _PLAIN_HEAD,
+        text,
+        b"\r\n--",
+        boundary,
+        _HTML_HEAD,
+        html,
+        b"\r\n--",
+        boundary,
+        b"--\r\n",
     )
+    return b"".join(head)

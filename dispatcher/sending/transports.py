@@ -115,10 +115,13 @@ class Transport(Protocol):
     ) -> None: ...
 
 
+_ENVELOPE_BREAKERS = re.compile("[\r\n\0<> \t]")
+
+
 def _check_envelope(envelope_from: str, recipient: str) -> None:
     """A line break or bracket in an envelope address would inject commands or headers."""
     for role, address in (("sender", envelope_from), ("recipient", recipient)):
-        if not address or any(ch in address for ch in "\r\n\0<> \t"):
+        if not address or _ENVELOPE_BREAKERS.search(address):
             raise PermanentSendError(
                 f"not sent: the envelope {role} address is empty or holds a line break, "
                 "space or angle bracket",
