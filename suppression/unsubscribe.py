@@ -7,12 +7,18 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import bindparam, exists, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from suppression.address import mask_address
-from suppression.consent import record_consent, repeats_state
-from suppression.events import Hit, event_row
+from suppression.consent import (
+    record_consent,
+    recorded_params,
+    recorded_parts,
+    repeats_state,
+    settle_recorded,
+)
+from suppression.events import Hit, event_row, insert_events
 from suppression.models import (
     Address,
     ConsentState,
@@ -23,12 +29,16 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, inline_constants, run
+from suppression.sql import core, inline_constants, run, run_one
 from suppression.suppressions import (
     RECIPIENT_LIFTABLE,
+    Added,
     active_suppressions,
     add_suppression,
+    added_params,
+    added_parts,
     lift_suppressions,
+    settle_added,
 )
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
 
@@ -198,24 +208,13 @@ def unsubscribe_address(
         and held.transaction is session.get_transaction()
     ):
         return _repeat(session, address, held, stop_queued, source, hit, campaign_id, actor, audit)
-    added = add_suppression(
+    added = _suppress_and_opt_out(
         session,
         address.id,
-        scope=str(Scope.MARKETING),
-        reason=Reason.UNSUBSCRIBE,
         source=source,
         hit=hit,
         actor=actor,
         note=note or (f"campaign {campaign_id}" if campaign_id else None),
-    )
-    record_consent(
-        session,
-        address.id,
-        Scope.MARKETING,
-        ConsentStatus.OPTED_OUT,
-        source=source,
-        occurred_at=utcnow(),
-        hit=hit,
     )
     stopped = stop_queued(
         session,
@@ -229,6 +228,95 @@ def unsubscribe_address(
         newly_suppressed=added.created,
         stopped=stopped,
         suppression_id=added.suppression_id,
+    )
+
+
+def _suppress_and_opt_out(
+    session: Session,
+    address_id: int,
+    *,
+    source: str,
+    hit: Hit | None,
+    actor: str | None,
+    note: str | None,
+) -> Added:
+    """The marketing ``unsubscribe`` suppression and the opt-out, with their events in that
+    order: :func:`add_suppression` then :func:`record_consent`, which on PostgreSQL are one
+    statement (:func:`_suppressed_and_opted_out`) unless two unsubscribes of the address
+    meet."""
+    scope = str(Scope.MARKETING)
+    connection = core(session)
+    if connection.dialect.name == "postgresql":
+        occurred_at = utcnow()
+        params = {
+            **added_params(
+                "s", "se", address_id, scope, Reason.UNSUBSCRIBE, source, note, actor, hit
+            ),
+            **recorded_params(
+                "c",
+                "ce",
+                address_id,
+                Scope.MARKETING,
+                ConsentStatus.OPTED_OUT,
+                source,
+                occurred_at,
+                hit=hit,
+            ),
+        }
+        new_id, existing, verdict, current = run_one(
+            connection, _suppressed_and_opted_out(), params
+        )
+        added = settle_added(connection, address_id, scope, Reason.UNSUBSCRIBE, new_id, existing)
+        if new_id is not None or existing is not None:
+            settle_recorded(
+                session, address_id, Scope.MARKETING, ConsentStatus.OPTED_OUT, verdict, current
+            )
+            return added
+        # The suppression met was committed after the statement's snapshot (another
+        # unsubscribe of the address, which waited for it): the opt-out, judged against that
+        # snapshot, was not written. Judged now, against what the other committed.
+    else:
+        added = add_suppression(
+            session,
+            address_id,
+            scope=scope,
+            reason=Reason.UNSUBSCRIBE,
+            source=source,
+            hit=hit,
+            actor=actor,
+            note=note,
+        )
+    record_consent(
+        session,
+        address_id,
+        Scope.MARKETING,
+        ConsentStatus.OPTED_OUT,
+        source=source,
+        occurred_at=utcnow(),
+        hit=hit,
+    )
+    return added
+
+
+@cache
+def _suppressed_and_opted_out() -> Any:
+    """PostgreSQL: the suppression (``added_parts``) and the opt-out (``recorded_parts``) as
+    one statement, their two events written by one INSERT in that order. The opt-out is
+    judged only where the suppression was added or an active one is in the statement's
+    snapshot: one that the INSERT met but cannot see was committed meanwhile by a
+    transaction that may have opted out too, which this snapshot would not show. Returns
+    (new suppression id, active one met, the opt-out's verdict, the status it found)."""
+    added, added_event, existing = added_parts("s", "se")
+    go = or_(exists(select(added.c.id)), existing.is_not(None))
+    decided, state, changed_event = recorded_parts(False, "c", "ce", only_if=go)
+    events = insert_events(union_all(added_event, changed_event)).cte("events")
+    return inline_constants(
+        select(
+            select(added.c.id).scalar_subquery().label("new_id"),
+            existing.label("existing_id"),
+            decided.c.verdict,
+            decided.c.current,
+        ).add_cte(state, events)
     )
 
 

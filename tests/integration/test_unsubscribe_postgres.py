@@ -109,9 +109,10 @@ def test_the_unsubscribe_runs_in_fewer_statements_on_postgresql(session: Session
         event.remove(connection, "before_cursor_execute", count)
     assert first.newly_suppressed and first.stopped == 1
     assert not again.newly_suppressed and again.stopped == 0
-    # suppression + event; consent rule + ledger + state + event; stop + counters + event
-    assert statements_first == 3
-    assert len(seen) == 3
+    # suppression + event with the consent rule + ledger + state + event; stop + counters +
+    # event
+    assert statements_first == 2
+    assert len(seen) == 2
     events = session.scalars(
         select(Event).where(Event.address_id == address.id).order_by(Event.id)
     ).all()[-4:]  # after the contact's own opt-in
@@ -264,7 +265,7 @@ def test_a_hold_is_not_taken_without_the_opt_out_nor_used_in_another_transaction
         with session_scope(sessions) as session:
             seen = counting_statements(session)
             unsubscribe_address(session, address, stop_queued=stop_queued, source="t", held=old)
-            assert len(seen) == 3  # suppression, consent, stop: the full unsubscribe
+            assert len(seen) == 2  # suppression and consent, stop: the full unsubscribe
     finally:
         engine.dispose()
 
@@ -567,3 +568,98 @@ def test_a_statement_run_on_the_driver_reads_and_fails_as_through_sqlalchemy(
         # session.connection(): the savepoint is set when the nested transaction is used.
         run(session.connection(), select(literal_column("1") / literal_column("0")), {})
     assert run(connection, statement, params)[0][0] == contact.address_id  # still usable
+
+
+def _unsubscribe_beside_another(pg: Backend, other_opts_out: bool) -> tuple[int, bool]:
+    """An unsubscribe whose one statement (suppression and opt-out) waits for another
+    transaction's uncommitted unsubscribe suppression of the address, which commits after
+    that statement's snapshot: the other is a full unsubscribe (``other_opts_out``) or staff
+    adding the suppression alone. Returns the address and whether the waiting one
+    suppressed anew."""
+    engine = make_engine(pg.settings.database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        with session_scope(sessions) as session:
+            address_id = make_contact(session, f"beside.{other_opts_out}@example.com").address_id
+        first = sessions()
+        first.begin()
+        address = first.get(Address, address_id)
+        assert address is not None
+        if other_opts_out:
+            unsubscribe_address(first, address, stop_queued=stop_queued, source="one_click")
+        else:
+            add_suppression(
+                first, address_id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="staff"
+            )
+        first_pid = first.scalar(text("SELECT pg_backend_pid()"))
+
+        def second() -> bool:
+            with session_scope(sessions) as session:
+                mine = session.get(Address, address_id)
+                assert mine is not None
+                done = unsubscribe_address(
+                    session, mine, stop_queued=stop_queued, source="one_click"
+                )
+                return done.newly_suppressed
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(second)
+            wait_until_blocked(engine, first_pid, waiting, "the second never waited for the first")
+            first.commit()
+            first.close()
+            return address_id, waiting.result(timeout=30)
+    finally:
+        engine.dispose()
+
+
+def test_an_unsubscribe_meeting_anothers_opt_out_mid_statement_writes_no_second_one(
+    pg: Backend, pg_engine: Engine
+) -> None:
+    """The suppression and the opt-out are one statement on PostgreSQL, whose snapshot
+    predates a concurrent unsubscribe it waited for: the opt-out is judged again after it,
+    against what the other committed, so the ledger holds one opt-out and one event."""
+    address_id, newly = _unsubscribe_beside_another(pg, other_opts_out=True)
+    assert not newly
+    with session_scope(make_sessionmaker(pg_engine)) as session:
+        assert [c.status for c in consent_history(session, address_id)] == [
+            "opted_in",
+            "opted_out",
+        ]
+        kinds = session.scalars(
+            select(Event.kind).where(Event.address_id == address_id).order_by(Event.id)
+        ).all()
+        assert kinds.count("suppression_added") == 1
+        assert kinds.count("consent_changed") == 2  # the contact's opt-in, one opt-out
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(Suppression)
+                .where(Suppression.address_id == address_id)
+            )
+            == 1
+        )
+
+
+def test_an_unsubscribe_meeting_a_staff_suppression_mid_statement_still_opts_out(
+    pg: Backend, pg_engine: Engine
+) -> None:
+    """The same race with a suppression that staff added alone (no opt-out): the waiting
+    unsubscribe adds no suppression but still writes the opt-out, with its event after the
+    staff's ``suppression_added``."""
+    address_id, newly = _unsubscribe_beside_another(pg, other_opts_out=False)
+    assert not newly
+    with session_scope(make_sessionmaker(pg_engine)) as session:
+        assert [c.status for c in consent_history(session, address_id)] == [
+            "opted_in",
+            "opted_out",
+        ]
+        events = session.execute(
+            select(Event.kind, Event.outcome)
+            .where(Event.address_id == address_id)
+            .order_by(Event.id)
+        ).all()
+        assert [tuple(e) for e in events][-3:] == [
+            ("suppression_added", "unsubscribe"),
+            ("consent_changed", "opted_out"),
+            ("unsubscribed", "already_suppressed"),
+        ]
