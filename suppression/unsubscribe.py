@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, exists, or_, select, union_all
+from sqlalchemy import and_, bindparam, exists, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from suppression.address import mask_address
@@ -267,14 +267,16 @@ def _suppress_and_opt_out(
             connection, _suppressed_and_opted_out(), params
         )
         added = settle_added(connection, address_id, scope, Reason.UNSUBSCRIBE, new_id, existing)
-        if new_id is not None or existing is not None:
+        if (new_id is None) != (existing is None):
             settle_recorded(
                 session, address_id, Scope.MARKETING, ConsentStatus.OPTED_OUT, verdict, current
             )
             return added
-        # The suppression met was committed after the statement's snapshot (another
-        # unsubscribe of the address, which waited for it): the opt-out, judged against that
-        # snapshot, was not written. Judged now, against what the other committed.
+        # The INSERT waited for another transaction that committed after the statement's
+        # snapshot: another unsubscribe's suppression (none added, none seen), or a lift of
+        # the one seen (a re-subscribe: one added beside one seen). The opt-out, judged
+        # against that snapshot, was not written: it is judged now, against what the other
+        # committed.
     else:
         added = add_suppression(
             session,
@@ -302,12 +304,15 @@ def _suppress_and_opt_out(
 def _suppressed_and_opted_out() -> Any:
     """PostgreSQL: the suppression (``added_parts``) and the opt-out (``recorded_parts``) as
     one statement, their two events written by one INSERT in that order. The opt-out is
-    judged only where the suppression was added or an active one is in the statement's
-    snapshot: one that the INSERT met but cannot see was committed meanwhile by a
-    transaction that may have opted out too, which this snapshot would not show. Returns
-    (new suppression id, active one met, the opt-out's verdict, the status it found)."""
+    judged only where the INSERT met what the statement's snapshot shows: a row added and
+    no active one seen, or none added and an active one seen. Otherwise the INSERT waited
+    for a transaction that committed after the snapshot (another unsubscribe's suppression,
+    or a re-subscribe's lift of the one seen), whose change of consent the snapshot does not
+    show either. Returns (new suppression id, active one seen, the opt-out's verdict, the
+    status it found)."""
     added, added_event, existing = added_parts("s", "se")
-    go = or_(exists(select(added.c.id)), existing.is_not(None))
+    was_added = exists(select(added.c.id))
+    go = or_(and_(was_added, existing.is_(None)), and_(~was_added, existing.is_not(None)))
     decided, state, changed_event = recorded_parts(False, "c", "ce", only_if=go)
     events = insert_events(union_all(added_event, changed_event)).cte("events")
     return inline_constants(

@@ -7,7 +7,7 @@ PostgreSQL; the tests below add what only a real server shows: concurrent clicks
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
 
@@ -29,11 +29,17 @@ from dispatcher.web import create_app
 from dispatcher.web.reads import read_link
 from dispatcher.web.standing import STAFF_REASONS, standing
 from suppression.consent import consent_history
-from suppression.models import Address, Event, Reason, Suppression, utcnow
+from suppression.events import Hit
+from suppression.models import Address, ConsentState, Event, Reason, Suppression, utcnow
 from suppression.sql import run
 from suppression.suppressions import Added, add_suppression
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenSigner
-from suppression.unsubscribe import _address_held, resolve_unsubscribe_link, unsubscribe_address
+from suppression.unsubscribe import (
+    _address_held,
+    resolve_unsubscribe_link,
+    resubscribe,
+    unsubscribe_address,
+)
 from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
 from tests.support.pg import wait_until_blocked
@@ -570,27 +576,27 @@ def test_a_statement_run_on_the_driver_reads_and_fails_as_through_sqlalchemy(
     assert run(connection, statement, params)[0][0] == contact.address_id  # still usable
 
 
-def _unsubscribe_beside_another(pg: Backend, other_opts_out: bool) -> tuple[int, bool]:
+def _unsubscribe_beside_another(
+    pg: Backend, name: str, other: Callable[[Session, Address], object], *, before: bool = False
+) -> tuple[int, bool]:
     """An unsubscribe whose one statement (suppression and opt-out) waits for another
-    transaction's uncommitted unsubscribe suppression of the address, which commits after
-    that statement's snapshot: the other is a full unsubscribe (``other_opts_out``) or staff
-    adding the suppression alone. Returns the address and whether the waiting one
-    suppressed anew."""
+    transaction's uncommitted change of the address's unsubscribe suppression (``other``),
+    which commits after that statement's snapshot; ``before``: the address was unsubscribed
+    already (committed). Returns the address and whether the waiting one suppressed anew."""
     engine = make_engine(pg.settings.database_url)
     sessions = make_sessionmaker(engine)
     try:
         with session_scope(sessions) as session:
-            address_id = make_contact(session, f"beside.{other_opts_out}@example.com").address_id
+            address_id = make_contact(session, f"{name}@example.com").address_id
+            if before:
+                address = session.get(Address, address_id)
+                assert address is not None
+                unsubscribe_address(session, address, stop_queued=stop_queued, source="t")
         first = sessions()
         first.begin()
         address = first.get(Address, address_id)
         assert address is not None
-        if other_opts_out:
-            unsubscribe_address(first, address, stop_queued=stop_queued, source="one_click")
-        else:
-            add_suppression(
-                first, address_id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="staff"
-            )
+        other(first, address)
         first_pid = first.scalar(text("SELECT pg_backend_pid()"))
 
         def second() -> bool:
@@ -612,13 +618,28 @@ def _unsubscribe_beside_another(pg: Backend, other_opts_out: bool) -> tuple[int,
         engine.dispose()
 
 
+def _full_unsubscribe(session: Session, address: Address) -> object:
+    return unsubscribe_address(session, address, stop_queued=stop_queued, source="one_click")
+
+
+def _staff_suppression(session: Session, address: Address) -> object:
+    return add_suppression(
+        session, address.id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="staff"
+    )
+
+
+def _resubscribe(session: Session, address: Address) -> object:
+    resubscribe(session, address.id, hit=Hit(ip="127.0.0.1"), source="preferences")
+    return None
+
+
 def test_an_unsubscribe_meeting_anothers_opt_out_mid_statement_writes_no_second_one(
     pg: Backend, pg_engine: Engine
 ) -> None:
     """The suppression and the opt-out are one statement on PostgreSQL, whose snapshot
     predates a concurrent unsubscribe it waited for: the opt-out is judged again after it,
     against what the other committed, so the ledger holds one opt-out and one event."""
-    address_id, newly = _unsubscribe_beside_another(pg, other_opts_out=True)
+    address_id, newly = _unsubscribe_beside_another(pg, "beside.full", _full_unsubscribe)
     assert not newly
     with session_scope(make_sessionmaker(pg_engine)) as session:
         assert [c.status for c in consent_history(session, address_id)] == [
@@ -646,7 +667,7 @@ def test_an_unsubscribe_meeting_a_staff_suppression_mid_statement_still_opts_out
     """The same race with a suppression that staff added alone (no opt-out): the waiting
     unsubscribe adds no suppression but still writes the opt-out, with its event after the
     staff's ``suppression_added``."""
-    address_id, newly = _unsubscribe_beside_another(pg, other_opts_out=False)
+    address_id, newly = _unsubscribe_beside_another(pg, "beside.staff", _staff_suppression)
     assert not newly
     with session_scope(make_sessionmaker(pg_engine)) as session:
         assert [c.status for c in consent_history(session, address_id)] == [
@@ -662,4 +683,36 @@ def test_an_unsubscribe_meeting_a_staff_suppression_mid_statement_still_opts_out
             ("suppression_added", "unsubscribe"),
             ("consent_changed", "opted_out"),
             ("unsubscribed", "already_suppressed"),
+        ]
+
+
+def test_an_unsubscribe_meeting_a_resubscribe_mid_statement_opts_out_after_it(
+    pg: Backend, pg_engine: Engine
+) -> None:
+    """An unsubscribed address re-subscribes (the suppression lifted, an opt-in) while an
+    unsubscribe's statement waits for that lift: the statement's snapshot still shows the
+    opt-out, which the unsubscribe would repeat. It adds the suppression again and writes
+    the opt-out after the opt-in, judged against what the re-subscribe committed."""
+    address_id, newly = _unsubscribe_beside_another(
+        pg, "beside.resubscribed", _resubscribe, before=True
+    )
+    assert newly
+    with session_scope(make_sessionmaker(pg_engine)) as session:
+        assert [c.status for c in consent_history(session, address_id)] == [
+            "opted_in",
+            "opted_out",
+            "opted_in",
+            "opted_out",
+        ]
+        state = session.get(ConsentState, (address_id, "marketing"))
+        assert state is not None and state.status == "opted_out"
+        events = session.execute(
+            select(Event.kind, Event.outcome)
+            .where(Event.address_id == address_id)
+            .order_by(Event.id)
+        ).all()
+        assert [tuple(e) for e in events][-3:] == [
+            ("suppression_added", "unsubscribe"),
+            ("consent_changed", "opted_out"),
+            ("unsubscribed", "suppressed"),
         ]
