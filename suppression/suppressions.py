@@ -134,13 +134,13 @@ def _add_in_one() -> Any:
 _ADDED_COLUMNS = ("address_id", "scope", "reason", "source", "note", "created_by", "created_at")
 
 
-def added_parts(p: str, e: str) -> tuple[Any, Any, Any]:
+def added_parts(p: str, e: str, only_if: Any = None) -> tuple[Any, Any, Any]:
     """PostgreSQL: the pieces of :func:`_add_in_one`, for it and for a statement that writes
     more beside it (the unsubscribe's): the idempotent INSERT as the CTE ``added``, the
     SELECT of its ``suppression_added`` event (a row only when a row was added) and the
     active row met (a scalar subquery, NULL when the statement's snapshot shows none). The
     parameters are named ``<p>_<column>``, the event's ``<e>_<column>``
-    (:func:`added_params`)."""
+    (:func:`added_params`). ``only_if`` (SQL): nothing is added where it is false."""
     insert = (
         insert_on("postgresql", Suppression)
         .on_conflict_do_nothing(
@@ -150,9 +150,12 @@ def added_parts(p: str, e: str) -> tuple[Any, Any, Any]:
         .returning(Suppression.id)
     )
     table = Suppression.__table__
-    added = insert.values(
-        {c: bindparam(f"{p}_{c}", type_=table.c[c].type) for c in _ADDED_COLUMNS}
-    ).cte("added")
+    values = {c: bindparam(f"{p}_{c}", type_=table.c[c].type) for c in _ADDED_COLUMNS}
+    if only_if is None:
+        added = insert.values(values).cte("added")
+    else:
+        row = select(*(value.label(c) for c, value in values.items())).where(only_if)
+        added = insert.from_select(list(values), row).cte("added")
     existing = select(Suppression.id).where(
         Suppression.address_id == bindparam(f"{p}_address_id"),
         Suppression.scope == bindparam(f"{p}_scope"),

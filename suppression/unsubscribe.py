@@ -82,11 +82,8 @@ def resolve_link(
     An unknown address gets the same error as a forged token, so a link reveals nothing.
     """
     subject = signer.read_link(purpose, token)
-    row = core(session).execute(_address_by_id(), {"l_address_id": subject.address_id}).first()
-    if row is None:
-        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
     # A plain read (a statement built once), not an ORM load: the callers need its values.
-    return subject, Address(id=row.id, address=row.address, created_at=row.created_at)
+    return subject, _known(session, subject)
 
 
 @dataclass(frozen=True)
@@ -216,6 +213,85 @@ def unsubscribe_address(
         actor=actor,
         note=note or (f"campaign {campaign_id}" if campaign_id else None),
     )
+    return _stop(session, address, added, stop_queued, source, hit, campaign_id, actor, audit)
+
+
+def unsubscribe_link(
+    session: Session,
+    subject: LinkSubject,
+    *,
+    stop_queued: StopQueued,
+    source: str,
+    hit: Hit | None = None,
+    audit: AuditAfter | None = None,
+) -> UnsubscribeResult:
+    """The one-click: :func:`resolve_unsubscribe_link` and :func:`unsubscribe_address` for
+    the link ``subject`` (``TokenSigner.read_link`` of its verified token); :class:`BadToken`
+    when its address is unknown, with nothing written.
+
+    On PostgreSQL in a transaction, the address is read by the statement that writes the
+    suppression and the opt-out (one statement fewer). A repeated click then takes the full
+    unsubscribe, not the held one: its suppression and opt-out exist, so that statement
+    writes nothing, and the stop and the events follow as for any repeat."""
+    connection = core(session)
+    if (
+        connection.dialect.name != "postgresql"
+        or connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    ):
+        address = _known(session, subject)
+        return unsubscribe_address(
+            session,
+            address,
+            stop_queued=stop_queued,
+            source=source,
+            hit=hit,
+            campaign_id=subject.campaign_id,
+            audit=audit,
+        )
+    campaign_id = subject.campaign_id
+    note = f"campaign {campaign_id}" if campaign_id else None
+    params = _opt_out_params(subject.address_id, source, hit, None, note)
+    found = run(connection, _suppressed_and_opted_out(True), params)
+    if not found:
+        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
+    address_id, text, created_at, new_id, existing, verdict, current = found[0]
+    address = Address(id=address_id, address=text, created_at=created_at)
+    added = _opted_out(session, address_id, new_id, existing, verdict, current)
+    if added is None:
+        added = settle_added(
+            connection, address_id, str(Scope.MARKETING), Reason.UNSUBSCRIBE, new_id, existing
+        )
+        record_consent(
+            session,
+            address_id,
+            Scope.MARKETING,
+            ConsentStatus.OPTED_OUT,
+            source=source,
+            occurred_at=utcnow(),
+            hit=hit,
+        )
+    return _stop(session, address, added, stop_queued, source, hit, campaign_id, None, audit)
+
+
+def _known(session: Session, subject: LinkSubject) -> Address:
+    row = core(session).execute(_address_by_id(), {"l_address_id": subject.address_id}).first()
+    if row is None:
+        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
+    return Address(id=row.id, address=row.address, created_at=row.created_at)
+
+
+def _stop(
+    session: Session,
+    address: Address,
+    added: Added,
+    stop_queued: StopQueued,
+    source: str,
+    hit: Hit | None,
+    campaign_id: int | None,
+    actor: str | None,
+    audit: AuditAfter | None,
+) -> UnsubscribeResult:
+    """The stop of queued mail and the events after the suppression and the opt-out."""
     stopped = stop_queued(
         session,
         address.id,
@@ -247,36 +323,14 @@ def _suppress_and_opt_out(
     scope = str(Scope.MARKETING)
     connection = core(session)
     if connection.dialect.name == "postgresql":
-        occurred_at = utcnow()
-        params = {
-            **added_params(
-                "s", "se", address_id, scope, Reason.UNSUBSCRIBE, source, note, actor, hit
-            ),
-            **recorded_params(
-                "c",
-                "ce",
-                address_id,
-                Scope.MARKETING,
-                ConsentStatus.OPTED_OUT,
-                source,
-                occurred_at,
-                hit=hit,
-            ),
-        }
+        params = _opt_out_params(address_id, source, hit, actor, note)
         new_id, existing, verdict, current = run_one(
             connection, _suppressed_and_opted_out(), params
         )
-        added = settle_added(connection, address_id, scope, Reason.UNSUBSCRIBE, new_id, existing)
-        if (new_id is None) != (existing is None):
-            settle_recorded(
-                session, address_id, Scope.MARKETING, ConsentStatus.OPTED_OUT, verdict, current
-            )
+        added = _opted_out(session, address_id, new_id, existing, verdict, current)
+        if added is not None:
             return added
-        # The INSERT waited for another transaction that committed after the statement's
-        # snapshot: another unsubscribe's suppression (none added, none seen), or a lift of
-        # the one seen (a re-subscribe: one added beside one seen). The opt-out, judged
-        # against that snapshot, was not written: it is judged now, against what the other
-        # committed.
+        added = settle_added(connection, address_id, scope, Reason.UNSUBSCRIBE, new_id, existing)
     else:
         added = add_suppression(
             session,
@@ -300,8 +354,60 @@ def _suppress_and_opt_out(
     return added
 
 
+def _opt_out_params(
+    address_id: int, source: str, hit: Hit | None, actor: str | None, note: str | None
+) -> dict[str, Any]:
+    """The parameters of :func:`_suppressed_and_opted_out`."""
+    return {
+        **added_params(
+            "s",
+            "se",
+            address_id,
+            str(Scope.MARKETING),
+            Reason.UNSUBSCRIBE,
+            source,
+            note,
+            actor,
+            hit,
+        ),
+        **recorded_params(
+            "c",
+            "ce",
+            address_id,
+            Scope.MARKETING,
+            ConsentStatus.OPTED_OUT,
+            source,
+            utcnow(),
+            hit=hit,
+        ),
+    }
+
+
+def _opted_out(
+    session: Session,
+    address_id: int,
+    new_id: int | None,
+    existing: int | None,
+    verdict: str,
+    current: str | None,
+) -> Added | None:
+    """What :func:`_suppressed_and_opted_out` did, when it judged the opt-out: the
+    suppression added or met. None when the INSERT waited for another transaction that
+    committed after the statement's snapshot: another unsubscribe's suppression (none added,
+    none seen), or a lift of the one seen (a re-subscribe: one added beside one seen). The
+    opt-out, judged against that snapshot, was not written: the caller judges it now
+    (:func:`record_consent`), against what the other committed."""
+    if (new_id is None) == (existing is None):
+        return None
+    settle_recorded(session, address_id, Scope.MARKETING, ConsentStatus.OPTED_OUT, verdict, current)
+    if new_id is not None:
+        return Added(new_id, created=True)
+    assert existing is not None
+    return Added(existing, created=False)
+
+
 @cache
-def _suppressed_and_opted_out() -> Any:
+def _suppressed_and_opted_out(with_address: bool = False) -> Any:
     """PostgreSQL: the suppression (``added_parts``) and the opt-out (``recorded_parts``) as
     one statement, their two events written by one INSERT in that order. The opt-out is
     judged only where the INSERT met what the statement's snapshot shows: a row added and
@@ -309,19 +415,30 @@ def _suppressed_and_opted_out() -> Any:
     for a transaction that committed after the snapshot (another unsubscribe's suppression,
     or a re-subscribe's lift of the one seen), whose change of consent the snapshot does not
     show either. Returns (new suppression id, active one seen, the opt-out's verdict, the
-    status it found)."""
-    added, added_event, existing = added_parts("s", "se")
+    status it found); ``with_address``: first the address's id, address and creation time,
+    and nothing written (no row) when the address is unknown."""
+    addresses = Address.__table__
+    address_id = bindparam("s_address_id", type_=addresses.c.id.type)
+    known = exists().where(addresses.c.id == address_id) if with_address else None
+    added, added_event, existing = added_parts("s", "se", only_if=known)
     was_added = exists(select(added.c.id))
     go = or_(and_(was_added, existing.is_(None)), and_(~was_added, existing.is_not(None)))
     decided, state, changed_event = recorded_parts(False, "c", "ce", only_if=go)
     events = insert_events(union_all(added_event, changed_event)).cte("events")
+    columns = [
+        select(added.c.id).scalar_subquery().label("new_id"),
+        existing.label("existing_id"),
+        decided.c.verdict,
+        decided.c.current,
+    ]
+    if not with_address:
+        return inline_constants(select(*columns).add_cte(state, events))
+    link = [addresses.c.id, addresses.c.address, addresses.c.created_at]
     return inline_constants(
-        select(
-            select(added.c.id).scalar_subquery().label("new_id"),
-            existing.label("existing_id"),
-            decided.c.verdict,
-            decided.c.current,
-        ).add_cte(state, events)
+        select(*link, *columns)
+        .select_from(decided)
+        .join(addresses, addresses.c.id == address_id)
+        .add_cte(state, events)
     )
 
 

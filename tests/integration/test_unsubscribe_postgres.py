@@ -39,6 +39,7 @@ from suppression.unsubscribe import (
     resolve_unsubscribe_link,
     resubscribe,
     unsubscribe_address,
+    unsubscribe_link,
 )
 from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
@@ -52,6 +53,8 @@ from tests.unit.suppression.test_consent import (  # noqa: F401 - collected agai
 )
 from tests.unit.suppression.test_unsubscribe import (  # noqa: F401 - collected again
     queue,
+    test_a_one_click_by_a_link_to_an_unknown_address_writes_nothing,
+    test_a_one_click_by_its_link_writes_what_an_unsubscribe_does_in_its_order,
     test_every_record_of_an_unsubscribe_says_who_asked_how_and_from_which_campaign,
     test_resubscribe_lifts_only_the_recipients_own_unsubscribe,
     test_staff_passing_on_an_unsubscribe_are_named_with_their_note,
@@ -716,3 +719,15 @@ def test_an_unsubscribe_meeting_a_resubscribe_mid_statement_opts_out_after_it(
             ("consent_changed", "opted_out"),
             ("unsubscribed", "suppressed"),
         ]
+
+
+def test_a_first_one_click_by_its_link_is_two_statements_on_postgresql(session: Session) -> None:
+    """The link's read, the suppression and the opt-out with their events in one statement;
+    the stop, its counters and the events in the other."""
+    contact = make_contact(session, "two@example.com")
+    queue(session, contact)
+    subject = LinkSubject(contact.address_id, None)
+    seen = counting_statements(session)
+    done = unsubscribe_link(session, subject, stop_queued=stop_queued, source="one_click")
+    assert (done.newly_suppressed, done.stopped) == (True, 1)
+    assert len(seen) == 2
