@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ NOT_IN_A_POOL_PROCESS = {
     "celery.bin.celery": "celery's umbrella CLI",
     "click_repl": "celery's umbrella CLI",
     "prompt_toolkit": "celery's umbrella CLI",
+    # billiard's prctl(PR_SET_PDEATHSIG) through cffi, whose C parser stays, ~3 MB;
+    # workers/runtime.py makes the call through ctypes.
+    "pycparser": "billiard's parent-death signal through cffi",
+    "_cffi_backend": "billiard's parent-death signal through cffi",
 }
 
 POOL_PROCESS = """
@@ -90,3 +95,20 @@ def test_a_sending_pool_process_does_not_import_what_it_never_uses(
     assert carried == {}
     assert settings.outbox is not None
     assert len(list(Path(settings.outbox, "new").iterdir())) == 3
+
+
+def test_the_parent_death_signal_is_still_set() -> None:
+    """What Celery asks of each pool process (die with the main process) still happens:
+    the kernel reports the signal back (PR_GET_PDEATHSIG)."""
+    script = """
+import ctypes, signal
+from workers.runtime import set_parent_death_signal
+set_parent_death_signal(signal.SIGKILL)
+found = ctypes.c_int()
+assert ctypes.CDLL(None).prctl(2, ctypes.byref(found)) == 0  # PR_GET_PDEATHSIG
+print(found.value)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert int(done.stdout) == signal.SIGKILL
