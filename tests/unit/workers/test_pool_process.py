@@ -112,3 +112,17 @@ print(found.value)
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert int(done.stdout) == signal.SIGKILL
+
+
+def test_the_worker_entry_refuses_detach_with_the_command_that_can() -> None:
+    """Celery detaches by re-running ``python -m celery`` with the same arguments, which
+    lack ``-A workers worker`` here: the entry says what to run instead."""
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.worker", "--detach"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: --detach: run `celery -A workers worker --detach` instead"
