@@ -53,7 +53,8 @@ def worker(
     """Run a Celery worker with the project's app (extra arguments go to celery)."""
     app.settings.home.mkdir(parents=True, exist_ok=True)
     _metrics_files(app, "worker")
-    argv = _celery_argv("worker", f"--pool={pool}", f"--loglevel={loglevel}")
+    # Celery's worker command without Celery's umbrella CLI (workers/worker.py says why).
+    argv = [sys.executable, "-m", "workers.worker", f"--pool={pool}", f"--loglevel={loglevel}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     if beat:

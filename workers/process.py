@@ -32,7 +32,8 @@ def wait_until(
 
 
 class WorkerProcess:
-    """``celery -A workers worker`` as a child process, logging to ``log_path``.
+    """The worker (``python -m workers.worker``, as ``dispatcher worker`` runs it) as a child
+    process, logging to ``log_path``.
 
     Readiness is read from the log (Celery's "ready." line), so ``loglevel`` must be info
     or more verbose.
@@ -57,10 +58,7 @@ class WorkerProcess:
         self.argv = [
             sys.executable,
             "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
+            "workers.worker",
             f"--pool={pool}",
             f"--concurrency={concurrency}",
             f"--loglevel={loglevel}",

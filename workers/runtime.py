@@ -5,10 +5,17 @@ Built on first use in each process and rebuilt after a fork, so no connection cr
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+import celery.platforms
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,6 +50,28 @@ def runtime() -> Runtime:
             pid=os.getpid(),
         )
     return _runtime
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG, signum)``: the kernel sends ``signum`` to this process when
+    its parent dies. OSError when the call fails (Celery then goes on without it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signum), 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+@worker_init.connect
+def _parent_death_signal_without_cffi(**_: object) -> None:
+    """Each prefork pool process asks to be killed with its main process. billiard makes
+    that one system call through cffi whenever cffi is installed (argon2-cffi brings it),
+    and cffi parses the C declaration with pycparser: ~3 MB in every pool process for the
+    rest of its life. The same call through ctypes, set in the main process before the
+    pool forks (issue 13: a pool process's memory)."""
+    celery.platforms._set_pdeathsig = set_parent_death_signal
 
 
 @worker_process_init.connect

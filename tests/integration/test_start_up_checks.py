@@ -28,6 +28,7 @@ COMMANDS = {
     "dispatcher worker -B": [str(BIN / "dispatcher"), "worker", "--pool=solo", "-B"],
     "dispatcher beat": [str(BIN / "dispatcher"), "beat"],
     "celery worker": [*CELERY, "worker", "--pool=solo"],
+    "python -m workers.worker": [sys.executable, "-m", "workers.worker", "--pool=solo"],
     "celery beat": [*CELERY, "beat"],
     "dispatcher campaign list": [str(BIN / "dispatcher"), "campaign", "list"],
     "dispatcher campaign status --json": [
