@@ -7,13 +7,31 @@ poll per free worker slot, a campaign of 100 batches would take 100 seconds to b
 
 from __future__ import annotations
 
+from typing import Any
+
 from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport.sqlalchemy import Channel as _SQLAlchemyChannel
 from kombu.transport.sqlalchemy import Transport as _SQLAlchemyTransport
+from sqlalchemy.exc import IntegrityError
 
 POLLING_INTERVAL = 0.05
 
 
+class Channel(_SQLAlchemyChannel):
+    def _get_or_create(self, queue: str) -> Any:
+        """The queue's row, made if missing. kombu's lock against two makers is one
+        process's: a worker's main process and its embedded beat, or two workers, can both
+        find the queue missing, and the second insert then stopped that worker's start-up
+        (``UNIQUE constraint failed: kombu_queue.name``). The loser takes the winner's row."""
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:
+            self.session.rollback()
+            return self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).one()
+
+
 class Transport(_SQLAlchemyTransport):
+    Channel = Channel
     polling_interval = POLLING_INTERVAL
 
 
