@@ -77,8 +77,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """In a mutant's run, forget what the project's caches kept (statements built once, e.g.
     ``_record_statements``): they were filled before mutmut forked this process, by the
     original code, and would hide a mutant of everything they call."""
-    if not os.environ.get("MUTANT_UNDER_TEST"):
-        return
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        _forget_project_caches()
+
+
+@pytest.fixture(autouse=True)
+def _built_afresh_for_each_test_under_mutation() -> None:
+    """Under mutmut, each test builds the statements it uses itself: mutmut's first phase
+    records which tests call each function, and a statement built once per process would be
+    credited to the first test only (its mutants then run no test, or too few)."""
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        _forget_project_caches()
+
+
+def _forget_project_caches() -> None:
     for name, module in list(sys.modules.items()):
         if name.partition(".")[0] in {"suppression", "dispatcher", "workers"}:
             for value in list(vars(module).values()):
