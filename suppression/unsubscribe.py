@@ -261,15 +261,7 @@ def unsubscribe_link(
         added = settle_added(
             connection, address_id, str(Scope.MARKETING), Reason.UNSUBSCRIBE, new_id, existing
         )
-        record_consent(
-            session,
-            address_id,
-            Scope.MARKETING,
-            ConsentStatus.OPTED_OUT,
-            source=source,
-            occurred_at=utcnow(),
-            hit=hit,
-        )
+        _opt_out(session, address_id, source, hit)
     return _stop(session, address, added, stop_queued, source, hit, campaign_id, None, audit)
 
 
@@ -342,6 +334,12 @@ def _suppress_and_opt_out(
             actor=actor,
             note=note,
         )
+    _opt_out(session, address_id, source, hit)
+    return added
+
+
+def _opt_out(session: Session, address_id: int, source: str, hit: Hit | None) -> None:
+    """The marketing opt-out judged in a statement of its own (:func:`record_consent`)."""
     record_consent(
         session,
         address_id,
@@ -351,7 +349,6 @@ def _suppress_and_opt_out(
         occurred_at=utcnow(),
         hit=hit,
     )
-    return added
 
 
 def _opt_out_params(
