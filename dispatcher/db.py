@@ -15,7 +15,7 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.settings import PROJECT_ROOT, Settings
-from suppression.sql import Compiled, compiled, cursor_for
+from suppression.sql import Compiled, compiled
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -193,7 +193,7 @@ def page_reads(engine: Engine) -> Iterator[PageReads]:
     try:
         if postgres:
             dbapi.autocommit = True  # type: ignore[union-attr]
-        cursor = cursor_for(dbapi, engine.dialect)
+        cursor = proxy.cursor()
         try:
             yield PageReads(cursor, engine.dialect)
         finally:

@@ -217,11 +217,30 @@ def record_consent(
     fact = {"status": str(status), "occurred_at": occurred_at}
     connection = core(session)
     if connection.dialect.name == "postgresql":
-        params = recorded_params(
-            "p", "e", address_id, scope, status, source, occurred_at, actor, hit, policy_version
+        return _record_in_one(
+            session,
+            connection,
+            key,
+            fact,
+            recipient_action=recipient_action,
+            values={
+                "source": source,
+                "actor": actor,
+                "ip": hit.ip if hit else None,
+                "policy_version": policy_version,
+                "recorded_at": utcnow(),
+            },
+            event=bound_event_params(
+                "e",
+                "consent_changed",
+                address_id=address_id,
+                actor=actor,
+                hit=hit,
+                outcome=str(status),
+                scope=str(scope),
+                source=source,
+            ),
         )
-        verdict, current = run_one(connection, _record_in_one_statement(recipient_action), params)
-        return settle_recorded(session, address_id, scope, status, verdict, current)
     row = connection.execute(judged, {f"p_{k}": v for k, v in {**key, **fact}.items()}).first()
     verdict, current = (row[0], row[1]) if row is not None else ("candidate", None)
     if verdict == Verdict.REFUSED:
@@ -265,89 +284,42 @@ def _expire_state(session: Session, address_id: int, scope: str) -> None:
         session.expire(cached)
 
 
-def recorded_params(
-    p: str,
-    e: str,
-    address_id: int,
-    scope: Scope,
-    status: ConsentStatus,
-    source: str,
-    occurred_at: datetime,
-    actor: str | None = None,
-    hit: Hit | None = None,
-    policy_version: str | None = None,
-) -> dict[str, Any]:
-    """The parameters of :func:`recorded_parts` named with ``p`` and ``e``."""
-    values = {
-        "address_id": address_id,
-        "scope": str(scope),
-        "status": str(status),
-        "occurred_at": occurred_at,
-        "source": source,
-        "actor": actor,
-        "ip": hit.ip if hit else None,
-        "policy_version": policy_version,
-        "recorded_at": utcnow(),
-    }
-    event = bound_event_params(
-        e,
-        "consent_changed",
-        address_id=address_id,
-        actor=actor,
-        hit=hit,
-        outcome=str(status),
-        scope=str(scope),
-        source=source,
-    )
-    return {**{f"{p}_{k}": v for k, v in values.items()}, **event}
-
-
-def settle_recorded(
+def _record_in_one(
     session: Session,
-    address_id: int,
-    scope: Scope,
-    status: ConsentStatus,
-    verdict: str,
-    current: str | None,
+    connection: Any,
+    key: dict[str, Any],
+    fact: dict[str, Any],
+    *,
+    recipient_action: bool,
+    values: dict[str, Any],
+    event: dict[str, Any],
 ) -> ConsentOutcome:
-    """What :func:`recorded_parts`' statement did, as :func:`record_consent` tells it."""
+    """PostgreSQL: :func:`record_consent` as one statement (the rule, the ledger row, the
+    state and the event; see :func:`_record_in_one_statement`)."""
+    params = {f"p_{k}": v for k, v in {**key, **fact, **values}.items()}
+    verdict, current = run_one(
+        connection, _record_in_one_statement(recipient_action), {**params, **event}
+    )
     if verdict == Verdict.REFUSED:
         return ConsentOutcome.KEPT_OPT_OUT
-    if verdict == "candidate" and current == str(status):
+    if verdict == "candidate" and current == fact["status"]:
         return ConsentOutcome.UNCHANGED
     if verdict == Verdict.HISTORY:
         return ConsentOutcome.STALE
-    _expire_state(session, address_id, str(scope))
+    _expire_state(session, key["address_id"], key["scope"])
     return ConsentOutcome.RECORDED
 
 
 @cache
 def _record_in_one_statement(recipient_action: bool) -> Any:
     """PostgreSQL: the three statements of :func:`_record_statements` and the
-    ``consent_changed`` event in one round trip (:func:`recorded_parts`)."""
-    decided, state, event = recorded_parts(recipient_action, "p", "e")
-    return inline_constants(
-        select(decided.c.verdict, decided.c.current).add_cte(
-            state, insert_events(event).cte("changed")
-        )
-    )
-
-
-def recorded_parts(
-    recipient_action: bool, p: str, e: str, *, only_if: ColumnElement[bool] | None = None
-) -> tuple[Any, Any, Any]:
-    """PostgreSQL: :func:`record_consent` in pieces of one statement, deciding as it does in
+    ``consent_changed`` event in one round trip, deciding as :func:`record_consent` does in
     Python: nothing is written when the rule refuses the change or it repeats the current
-    status (nor when ``only_if``, SQL, is false); the ledger row otherwise; the state (its
-    upsert judges again, against the row as committed) and the event unless the change is
-    history. The pieces: the CTE ``decided`` (columns ``verdict`` and ``current``, the
-    status it found), the state's upsert as a CTE, and the SELECT of the
-    ``consent_changed`` event (a row only when the state is written). The parameters are
-    named ``<p>_<column>`` of the ledger, the event's ``<e>_<column>``
-    (:func:`recorded_params`).
+    status; the ledger row otherwise; the state (its upsert judges again, against the row as
+    committed) and the event unless the change is history. Returns (verdict, current status).
     """
     consents = cast(Table, Consent.__table__)
-    param = {c.name: bindparam(f"{p}_{c.name}", type_=c.type) for c in consents.c}
+    param = {c.name: bindparam(f"p_{c.name}", type_=c.type) for c in consents.c}
     # The new fact once, and the state under a short name: the SQL stays under psycopg's
     # 4 KB for statements it keeps parsed.
     given = select(param["status"].label("status"), param["occurred_at"].label("occurred_at")).cte(
@@ -392,11 +364,7 @@ def recorded_parts(
             ledger_columns,
             select(*(fact.get(c, param[c]) for c in ledger_columns))
             .select_from(given)
-            .where(
-                select(decided.c.verdict).where(writes).exists()
-                if only_if is None
-                else and_(select(decided.c.verdict).where(writes).exists(), only_if)
-            ),
+            .where(select(decided.c.verdict).where(writes).exists()),
         )
         .returning(consents.c.id)
         .cte("ledger")
@@ -417,7 +385,10 @@ def recorded_parts(
         .join(given, literal(True)),
     )
     state = _unless_overtaken(upsert, recipient_action=recipient_action).cte("state")
-    return decided, state, bound_event(e).select_from(ledger).join(decided, becomes_state)
+    changed = insert_events(bound_event("e").select_from(ledger).join(decided, becomes_state)).cte(
+        "changed"
+    )
+    return inline_constants(select(decided.c.verdict, decided.c.current).add_cte(state, changed))
 
 
 @cache

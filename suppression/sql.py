@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +99,7 @@ def run(connection: Connection, statement: Any, params: Mapping[str, Any]) -> li
     bound = prepared.bind(params)
     if not connection.in_transaction():
         connection.begin()  # as ``execute`` would (a session's connection is in one already)
-    cursor = cursor_for(connection.connection.dbapi_connection, connection.dialect)
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         events = connection._has_events or connection.engine._has_events
         if events:
@@ -130,8 +129,7 @@ def run_one(connection: Connection, statement: Any, params: Mapping[str, Any]) -
 
 @dataclass(frozen=True)
 class Compiled:
-    """A statement compiled for one backend, to run on a DBAPI cursor (:func:`compiled`,
-    :func:`cursor_for`)."""
+    """A statement compiled for one backend, to run on a DBAPI cursor (:func:`compiled`)."""
 
     sql: str
     names: tuple[str, ...]
@@ -176,13 +174,10 @@ def compiled(statement: Any, dialect: Any) -> Compiled:
     if "POSTCOMPILE" in done.string or done.escaped_bind_names:
         raise ValueError("a prebuilt statement cannot expand or rename parameters per execution")
     names = tuple(dict.fromkeys(done.bind_names.values()))
-    sql, order = done.string, tuple(done.positiontup or ()) if dialect.positional else None
-    if dialect.driver == "psycopg":
-        sql, order = numbered(sql)
     made = Compiled(
-        sql=sql,
+        sql=done.string,
         names=names,
-        positional_order=order,
+        positional_order=tuple(done.positiontup or ()) if dialect.positional else None,
         defaults={
             name: bind.value
             for bind, name in done.bind_names.items()
@@ -201,40 +196,3 @@ def compiled(statement: Any, dialect: Any) -> Compiled:
     # never reused for another.
     _COMPILED[key] = (statement, made)
     return made
-
-
-# psycopg's placeholders as SQLAlchemy writes them: ``%(name)s``, and ``%%`` for a percent
-# sign; any other ``%`` is not expected.
-_PYFORMAT = re.compile(r"%\(([^)]+)\)s|%%|%")
-
-
-def numbered(sql: str) -> tuple[str, tuple[str, ...]]:
-    """``sql`` with psycopg's named placeholders (``%(name)s``) written as PostgreSQL's own
-    (``$1``, one number per name), and the names in the order of their numbers.
-
-    psycopg parses a statement's placeholders on every execution of a statement over 4 KB of
-    SQL (0.3 ms for the unsubscribe's 5 KB on this machine: more than its round trip), and
-    keeps the parsed form of shorter ones in a cache: a statement already numbered, run on a
-    ``psycopg.RawCursor`` (:func:`cursor_for`), is parsed by neither."""
-    order: dict[str, int] = {}
-
-    def one(found: re.Match[str]) -> str:
-        name = found.group(1)
-        if name is None:
-            if found.group(0) == "%%":
-                return "%"
-            raise ValueError("a lone % in a statement compiled for psycopg")
-        return f"${order.setdefault(name, len(order) + 1)}"
-
-    return _PYFORMAT.sub(one, sql), tuple(order)
-
-
-def cursor_for(dbapi_connection: Any, dialect: Any) -> Any:
-    """A cursor of ``dbapi_connection`` for statements :func:`compiled` for ``dialect``: with
-    psycopg a ``RawCursor``, which takes their numbered placeholders as they are
-    (:func:`numbered`)."""
-    if dialect.driver == "psycopg":
-        from psycopg import RawCursor
-
-        return RawCursor(dbapi_connection)
-    return dbapi_connection.cursor()

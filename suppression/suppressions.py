@@ -74,12 +74,27 @@ def add_suppression(
     if connection.dialect.name == "postgresql":
         # One round trip: the INSERT, its event (written only when a row was added) and the
         # active row it met otherwise.
-        new_id, existing = run_one(
-            connection,
-            _add_in_one(),
-            added_params("p", "e", address_id, scope, reason, source, note, actor, hit),
+        event = bound_event_params(
+            "e",
+            "suppression_added",
+            address_id=address_id,
+            actor=actor,
+            hit=hit,
+            outcome=str(reason),
+            scope=scope,
+            source=source,
         )
-        return settle_added(connection, address_id, scope, reason, new_id, existing)
+        new_id, existing = run_one(
+            connection, _add_in_one(), {**keys, **{f"p_{k}": v for k, v in values.items()}, **event}
+        )
+        if new_id is not None:
+            return Added(new_id, created=True)
+        if existing is None:
+            # The row we met was committed by another transaction after this statement's
+            # snapshot (two clicks at once): read it again with a new snapshot.
+            existing = connection.scalar(existing_id, keys)
+        assert existing is not None
+        return Added(existing, created=False)
     new_id = connection.execute(insert, {**row, **values}).scalar_one_or_none()
     if new_id is None:
         existing = connection.scalar(existing_id, keys)
@@ -123,100 +138,18 @@ def _add_statements(dialect: str) -> tuple[Any, Any]:
 def _add_in_one() -> Any:
     """PostgreSQL: :func:`_add_statements` and the ``suppression_added`` event as one
     statement. Returns (the new row's id or NULL, the active row met or NULL)."""
-    added, event, existing = added_parts("p", "e")
+    insert, existing = _add_statements("postgresql")
+    columns = ("address_id", "scope", "reason", "source", "note", "created_by", "created_at")
+    added = insert.values(
+        {c: bindparam(f"p_{c}", type_=Suppression.__table__.c[c].type) for c in columns}
+    ).cte("added")
+    event = insert_events(bound_event("e").select_from(added)).cte("added_event")
     return inline_constants(
         select(
-            select(added.c.id).scalar_subquery().label("new_id"), existing.label("existing_id")
-        ).add_cte(insert_events(event).cte("added_event"))
+            select(added.c.id).scalar_subquery().label("new_id"),
+            existing.scalar_subquery().label("existing_id"),
+        ).add_cte(event)
     )
-
-
-_ADDED_COLUMNS = ("address_id", "scope", "reason", "source", "note", "created_by", "created_at")
-
-
-def added_parts(p: str, e: str, only_if: Any = None) -> tuple[Any, Any, Any]:
-    """PostgreSQL: the pieces of :func:`_add_in_one`, for it and for a statement that writes
-    more beside it (the unsubscribe's): the idempotent INSERT as the CTE ``added``, the
-    SELECT of its ``suppression_added`` event (a row only when a row was added) and the
-    active row met (a scalar subquery, NULL when the statement's snapshot shows none). The
-    parameters are named ``<p>_<column>``, the event's ``<e>_<column>``
-    (:func:`added_params`). ``only_if`` (SQL): nothing is added where it is false."""
-    insert = (
-        insert_on("postgresql", Suppression)
-        .on_conflict_do_nothing(
-            index_elements=["address_id", "scope", "reason"],
-            index_where=Suppression.lifted_at.is_(None),
-        )
-        .returning(Suppression.id)
-    )
-    table = Suppression.__table__
-    values = {c: bindparam(f"{p}_{c}", type_=table.c[c].type) for c in _ADDED_COLUMNS}
-    if only_if is None:
-        added = insert.values(values).cte("added")
-    else:
-        row = select(*(value.label(c) for c, value in values.items())).where(only_if)
-        added = insert.from_select(list(values), row).cte("added")
-    existing = select(Suppression.id).where(
-        Suppression.address_id == bindparam(f"{p}_address_id"),
-        Suppression.scope == bindparam(f"{p}_scope"),
-        Suppression.reason == bindparam(f"{p}_reason"),
-        Suppression.lifted_at.is_(None),
-    )
-    return added, bound_event(e).select_from(added), existing.scalar_subquery()
-
-
-def added_params(
-    p: str,
-    e: str,
-    address_id: int,
-    scope: str,
-    reason: Reason,
-    source: str,
-    note: str | None,
-    actor: str | None,
-    hit: Hit | None,
-) -> dict[str, Any]:
-    """The parameters of :func:`added_parts` named with ``p`` and ``e``."""
-    values = {
-        "address_id": address_id,
-        "scope": scope,
-        "reason": str(reason),
-        "source": source,
-        "note": note,
-        "created_by": actor,
-        "created_at": utcnow(),
-    }
-    event = bound_event_params(
-        e,
-        "suppression_added",
-        address_id=address_id,
-        actor=actor,
-        hit=hit,
-        outcome=str(reason),
-        scope=scope,
-        source=source,
-    )
-    return {**{f"{p}_{k}": v for k, v in values.items()}, **event}
-
-
-def settle_added(
-    connection: Any,
-    address_id: int,
-    scope: str,
-    reason: Reason,
-    new_id: int | None,
-    existing: int | None,
-) -> Added:
-    """What :func:`added_parts`' statement did: the row it added, or the active row it met,
-    read again when that row was committed after the statement's snapshot (two clicks at
-    once: the INSERT waited for the other's row, which its statement cannot see)."""
-    if new_id is not None:
-        return Added(new_id, created=True)
-    if existing is None:
-        keys = {"p_address_id": address_id, "p_scope": scope, "p_reason": str(reason)}
-        existing = connection.scalar(_add_statements("postgresql")[1], keys)
-    assert existing is not None
-    return Added(existing, created=False)
 
 
 def active_suppressions(session: Session, address_id: int) -> list[Suppression]:

@@ -7,18 +7,12 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, exists, or_, select, union_all
+from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from suppression.address import mask_address
-from suppression.consent import (
-    record_consent,
-    recorded_params,
-    recorded_parts,
-    repeats_state,
-    settle_recorded,
-)
-from suppression.events import Hit, event_row, insert_events
+from suppression.consent import record_consent, repeats_state
+from suppression.events import Hit, event_row
 from suppression.models import (
     Address,
     ConsentState,
@@ -29,16 +23,12 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, inline_constants, run, run_one
+from suppression.sql import core, inline_constants, run
 from suppression.suppressions import (
     RECIPIENT_LIFTABLE,
-    Added,
     active_suppressions,
     add_suppression,
-    added_params,
-    added_parts,
     lift_suppressions,
-    settle_added,
 )
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenOutcome, TokenSigner
 
@@ -82,8 +72,11 @@ def resolve_link(
     An unknown address gets the same error as a forged token, so a link reveals nothing.
     """
     subject = signer.read_link(purpose, token)
+    row = core(session).execute(_address_by_id(), {"l_address_id": subject.address_id}).first()
+    if row is None:
+        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
     # A plain read (a statement built once), not an ORM load: the callers need its values.
-    return subject, _known(session, subject)
+    return subject, Address(id=row.id, address=row.address, created_at=row.created_at)
 
 
 @dataclass(frozen=True)
@@ -205,85 +198,25 @@ def unsubscribe_address(
         and held.transaction is session.get_transaction()
     ):
         return _repeat(session, address, held, stop_queued, source, hit, campaign_id, actor, audit)
-    added = _suppress_and_opt_out(
+    added = add_suppression(
         session,
         address.id,
+        scope=str(Scope.MARKETING),
+        reason=Reason.UNSUBSCRIBE,
         source=source,
         hit=hit,
         actor=actor,
         note=note or (f"campaign {campaign_id}" if campaign_id else None),
     )
-    return _stop(session, address, added, stop_queued, source, hit, campaign_id, actor, audit)
-
-
-def unsubscribe_link(
-    session: Session,
-    subject: LinkSubject,
-    *,
-    stop_queued: StopQueued,
-    source: str,
-    hit: Hit | None = None,
-    audit: AuditAfter | None = None,
-) -> UnsubscribeResult:
-    """The one-click: :func:`resolve_unsubscribe_link` and :func:`unsubscribe_address` for
-    the link ``subject`` (``TokenSigner.read_link`` of its verified token); :class:`BadToken`
-    when its address is unknown, with nothing written.
-
-    On PostgreSQL in a transaction, the address is read by the statement that writes the
-    suppression and the opt-out (one statement fewer). A repeated click then takes the full
-    unsubscribe, not the held one: its suppression and opt-out exist, so that statement
-    writes nothing, and the stop and the events follow as for any repeat."""
-    connection = core(session)
-    if (
-        connection.dialect.name != "postgresql"
-        or connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-    ):
-        address = _known(session, subject)
-        return unsubscribe_address(
-            session,
-            address,
-            stop_queued=stop_queued,
-            source=source,
-            hit=hit,
-            campaign_id=subject.campaign_id,
-            audit=audit,
-        )
-    campaign_id = subject.campaign_id
-    note = f"campaign {campaign_id}" if campaign_id else None
-    params = _opt_out_params(subject.address_id, source, hit, None, note)
-    found = run(connection, _suppressed_and_opted_out(True), params)
-    if not found:
-        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
-    address_id, text, created_at, new_id, existing, verdict, current = found[0]
-    address = Address(id=address_id, address=text, created_at=created_at)
-    added = _opted_out(session, address_id, new_id, existing, verdict, current)
-    if added is None:
-        added = settle_added(
-            connection, address_id, str(Scope.MARKETING), Reason.UNSUBSCRIBE, new_id, existing
-        )
-        _opt_out(session, address_id, source, hit)
-    return _stop(session, address, added, stop_queued, source, hit, campaign_id, None, audit)
-
-
-def _known(session: Session, subject: LinkSubject) -> Address:
-    row = core(session).execute(_address_by_id(), {"l_address_id": subject.address_id}).first()
-    if row is None:
-        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
-    return Address(id=row.id, address=row.address, created_at=row.created_at)
-
-
-def _stop(
-    session: Session,
-    address: Address,
-    added: Added,
-    stop_queued: StopQueued,
-    source: str,
-    hit: Hit | None,
-    campaign_id: int | None,
-    actor: str | None,
-    audit: AuditAfter | None,
-) -> UnsubscribeResult:
-    """The stop of queued mail and the events after the suppression and the opt-out."""
+    record_consent(
+        session,
+        address.id,
+        Scope.MARKETING,
+        ConsentStatus.OPTED_OUT,
+        source=source,
+        occurred_at=utcnow(),
+        hit=hit,
+    )
     stopped = stop_queued(
         session,
         address.id,
@@ -296,146 +229,6 @@ def _stop(
         newly_suppressed=added.created,
         stopped=stopped,
         suppression_id=added.suppression_id,
-    )
-
-
-def _suppress_and_opt_out(
-    session: Session,
-    address_id: int,
-    *,
-    source: str,
-    hit: Hit | None,
-    actor: str | None,
-    note: str | None,
-) -> Added:
-    """The marketing ``unsubscribe`` suppression and the opt-out, with their events in that
-    order: :func:`add_suppression` then :func:`record_consent`, which on PostgreSQL are one
-    statement (:func:`_suppressed_and_opted_out`) unless two unsubscribes of the address
-    meet."""
-    scope = str(Scope.MARKETING)
-    connection = core(session)
-    if connection.dialect.name == "postgresql":
-        params = _opt_out_params(address_id, source, hit, actor, note)
-        new_id, existing, verdict, current = run_one(
-            connection, _suppressed_and_opted_out(), params
-        )
-        added = _opted_out(session, address_id, new_id, existing, verdict, current)
-        if added is not None:
-            return added
-        added = settle_added(connection, address_id, scope, Reason.UNSUBSCRIBE, new_id, existing)
-    else:
-        added = add_suppression(
-            session,
-            address_id,
-            scope=scope,
-            reason=Reason.UNSUBSCRIBE,
-            source=source,
-            hit=hit,
-            actor=actor,
-            note=note,
-        )
-    _opt_out(session, address_id, source, hit)
-    return added
-
-
-def _opt_out(session: Session, address_id: int, source: str, hit: Hit | None) -> None:
-    """The marketing opt-out judged in a statement of its own (:func:`record_consent`)."""
-    record_consent(
-        session,
-        address_id,
-        Scope.MARKETING,
-        ConsentStatus.OPTED_OUT,
-        source=source,
-        occurred_at=utcnow(),
-        hit=hit,
-    )
-
-
-def _opt_out_params(
-    address_id: int, source: str, hit: Hit | None, actor: str | None, note: str | None
-) -> dict[str, Any]:
-    """The parameters of :func:`_suppressed_and_opted_out`."""
-    return {
-        **added_params(
-            "s",
-            "se",
-            address_id,
-            str(Scope.MARKETING),
-            Reason.UNSUBSCRIBE,
-            source,
-            note,
-            actor,
-            hit,
-        ),
-        **recorded_params(
-            "c",
-            "ce",
-            address_id,
-            Scope.MARKETING,
-            ConsentStatus.OPTED_OUT,
-            source,
-            utcnow(),
-            hit=hit,
-        ),
-    }
-
-
-def _opted_out(
-    session: Session,
-    address_id: int,
-    new_id: int | None,
-    existing: int | None,
-    verdict: str,
-    current: str | None,
-) -> Added | None:
-    """What :func:`_suppressed_and_opted_out` did, when it judged the opt-out: the
-    suppression added or met. None when the INSERT waited for another transaction that
-    committed after the statement's snapshot: another unsubscribe's suppression (none added,
-    none seen), or a lift of the one seen (a re-subscribe: one added beside one seen). The
-    opt-out, judged against that snapshot, was not written: the caller judges it now
-    (:func:`record_consent`), against what the other committed."""
-    if (new_id is None) == (existing is None):
-        return None
-    settle_recorded(session, address_id, Scope.MARKETING, ConsentStatus.OPTED_OUT, verdict, current)
-    if new_id is not None:
-        return Added(new_id, created=True)
-    assert existing is not None
-    return Added(existing, created=False)
-
-
-@cache
-def _suppressed_and_opted_out(with_address: bool = False) -> Any:
-    """PostgreSQL: the suppression (``added_parts``) and the opt-out (``recorded_parts``) as
-    one statement, their two events written by one INSERT in that order. The opt-out is
-    judged only where the INSERT met what the statement's snapshot shows: a row added and
-    no active one seen, or none added and an active one seen. Otherwise the INSERT waited
-    for a transaction that committed after the snapshot (another unsubscribe's suppression,
-    or a re-subscribe's lift of the one seen), whose change of consent the snapshot does not
-    show either. Returns (new suppression id, active one seen, the opt-out's verdict, the
-    status it found); ``with_address``: first the address's id, address and creation time,
-    and nothing written (no row) when the address is unknown."""
-    addresses = Address.__table__
-    address_id = bindparam("s_address_id", type_=addresses.c.id.type)
-    known = exists().where(addresses.c.id == address_id) if with_address else None
-    added, added_event, existing = added_parts("s", "se", only_if=known)
-    was_added = exists(select(added.c.id))
-    go = or_(and_(was_added, existing.is_(None)), and_(~was_added, existing.is_not(None)))
-    decided, state, changed_event = recorded_parts(False, "c", "ce", only_if=go)
-    events = insert_events(union_all(added_event, changed_event)).cte("events")
-    columns = [
-        select(added.c.id).scalar_subquery().label("new_id"),
-        existing.label("existing_id"),
-        decided.c.verdict,
-        decided.c.current,
-    ]
-    if not with_address:
-        return inline_constants(select(*columns).add_cte(state, events))
-    link = [addresses.c.id, addresses.c.address, addresses.c.created_at]
-    return inline_constants(
-        select(*link, *columns)
-        .select_from(decided)
-        .join(addresses, addresses.c.id == address_id)
-        .add_cte(state, events)
     )
 
 

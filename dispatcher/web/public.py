@@ -34,7 +34,6 @@ from suppression.unsubscribe import (
     resolve_unsubscribe_link,
     resubscribe,
     unsubscribe_address,
-    unsubscribe_link,
 )
 
 bp = Blueprint("public", __name__)
@@ -216,14 +215,11 @@ def _spool_unsubscribe(token: str, one_click: bool) -> Any:
 
 
 def _unsubscribe(token: str, one_click: bool) -> Any:
-    """The one-click, or our page's button, whose form token is checked after the link."""
-    if one_click:
-        return _one_click(token)
     sessions = current_app.extensions["dispatcher.sessions"]
     try:
         with session_scope(sessions) as session:
             subject, address, held = resolve_unsubscribe_link(session, _signer(), token)
-            if not _form_ok(token):
+            if not one_click and not _form_ok(token):
                 _record_hit(
                     session,
                     "unsubscribe",
@@ -239,7 +235,7 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
                 address,
                 stop_queued=stop_queued,
                 hit=_hit(),
-                source="unsubscribe_page",
+                source="one_click" if one_click else "unsubscribe_page",
                 campaign_id=subject.campaign_id,
                 held=held,
                 # This request's own audit row, written with the unsubscribe's event.
@@ -251,7 +247,9 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
                 ),
             )
             if result.newly_suppressed:
-                metrics.UNSUBSCRIBES.labels("unsubscribe_page").inc()
+                metrics.UNSUBSCRIBES.labels("one_click" if one_click else "unsubscribe_page").inc()
+            if one_click:
+                return Response("Unsubscribed.\n", status=200, mimetype="text/plain")
             pref = _signer().sign_link(LinkPurpose.PREFERENCES, address.id, subject.campaign_id)
             return _page(
                 "unsubscribed.html",
@@ -259,33 +257,6 @@ def _unsubscribe(token: str, one_click: bool) -> Any:
                 form_token=_form_token(pref),
                 stopped=standing(session, address.id).stopped,
             )
-    except BadToken as exc:
-        return _invalid("unsubscribe", exc)
-
-
-def _one_click(token: str) -> Any:
-    """RFC 8058: the link's read is part of the unsubscribe's first statement."""
-    sessions = current_app.extensions["dispatcher.sessions"]
-    try:
-        subject = _signer().read_link(LinkPurpose.UNSUBSCRIBE, token)
-        with session_scope(sessions) as session:
-            result = unsubscribe_link(
-                session,
-                subject,
-                stop_queued=stop_queued,
-                hit=_hit(),
-                source="one_click",
-                # This request's own audit row, written with the unsubscribe's event.
-                audit=lambda created: _hit_event(
-                    "unsubscribe",
-                    TokenOutcome.VALID.value,
-                    "unsubscribed" if created else "already_unsubscribed",
-                    subject.address_id,
-                ),
-            )
-            if result.newly_suppressed:
-                metrics.UNSUBSCRIBES.labels("one_click").inc()
-            return Response("Unsubscribed.\n", status=200, mimetype="text/plain")
     except BadToken as exc:
         return _invalid("unsubscribe", exc)
 

@@ -7,7 +7,7 @@ PostgreSQL; the tests below add what only a real server shows: concurrent clicks
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
 
@@ -29,18 +29,11 @@ from dispatcher.web import create_app
 from dispatcher.web.reads import read_link
 from dispatcher.web.standing import STAFF_REASONS, standing
 from suppression.consent import consent_history
-from suppression.events import Hit
-from suppression.models import Address, ConsentState, Event, Reason, Suppression, utcnow
+from suppression.models import Address, Event, Reason, Suppression, utcnow
 from suppression.sql import run
 from suppression.suppressions import Added, add_suppression
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenSigner
-from suppression.unsubscribe import (
-    _address_held,
-    resolve_unsubscribe_link,
-    resubscribe,
-    unsubscribe_address,
-    unsubscribe_link,
-)
+from suppression.unsubscribe import _address_held, resolve_unsubscribe_link, unsubscribe_address
 from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
 from tests.support.pg import wait_until_blocked
@@ -53,8 +46,6 @@ from tests.unit.suppression.test_consent import (  # noqa: F401 - collected agai
 )
 from tests.unit.suppression.test_unsubscribe import (  # noqa: F401 - collected again
     queue,
-    test_a_one_click_by_a_link_to_an_unknown_address_writes_nothing,
-    test_a_one_click_by_its_link_writes_what_an_unsubscribe_does_in_its_order,
     test_every_record_of_an_unsubscribe_says_who_asked_how_and_from_which_campaign,
     test_resubscribe_lifts_only_the_recipients_own_unsubscribe,
     test_staff_passing_on_an_unsubscribe_are_named_with_their_note,
@@ -118,10 +109,9 @@ def test_the_unsubscribe_runs_in_fewer_statements_on_postgresql(session: Session
         event.remove(connection, "before_cursor_execute", count)
     assert first.newly_suppressed and first.stopped == 1
     assert not again.newly_suppressed and again.stopped == 0
-    # suppression + event with the consent rule + ledger + state + event; stop + counters +
-    # event
-    assert statements_first == 2
-    assert len(seen) == 2
+    # suppression + event; consent rule + ledger + state + event; stop + counters + event
+    assert statements_first == 3
+    assert len(seen) == 3
     events = session.scalars(
         select(Event).where(Event.address_id == address.id).order_by(Event.id)
     ).all()[-4:]  # after the contact's own opt-in
@@ -274,7 +264,7 @@ def test_a_hold_is_not_taken_without_the_opt_out_nor_used_in_another_transaction
         with session_scope(sessions) as session:
             seen = counting_statements(session)
             unsubscribe_address(session, address, stop_queued=stop_queued, source="t", held=old)
-            assert len(seen) == 2  # suppression and consent, stop: the full unsubscribe
+            assert len(seen) == 3  # suppression, consent, stop: the full unsubscribe
     finally:
         engine.dispose()
 
@@ -577,157 +567,3 @@ def test_a_statement_run_on_the_driver_reads_and_fails_as_through_sqlalchemy(
         # session.connection(): the savepoint is set when the nested transaction is used.
         run(session.connection(), select(literal_column("1") / literal_column("0")), {})
     assert run(connection, statement, params)[0][0] == contact.address_id  # still usable
-
-
-def _unsubscribe_beside_another(
-    pg: Backend, name: str, other: Callable[[Session, Address], object], *, before: bool = False
-) -> tuple[int, bool]:
-    """An unsubscribe whose one statement (suppression and opt-out) waits for another
-    transaction's uncommitted change of the address's unsubscribe suppression (``other``),
-    which commits after that statement's snapshot; ``before``: the address was unsubscribed
-    already (committed). Returns the address and whether the waiting one suppressed anew."""
-    engine = make_engine(pg.settings.database_url)
-    sessions = make_sessionmaker(engine)
-    try:
-        with session_scope(sessions) as session:
-            address_id = make_contact(session, f"{name}@example.com").address_id
-            if before:
-                address = session.get(Address, address_id)
-                assert address is not None
-                unsubscribe_address(session, address, stop_queued=stop_queued, source="t")
-        first = sessions()
-        first.begin()
-        address = first.get(Address, address_id)
-        assert address is not None
-        other(first, address)
-        first_pid = first.scalar(text("SELECT pg_backend_pid()"))
-
-        def second() -> bool:
-            with session_scope(sessions) as session:
-                mine = session.get(Address, address_id)
-                assert mine is not None
-                done = unsubscribe_address(
-                    session, mine, stop_queued=stop_queued, source="one_click"
-                )
-                return done.newly_suppressed
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            waiting = pool.submit(second)
-            wait_until_blocked(engine, first_pid, waiting, "the second never waited for the first")
-            first.commit()
-            first.close()
-            return address_id, waiting.result(timeout=30)
-    finally:
-        engine.dispose()
-
-
-def _full_unsubscribe(session: Session, address: Address) -> object:
-    return unsubscribe_address(session, address, stop_queued=stop_queued, source="one_click")
-
-
-def _staff_suppression(session: Session, address: Address) -> object:
-    return add_suppression(
-        session, address.id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="staff"
-    )
-
-
-def _resubscribe(session: Session, address: Address) -> object:
-    resubscribe(session, address.id, hit=Hit(ip="127.0.0.1"), source="preferences")
-    return None
-
-
-def test_an_unsubscribe_meeting_anothers_opt_out_mid_statement_writes_no_second_one(
-    pg: Backend, pg_engine: Engine
-) -> None:
-    """The suppression and the opt-out are one statement on PostgreSQL, whose snapshot
-    predates a concurrent unsubscribe it waited for: the opt-out is judged again after it,
-    against what the other committed, so the ledger holds one opt-out and one event."""
-    address_id, newly = _unsubscribe_beside_another(pg, "beside.full", _full_unsubscribe)
-    assert not newly
-    with session_scope(make_sessionmaker(pg_engine)) as session:
-        assert [c.status for c in consent_history(session, address_id)] == [
-            "opted_in",
-            "opted_out",
-        ]
-        kinds = session.scalars(
-            select(Event.kind).where(Event.address_id == address_id).order_by(Event.id)
-        ).all()
-        assert kinds.count("suppression_added") == 1
-        assert kinds.count("consent_changed") == 2  # the contact's opt-in, one opt-out
-        assert (
-            session.scalar(
-                select(func.count())
-                .select_from(Suppression)
-                .where(Suppression.address_id == address_id)
-            )
-            == 1
-        )
-
-
-def test_an_unsubscribe_meeting_a_staff_suppression_mid_statement_still_opts_out(
-    pg: Backend, pg_engine: Engine
-) -> None:
-    """The same race with a suppression that staff added alone (no opt-out): the waiting
-    unsubscribe adds no suppression but still writes the opt-out, with its event after the
-    staff's ``suppression_added``."""
-    address_id, newly = _unsubscribe_beside_another(pg, "beside.staff", _staff_suppression)
-    assert not newly
-    with session_scope(make_sessionmaker(pg_engine)) as session:
-        assert [c.status for c in consent_history(session, address_id)] == [
-            "opted_in",
-            "opted_out",
-        ]
-        events = session.execute(
-            select(Event.kind, Event.outcome)
-            .where(Event.address_id == address_id)
-            .order_by(Event.id)
-        ).all()
-        assert [tuple(e) for e in events][-3:] == [
-            ("suppression_added", "unsubscribe"),
-            ("consent_changed", "opted_out"),
-            ("unsubscribed", "already_suppressed"),
-        ]
-
-
-def test_an_unsubscribe_meeting_a_resubscribe_mid_statement_opts_out_after_it(
-    pg: Backend, pg_engine: Engine
-) -> None:
-    """An unsubscribed address re-subscribes (the suppression lifted, an opt-in) while an
-    unsubscribe's statement waits for that lift: the statement's snapshot still shows the
-    opt-out, which the unsubscribe would repeat. It adds the suppression again and writes
-    the opt-out after the opt-in, judged against what the re-subscribe committed."""
-    address_id, newly = _unsubscribe_beside_another(
-        pg, "beside.resubscribed", _resubscribe, before=True
-    )
-    assert newly
-    with session_scope(make_sessionmaker(pg_engine)) as session:
-        assert [c.status for c in consent_history(session, address_id)] == [
-            "opted_in",
-            "opted_out",
-            "opted_in",
-            "opted_out",
-        ]
-        state = session.get(ConsentState, (address_id, "marketing"))
-        assert state is not None and state.status == "opted_out"
-        events = session.execute(
-            select(Event.kind, Event.outcome)
-            .where(Event.address_id == address_id)
-            .order_by(Event.id)
-        ).all()
-        assert [tuple(e) for e in events][-3:] == [
-            ("suppression_added", "unsubscribe"),
-            ("consent_changed", "opted_out"),
-            ("unsubscribed", "suppressed"),
-        ]
-
-
-def test_a_first_one_click_by_its_link_is_two_statements_on_postgresql(session: Session) -> None:
-    """The link's read, the suppression and the opt-out with their events in one statement;
-    the stop, its counters and the events in the other."""
-    contact = make_contact(session, "two@example.com")
-    queue(session, contact)
-    subject = LinkSubject(contact.address_id, None)
-    seen = counting_statements(session)
-    done = unsubscribe_link(session, subject, stop_queued=stop_queued, source="one_click")
-    assert (done.newly_suppressed, done.stopped) == (True, 1)
-    assert len(seen) == 2

@@ -20,7 +20,6 @@ from suppression.unsubscribe import (
     resubscribe,
     unsubscribe_address,
 )
-from suppression.unsubscribe import unsubscribe_link as one_click_by_link
 from tests.factories import make_contact
 
 SIGNER = TokenSigner(["unit-test-key-0123456789"])
@@ -379,67 +378,3 @@ def test_a_held_of_another_address_or_an_ended_transaction_is_not_trusted(
     assert result.newly_suppressed and result.suppression_id != anns.suppression_id
     assert [s.reason for s in active_suppressions(session, carl.address_id)] == ["unsubscribe"]
     assert current_consent(session, carl.address_id, Scope.MARKETING).status == "opted_out"
-
-
-def test_a_one_click_by_its_link_writes_what_an_unsubscribe_does_in_its_order(
-    session: Session,
-) -> None:
-    """``unsubscribe_link`` (the one-click, which reads the link's address in its first
-    statement on PostgreSQL): the suppression, the opt-out, the stop, then the events in the
-    unsubscribe's order with the caller's last; a repeat adds no suppression, no opt-out."""
-    contact = make_contact(session, "link@example.com")
-    delivery = queue(session, contact)
-    subject = SIGNER.read_link(
-        LinkPurpose.UNSUBSCRIBE, SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id, 7)
-    )
-    told: list[bool] = []
-
-    def audit(created: bool) -> dict[str, object]:
-        told.append(created)
-        return {"kind": "web_hit", "address_id": contact.address_id, "hit": HIT}
-
-    first = one_click_by_link(
-        session, subject, stop_queued=stop_queued, source="one_click", hit=HIT, audit=audit
-    )
-    again = one_click_by_link(
-        session, subject, stop_queued=stop_queued, source="one_click", hit=HIT, audit=audit
-    )
-    assert (first.newly_suppressed, first.stopped, first.campaign_id) == (True, 1, 7)
-    assert (again.newly_suppressed, again.stopped) == (False, 0)
-    assert again.suppression_id == first.suppression_id
-    assert first.masked_address == again.masked_address != "link@example.com"
-    assert told == [True, False]
-    session.expire_all()
-    assert delivery.status == "cancelled"
-    suppressions = active_suppressions(session, contact.address_id)
-    assert [(s.reason, s.source, s.note) for s in suppressions] == [
-        ("unsubscribe", "one_click", "campaign 7")
-    ]
-    assert [c.status for c in consent_history(session, contact.address_id)] == [
-        "opted_in",
-        "opted_out",
-    ]
-    state = current_consent(session, contact.address_id, Scope.MARKETING)
-    assert state is not None and state.status == "opted_out"
-    events = session.scalars(
-        select(Event).where(Event.address_id == contact.address_id).order_by(Event.id)
-    ).all()[1:]  # after the contact's own opt-in
-    assert [(e.kind, e.outcome, e.ip) for e in events] == [
-        ("suppression_added", "unsubscribe", "127.0.0.1"),
-        ("consent_changed", "opted_out", "127.0.0.1"),
-        ("unsubscribed", "suppressed", "127.0.0.1"),
-        ("web_hit", None, "127.0.0.1"),
-        ("unsubscribed", "already_suppressed", "127.0.0.1"),
-        ("web_hit", None, "127.0.0.1"),
-    ]
-    assert [e.detail.get("stopped") for e in events if e.kind == "unsubscribed"] == [1, 0]
-
-
-def test_a_one_click_by_a_link_to_an_unknown_address_writes_nothing(session: Session) -> None:
-    subject = SIGNER.read_link(
-        LinkPurpose.UNSUBSCRIBE, SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, 999_999)
-    )
-    before = (count(session, Suppression), count(session, Event))
-    with pytest.raises(BadToken):
-        one_click_by_link(session, subject, stop_queued=stop_queued, source="one_click", hit=HIT)
-    assert (count(session, Suppression), count(session, Event)) == before
