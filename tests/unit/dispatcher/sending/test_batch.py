@@ -211,6 +211,47 @@ def test_recording_touches_only_rows_this_execution_still_holds(
     assert_counters_match(session_factory)
 
 
+def test_a_failure_is_not_written_over_an_outcome_another_execution_gave_the_row(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A row of this claim that another execution took for dead (made 'unknown', the claim
+    token kept) keeps that outcome when this execution then reports it failed."""
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids[:2]))
+            .values(status="sending", claim_token="mine", claimed_at=utcnow())
+        )
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == ids[1])
+            .values(status="unknown", skip_reason="outcome_hidden_by_crash")
+        )
+        counts.rebuild(session, campaign_id)
+    refused = "550 5.1.1 mailbox unavailable"
+    outcome = BatchResult(
+        failed={ids[0]: refused, ids[1]: refused},
+        reasons={ids[0]: "hard_bounce", ids[1]: "hard_bounce"},
+    )
+    with session_scope(session_factory) as session:
+        _record(session, campaign_id, "mine", outcome)
+    with session_factory() as session:
+        state = {
+            i: (s, r)
+            for i, s, r in session.execute(
+                select(Delivery.id, Delivery.status, Delivery.skip_reason).where(
+                    Delivery.id.in_(ids[:2])
+                )
+            )
+        }
+    assert state == {
+        ids[0]: ("failed", "hard_bounce"),
+        ids[1]: ("unknown", "outcome_hidden_by_crash"),
+    }
+    assert_counters_match(session_factory)
+
+
 def test_a_claim_cut_by_a_failing_statement_sends_nothing(
     session_factory: sessionmaker[Session], smtp_sink: SmtpSink, send
 ) -> None:
