@@ -126,3 +126,37 @@ def test_the_worker_entry_refuses_detach_with_the_command_that_can() -> None:
     )
     assert done.returncode == 1
     assert done.stderr.strip() == "Error: --detach: run `celery -A workers worker --detach` instead"
+
+
+def test_the_database_driver_is_imported_before_the_pool_forks(settings: Settings) -> None:
+    """A pool process inherits the driver from the main process instead of importing it
+    on its first task (psycopg: 0.3 s on a slow core, paid by every new pool process)."""
+    script = """
+import sys
+import workers.worker
+from celery.signals import worker_init
+from workers.app import app
+
+app.loader.init_worker()
+before = "psycopg" in sys.modules
+worker_init.send(sender=None)  # the main process, just before the pool forks
+print(before, "psycopg" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update(
+        DISPATCHER_HOME=str(settings.home),
+        DISPATCHER_SECRET_KEYS=",".join(settings.secret_keys),
+        DISPATCHER_BASE_URL=settings.base_url,
+        # Never connected to: making the engine opens no connection.
+        DISPATCHER_DATABASE_URL="postgresql+psycopg://dispatcher@127.0.0.1:9/none",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
