@@ -54,6 +54,28 @@ print(json.dumps({"results": results, "modules": sorted(sys.modules)}))
 """
 
 
+def run_as_worker(
+    settings: Settings, script: str, *args: str, **environment: str
+) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter with the settings' environment (and ``environment``),
+    as a worker process has it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update(
+        DISPATCHER_HOME=str(settings.home),
+        DISPATCHER_SECRET_KEYS=",".join(settings.secret_keys),
+        DISPATCHER_BASE_URL=settings.base_url,
+        **environment,
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_a_sending_pool_process_does_not_import_what_it_never_uses(
     settings: Settings, session_factory: sessionmaker[Session]
 ) -> None:
@@ -69,20 +91,7 @@ def test_a_sending_pool_process_does_not_import_what_it_never_uses(
     batches = [
         [campaign_id, first, last] for first, last in fan_out(session_factory, campaign_id, 100)
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-    env.update(
-        DISPATCHER_HOME=str(settings.home),
-        DISPATCHER_SECRET_KEYS=",".join(settings.secret_keys),
-        DISPATCHER_BASE_URL=settings.base_url,
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", POOL_PROCESS, json.dumps(batches)],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_as_worker(settings, POOL_PROCESS, json.dumps(batches))
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.splitlines()[-1])
     assert sum(r.get("sent", 0) for r in found["results"]) == 3  # it did send
@@ -142,21 +151,9 @@ before = "psycopg" in sys.modules
 worker_init.send(sender=None)  # the main process, just before the pool forks
 print(before, "psycopg" in sys.modules)
 """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-    env.update(
-        DISPATCHER_HOME=str(settings.home),
-        DISPATCHER_SECRET_KEYS=",".join(settings.secret_keys),
-        DISPATCHER_BASE_URL=settings.base_url,
-        # Never connected to: making the engine opens no connection.
-        DISPATCHER_DATABASE_URL="postgresql+psycopg://dispatcher@127.0.0.1:9/none",
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    # Never connected to: making the engine opens no connection.
+    done = run_as_worker(
+        settings, script, DISPATCHER_DATABASE_URL="postgresql+psycopg://x@127.0.0.1:9/none"
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
