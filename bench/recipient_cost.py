@@ -49,6 +49,7 @@ from bench.common import (  # noqa: E402
     PG_ADMIN,
     PostgresCpu,
     bench_env,
+    cpu_reference,
     postgres,
     say,
     settings_from,
@@ -216,15 +217,6 @@ def costs(
     if pg:
         pg.engine.dispose()
     return results
-
-
-def cpu_reference() -> float:
-    """ms of CPU for a fixed pure-Python loop: about 13 on a quiet core of this machine; more
-    when other processes share the core, and every figure here grows with it."""
-    began = time.process_time()
-    for _ in range(5):
-        sum(range(1_000_000))
-    return 1000 * (time.process_time() - began) / 5
 
 
 def report(results: list[Cost]) -> None:

@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     TOOLS,
     PostgresCpu,
     bench_env,
+    cpu_reference,
     free_port,
     postgres,
     say,
@@ -388,7 +389,8 @@ def main() -> None:
     wrk_binary()
     say(
         f"machine: {os.cpu_count()} cores, shared with the client and other users; load "
-        f"average {os.getloadavg()[0]:.1f} at start. gunicorn gthread, {args.workers} "
+        f"average {os.getloadavg()[0]:.1f} at start, CPU reference sum(range(10**6)) "
+        f"{cpu_reference():.1f} ms. gunicorn gthread, {args.workers} "
         f"process(es) x {args.threads} threads; wrk -t2 -c32 (storm -c64)"
     )
     with postgres() as url:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import say, smtp_sink  # noqa: E402
+from bench.common import cpu_reference, say, smtp_sink  # noqa: E402
 from bench.pipeline import (  # noqa: E402
     PipelineResult,
     ceiling,
@@ -194,7 +194,9 @@ def main() -> None:
     began = time.perf_counter()
     say(
         f"machine: {os.cpu_count()} cores (shared: figures are noisy); PostgreSQL + RabbitMQ "
-        f"on 127.0.0.1; worker {args.pool}, processes {runs}; batch size {args.batch_size}"
+        f"on 127.0.0.1; worker {args.pool}, processes {runs}; batch size {args.batch_size}; "
+        f"load average {os.getloadavg()[0]:.1f}; CPU reference sum(range(10**6)) "
+        f"{cpu_reference():.1f} ms"
     )
     try:
         with smtp_sink() as sink:

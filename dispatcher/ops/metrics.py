@@ -92,8 +92,17 @@ def observe_batch(
     BATCH_SECONDS.labels(purpose).observe(seconds)
 
 
+_reply_classes: dict[int, Any] = {}
+
+
 def smtp_reply(code: int) -> None:
-    SMTP_REPLIES.labels(f"{code // 100}xx").inc()
+    """Count one final reply by its class. Once per message: the labelled child is looked
+    up once per class and process (``labels`` takes a lock and builds a key each time)."""
+    klass = code // 100
+    child = _reply_classes.get(klass)
+    if child is None:
+        child = _reply_classes[klass] = SMTP_REPLIES.labels(f"{klass}xx")
+    child.inc()
 
 
 def metrics_dir(settings: Settings, role: str) -> Path:

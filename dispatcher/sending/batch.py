@@ -362,11 +362,15 @@ def _send_each(
                 then = (sender, following.address, next_message)
         if before_send is not None:
             before_send(row)
+        handed = time.perf_counter()
         try:
-            with factory.clock.stage("send"), metrics.SEND_SECONDS.time():
-                transport.send(
-                    envelope_from, row.address, message, then=then, while_waiting=built.ahead
-                )
+            with factory.clock.stage("send"):
+                try:
+                    transport.send(
+                        envelope_from, row.address, message, then=then, while_waiting=built.ahead
+                    )
+                finally:
+                    metrics.SEND_SECONDS.observe(time.perf_counter() - handed)
         except NeedsSmtpUtf8 as exc:
             # The relay cannot carry this address; folding it into ASCII would reach
             # another mailbox. Not sent, not retried, not a bounce.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -116,6 +117,11 @@ def metric_deltas(run: Callable[[], object]) -> dict[str, float]:
         values = {o: MESSAGES.labels("marketing", o)._value.get() for o in OUTCOMES}
         values["suppressed"] = SUPPRESSED.labels("marketing", "unsubscribe")._value.get()
         values["seconds"] = BATCH_SECONDS.labels("marketing")._sum.get()
+        values["handed"] = REGISTRY.get_sample_value("dispatcher_send_seconds_count") or 0.0
+        for klass in ("2xx", "4xx", "5xx"):
+            values[klass] = (
+                REGISTRY.get_sample_value("dispatcher_smtp_replies_total", {"class": klass}) or 0.0
+            )
         return values
 
     before = now()
@@ -134,7 +140,19 @@ def test_a_batch_counts_its_messages_and_the_gate_s_refusals_in_the_metrics(
     campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1], ADDRESSES[3])
     moved = metric_deltas(lambda: send(campaign_id, ids[0], ids[-1]))
     assert 0 < moved.pop("seconds") < 60
-    assert moved == {"sent": 3, "failed": 1, "unknown": 0, "retried": 0, "suppressed": 2}
+    assert moved == {
+        "sent": 3,
+        "failed": 1,
+        "unknown": 0,
+        "retried": 0,
+        "suppressed": 2,
+        # Every message handed to the transport is timed, the refused one too; each final
+        # reply is counted by its class.
+        "handed": 4,
+        "2xx": 3,
+        "4xx": 0,
+        "5xx": 1,
+    }
     assert_counters_match(session_factory)
 
 
@@ -145,6 +163,7 @@ def test_rows_put_back_and_rows_of_unknown_outcome_are_counted_in_the_metrics(
     smtp_sink.tempfail_next(1, "421 4.3.2 shutting down")
     moved = metric_deltas(lambda: send(campaign_id, ids[0], ids[-1]))
     assert (moved["sent"], moved["retried"]) == (0, len(ADDRESSES))
+    assert (moved["handed"], moved["4xx"]) == (1, 1)  # the first 421 puts the batch back
     smtp_sink.drop_connection_after_data(1)
     moved = metric_deltas(lambda: send(campaign_id, ids[0], ids[-1]))
     assert moved["unknown"] == 1
