@@ -118,6 +118,7 @@ def metric_deltas(run: Callable[[], object]) -> dict[str, float]:
         values["suppressed"] = SUPPRESSED.labels("marketing", "unsubscribe")._value.get()
         values["seconds"] = BATCH_SECONDS.labels("marketing")._sum.get()
         values["handed"] = REGISTRY.get_sample_value("dispatcher_send_seconds_count") or 0.0
+        values["handing"] = REGISTRY.get_sample_value("dispatcher_send_seconds_sum") or 0.0
         for klass in ("2xx", "4xx", "5xx"):
             values[klass] = (
                 REGISTRY.get_sample_value("dispatcher_smtp_replies_total", {"class": klass}) or 0.0
@@ -140,6 +141,7 @@ def test_a_batch_counts_its_messages_and_the_gate_s_refusals_in_the_metrics(
     campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1], ADDRESSES[3])
     moved = metric_deltas(lambda: send(campaign_id, ids[0], ids[-1]))
     assert 0 < moved.pop("seconds") < 60
+    assert 0 < moved.pop("handing") < 60  # the four sends' own time, not a clock reading
     assert moved == {
         "sent": 3,
         "failed": 1,
