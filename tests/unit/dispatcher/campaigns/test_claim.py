@@ -167,3 +167,19 @@ def test_a_claim_takes_only_its_own_campaigns_rows_in_its_own_range(session: Ses
     assert set(
         session.scalars(select(Delivery.status).where(Delivery.campaign_id == other.id))
     ) == {"queued"}
+
+
+def test_the_gates_reasons_are_added_to_the_counts_the_caller_gives(session: Session) -> None:
+    """``reasons`` is a tally the caller keeps: each claim adds its refusals to it."""
+    from collections import Counter
+
+    for n in range(3):
+        make_contact(session, f"out{n}@example.com", marketing=ConsentStatus.OPTED_OUT)
+    make_contact(session, "never@example.com", marketing=None)
+    campaign = sending_campaign(session)
+    ids = sorted(session.scalars(select(Delivery.id).where(Delivery.campaign_id == campaign.id)))
+    reasons: Counter[str] = Counter()
+    _, skipped = claim_batch(session, campaign, ids[0], ids[1], "one", reasons)
+    assert (skipped, reasons) == (2, Counter({"opted_out": 2}))
+    _, skipped = claim_batch(session, campaign, ids[2], ids[3], "two", reasons)
+    assert (skipped, reasons) == (2, Counter({"opted_out": 3, "not_asked": 1}))

@@ -118,6 +118,7 @@ def metric_deltas(run: Callable[[], object]) -> dict[str, float]:
         values["suppressed"] = SUPPRESSED.labels("marketing", "unsubscribe")._value.get()
         values["seconds"] = BATCH_SECONDS.labels("marketing")._sum.get()
         values["handed"] = REGISTRY.get_sample_value("dispatcher_send_seconds_count") or 0.0
+        values["handing"] = REGISTRY.get_sample_value("dispatcher_send_seconds_sum") or 0.0
         for klass in ("2xx", "4xx", "5xx"):
             values[klass] = (
                 REGISTRY.get_sample_value("dispatcher_smtp_replies_total", {"class": klass}) or 0.0
@@ -140,6 +141,7 @@ def test_a_batch_counts_its_messages_and_the_gate_s_refusals_in_the_metrics(
     campaign_id, ids = sending_campaign(session_factory, ADDRESSES[1], ADDRESSES[3])
     moved = metric_deltas(lambda: send(campaign_id, ids[0], ids[-1]))
     assert 0 < moved.pop("seconds") < 60
+    assert 0 < moved.pop("handing") < 60  # the four sends' own time, not a clock reading
     assert moved == {
         "sent": 3,
         "failed": 1,
@@ -227,6 +229,47 @@ def test_recording_touches_only_rows_this_execution_still_holds(
             "mine",
             BatchResult(sent=[other_ids[0]], unknown=[other_ids[1]], released=[other_ids[2]]),
         )
+    assert_counters_match(session_factory)
+
+
+def test_a_failure_is_not_written_over_an_outcome_another_execution_gave_the_row(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A row of this claim that another execution took for dead (made 'unknown', the claim
+    token kept) keeps that outcome when this execution then reports it failed."""
+    campaign_id, ids = sending_campaign(session_factory)
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids[:2]))
+            .values(status="sending", claim_token="mine", claimed_at=utcnow())
+        )
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == ids[1])
+            .values(status="unknown", skip_reason="outcome_hidden_by_crash")
+        )
+        counts.rebuild(session, campaign_id)
+    refused = "550 5.1.1 mailbox unavailable"
+    outcome = BatchResult(
+        failed={ids[0]: refused, ids[1]: refused},
+        reasons={ids[0]: "hard_bounce", ids[1]: "hard_bounce"},
+    )
+    with session_scope(session_factory) as session:
+        _record(session, campaign_id, "mine", outcome)
+    with session_factory() as session:
+        state = {
+            i: (s, r)
+            for i, s, r in session.execute(
+                select(Delivery.id, Delivery.status, Delivery.skip_reason).where(
+                    Delivery.id.in_(ids[:2])
+                )
+            )
+        }
+    assert state == {
+        ids[0]: ("failed", "hard_bounce"),
+        ids[1]: ("unknown", "outcome_hidden_by_crash"),
+    }
     assert_counters_match(session_factory)
 
 
