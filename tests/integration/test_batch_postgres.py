@@ -47,12 +47,3 @@ def session_factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
             yield make_sessionmaker(engine)
         finally:
             engine.dispose()
-
-
-@pytest.fixture
-def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
-    """The unit tests' fixture, on PostgreSQL: the test's work is rolled back."""
-    with session_factory() as session:
-        session.begin()
-        yield session
-        session.rollback()
