@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -123,6 +124,10 @@ class Campaign(Base):
     # Fan-out publishes batches in a bounded window (dispatcher/campaigns/fanout.py): every
     # delivery id up to this one has been published as a batch. None: none yet.
     published_through: Mapped[int | None] = mapped_column(BigId)
+    # The fan-out is still adding delivery rows, a range of contacts at a time, while the
+    # first batches already send: the campaign is not done before it has them all
+    # (``lifecycle.finish_if_done``), and a fan-out that stopped half-way is continued.
+    fanning_out: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class CampaignContent(Base):

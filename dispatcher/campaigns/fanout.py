@@ -61,9 +61,9 @@ def campaign_purpose(session: Session, campaign_id: int) -> str:
     return purpose or "marketing"
 
 
-# Contacts per INSERT of the fan-out. PostgreSQL holds every inserted row's foreign-key
-# checks in the statement's memory until the statement ends: 10M recipients in one INSERT
-# took a 568 MB backend (bench/run.py --only fanout).
+# Contacts per INSERT of the fan-out, at most. PostgreSQL holds every inserted row's
+# foreign-key checks in the statement's memory until the statement ends: 10M recipients in
+# one INSERT took a 568 MB backend (bench/run.py --only fanout).
 FAN_OUT_CHUNK = 500_000
 
 Batches = list[tuple[int, int]]
@@ -74,45 +74,66 @@ Batches = list[tuple[int, int]]
 Publish = Callable[[Batches], object]
 
 
-def create_deliveries(session: Session, campaign: Campaign, chunk: int = FAN_OUT_CHUNK) -> int:
-    """One queued row per contact of the audience, set-based, a range of contact ids per
-    statement (all in the caller's transaction); existing rows are kept as they are, so
-    running it again adds nothing. Returns how many rows were added."""
-    now = utcnow()
-    low, high = session.execute(select(func.min(Contact.id), func.max(Contact.id))).one()
-    added = 0
-    for start in range(low or 0, (high or -1) + 1, chunk):
-        audience = (
-            select(
-                literal(campaign.id),
-                Contact.id,
-                Contact.address_id,
-                literal(DeliveryStatus.QUEUED.value),
-                literal(0),
-                literal(now, type_=Delivery.__table__.c.created_at.type),
-            )
-            .where(
-                Contact.id >= start,
-                Contact.id < start + chunk,
-                audience_filter(campaign.audience),
-            )
-            .order_by(Contact.id)
+def contact_ranges(low: int, high: int, first: int, most: int) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` ranges of contact ids covering ``low``..``high``: the first ``first``
+    ids wide, each next one twice as wide, up to ``most``. The fan-out's first batches are
+    published after a small first range, and a large campaign still takes few statements."""
+    width = max(1, first)
+    start = low
+    while start <= high:
+        yield start, start + width
+        start += width
+        width = min(most, width * 2)
+
+
+def add_deliveries(session: Session, campaign: Campaign, start: int, stop: int) -> int:
+    """One queued row per contact of the audience whose id is in ``[start, stop)``, in ONE
+    set-based statement (the caller's transaction); existing rows are kept as they are, so
+    running it again adds nothing. Counted in the campaign's counters; returns how many rows
+    were added."""
+    audience = (
+        select(
+            literal(campaign.id),
+            Contact.id,
+            Contact.address_id,
+            literal(DeliveryStatus.QUEUED.value),
+            literal(0),
+            literal(utcnow(), type_=Delivery.__table__.c.created_at.type),
         )
-        stmt = (
-            insert_for(session, Delivery)
-            .from_select(
-                ["campaign_id", "contact_id", "address_id", "status", "attempts", "created_at"],
-                audience,
-            )
-            .on_conflict_do_nothing(index_elements=["campaign_id", "contact_id"])
+        .where(Contact.id >= start, Contact.id < stop, audience_filter(campaign.audience))
+        .order_by(Contact.id)
+    )
+    stmt = (
+        insert_for(session, Delivery)
+        .from_select(
+            ["campaign_id", "contact_id", "address_id", "status", "attempts", "created_at"],
+            audience,
         )
-        # SQLAlchemy keeps an INSERT's row count only when asked (else -1 on PostgreSQL).
-        result = session.execute(stmt, execution_options={"preserve_rowcount": True})
-        added += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        .on_conflict_do_nothing(index_elements=["campaign_id", "contact_id"])
+    )
+    # SQLAlchemy keeps an INSERT's row count only when asked (else -1 on PostgreSQL).
+    result = session.execute(stmt, execution_options={"preserve_rowcount": True})
+    added = int(result.rowcount or 0)  # type: ignore[attr-defined]
     changes = counts.Changes()
     changes.add(campaign.id, DeliveryStatus.QUEUED.value, added)
     counts.record(session, changes)
     return added
+
+
+def contact_bounds(session: Session) -> tuple[int, int]:
+    """The lowest and highest contact id now (an empty range when there is none)."""
+    low, high = session.execute(select(func.min(Contact.id), func.max(Contact.id))).one()
+    return (low or 0), (-1 if high is None else high)
+
+
+def create_deliveries(session: Session, campaign: Campaign, chunk: int = FAN_OUT_CHUNK) -> int:
+    """Every delivery row of the campaign at once, in the caller's transaction, ``chunk``
+    contact ids per statement (:func:`add_deliveries`). Returns how many rows were added."""
+    low, high = contact_bounds(session)
+    return sum(
+        add_deliveries(session, campaign, start, stop)
+        for start, stop in contact_ranges(low, high, chunk, chunk)
+    )
 
 
 def fan_out(
@@ -123,36 +144,73 @@ def fan_out(
     window: int | None = None,
     resume: bool = False,
     publish: Publish | None = None,
+    chunk: int = FAN_OUT_CHUNK,
 ) -> Iterator[tuple[int, int]]:
     """Start a due campaign and yield ``(first_id, last_id)`` of the batches to publish now.
 
-    The delivery rows are committed before the first batch is yielded, so a task published for
-    a batch always finds its rows. With ``window``, only that many batches are yielded; the
-    rest are published by :func:`refill` as batches finish, so the broker holds a bounded
-    number of tasks per campaign whatever its size. Without it, every batch is yielded (in
-    ONE statement; this process holds one pair of ids per batch).
+    The delivery rows are added a range of contact ids at a time (:func:`contact_ranges`,
+    from ``batch_size`` ids up to ``chunk``), each range committed before any batch of its
+    rows is yielded, so a task published for a batch always finds its rows; with
+    ``window``, the window is topped up after every range, so the first batches send while
+    the fan-out adds the rest, and at most ``window`` batches wait in the broker (:func:`refill`
+    publishes the rest as batches finish). Without it, every batch is yielded once all rows
+    are in (in ONE statement; this process holds one pair of ids per batch).
 
-    Safe to run again: rows are not duplicated, and a batch published twice is claimed once.
-    Only the call that started the campaign publishes, unless ``resume`` (recovery of a
-    campaign whose tasks were lost) says otherwise; either way publishing starts again from
-    the first queued row, since tasks for rows still queued may have been lost (a paused
-    campaign's batches ran and claimed nothing).
+    Until its last range is committed the campaign is ``fanning_out``: it cannot be finished
+    (``finish_if_done``), and a range is added only while it is ``sending`` (a pause or a
+    cancel stops the fan-out; resuming starts it again). Safe to run again: rows are not
+    duplicated, and a batch published twice is claimed once. Only the call that started the
+    campaign publishes, unless ``resume`` (recovery of a campaign whose tasks were lost) or
+    a fan-out that stopped half-way (the worker died, the database went away: the task's
+    retry or redelivery) says otherwise; either way publishing starts again from the first
+    queued row, since tasks for rows still queued may have been lost (a paused campaign's
+    batches ran and claimed nothing).
 
     With ``publish``, the batches are published before the mark that covers them is
-    committed (see :data:`Publish`), and yielded once published.
+    committed (see :data:`Publish`), and yielded once published. A publish that fails while
+    ranges remain does not stop the fan-out: its rows stay unpublished for the next refill
+    (beat's), and the failure is raised once every row is in.
     """
     with session_scope(sessions) as session:
         started = start_if_due(session, campaign_id)
         campaign = session.get(Campaign, campaign_id)
         if campaign is None or campaign.status != CampaignStatus.SENDING:
             return
-        if not started and not resume:
+        if not (started or resume or campaign.fanning_out):
             return
-        added = create_deliveries(session, campaign)
-        record_event(session, "campaign_fanned_out", campaign_id=campaign_id, added=added)
+        campaign.fanning_out = True
         campaign.published_through = None  # publish from the first queued row
         session.execute(delete(PublishedBatch).where(PublishedBatch.campaign_id == campaign_id))
-    refresh_statistics(sessions, added)
+        low, high = contact_bounds(session)
+    added = 0
+    failed: Exception | None = None
+    ranges = list(contact_ranges(low, high, batch_size, chunk))
+    for index, (start, stop) in enumerate(ranges):
+        last = index == len(ranges) - 1
+        with session_scope(sessions) as session:
+            campaign = _sending_for_fan_out(session, campaign_id)
+            if campaign is None:
+                return  # paused or cancelled: no more rows (resuming fans out again)
+            more = add_deliveries(session, campaign, start, stop)
+            added += more
+            if last:
+                _fanned_out(session, campaign, added)
+        refresh_statistics(sessions, more)
+        if window is not None and (more or last):
+            try:
+                yield from refill(sessions, campaign_id, batch_size, window, publish)
+            except Exception as exc:  # noqa: BLE001 - raised below, once every row is in
+                if last:
+                    raise
+                failed = failed or exc
+    if not ranges:
+        with session_scope(sessions) as session:
+            campaign = _sending_for_fan_out(session, campaign_id)
+            if campaign is None:
+                return
+            _fanned_out(session, campaign, added)
+    if failed is not None:
+        raise failed
     if window is None:
         batches = _all_batches(sessions, campaign_id, batch_size)
         if batches:
@@ -165,10 +223,28 @@ def fan_out(
                 if publish is not None:
                     publish(batches)
         yield from batches
-    else:
-        yield from refill(sessions, campaign_id, batch_size, window, publish)
     with session_scope(sessions) as session:
         finish_if_done(session, campaign_id)
+
+
+def _sending_for_fan_out(session: Session, campaign_id: int) -> Campaign | None:
+    """The campaign, if it is still ``sending``, its row held (``FOR KEY SHARE``) until the
+    range's commit: a pause or a cancel (``FOR UPDATE``) waits for the range, then a cancel
+    finds its rows queued and cancels them; a range that comes after them sees them and adds
+    nothing. Workers' refills and their closing check do not wait for it."""
+    status = session.scalar(
+        select(Campaign.status)
+        .where(Campaign.id == campaign_id)
+        .with_for_update(read=True, key_share=True)
+    )
+    if status != CampaignStatus.SENDING:
+        return None
+    return session.get(Campaign, campaign_id)
+
+
+def _fanned_out(session: Session, campaign: Campaign, added: int) -> None:
+    campaign.fanning_out = False
+    record_event(session, "campaign_fanned_out", campaign_id=campaign.id, added=added)
 
 
 # A fan-out that grows ``deliveries`` by more than this share of the rows PostgreSQL's

@@ -126,13 +126,22 @@ def start_if_due(session: Session, campaign_id: int, now: datetime | None = None
 
 
 def finish_if_done(session: Session, campaign_id: int) -> bool:
-    """``sending`` → ``done`` once none of its rows is queued or sending. Race-free: the
-    campaign's row is locked first, so concurrent callers decide one after the other, each
-    seeing what the ones before it committed (see the module's docstring)."""
-    status = session.scalar(
-        select(Campaign.status).where(Campaign.id == campaign_id).with_for_update()
-    )
-    if status is None or not allowed(status, S.DONE):
+    """``sending`` → ``done`` once its fan-out has added every row and none of its rows is
+    queued or sending. Race-free: the campaign's row is locked first, so concurrent callers
+    decide one after the other, each seeing what the ones before it committed (see the
+    module's docstring); the fan-out's last range clears ``fanning_out`` under the same kind
+    of lock. The lock is ``FOR NO KEY UPDATE``: it does not wait for the foreign-key checks
+    of rows being added to the campaign (the fan-out's ranges, events), so workers are not
+    held up by a fan-out still under way."""
+    found = session.execute(
+        select(Campaign.status, Campaign.fanning_out)
+        .where(Campaign.id == campaign_id)
+        .with_for_update(key_share=True)
+    ).first()
+    if found is None:
+        return False
+    status, fanning_out = found
+    if fanning_out or not allowed(status, S.DONE):
         return False
     pending = (
         select(Delivery.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import counts
@@ -49,8 +49,9 @@ def expire_dead_claims(session: Session, lease_seconds: float) -> list[int]:
 
 
 def stalled_campaigns(session: Session, lease_seconds: float, stall_seconds: float) -> list[int]:
-    """Ids of sending campaigns whose batches were lost, to fan out again (after marking
-    dead claims ``unknown`` and closing every sending campaign whose rows are all final)."""
+    """Ids of sending campaigns whose batches were lost, or whose fan-out stopped before
+    adding every row, to fan out again (after marking dead claims ``unknown`` and closing
+    every sending campaign whose rows are all final)."""
     now = utcnow()
     expire_dead_claims(session, lease_seconds)
     close_finished(session)
@@ -75,7 +76,8 @@ def stalled_campaigns(session: Session, lease_seconds: float, stall_seconds: flo
     )
     stmt = select(Campaign.id).where(
         Campaign.status == CampaignStatus.SENDING,
-        has_queued,
-        last_activity < now - timedelta(seconds=stall_seconds),
+        # rows left to publish, or a fan-out that stopped before adding them all
+        or_(has_queued, Campaign.fanning_out),
+        func.coalesce(last_activity, Campaign.started_at) < now - timedelta(seconds=stall_seconds),
     )
     return list(session.scalars(stmt))

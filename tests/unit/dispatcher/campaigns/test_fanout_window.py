@@ -8,13 +8,16 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaigns.fanout import fan_out, refill, refill_after
+from dispatcher.campaigns.fanout import contact_ranges, fan_out, refill, refill_after
+from dispatcher.campaigns.lifecycle import finish_if_done
+from dispatcher.campaigns.recovery import stalled_campaigns
+from dispatcher.campaigns.services import cancel_campaign, pause_campaign, resume_campaign
 from dispatcher.db import read_only, session_scope
-from dispatcher.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
-from suppression.models import utcnow
+from dispatcher.models import Campaign, CampaignStatus, Contact, Delivery, DeliveryStatus
+from suppression.models import Event, utcnow
 from tests.factories import bulk_contacts
 
 BATCH = 5
@@ -302,15 +305,17 @@ def test_batches_are_published_before_the_mark_that_covers_them_is_committed(
         seen.append((list(batches), mark(session_factory, campaign_id)))
 
     published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW, publish=publish))
-    assert seen == [(published, None)]  # published while the mark was still unmoved
+    # The fan-out tops the window up after each range of contacts (5, then 10 ids): each
+    # publish happens while the committed mark is still the one before it.
+    assert seen == [([published[0]], None), (published[1:], published[0][1])]
     assert mark(session_factory, campaign_id) == published[-1][1]
     finish(session_factory, campaign_id, published[0])
     after = refill_after(session_factory, campaign_id, published[0][0], BATCH, publish)
-    assert seen[1] == (after, published[-1][1])
+    assert seen[2] == (after, published[-1][1])
     finish(session_factory, campaign_id, published[1])
     topped_up = refill(session_factory, campaign_id, BATCH, WINDOW, publish)
-    assert seen[2] == (topped_up, after[-1][1])
-    assert len(seen) == 3
+    assert seen[3] == (topped_up, after[-1][1])
+    assert len(seen) == 4
 
 
 def test_a_failed_publish_moves_no_mark_and_the_next_refill_publishes_those_rows(
@@ -346,3 +351,168 @@ def test_a_batch_whose_successor_could_not_be_published_gives_its_place_back(
     hits = covered(published + topped_up, ids)
     assert len(hits) == len(set(hits))
     assert len(waiting(session_factory, campaign_id, published + topped_up)) == WINDOW
+
+
+# The fan-out adds its rows a range of contacts at a time (5, 10, 20 … ids with BATCH = 5),
+# committing each range and topping the window up after it: the first batches send while
+# the rest is added.
+
+
+def rows_and_flag(sessions: sessionmaker[Session], campaign_id: int) -> tuple[int, bool, str]:
+    """What another connection sees: the campaign's rows, ``fanning_out`` and its status."""
+    with read_only(sessions) as session:
+        rows = session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.campaign_id == campaign_id)
+        )
+        fanning, state = session.execute(
+            select(Campaign.fanning_out, Campaign.status).where(Campaign.id == campaign_id)
+        ).one()
+    return int(rows or 0), fanning, state
+
+
+def by_status(sessions: sessionmaker[Session], campaign_id: int) -> dict[str, int]:
+    with sessions() as session:
+        found = session.execute(
+            select(Delivery.status, func.count())
+            .where(Delivery.campaign_id == campaign_id)
+            .group_by(Delivery.status)
+        )
+        return {state: int(n) for state, n in found}
+
+
+def each_contact_once(sessions: sessionmaker[Session], campaign_id: int) -> bool:
+    with sessions() as session:
+        contacts = sorted(session.scalars(select(Contact.id)))
+        delivered = sorted(
+            session.scalars(select(Delivery.contact_id).where(Delivery.campaign_id == campaign_id))
+        )
+    return delivered == contacts
+
+
+def test_the_first_batches_are_published_before_the_fan_out_has_added_every_row(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 53)
+    seen: list[tuple[int, bool, str]] = []
+
+    def publish(batches: list[tuple[int, int]]) -> None:
+        seen.append(rows_and_flag(session_factory, campaign_id))
+
+    published = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW, publish=publish))
+    assert seen[0] == (5, True, "sending")  # one batch's worth of contacts, then a publish
+    assert rows_and_flag(session_factory, campaign_id) == (53, False, "sending")
+    assert each_contact_once(session_factory, campaign_id)
+    assert published[0][0] == all_ids(session_factory, campaign_id)[0]
+    assert len(published) == WINDOW
+    with session_factory() as session:
+        events = session.scalars(select(Event).where(Event.kind == "campaign_fanned_out")).all()
+    assert [e.detail["added"] for e in events] == [53]
+
+
+def test_a_campaign_is_not_finished_while_its_fan_out_is_adding_rows(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Every row added so far is sent before the next range is added (between the fan-out's
+    yields, when no transaction of its own is open): the campaign stays ``sending`` until
+    the fan-out has added them all, then closes."""
+    campaign_id = due_campaign(session_factory, 23)
+    closed: list[bool] = []
+    for batch in fan_out(session_factory, campaign_id, BATCH, window=WINDOW):
+        finish(session_factory, campaign_id, batch)
+        with session_scope(session_factory) as session:
+            closed.append(finish_if_done(session, campaign_id))
+    # Ranges of 5, 10 and 20 ids: after the first batch and after the third, every row
+    # added so far was sent, and only the fan-out's last range was missing.
+    assert closed == [False, False, False, False, True]
+    assert rows_and_flag(session_factory, campaign_id) == (23, False, "done")
+
+
+def test_a_pause_stops_the_fan_out_and_resuming_adds_the_rest(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 53)
+    published = []
+    for batch in fan_out(session_factory, campaign_id, BATCH, window=WINDOW):
+        published.append(batch)
+        with session_scope(session_factory) as session:
+            pause_campaign(session, campaign_id)
+    assert len(published) == 1
+    assert rows_and_flag(session_factory, campaign_id) == (5, True, "paused")
+    with session_scope(session_factory) as session:
+        resume_campaign(session, campaign_id)
+    again = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    assert again[0] == published[0]  # its rows are still queued: published again
+    assert rows_and_flag(session_factory, campaign_id) == (53, False, "sending")
+    assert each_contact_once(session_factory, campaign_id)
+
+
+def test_a_cancel_during_the_fan_out_leaves_no_row_queued_and_adds_none_after_it(
+    session_factory: sessionmaker[Session],
+) -> None:
+    campaign_id = due_campaign(session_factory, 53)
+    dropped: list[int] = []
+    for _ in fan_out(session_factory, campaign_id, BATCH, window=WINDOW):
+        with session_scope(session_factory) as session:
+            dropped.append(cancel_campaign(session, campaign_id))
+    assert dropped == [5]
+    assert rows_and_flag(session_factory, campaign_id) == (5, True, "cancelled")
+    assert by_status(session_factory, campaign_id) == {"cancelled": 5}
+
+
+def test_a_fan_out_that_died_half_way_is_found_stalled_and_its_retry_adds_the_rest(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The worker dies after the first range (the generator is dropped there): every row
+    it added is then sent, so none is queued, yet the campaign is neither done nor
+    forgotten; the task's retry (or redelivery), which did not start the campaign, goes on."""
+    campaign_id = due_campaign(session_factory, 53)
+    started = fan_out(session_factory, campaign_id, BATCH, window=WINDOW)
+    first = next(started)
+    started.close()
+    finish(session_factory, campaign_id, first)
+    with session_scope(session_factory) as session:
+        assert not finish_if_done(session, campaign_id)
+        assert stalled_campaigns(session, lease_seconds=60, stall_seconds=0) == [campaign_id]
+    assert rows_and_flag(session_factory, campaign_id) == (5, True, "sending")
+    retried = list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW))
+    assert len(retried) == WINDOW
+    assert rows_and_flag(session_factory, campaign_id) == (53, False, "sending")
+    assert each_contact_once(session_factory, campaign_id)
+    with session_scope(session_factory) as session:
+        assert stalled_campaigns(session, lease_seconds=60, stall_seconds=3600) == []
+
+
+def test_a_failed_publish_while_ranges_remain_does_not_stop_the_fan_out(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The broker refuses the first range's batch: the fan-out still adds every row (the
+    next range's refill publishes from the first queued row, the refused batch included),
+    then raises, so that the task's failure is recorded."""
+    campaign_id = due_campaign(session_factory, 53)
+    calls: list[list[tuple[int, int]]] = []
+
+    def down_once(batches: list[tuple[int, int]]) -> None:
+        calls.append(list(batches))
+        if len(calls) == 1:
+            raise BrokerDown
+
+    with pytest.raises(BrokerDown):
+        list(fan_out(session_factory, campaign_id, BATCH, window=WINDOW, publish=down_once))
+    assert rows_and_flag(session_factory, campaign_id) == (53, False, "sending")
+    ids = all_ids(session_factory, campaign_id)
+    assert calls == [[(ids[0], ids[4])], [(ids[0], ids[4]), (ids[5], ids[9]), (ids[10], ids[14])]]
+    assert mark(session_factory, campaign_id) == ids[14]
+
+
+def test_contact_ranges_grow_from_one_batch_to_the_chunk() -> None:
+    assert list(contact_ranges(1, 100, 5, 20)) == [
+        (1, 6),
+        (6, 16),
+        (16, 36),
+        (36, 56),
+        (56, 76),
+        (76, 96),
+        (96, 116),
+    ]
+    assert list(contact_ranges(0, -1, 5, 20)) == []
+    assert list(contact_ranges(7, 7, 5, 20)) == [(7, 12)]
