@@ -121,8 +121,11 @@ def report_fan_out(sizes: list[int], workdir: Path) -> None:
         claims[fan["deliveries"]] = fan["claim_ms_per_recipient"]
         peak = max([fan["child_peak_rss_mb"], *fan["postgres_backend_peak_rss_mb"]])
         rabbit_before, rabbit_after = fan["rabbitmq_rss_mb"]
+        first = fan["first_publish_s"]
         say(
-            f"fan-out of {fan['deliveries']:,} recipients: {fan['elapsed_s']:.1f} s, "
+            f"fan-out of {fan['deliveries']:,} recipients: {fan['elapsed_s']:.1f} s to add "
+            f"every row, the first batch published after "
+            f"{'-' if first is None else f'{first:.2f}'} s (workers send from then on); "
             f"{fan['batches']} batches published (the window; the rest as batches finish; "
             f"data set up in {fan['populate_s']:.0f} s; database {fan['database_mb']:,.0f} MB)"
         )

@@ -301,6 +301,8 @@ class CampaignReport:
     status_reason: str | None = None
     # What came back about sent messages (dispatcher/inbound): counts and rates.
     rates: Rates = field(default_factory=lambda: Rates(0, 0, 0))
+    # The fan-out is still adding delivery rows (its first batches already send).
+    adding_recipients: bool = False
 
     @property
     def feedback(self) -> dict[str, float | int]:
@@ -328,6 +330,7 @@ class CampaignReport:
             "skipped_by_reason": self.by_reason,
             "status_reason": self.status_reason,
             "feedback": self.feedback,
+            "adding_recipients": self.adding_recipients,
         }
 
 
@@ -349,4 +352,5 @@ def campaign_report(session: Session, campaign_id: int) -> CampaignReport:
         by_reason=by_reason,
         status_reason=campaign.status_reason,
         rates=campaign_rates(session, campaign_id),
+        adding_recipients=campaign.fanning_out and campaign.status == CampaignStatus.SENDING,
     )

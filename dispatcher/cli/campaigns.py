@@ -287,6 +287,8 @@ def print_report(report: CampaignReport) -> None:
     if report.status_reason and report.status == "paused":
         click.echo(f"  paused: {report.status_reason}")
     click.echo(f"  {'deliveries':<24}{report.total:>8}")
+    if report.adding_recipients:
+        click.echo("    (recipients are still being added; the first batches are sending)")
     for status, count in report.by_status.items():
         click.echo(f"    {status:<22}{count:>8}")
     if report.by_reason:

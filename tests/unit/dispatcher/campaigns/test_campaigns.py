@@ -145,3 +145,30 @@ def test_preview_renders_one_message_and_sends_nothing(settings: Settings, sessi
     assert not (settings.home / "outbox").exists()
     code, out = cli(settings, "campaign", "preview", "1", "--to", "not an address")
     assert code == 1 and "not an address" in out
+
+
+def test_status_says_when_recipients_are_still_being_added(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    """The fan-out stopped after its first range (its worker died there): staff see that
+    the campaign's recipients are not all in yet, until a fan-out adds the rest."""
+    from dispatcher.campaigns.fanout import fan_out
+
+    with session_scope(session_factory) as session:
+        for n in range(12):
+            make_contact(session, f"fan{n}@example.com")
+        campaign_id = create_campaign(
+            session, settings, name="Big", subject="s", template="new-releases"
+        ).id
+        schedule_campaign(session, settings, campaign_id)
+    started = fan_out(session_factory, campaign_id, 5, window=2)
+    next(started)
+    started.close()
+    code, out = cli(settings, "campaign", "status", str(campaign_id))
+    assert code == 0 and "recipients are still being added" in out
+    report = json.loads(cli(settings, "campaign", "status", str(campaign_id), "--json")[1])
+    assert report["adding_recipients"] is True and report["total"] == 5
+    list(fan_out(session_factory, campaign_id, 5, window=2))  # the retry goes on
+    report = json.loads(cli(settings, "campaign", "status", str(campaign_id), "--json")[1])
+    assert report["adding_recipients"] is False and report["total"] == 12
+    assert "still being added" not in cli(settings, "campaign", "status", str(campaign_id))[1]

@@ -171,3 +171,29 @@ def test_a_campaign_in_trouble_says_so_on_the_list_and_its_page(signed_in, sessi
     assert "! errors" in listing
     page = client.get(f"/campaigns/{campaign_id}").get_data(as_text=True)
     assert "What is wrong" in page and said.code in page and "DISPATCHER_MAIL_URL" in page
+
+
+def test_a_campaign_whose_recipients_are_still_being_added_says_so(signed_in, session_factory):
+    with session_scope(session_factory) as session:
+        adding = Campaign(
+            name="adding",
+            subject="s",
+            template="new-releases",
+            purpose="marketing",
+            status="sending",
+            fanning_out=True,
+        )
+        whole = Campaign(
+            name="whole",
+            subject="s",
+            template="new-releases",
+            purpose="marketing",
+            status="sending",
+        )
+        session.add_all([adding, whole])
+        session.flush()
+        ids = adding.id, whole.id
+    client = signed_in("viewer")
+    page = client.get(f"/campaigns/{ids[0]}").get_data(as_text=True)
+    assert 'id="adding-recipients"' in page and "still being added" in page
+    assert 'id="adding-recipients"' not in client.get(f"/campaigns/{ids[1]}").get_data(as_text=True)
