@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -108,23 +109,34 @@ def bulk_contacts(
     return eligible
 
 
+def make_campaign(session: Session, status: str = "sending", **fields: Any) -> Any:
+    """A campaign (flushed, so it has its id) with no delivery rows; ``fields`` override
+    the plain defaults (``name``, ``purpose``, ``fanning_out`` …)."""
+    from dispatcher.models import Campaign
+
+    values: dict[str, Any] = {
+        "name": "c",
+        "subject": "s",
+        "template": "new-releases",
+        "purpose": "marketing",
+        "status": status,
+        **fields,
+    }
+    campaign = Campaign(**values)
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
 def make_sending_campaign(session: Session, purpose: str = "marketing") -> tuple[int, list[int]]:
     """A ``sending`` campaign fanned out to every contact made so far: its id and its
     delivery ids in order (one queued row per contact)."""
     from sqlalchemy import select
 
     from dispatcher.campaigns.fanout import create_deliveries
-    from dispatcher.models import Campaign, CampaignStatus, Delivery
+    from dispatcher.models import Delivery
 
-    campaign = Campaign(
-        name="c",
-        subject="s",
-        template="new-releases",
-        purpose=purpose,
-        status=CampaignStatus.SENDING.value,
-    )
-    session.add(campaign)
-    session.flush()
+    campaign = make_campaign(session, purpose=purpose)
     create_deliveries(session, campaign)
     ids = session.scalars(
         select(Delivery.id).where(Delivery.campaign_id == campaign.id).order_by(Delivery.id)

@@ -34,17 +34,23 @@ from tests.unit.dispatcher.campaigns.test_fanout_window import (  # noqa: F401 -
 )
 
 
-def started_with_a_range_open(
-    sessions: sessionmaker[Session], contacts: int
-) -> tuple[int, Session]:
-    """A sending campaign whose fan-out is adding its first range: the range's transaction
-    (returned, still open) holds the campaign row and its rows are not committed."""
+def fanning_out(sessions: sessionmaker[Session], contacts: int) -> int:
+    """A campaign to ``contacts`` new contacts, started, its fan-out under way (no rows)."""
     campaign_id = due_campaign(sessions, contacts)
     with session_scope(sessions) as session:
         session.execute(
             text("UPDATE campaigns SET status = 'sending', fanning_out = true WHERE id = :c"),
             {"c": campaign_id},
         )
+    return campaign_id
+
+
+def started_with_a_range_open(
+    sessions: sessionmaker[Session], contacts: int
+) -> tuple[int, Session]:
+    """A sending campaign whose fan-out is adding its first range: the range's transaction
+    (returned, still open) holds the campaign row and its rows are not committed."""
+    campaign_id = fanning_out(sessions, contacts)
     adding = sessions()
     adding.begin()
     campaign = _sending_for_fan_out(adding, campaign_id)
@@ -120,12 +126,7 @@ def test_a_range_that_waited_for_a_cancel_adds_no_row(
     """The cancel holds the campaign row when the next range starts: the range waits for it,
     then sees the campaign cancelled and adds nothing (read without the lock, the status was
     still ``sending``, and its rows would have stayed queued in a cancelled campaign)."""
-    campaign_id = due_campaign(session_factory, 20)
-    with session_scope(session_factory) as session:
-        session.execute(
-            text("UPDATE campaigns SET status = 'sending', fanning_out = true WHERE id = :c"),
-            {"c": campaign_id},
-        )
+    campaign_id = fanning_out(session_factory, 20)
     cancelling = session_factory()
     cancelling.begin()
     pid = int(cancelling.scalar(text("SELECT pg_backend_pid()")) or 0)

@@ -12,7 +12,7 @@ from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, Campaign, Contact
 from suppression.events import Hit
 from suppression.models import Event, Reason, Suppression
-from tests.factories import make_contact
+from tests.factories import make_campaign, make_contact
 from tests.unit.dispatcher.console.conftest import PASSWORD, csrf, make_staff, post
 from tests.unit.dispatcher.console.test_console import new_campaign
 
@@ -153,15 +153,7 @@ def test_a_campaign_in_trouble_says_so_on_the_list_and_its_page(signed_in, sessi
     from dispatcher.sending.transports import RelayLoginRefused
 
     with session_scope(session_factory) as session:
-        campaign = Campaign(
-            name="stuck",
-            subject="s",
-            template="new-releases",
-            purpose="marketing",
-            status="sending",
-        )
-        session.add(campaign)
-        session.flush()
+        campaign = make_campaign(session, name="stuck")
         said = record_task_error(
             session, campaign.id, "send_batch", RelayLoginRefused("refused"), 1, 5
         )
@@ -175,24 +167,7 @@ def test_a_campaign_in_trouble_says_so_on_the_list_and_its_page(signed_in, sessi
 
 def test_a_campaign_whose_recipients_are_still_being_added_says_so(signed_in, session_factory):
     with session_scope(session_factory) as session:
-        adding = Campaign(
-            name="adding",
-            subject="s",
-            template="new-releases",
-            purpose="marketing",
-            status="sending",
-            fanning_out=True,
-        )
-        whole = Campaign(
-            name="whole",
-            subject="s",
-            template="new-releases",
-            purpose="marketing",
-            status="sending",
-        )
-        session.add_all([adding, whole])
-        session.flush()
-        ids = adding.id, whole.id
+        ids = make_campaign(session, fanning_out=True).id, make_campaign(session).id
     client = signed_in("viewer")
     page = client.get(f"/campaigns/{ids[0]}").get_data(as_text=True)
     assert 'id="adding-recipients"' in page and "still being added" in page
