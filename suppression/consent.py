@@ -215,6 +215,15 @@ def record_consent(
     )
     key = {"address_id": address_id, "scope": str(scope)}
     fact = {"status": str(status), "occurred_at": occurred_at}
+    # The ``consent_changed`` event's fields (written only when the state moves).
+    event = {
+        "address_id": address_id,
+        "actor": actor,
+        "hit": hit,
+        "outcome": str(status),
+        "scope": str(scope),
+        "source": source,
+    }
     connection = core(session)
     if connection.dialect.name == "postgresql":
         return _record_in_one(
@@ -230,16 +239,7 @@ def record_consent(
                 "policy_version": policy_version,
                 "recorded_at": utcnow(),
             },
-            event=bound_event_params(
-                "e",
-                "consent_changed",
-                address_id=address_id,
-                actor=actor,
-                hit=hit,
-                outcome=str(status),
-                scope=str(scope),
-                source=source,
-            ),
+            event=bound_event_params("e", "consent_changed", **event),
         )
     row = connection.execute(judged, {f"p_{k}": v for k, v in {**key, **fact}.items()}).first()
     verdict, current = (row[0], row[1]) if row is not None else ("candidate", None)
@@ -264,16 +264,7 @@ def record_consent(
         return ConsentOutcome.STALE
     connection.execute(state_upsert, {**key, **fact, "dated": True, "consent_id": ledger_id})
     _expire_state(session, address_id, str(scope))
-    record_event(
-        session,
-        "consent_changed",
-        address_id=address_id,
-        actor=actor,
-        hit=hit,
-        outcome=str(status),
-        scope=str(scope),
-        source=source,
-    )
+    record_event(session, "consent_changed", **event)
     return ConsentOutcome.RECORDED
 
 

@@ -70,22 +70,27 @@ def add_suppression(
     row = {"address_id": address_id, "scope": scope, "reason": str(reason)}
     keys = {f"p_{k}": v for k, v in row.items()}
     values = {"source": source, "note": note, "created_by": actor, "created_at": utcnow()}
+    # The ``suppression_added`` event's fields (written only when a row was added).
+    event = {
+        "address_id": address_id,
+        "actor": actor,
+        "hit": hit,
+        "outcome": str(reason),
+        "scope": scope,
+        "source": source,
+    }
     connection = core(session)
     if connection.dialect.name == "postgresql":
         # One round trip: the INSERT, its event (written only when a row was added) and the
         # active row it met otherwise.
-        event = bound_event_params(
-            "e",
-            "suppression_added",
-            address_id=address_id,
-            actor=actor,
-            hit=hit,
-            outcome=str(reason),
-            scope=scope,
-            source=source,
-        )
         new_id, existing = run_one(
-            connection, _add_in_one(), {**keys, **{f"p_{k}": v for k, v in values.items()}, **event}
+            connection,
+            _add_in_one(),
+            {
+                **keys,
+                **{f"p_{k}": v for k, v in values.items()},
+                **bound_event_params("e", "suppression_added", **event),
+            },
         )
         if new_id is not None:
             return Added(new_id, created=True)
@@ -100,16 +105,7 @@ def add_suppression(
         existing = connection.scalar(existing_id, keys)
         assert existing is not None
         return Added(existing, created=False)
-    record_event(
-        session,
-        "suppression_added",
-        address_id=address_id,
-        actor=actor,
-        hit=hit,
-        outcome=str(reason),
-        scope=scope,
-        source=source,
-    )
+    record_event(session, "suppression_added", **event)
     return Added(new_id, created=True)
 
 
