@@ -216,7 +216,7 @@ def record_consent(
     key = {"address_id": address_id, "scope": str(scope)}
     fact = {"status": str(status), "occurred_at": occurred_at}
     # The ``consent_changed`` event's fields (written only when the state moves).
-    event = {
+    event: dict[str, Any] = {
         "address_id": address_id,
         "actor": actor,
         "hit": hit,

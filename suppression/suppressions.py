@@ -71,7 +71,7 @@ def add_suppression(
     keys = {f"p_{k}": v for k, v in row.items()}
     values = {"source": source, "note": note, "created_by": actor, "created_at": utcnow()}
     # The ``suppression_added`` event's fields (written only when a row was added).
-    event = {
+    event: dict[str, Any] = {
         "address_id": address_id,
         "actor": actor,
         "hit": hit,
