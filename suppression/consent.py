@@ -25,7 +25,6 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -67,7 +66,15 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, dialect_name, inline_constants, insert_for, insert_on, run_one
+from suppression.sql import (
+    built_once,
+    core,
+    dialect_name,
+    inline_constants,
+    insert_for,
+    insert_on,
+    run_one,
+)
 
 IN, OUT = str(ConsentStatus.OPTED_IN), str(ConsentStatus.OPTED_OUT)
 
@@ -301,7 +308,6 @@ def _record_in_one(
     return ConsentOutcome.RECORDED
 
 
-@cache
 def _record_in_one_statement(recipient_action: bool) -> Any:
     """PostgreSQL: the three statements of :func:`_record_statements` and the
     ``consent_changed`` event in one round trip, deciding as :func:`record_consent` does in
@@ -382,7 +388,9 @@ def _record_in_one_statement(recipient_action: bool) -> Any:
     return inline_constants(select(decided.c.verdict, decided.c.current).add_cte(state, changed))
 
 
-@cache
+_record_in_one_statement = built_once(_record_in_one_statement)
+
+
 def _record_statements(dialect: str, recipient_action: bool) -> tuple[Any, Any, Any]:
     """:func:`record_consent`'s three statements, built once per backend and kind of actor
     (building the rule's expression costs more than running it); values are bound per call."""
@@ -400,6 +408,9 @@ def _record_statements(dialect: str, recipient_action: bool) -> tuple[Any, Any, 
     upsert = insert_on(dialect, ConsentState.__table__)
     state = _unless_overtaken(upsert, recipient_action=recipient_action)
     return inline_constants(judged), ledger, inline_constants(state)
+
+
+_record_statements = built_once(_record_statements)
 
 
 @dataclass
