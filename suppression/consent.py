@@ -25,7 +25,6 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -67,7 +66,15 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, dialect_name, inline_constants, insert_for, insert_on, run_one
+from suppression.sql import (
+    built_once,
+    core,
+    dialect_name,
+    inline_constants,
+    insert_for,
+    insert_on,
+    run_one,
+)
 
 IN, OUT = str(ConsentStatus.OPTED_IN), str(ConsentStatus.OPTED_OUT)
 
@@ -215,6 +222,15 @@ def record_consent(
     )
     key = {"address_id": address_id, "scope": str(scope)}
     fact = {"status": str(status), "occurred_at": occurred_at}
+    # The ``consent_changed`` event's fields (written only when the state moves).
+    event: dict[str, Any] = {
+        "address_id": address_id,
+        "actor": actor,
+        "hit": hit,
+        "outcome": str(status),
+        "scope": str(scope),
+        "source": source,
+    }
     connection = core(session)
     if connection.dialect.name == "postgresql":
         return _record_in_one(
@@ -230,16 +246,7 @@ def record_consent(
                 "policy_version": policy_version,
                 "recorded_at": utcnow(),
             },
-            event=bound_event_params(
-                "e",
-                "consent_changed",
-                address_id=address_id,
-                actor=actor,
-                hit=hit,
-                outcome=str(status),
-                scope=str(scope),
-                source=source,
-            ),
+            event=bound_event_params("e", "consent_changed", **event),
         )
     row = connection.execute(judged, {f"p_{k}": v for k, v in {**key, **fact}.items()}).first()
     verdict, current = (row[0], row[1]) if row is not None else ("candidate", None)
@@ -264,16 +271,7 @@ def record_consent(
         return ConsentOutcome.STALE
     connection.execute(state_upsert, {**key, **fact, "dated": True, "consent_id": ledger_id})
     _expire_state(session, address_id, str(scope))
-    record_event(
-        session,
-        "consent_changed",
-        address_id=address_id,
-        actor=actor,
-        hit=hit,
-        outcome=str(status),
-        scope=str(scope),
-        source=source,
-    )
+    record_event(session, "consent_changed", **event)
     return ConsentOutcome.RECORDED
 
 
@@ -310,7 +308,6 @@ def _record_in_one(
     return ConsentOutcome.RECORDED
 
 
-@cache
 def _record_in_one_statement(recipient_action: bool) -> Any:
     """PostgreSQL: the three statements of :func:`_record_statements` and the
     ``consent_changed`` event in one round trip, deciding as :func:`record_consent` does in
@@ -391,7 +388,9 @@ def _record_in_one_statement(recipient_action: bool) -> Any:
     return inline_constants(select(decided.c.verdict, decided.c.current).add_cte(state, changed))
 
 
-@cache
+_record_in_one_statement = built_once(_record_in_one_statement)
+
+
 def _record_statements(dialect: str, recipient_action: bool) -> tuple[Any, Any, Any]:
     """:func:`record_consent`'s three statements, built once per backend and kind of actor
     (building the rule's expression costs more than running it); values are bound per call."""
@@ -409,6 +408,9 @@ def _record_statements(dialect: str, recipient_action: bool) -> tuple[Any, Any, 
     upsert = insert_on(dialect, ConsentState.__table__)
     state = _unless_overtaken(upsert, recipient_action=recipient_action)
     return inline_constants(judged), ledger, inline_constants(state)
+
+
+_record_statements = built_once(_record_statements)
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 from sqlalchemy import Connection, Table, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
@@ -13,6 +14,21 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import BindParameter
 
 BACKENDS = ("postgresql", "sqlite")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def built_once(build: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``build`` (a statement builder) run once per arguments and process, its statement kept
+    (``functools.cache``): a statement costs more to build than to run.
+
+    Applied after the ``def`` (``_claim_statement = built_once(_claim_statement)``), never as
+    a decorator: mutmut does not mutate a decorated function, and these builders write the
+    promise's SQL (README, "Mutation testing"). Under mutmut, tests/conftest.py empties these
+    caches before each test, so each mutant's tests build (and :func:`compiled` compiles)
+    the mutated statement."""
+    return cast(Callable[_P, _R], functools.cache(build))
 
 
 def dialect_name(session: Session) -> str:

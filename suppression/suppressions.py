@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from suppression.events import Hit, bound_event, bound_event_params, insert_events, record_event
 from suppression.models import GLOBAL_SCOPE, Address, Reason, Scope, Suppression, utcnow
-from suppression.sql import core, dialect_name, inline_constants, insert_on, run_one
+from suppression.sql import built_once, core, dialect_name, inline_constants, insert_on, run_one
 
 # Suppressions a recipient may lift by re-subscribing. Everything else needs staff.
 RECIPIENT_LIFTABLE = frozenset({Reason.UNSUBSCRIBE})
@@ -70,22 +69,27 @@ def add_suppression(
     row = {"address_id": address_id, "scope": scope, "reason": str(reason)}
     keys = {f"p_{k}": v for k, v in row.items()}
     values = {"source": source, "note": note, "created_by": actor, "created_at": utcnow()}
+    # The ``suppression_added`` event's fields (written only when a row was added).
+    event: dict[str, Any] = {
+        "address_id": address_id,
+        "actor": actor,
+        "hit": hit,
+        "outcome": str(reason),
+        "scope": scope,
+        "source": source,
+    }
     connection = core(session)
     if connection.dialect.name == "postgresql":
         # One round trip: the INSERT, its event (written only when a row was added) and the
         # active row it met otherwise.
-        event = bound_event_params(
-            "e",
-            "suppression_added",
-            address_id=address_id,
-            actor=actor,
-            hit=hit,
-            outcome=str(reason),
-            scope=scope,
-            source=source,
-        )
         new_id, existing = run_one(
-            connection, _add_in_one(), {**keys, **{f"p_{k}": v for k, v in values.items()}, **event}
+            connection,
+            _add_in_one(),
+            {
+                **keys,
+                **{f"p_{k}": v for k, v in values.items()},
+                **bound_event_params("e", "suppression_added", **event),
+            },
         )
         if new_id is not None:
             return Added(new_id, created=True)
@@ -100,20 +104,10 @@ def add_suppression(
         existing = connection.scalar(existing_id, keys)
         assert existing is not None
         return Added(existing, created=False)
-    record_event(
-        session,
-        "suppression_added",
-        address_id=address_id,
-        actor=actor,
-        hit=hit,
-        outcome=str(reason),
-        scope=scope,
-        source=source,
-    )
+    record_event(session, "suppression_added", **event)
     return Added(new_id, created=True)
 
 
-@cache
 def _add_statements(dialect: str) -> tuple[Any, Any]:
     """The idempotent INSERT (its values bound per call) and the look-up of the active row it
     met, built once per backend (a statement costs more to build than to run)."""
@@ -134,7 +128,9 @@ def _add_statements(dialect: str) -> tuple[Any, Any]:
     return inline_constants(insert), inline_constants(existing)
 
 
-@cache
+_add_statements = built_once(_add_statements)
+
+
 def _add_in_one() -> Any:
     """PostgreSQL: :func:`_add_statements` and the ``suppression_added`` event as one
     statement. Returns (the new row's id or NULL, the active row met or NULL)."""
@@ -150,6 +146,9 @@ def _add_in_one() -> Any:
             existing.scalar_subquery().label("existing_id"),
         ).add_cte(event)
     )
+
+
+_add_in_one = built_once(_add_in_one)
 
 
 def active_suppressions(session: Session, address_id: int) -> list[Suppression]:

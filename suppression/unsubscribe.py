@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, exists, select
@@ -23,7 +22,7 @@ from suppression.models import (
     UTCDateTime,
     utcnow,
 )
-from suppression.sql import core, inline_constants, run
+from suppression.sql import built_once, core, inline_constants, run
 from suppression.suppressions import (
     RECIPIENT_LIFTABLE,
     active_suppressions,
@@ -119,7 +118,6 @@ def resolve_unsubscribe_link(
     return subject, address, held
 
 
-@cache
 def _address_held() -> Any:
     """PostgreSQL: the address, and whether its unsubscribe suppression and its repeated
     opt-out are both there, locking them (``FOR SHARE``: a lift or an opt-in waits for this
@@ -158,12 +156,17 @@ def _address_held() -> Any:
     )
 
 
-@cache
+_address_held = built_once(_address_held)
+
+
 def _address_by_id() -> Any:
     columns = Address.__table__.c
     return select(columns.id, columns.address, columns.created_at).where(
         columns.id == bindparam("l_address_id")
     )
+
+
+_address_by_id = built_once(_address_by_id)
 
 
 def unsubscribe_address(

@@ -17,7 +17,6 @@ still ``sending``: their outcome is hidden, so they become ``unknown`` instead o
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import time
@@ -69,6 +68,7 @@ from dispatcher.settings import Settings
 from suppression.address import InvalidAddress, delivery_address, is_delivery_form_of
 from suppression.gate import Purpose, blocking_reason
 from suppression.models import Address, Reason, utcnow
+from suppression.sql import built_once
 from suppression.suppressions import add_suppression
 from suppression.tokens import TokenSigner
 
@@ -151,7 +151,6 @@ def _in_batch() -> ColumnElement[bool]:
     )
 
 
-@functools.cache
 def _orphan_statement() -> Update:
     return (
         update(Delivery)
@@ -169,7 +168,9 @@ def _orphan_statement() -> Update:
     )
 
 
-@functools.cache
+_orphan_statement = built_once(_orphan_statement)
+
+
 def _claim_statement(purpose: Purpose) -> Update:
     """The claim: the batch's queued rows move to ``sending``, or to ``suppressed`` with the
     gate's reason, in this one statement; nothing moves unless the campaign is sending."""
@@ -202,7 +203,9 @@ def _claim_statement(purpose: Purpose) -> Update:
     )
 
 
-@functools.cache
+_claim_statement = built_once(_claim_statement)
+
+
 def _claimed_rows_statement() -> Select[int, int, int, str, str, str | None, str | None]:
     """What sending needs of the rows this execution claimed."""
     return (
@@ -224,6 +227,9 @@ def _claimed_rows_statement() -> Select[int, int, int, str, str, str | None, str
         )
         .order_by(Delivery.id)
     )
+
+
+_claimed_rows_statement = built_once(_claimed_rows_statement)
 
 
 def claim_batch(
@@ -442,7 +448,6 @@ def _ids_among(dialect: str) -> ColumnElement[bool]:
     return Delivery.id.in_(bindparam("ids", expanding=True))
 
 
-@functools.cache
 def _outcome_statement(dialect: str, status: DeliveryStatus) -> Update:
     """Rows of ``ids`` still this execution's (another may have found its claim dead) move
     to ``status``: sent, unknown (connection lost) or back to the queue."""
@@ -462,6 +467,9 @@ def _outcome_statement(dialect: str, status: DeliveryStatus) -> Update:
         )
         .values(**values)
     )
+
+
+_outcome_statement = built_once(_outcome_statement)
 
 
 def _record(session: Session, campaign_id: int, claim_token: str, result: BatchResult) -> None:

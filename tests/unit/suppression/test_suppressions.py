@@ -143,6 +143,22 @@ def test_adding_an_active_suppression_again_returns_it_and_records_one_event(
     assert (events[0].detail["scope"], events[0].detail["source"]) == ("marketing", "fbl")
 
 
+def test_adding_a_suppression_again_returns_its_own_row_not_one_like_it(session: Session) -> None:
+    """The row met is the address's active one of that scope and reason: not another
+    address's, another scope's or reason's, nor a lifted one (all older here)."""
+    address_id = ensure_address(session, "a@example.com")
+    _suppress(session, "b@example.com", Reason.UNSUBSCRIBE, scope="marketing")
+    _suppress(session, "a@example.com", Reason.UNSUBSCRIBE, scope="marketing")
+    assert lift_suppressions(session, address_id, why="asked", actor="ann") == 1
+    _suppress(session, "a@example.com", Reason.UNSUBSCRIBE, scope="global")
+    _suppress(session, "a@example.com", Reason.COMPLAINT, scope="marketing")
+    active = _suppress(session, "a@example.com", Reason.UNSUBSCRIBE, scope="marketing")
+    again = add_suppression(
+        session, address_id, scope="marketing", reason=Reason.UNSUBSCRIBE, source="test"
+    )
+    assert (again.created, again.suppression_id) == (False, active)
+
+
 @pytest.mark.parametrize("scope", ["affiliate:abc", "affiliates:12", "marketingx123"])
 def test_an_unknown_scope_is_refused_with_the_scopes_there_are(scope: str) -> None:
     from suppression.suppressions import valid_scope

@@ -125,3 +125,41 @@ def test_a_submitted_address_that_is_not_the_checked_key_is_never_mailed(
         "carol@example.com",
         "dave@example.com",
     ]
+
+
+def test_a_contact_moved_to_another_key_is_not_mailed_at_its_new_address(
+    settings: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    """The address checked is the delivery's key, not the contact's current one: a contact
+    moved to bob's key after its delivery was queued for ann's is not mailed at bob's."""
+    settings = settings_for(settings.home, mail_url=smtp_sink.url)
+    _import(session_factory, tmp_path, "ann@example.com", "carol@example.com", "dave@example.com")
+    with session_scope(session_factory) as session:
+        campaign = create_campaign(
+            session, settings, name="News", subject="New tracks", template="new-releases"
+        )
+        schedule_campaign(session, settings, campaign.id)
+        campaign_id = campaign.id
+    [(first, last)] = fan_out(session_factory, campaign_id, 100)
+    with session_scope(session_factory) as session:
+        bob = ensure_address(session, "bob@example.com")
+        session.execute(
+            update(Contact)
+            .where(Contact.submitted_address == "ann@example.com")
+            .values(address_id=bob, submitted_address="bob@example.com")
+        )
+    signer = TokenSigner(settings.secret_keys)
+    send_batch(settings, session_factory, signer, campaign_id, first, last)
+    with session_scope(session_factory) as session:
+        outcomes = session.execute(
+            select(Delivery.status, Delivery.skip_reason).order_by(Delivery.id)
+        ).all()
+    assert [tuple(o) for o in outcomes] == [
+        ("failed", "address_mismatch"),
+        ("sent", None),
+        ("sent", None),
+    ]
+    assert sorted(r.exact_recipients[0] for r in smtp_sink.wait_for_count(2)) == [
+        "carol@example.com",
+        "dave@example.com",
+    ]
