@@ -39,8 +39,11 @@ from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
 from tests.support.pg import wait_until_blocked
 from tests.unit.suppression.test_consent import (  # noqa: F401 - collected again, on PostgreSQL
+    test_a_change_is_judged_against_its_own_scopes_state,
     test_a_recorded_change_names_who_and_how_and_refreshes_a_loaded_state,
+    test_a_refused_opt_in_leaves_no_trace,
     test_an_older_change_does_not_override_a_newer_one,
+    test_an_older_change_is_kept_as_history_without_an_event,
     test_latest_row_decides_and_history_is_kept,
     test_only_the_recipient_can_turn_an_opt_out_into_an_opt_in,
     test_repeating_the_current_status_adds_nothing,
