@@ -44,6 +44,8 @@ from tests.unit.suppression.test_consent import (  # noqa: F401 - collected agai
     test_a_refused_opt_in_leaves_no_trace,
     test_an_older_change_does_not_override_a_newer_one,
     test_an_older_change_is_kept_as_history_without_an_event,
+    test_an_opt_out_at_the_same_moment_as_the_opt_in_wins,
+    test_an_undated_opt_in_gives_way_to_any_dated_change,
     test_latest_row_decides_and_history_is_kept,
     test_only_the_recipient_can_turn_an_opt_out_into_an_opt_in,
     test_repeating_the_current_status_adds_nothing,

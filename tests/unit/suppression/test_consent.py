@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from suppression.consent import ConsentOutcome, consent_history, current_consent, record_consent
-from suppression.models import ConsentStatus, Event, Scope
+from suppression.models import ConsentState, ConsentStatus, Event, Scope
 from suppression.registry import ensure_address
 from tests.factories import T0
 
@@ -99,6 +99,23 @@ def test_a_change_is_judged_against_its_own_scopes_state(session: Session) -> No
     )
     assert current_consent(session, a, Scope.MARKETING).status == IN
     assert current_consent(session, a, Scope.AFFILIATES).status == OUT
+
+
+def test_an_opt_out_at_the_same_moment_as_the_opt_in_wins(session: Session) -> None:
+    a = ensure_address(session, "a@example.com")
+    record(session, a, IN)
+    assert record(session, a, OUT) == ConsentOutcome.RECORDED
+    assert current_consent(session, a, Scope.MARKETING).status == OUT
+
+
+def test_an_undated_opt_in_gives_way_to_any_dated_change(session: Session) -> None:
+    """An opt-in without a date (an import's, stamped with the import's time) is older than
+    every dated word: a dated opt-out from before the import's time still moves the state."""
+    a = ensure_address(session, "a@example.com")
+    record(session, a, IN, T0 + timedelta(days=10))
+    session.execute(update(ConsentState).where(ConsentState.address_id == a).values(dated=False))
+    assert record(session, a, OUT, T0) == ConsentOutcome.RECORDED
+    assert current_consent(session, a, Scope.MARKETING).status == OUT
 
 
 def test_history_is_in_the_order_things_happened_not_the_order_they_were_recorded(
