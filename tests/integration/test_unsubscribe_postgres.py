@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from threading import Barrier
 
 import pytest
@@ -28,18 +29,23 @@ from dispatcher.models import Contact, Delivery, DeliveryStatus
 from dispatcher.web import create_app
 from dispatcher.web.reads import read_link
 from dispatcher.web.standing import STAFF_REASONS, standing
-from suppression.consent import consent_history
-from suppression.models import Address, Event, Reason, Suppression, utcnow
+from suppression.consent import consent_history, record_consent
+from suppression.models import Address, ConsentStatus, Event, Reason, Scope, Suppression, utcnow
 from suppression.sql import run
-from suppression.suppressions import Added, add_suppression
+from suppression.suppressions import Added, add_suppression, lift_suppressions
 from suppression.tokens import BadToken, LinkPurpose, LinkSubject, TokenSigner
 from suppression.unsubscribe import _address_held, resolve_unsubscribe_link, unsubscribe_address
 from tests.factories import make_contact
 from tests.support.backends import Backend, make_backend
 from tests.support.pg import wait_until_blocked
 from tests.unit.suppression.test_consent import (  # noqa: F401 - collected again, on PostgreSQL
+    test_a_change_is_judged_against_its_own_scopes_state,
     test_a_recorded_change_names_who_and_how_and_refreshes_a_loaded_state,
+    test_a_refused_opt_in_leaves_no_trace,
     test_an_older_change_does_not_override_a_newer_one,
+    test_an_older_change_is_kept_as_history_without_an_event,
+    test_an_opt_out_at_the_same_moment_as_the_opt_in_wins,
+    test_an_undated_opt_in_gives_way_to_any_dated_change,
     test_latest_row_decides_and_history_is_kept,
     test_only_the_recipient_can_turn_an_opt_out_into_an_opt_in,
     test_repeating_the_current_status_adds_nothing,
@@ -568,3 +574,143 @@ def test_a_statement_run_on_the_driver_reads_and_fails_as_through_sqlalchemy(
         # session.connection(): the savepoint is set when the nested transaction is used.
         run(session.connection(), select(literal_column("1") / literal_column("0")), {})
     assert run(connection, statement, params)[0][0] == contact.address_id  # still usable
+
+
+def click(session: Session, signer: TokenSigner, address_id: int) -> tuple[bool, bool]:
+    """A one-click unsubscribe of ``address_id`` as the link's route runs it: whether the
+    link's read held it as a repeat, and whether the click suppressed the address anew."""
+    token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, address_id)
+    _subject, address, held = resolve_unsubscribe_link(session, signer, token)
+    result = unsubscribe_address(
+        session, address, stop_queued=stop_queued, source="one_click", held=held
+    )
+    return held is not None, result.newly_suppressed
+
+
+def active_unsubscribes(session: Session, address_id: int) -> list[str]:
+    """The scopes of the address's active ``unsubscribe`` suppressions."""
+    return sorted(
+        session.scalars(
+            select(Suppression.scope).where(
+                Suppression.address_id == address_id,
+                Suppression.reason == Reason.UNSUBSCRIBE.value,
+                Suppression.lifted_at.is_(None),
+            )
+        )
+    )
+
+
+def test_a_click_after_staff_lifted_the_unsubscribe_suppresses_again(
+    session: Session, pg: Backend
+) -> None:
+    """Staff lifted the unsubscribe suppression; the consent state is still the opt-out. A new
+    click is not a repeat: it adds a new active suppression (the lifted one stays lifted)."""
+    signer = TokenSigner(pg.settings.secret_keys)
+    contact = make_contact(session, "lifted@example.com")
+    assert click(session, signer, contact.address_id) == (False, True)
+    assert click(session, signer, contact.address_id) == (True, False)
+    lift_suppressions(session, contact.address_id, why="asked by phone", actor="staff")
+    assert active_unsubscribes(session, contact.address_id) == []
+    assert click(session, signer, contact.address_id) == (False, True)
+    assert active_unsubscribes(session, contact.address_id) == ["marketing"]
+    total = select(func.count()).where(Suppression.address_id == contact.address_id)
+    assert session.scalar(total) == 2
+
+
+@pytest.mark.parametrize(
+    ("scope", "reason"),
+    [
+        ("marketing", Reason.MANUAL),
+        ("marketing", Reason.COMPLAINT),
+        ("global", Reason.UNSUBSCRIBE),
+        ("affiliates", Reason.UNSUBSCRIBE),
+    ],
+)
+def test_only_the_marketing_unsubscribe_suppression_makes_a_click_a_repeat(
+    session: Session, pg: Backend, scope: str, reason: Reason
+) -> None:
+    """Opted out of marketing and suppressed, but not by a marketing ``unsubscribe``
+    suppression: the click is not a repeat and adds that suppression."""
+    signer = TokenSigner(pg.settings.secret_keys)
+    contact = make_contact(
+        session,
+        f"{scope}-{reason}@example.com",
+        marketing=ConsentStatus.OPTED_OUT,
+        suppressed=reason,
+        suppression_scope=scope,
+    )
+    assert click(session, signer, contact.address_id) == (False, True)
+    expected = sorted({"marketing", scope} if reason is Reason.UNSUBSCRIBE else {"marketing"})
+    assert active_unsubscribes(session, contact.address_id) == expected
+
+
+def test_only_the_marketing_opt_out_makes_a_click_a_repeat(session: Session, pg: Backend) -> None:
+    """Suppressed for marketing by an unsubscribe, opted out of affiliates only: the click is
+    not a repeat and writes the marketing opt-out."""
+    signer = TokenSigner(pg.settings.secret_keys)
+    contact = make_contact(
+        session,
+        "affiliates-out@example.com",
+        affiliates=ConsentStatus.OPTED_OUT,
+        suppressed=Reason.UNSUBSCRIBE,
+    )
+    assert click(session, signer, contact.address_id) == (False, False)
+    history = consent_history(session, contact.address_id)
+    assert [c.status for c in history if c.scope == "marketing"] == ["opted_in", "opted_out"]
+
+
+def test_another_addresss_unsubscribe_does_not_make_a_click_a_repeat(
+    session: Session, pg: Backend
+) -> None:
+    signer = TokenSigner(pg.settings.secret_keys)
+    other = make_contact(session, "first-out@example.com")
+    assert click(session, signer, other.address_id) == (False, True)
+    contact = make_contact(session, "still-in@example.com")
+    assert click(session, signer, contact.address_id) == (False, True)
+    assert active_unsubscribes(session, contact.address_id) == ["marketing"]
+
+
+def test_a_click_older_than_the_opt_out_state_is_not_a_repeat(
+    session: Session, pg: Backend
+) -> None:
+    """The state is an opt-out dated after the click (a sender's clock ahead): an opt-out now
+    is history by the consent rule, not a repeat of the state, so the link's read does not
+    hold it and the unsubscribe runs in full (the click's opt-out goes into the ledger)."""
+    signer = TokenSigner(pg.settings.secret_keys)
+    contact = make_contact(session, "ahead@example.com", suppressed=Reason.UNSUBSCRIBE)
+    ahead = utcnow() + timedelta(hours=1)
+    record_consent(
+        session,
+        contact.address_id,
+        Scope.MARKETING,
+        ConsentStatus.OPTED_OUT,
+        source="import",
+        occurred_at=ahead,
+    )
+    assert click(session, signer, contact.address_id) == (False, False)
+    history = consent_history(session, contact.address_id)
+    assert [c.status for c in history] == ["opted_in", "opted_out", "opted_out"]
+    assert history[-1].occurred_at == ahead
+
+
+def test_repeated_clicks_hold_the_address_together(pg: Backend) -> None:
+    """Two repeated clicks of one link at once both hold the suppression and the opt-out
+    (shared locks): the second's read does not wait for the first's transaction."""
+    engine = make_engine(pg.settings.database_url)
+    sessions = make_sessionmaker(engine)
+    signer = TokenSigner(pg.settings.secret_keys)
+    try:
+        with session_scope(sessions) as session:
+            contact = make_contact(session, "together@example.com")
+            assert click(session, signer, contact.address_id) == (False, True)
+        token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
+        with sessions() as first, sessions() as second:
+            first.begin()
+            assert resolve_unsubscribe_link(first, signer, token)[2] is not None
+            second.begin()
+            second.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert resolve_unsubscribe_link(second, signer, token)[2] is not None
+            second.rollback()
+            first.rollback()
+    finally:
+        engine.dispose()
