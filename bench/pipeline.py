@@ -157,10 +157,13 @@ def _wait_terminal(database_url: str, campaign_id: int, timeout: float) -> dict[
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
 
             def done() -> bool:
-                status = conn.execute(
-                    text("SELECT status FROM campaigns WHERE id = :c"), {"c": campaign_id}
-                ).scalar_one()
-                if status == "scheduled":
+                status, fanning_out = conn.execute(
+                    text("SELECT status, fanning_out FROM campaigns WHERE id = :c"),
+                    {"c": campaign_id},
+                ).one()
+                # The fan-out adds the rows a range at a time: until its last range, the
+                # rows so far may all be terminal (or none be there yet).
+                if status == "scheduled" or fanning_out:
                     return False
                 pending = conn.execute(
                     text(
@@ -169,7 +172,6 @@ def _wait_terminal(database_url: str, campaign_id: int, timeout: float) -> dict[
                     ),
                     {"c": campaign_id},
                 ).scalar_one()
-                # Rows are created in the transaction that starts the campaign.
                 return int(pending) == 0
 
             wait_until(done, timeout, interval=0.05, what="every delivery row terminal")
