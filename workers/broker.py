@@ -7,6 +7,7 @@ poll per free worker slot, a campaign of 100 batches would take 100 seconds to b
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES
@@ -35,7 +36,28 @@ class Transport(_SQLAlchemyTransport):
     polling_interval = POLLING_INTERVAL
 
 
+def drop_inherited_engines() -> None:
+    """In a forked child (the embedded beat, a prefork pool process): forget the broker
+    engines its parent cached, without closing the parent's connections.
+
+    kombu keeps one engine per broker URL for the whole process (``Channel._engines``), so a
+    child forked after its parent used the broker reused the parent's pooled SQLite
+    connections, which must not cross a fork: the embedded beat of a test worker was seen
+    failing every publish for minutes with ``file is not a database``. The child makes its
+    own engine on first use."""
+    for engine, _ in list(_SQLAlchemyChannel._engines.values()):
+        engine.dispose(close=False)
+    _SQLAlchemyChannel._engines.clear()
+
+
+_AT_FORK: list[bool] = []
+
+
 def use_fast_sqlalchemy_transport() -> None:
-    """Route ``sqla+…`` broker URLs to :class:`Transport`."""
+    """Route ``sqla+…`` broker URLs to :class:`Transport`; forked children make their own
+    broker engines (:func:`drop_inherited_engines`)."""
     TRANSPORT_ALIASES["sqla"] = "workers.broker:Transport"
     TRANSPORT_ALIASES["sqlalchemy"] = "workers.broker:Transport"
+    if not _AT_FORK:
+        os.register_at_fork(after_in_child=drop_inherited_engines)
+        _AT_FORK.append(True)
