@@ -693,24 +693,20 @@ def test_a_click_older_than_the_opt_out_state_is_not_a_repeat(
     assert history[-1].occurred_at == ahead
 
 
-def test_repeated_clicks_hold_the_address_together(pg: Backend) -> None:
+def test_repeated_clicks_hold_the_address_together(pg: Backend, pg_engine: Engine) -> None:
     """Two repeated clicks of one link at once both hold the suppression and the opt-out
     (shared locks): the second's read does not wait for the first's transaction."""
-    engine = make_engine(pg.settings.database_url)
-    sessions = make_sessionmaker(engine)
+    sessions = make_sessionmaker(pg_engine)
     signer = TokenSigner(pg.settings.secret_keys)
-    try:
-        with session_scope(sessions) as session:
-            contact = make_contact(session, "together@example.com")
-            assert click(session, signer, contact.address_id) == (False, True)
-        token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
-        with sessions() as first, sessions() as second:
-            first.begin()
-            assert resolve_unsubscribe_link(first, signer, token)[2] is not None
-            second.begin()
-            second.execute(text("SET LOCAL lock_timeout = '2s'"))
-            assert resolve_unsubscribe_link(second, signer, token)[2] is not None
-            second.rollback()
-            first.rollback()
-    finally:
-        engine.dispose()
+    with session_scope(sessions) as session:
+        contact = make_contact(session, "together@example.com")
+        assert click(session, signer, contact.address_id) == (False, True)
+    token = signer.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id)
+    with sessions() as first, sessions() as second:
+        first.begin()
+        assert resolve_unsubscribe_link(first, signer, token)[2] is not None
+        second.begin()
+        second.execute(text("SET LOCAL lock_timeout = '2s'"))
+        assert resolve_unsubscribe_link(second, signer, token)[2] is not None
+        second.rollback()
+        first.rollback()
