@@ -3,18 +3,18 @@
     .venv/bin/python bench/recipient_load.py [--contacts 30000] [--requests 8000] [--quick]
         [--only get,prefs,first,repeated,storm] [--workers 2] [--threads 16]
 
-Starts the production recipe (``gunicorn -c python:dispatcher.web.gunicorn_conf
-'dispatcher.web:create_app()'``, one process per core, PostgreSQL) and a trivial Flask view
-under the same gunicorn settings, in the same run, and drives both with the same client
-(``wrk``, unpacked from Debian's package into bench/.tools; a storm's one-click POSTs come
-from a Python client alongside it). For each path it prints requests/s, worker CPU per
-request (CPU of the gunicorn worker processes / requests), PostgreSQL's CPU per request (the
-database's backends and the server's own processes, from /proc) and wrk's, how busy the
-whole machine was (anyone's work: other users' too), p50/p95/p99 and the ratio to the
-trivial app, with the targets of issue 18; then the storm (20,000 GETs at concurrency 64 with
-500 one-click POSTs) and how many PostgreSQL sessions the server opened (the pool's size is
-the bound: more means connection churn). Client and server share this machine's cores: the
-load average is printed with the figures. Talks to 127.0.0.1 only; removes what it creates.
+Starts the production recipe (``dispatcher web``: granian, one process per core, PostgreSQL)
+and a trivial Flask view under the same server settings, in the same run, and drives both
+with the same client (``wrk``, unpacked from Debian's package into bench/.tools; a storm's
+one-click POSTs come from a Python client alongside it). For each path it prints
+requests/s, worker CPU per request (CPU of the server's worker processes / requests),
+PostgreSQL's CPU per request (the database's backends and the server's own processes, from
+/proc) and wrk's, how busy the whole machine was (anyone's work: other users' too),
+p50/p95/p99 and the ratio to the trivial app, with the targets of issue 18; then the storm
+(20,000 GETs at concurrency 64 with 500 one-click POSTs) and how many PostgreSQL sessions
+the server opened (the pool's size is the bound: more means connection churn). Client and
+server share this machine's cores: the load average is printed with the figures. Talks to
+127.0.0.1 only; removes what it creates.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from bench.common import (  # noqa: E402
 from bench.recipient_data import Population, prepare  # noqa: E402
 from dispatcher.web import POOL_SPARE  # noqa: E402
 from suppression.models import Suppression  # noqa: E402
-from tests.support.gunicorn import Server, gunicorn, sessions_opened  # noqa: E402
+from tests.support.production import Server, production, sessions_opened  # noqa: E402
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 TARGETS = {"one-click, first": 1000.0, "GET /u/<token>": 2000.0, "GET /preferences/<token>": 2000.0}
@@ -369,7 +369,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8_000, help="per measured path")
     parser.add_argument("--storm-gets", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="per process (default: the setting's)"
+    )
     parser.add_argument("--quick", action="store_true", help="2,000 requests per path")
     parser.add_argument(
         "--hit-flush-seconds",
@@ -383,6 +385,10 @@ def main() -> None:
         help="which runs, of get,prefs,first,repeated,storm (the trivial view always runs)",
     )
     args = parser.parse_args()
+    if args.threads is None:
+        from dispatcher.settings import Settings
+
+        args.threads = Settings.web_threads
     n = 2_000 if args.quick else args.requests
     only = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-recipient-load-"))
@@ -390,7 +396,7 @@ def main() -> None:
     say(
         f"machine: {os.cpu_count()} cores, shared with the client and other users; load "
         f"average {os.getloadavg()[0]:.1f} at start, CPU reference sum(range(10**6)) "
-        f"{cpu_reference():.1f} ms. gunicorn gthread, {args.workers} "
+        f"{cpu_reference():.1f} ms. dispatcher web (granian), {args.workers} "
         f"process(es) x {args.threads} threads; wrk -t2 -c32 (storm -c64)"
     )
     with postgres() as url:
@@ -399,10 +405,10 @@ def main() -> None:
         )
         population = prepare(settings_from_env(env), args.contacts)
         first = population.unsubscribe[: min(n, len(population.unsubscribe) - 600)]
-        with gunicorn(
+        with production(
             env,
             free_port(),
-            app="bench.recipient_load:trivial_app()",
+            app="bench.recipient_load:trivial_app",
             workers=args.workers,
             threads=args.threads,
             probe="/",
@@ -413,7 +419,7 @@ def main() -> None:
         database = url.rsplit("/", 1)[1]
         pg = PostgresCpu(PG_ADMIN, database)
         before = sessions_opened(PG_ADMIN, database)
-        with gunicorn(env, free_port(), workers=args.workers, threads=args.threads) as server:
+        with production(env, free_port(), workers=args.workers, threads=args.threads) as server:
             u = [f"/u/{t}" for t in population.unsubscribe]
             p = [f"/preferences/{t}" for t in population.preferences]
             wrk(server, "warm-up", u[-600:], workdir, limit=600)

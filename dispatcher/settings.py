@@ -83,9 +83,11 @@ class Settings:
     signup_ip_limit: int = 20
     signup_ip_window_seconds: float = 3600.0
     # Web: how many reverse proxies in front append to X-Forwarded-For (0: believe none),
-    # and the threads per web process (the database pool is sized to match).
+    # and the request threads per web process (the database pool is sized to match). Few:
+    # connections wait in the server's event loop, not in a thread, and more threads than
+    # the cores can keep busy only contend for the interpreter.
     trusted_proxies: int = 0
-    web_threads: int = 16
+    web_threads: int = 8
     # Page views (GETs of the link pages) are counted in memory and written at least this
     # often (dispatcher/web/hits.py): what a crash of a web process can lose.
     web_hit_flush_seconds: float = 1.0

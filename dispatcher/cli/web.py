@@ -24,13 +24,8 @@ from dispatcher.cli import AppContext, pass_app
 def serve(app: AppContext, host: str, port: int, read_timeout: float) -> None:
     """Serve the unsubscribe and preference pages (built-in server).
 
-    In production run them under gunicorn with threaded workers, behind the TLS proxy that
-    DISPATCHER_BASE_URL names, with the same DISPATCHER_* environment:
-
-    gunicorn -c python:dispatcher.web.gunicorn_conf 'dispatcher.web:create_app()'
-
-    (DISPATCHER_TRUSTED_PROXIES: how many proxies append to X-Forwarded-For, so that the
-    audit log records the recipient's IP rather than the proxy's.)
+    In production run them with `dispatcher web` instead, behind the TLS proxy that
+    DISPATCHER_BASE_URL names.
     """
     from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -61,4 +56,44 @@ def _stop(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-COMMANDS = [serve]
+@click.command("web")
+@click.option("--bind", help="host:port  [default: DISPATCHER_WEB_BIND, else 127.0.0.1:8025]")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="processes  [default: DISPATCHER_WEB_WORKERS, else one per core]",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    help="request threads per process  [default: DISPATCHER_WEB_THREADS]",
+)
+@click.option(
+    "--access-log",
+    is_flag=True,
+    help="A line per request (the tokens in its path replaced by [token]).",
+)
+@pass_app
+def web(
+    app: AppContext, bind: str | None, workers: int | None, threads: int | None, access_log: bool
+) -> None:
+    """Serve the recipient pages in production (granian: processes of request threads).
+
+    Behind the TLS proxy that DISPATCHER_BASE_URL names, with the same DISPATCHER_*
+    environment as every command (DISPATCHER_TRUSTED_PROXIES: how many proxies append to
+    X-Forwarded-For, so that the audit log records the recipient's IP rather than the
+    proxy's). SIGTERM stops it gracefully: requests under way are answered and the page
+    views counted are written.
+    """
+    from dispatcher.web.production import RecipeError, recipe, serve
+
+    try:
+        shape = recipe(
+            app.settings, bind=bind, workers=workers, threads=threads, access_log=access_log
+        )
+    except RecipeError as exc:
+        raise click.ClickException(str(exc)) from None
+    serve(app.settings, shape)
+
+
+COMMANDS = [serve, web]

@@ -1,9 +1,9 @@
 """The web app: recipient pages and affiliate downloads. ``create_app(settings)`` builds it.
 
 Served by the built-in server on the embedded defaults (``dispatcher serve``) and by
-gunicorn in production, with threaded workers (``dispatcher/web/gunicorn_conf.py``)::
+granian in production, processes of request threads (``dispatcher/web/production.py``)::
 
-    gunicorn -c python:dispatcher.web.gunicorn_conf 'dispatcher.web:create_app()'
+    dispatcher web
 
 behind the TLS proxy that ``DISPATCHER_BASE_URL`` names (``DISPATCHER_TRUSTED_PROXIES`` =
 how many proxies append to ``X-Forwarded-For``, so the audit log records the recipient's IP).
@@ -27,10 +27,11 @@ POOL_SPARE = 3
 
 
 def web_pool(settings: Settings) -> dict[str, int]:
-    """The database pool of one web process: a connection for each request thread (gunicorn
-    sets ``web_threads`` to its own ``threads`` in each worker, see ``gunicorn_conf``) and a
-    few spare, all kept open. A pool smaller than the threads opens and closes a connection
-    for every request past it (PostgreSQL saw 165 new connections in 15 s under load).
+    """The database pool of one web process: a connection for each request thread
+    (``dispatcher web`` hands its workers the thread count it runs them with as
+    ``web_threads``, see ``dispatcher/web/production.py``) and a few spare, all kept open.
+    A pool smaller than the threads opens and closes a connection for every request past
+    it (PostgreSQL saw 165 new connections in 15 s under load).
     Overflow connections are closed when returned, so they are for accidents only."""
     if not settings.database_url.startswith("postgresql"):
         return {}
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None, *, trusted_proxies: int | None 
     ``trusted_proxies`` overrides the setting of that name (``DISPATCHER_TRUSTED_PROXIES``).
     """
     if settings is None:
-        # The production entry point (gunicorn): this process's logging is set up here.
+        # The production entry point (a worker of `dispatcher web`): its logging is set up here.
         settings = load_settings()
         setup_logging(settings.log_format, settings.log_level)
     if trusted_proxies is None:

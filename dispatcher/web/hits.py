@@ -13,8 +13,8 @@ who (IP, browser), when and how often.
 What is never buffered: any POST, any change, any refusal. Those are written in the request,
 with the change they describe.
 
-A clean stop (gunicorn's graceful shutdown, ``dispatcher serve`` ending, the interpreter
-exiting) writes what is waiting (:func:`flush_all` runs at exit). A crash of the process
+A clean stop (``dispatcher web``'s graceful shutdown, ``dispatcher serve`` ending, the
+interpreter exiting) writes what is waiting (:func:`flush_all` runs at exit). A crash of the process
 (SIGKILL, power loss) loses the page views of its last :data:`FLUSH_SECONDS` at most, never
 an unsubscribe or a preference change. A flush that fails (the database away) keeps its hits
 and is tried again on the next round; past :data:`MAX_WAITING` keys the oldest waiting hits

@@ -3,8 +3,9 @@
 Every path segment after ``/u/``, ``/preferences/`` and ``/affiliates/download/`` is a token,
 and so is any ``token=`` or ``csrf=`` value in a query string; :func:`redact` replaces them
 with ``[token]``. :func:`install` puts :class:`RedactTokens` on every logger that writes what
-the web app serves: the built-in server's request log (``werkzeug``), gunicorn's access and
-error logs, and the app's own logger (Flask logs the path of a request that failed).
+the web app serves: the built-in server's request log (``werkzeug``), the production
+server's access and own logs (granian's; gunicorn's for the console), and the app's own
+logger (Flask logs the path of a request that failed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flask import Flask
 REDACTED = "[token]"
 _TOKEN_IN_PATH = re.compile(r"(/(?:u|preferences|affiliates/download)/)[^\s/?#\"']+")
 _TOKEN_IN_QUERY = re.compile(r"([?&](?:token|csrf)=)[^\s&#\"']+", re.IGNORECASE)
-LOGGERS = ("werkzeug", "gunicorn.access", "gunicorn.error")
+LOGGERS = ("werkzeug", "granian.access", "_granian", "gunicorn.access", "gunicorn.error")
 
 
 def redact(text: str) -> str:

@@ -145,7 +145,7 @@ def _read_chunked_body() -> None:
             if not block:
                 break
             data += block
-    except Exception:  # noqa: BLE001 - the server's own framing errors (gunicorn's are not OSError)
+    except Exception:  # noqa: BLE001 - the server's own framing errors (not all are OSError)
         raise BadRequest("the chunked body could not be read") from None
     if len(data) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge()

@@ -16,7 +16,7 @@ from tests.integration.test_web_servers import BIN, one_click, running
 from tests.support.web_server import free_port
 
 
-@pytest.mark.parametrize("server", ["dispatcher serve", "gunicorn"])
+@pytest.mark.parametrize("server", ["dispatcher serve", "dispatcher web"])
 def test_request_logs_carry_no_token(
     server: str, settings: Settings, session_factory, tmp_path: Path
 ) -> None:
@@ -28,15 +28,14 @@ def test_request_logs_carry_no_token(
     port = free_port()
     command = {
         "dispatcher serve": [str(BIN / "dispatcher"), "serve", "--port", str(port)],
-        "gunicorn": [
-            str(BIN / "gunicorn"),
-            "-w",
+        "dispatcher web": [
+            str(BIN / "dispatcher"),
+            "web",
+            "--workers",
             "1",
-            "--access-logfile",
-            "-",
-            "-b",
+            "--access-log",
+            "--bind",
             f"127.0.0.1:{port}",
-            "dispatcher.web:create_app()",
         ],
     }[server]
     log = tmp_path / "server.log"

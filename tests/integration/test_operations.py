@@ -183,11 +183,11 @@ def test_metrics_and_json_logs_of_a_real_campaign(
         assert address not in log_text
 
 
-def test_gunicorn_recipe_answers_health_and_counts_unsubscribes(
+def test_production_recipe_answers_health_and_counts_unsubscribes(
     settings: Settings, session_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The production recipe of dispatcher-web.service: gunicorn with its multiprocess folder;
-    `dispatcher metrics serve` reads what its workers counted."""
+    """The production recipe of dispatcher-web.service: `dispatcher web` (granian) with its
+    multiprocess folder; `dispatcher metrics serve` reads what its workers counted."""
     with session_scope(session_factory) as session:
         ann = make_contact(session, "ann@example.com").address_id
     port, metrics_port = free_port(), free_port()
@@ -198,14 +198,9 @@ def test_gunicorn_recipe_answers_health_and_counts_unsubscribes(
     monkeypatch.setenv("DISPATCHER_SECRET_KEYS", TEST_KEYS)
     monkeypatch.setenv(MULTIPROC_ENV, str(settings.home / "metrics" / "web"))
     (settings.home / "metrics" / "web").mkdir(parents=True)
-    command = [
-        str(BIN / "gunicorn"),
-        "-c",
-        "python:dispatcher.web.gunicorn_conf",
-        "dispatcher.web:create_app()",
-    ]
+    command = [str(BIN / "dispatcher"), "web"]
     token = TokenSigner(settings.secret_keys).sign_link(LinkPurpose.UNSUBSCRIBE, ann, None)
-    with running(command, settings, tmp_path / "gunicorn.log", port) as base:
+    with running(command, settings, tmp_path / "web.log", port) as base:
         with urllib.request.urlopen(f"{base}/healthz", timeout=10) as answer:
             assert json.load(answer) == {"status": "ok"}
         with urllib.request.urlopen(f"{base}/readyz", timeout=10) as answer:
@@ -214,12 +209,12 @@ def test_gunicorn_recipe_answers_health_and_counts_unsubscribes(
         assert [c["name"] for c in ready["checks"]] == ["database", "migrations", "keys"]
         for _ in range(2):  # the second changes nothing and is not counted
             assert one_click(f"{base}/u/{token}", "198.51.100.7") == 200
-    # gunicorn's own lines (arbiter and workers, up to "Shutting down") are JSON too.
-    lines = [line for line in (tmp_path / "gunicorn.log").read_text().splitlines() if line]
+    # The server's own lines (main process and workers, up to its shutdown) are JSON too.
+    lines = [line for line in (tmp_path / "web.log").read_text().splitlines() if line]
     records = [json.loads(line) for line in lines]
-    own = [r["message"] for r in records if r["logger"] == "gunicorn.error"]
+    own = [r["message"] for r in records if r["logger"].startswith("_granian")]
     assert any(m.startswith("Listening at") for m in own), own
-    assert any(m.startswith("Booting worker") for m in own), own
+    assert sum(m.startswith("Started worker") for m in own) == 2, own
     assert any(m.startswith("Shutting down") for m in own), own
     assert token not in "\n".join(lines)
     monkeypatch.delenv(MULTIPROC_ENV)
@@ -238,13 +233,24 @@ def test_gunicorn_recipe_answers_health_and_counts_unsubscribes(
 
 
 @pytest.mark.parametrize(
-    "conf", ["dispatcher.web.gunicorn_conf", "dispatcher.console.gunicorn_conf"]
+    "command",
+    [
+        ["dispatcher", "web"],
+        [
+            "gunicorn",
+            "-c",
+            "python:dispatcher.console.gunicorn_conf",
+            "dispatcher.web:create_app()",
+        ],
+    ],
+    ids=["web", "console"],
 )
-def test_gunicorn_with_a_bad_setting_stops_with_one_line(
-    settings: Settings, tmp_path: Path, conf: str
+def test_production_servers_with_a_bad_setting_stop_with_one_line(
+    settings: Settings, tmp_path: Path, command: list[str]
 ) -> None:
-    """Both gunicorn recipes refuse a bad setting the way every command does: one line naming
-    it, no traceback, a non-zero exit, before any worker starts."""
+    """Both production recipes (the recipient pages' and the console's) refuse a bad setting
+    the way every command does: one line naming it, no traceback, a non-zero exit, before
+    any worker starts."""
     env = {
         **os.environ,
         "DISPATCHER_HOME": str(settings.home),
@@ -253,7 +259,7 @@ def test_gunicorn_with_a_bad_setting_stops_with_one_line(
         "DISPATCHER_CONSOLE_BIND": f"127.0.0.1:{free_port()}",
     }
     done = subprocess.run(
-        [str(BIN / "gunicorn"), "-c", f"python:{conf}", "dispatcher.web:create_app()"],
+        [str(BIN / command[0]), *command[1:]],
         env=env,
         capture_output=True,
         text=True,

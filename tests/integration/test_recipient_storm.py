@@ -1,4 +1,4 @@
-"""A link-scanner storm against the production recipe (gunicorn, PostgreSQL) on 127.0.0.1:
+"""A link-scanner storm against the production recipe (dispatcher web, PostgreSQL) on 127.0.0.1:
 repeated GETs fold into one audit row, one-click POSTs are answered and applied during a
 burst of GETs, and the database pool holds the load without opening new connections.
 
@@ -25,7 +25,7 @@ from suppression.tokens import LinkPurpose, TokenSigner
 from tests.factories import make_sending_campaign
 from tests.integration.faults import populate, sessions_for
 from tests.support.backends import PG_ADMIN_URL, Backend, make_backend
-from tests.support.gunicorn import Server, gunicorn, sessions_opened
+from tests.support.production import Server, production, sessions_opened
 from tests.support.web_server import free_port
 from workers.process import wait_until
 
@@ -92,8 +92,8 @@ def in_parallel(jobs: list) -> list[Counter]:
 
 @pytest.fixture(scope="module")
 def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    with gunicorn(backend.env(), free_port(), workers=1, threads=8, log=log) as running:
+    log = tmp_path_factory.mktemp("web") / "web.log"
+    with production(backend.env(), free_port(), workers=1, threads=8, log=log) as running:
         yield running
 
 
@@ -132,12 +132,12 @@ def summary(e: Event) -> tuple:
 def test_a_clean_stop_of_the_server_writes_the_page_views_it_counted(
     backend: Backend, tmp_path: Path, ids: list[int]
 ) -> None:
-    """gunicorn's graceful stop (SIGTERM) writes what the workers counted and had not yet
+    """The server's graceful stop (SIGTERM) writes what the workers counted and had not yet
     written (here: nothing is written before the stop, the writer waits an hour)."""
     address_id = ids[-1]
     page = links(backend, LinkPurpose.PREFERENCES, [address_id])[0]
     env = backend.env(web_hit_flush_seconds="3600")
-    with gunicorn(env, free_port(), workers=1, threads=2, log=tmp_path / "g.log") as running:
+    with production(env, free_port(), workers=1, threads=2, log=tmp_path / "g.log") as running:
         assert fetch(running, [page] * 7, agent="SafeLinks/2.0") == {200: 7}
         assert page_hits(backend, address_id) == []
     assert [summary(e) for e in page_hits(backend, address_id)] == [
@@ -208,11 +208,11 @@ def test_the_pool_holds_a_load_with_no_new_database_connections(
         posts = links(backend, LinkPurpose.UNSUBSCRIBE, ids[:120])
         database = backend.settings.database_url.rsplit("/", 1)[1]
         before = sessions_opened(PG_ADMIN_URL, database)
-        with gunicorn(backend.env(), free_port(), workers=workers, threads=threads) as server:
+        with production(backend.env(), free_port(), workers=workers, threads=threads) as server:
             jobs = [lambda k=k: fetch(server, pages[k::12] * 3) for k in range(12)]
             jobs += [lambda k=k: fetch(server, posts[k::4], method="POST") for k in range(4)]
             results = in_parallel(jobs)
-        # gunicorn has stopped: every session it opened has ended and been counted.
+        # The server has stopped: every session it opened has ended and been counted.
         opened = sessions_opened(PG_ADMIN_URL, database) - before
     assert sum(results, Counter()) == {200: 3 * len(pages) + len(posts)}
     assert 0 < opened <= workers * (threads + POOL_SPARE), opened

@@ -23,22 +23,20 @@ from tests.integration.test_web_servers import BIN, running
 from tests.support.web_server import free_port
 from workers.process import wait_until
 
-PRODUCTION = "gunicorn -c python:dispatcher.web.gunicorn_conf"
-
 
 def _command(server: str, port: int) -> list[str]:
     if server == "dispatcher serve":
         return [str(BIN / "dispatcher"), "serve", "--port", str(port)]
-    # The README's production recipe, on a test port with one process.
+    # The README's production recipe, on a test port with one process of two threads.
     return [
-        str(BIN / "gunicorn"),
-        "-c",
-        "python:dispatcher.web.gunicorn_conf",
-        "-w",
+        str(BIN / "dispatcher"),
+        "web",
+        "--workers",
         "1",
-        "-b",
+        "--threads",
+        "2",
+        "--bind",
         f"127.0.0.1:{port}",
-        "dispatcher.web:create_app()",
     ]
 
 
@@ -89,7 +87,7 @@ def ann_token(settings: Settings, session_factory) -> tuple[int, str]:  # type: 
     return ann, TokenSigner(settings.secret_keys).sign_link(LinkPurpose.UNSUBSCRIBE, ann, None)
 
 
-@pytest.mark.parametrize("server", ["dispatcher serve", "gunicorn"])
+@pytest.mark.parametrize("server", ["dispatcher serve", "dispatcher web"])
 def test_sizes_and_numbers_get_4xx_and_chunked_one_click_works(
     server: str, settings: Settings, session_factory, ann_token, tmp_path: Path
 ) -> None:
@@ -106,6 +104,8 @@ def test_sizes_and_numbers_get_4xx_and_chunked_one_click_works(
             "huge length": _exchange(
                 port, _post(path, b"", "Content-Length: 99999999999999999999999999\r\n")
             ),
+            # Said, not sent: refused at once, without waiting for a gigabyte.
+            "large length": _exchange(port, _post(path, b"", "Content-Length: 1000000000\r\n")),
             "negative length": _exchange(port, _post(path, b"", "Content-Length: -5\r\n")),
             "length in words": _exchange(port, _post(path, b"", "Content-Length: 1e9\r\n")),
             "bad chunk size": _exchange(
@@ -122,7 +122,10 @@ def test_sizes_and_numbers_get_4xx_and_chunked_one_click_works(
         }
         codes = {what: int(line.split()[1]) for what, line in statuses.items()}
         assert codes["chunked over the limit"] == 413
-        assert codes["huge length"] == 413
+        # A length past 2**64 is no number to granian's HTTP parser (400), gunicorn's and
+        # werkzeug's too big (413): refused either way, before any body is read.
+        assert codes["huge length"] in (400, 413)
+        assert codes["large length"] == 413
         assert all(400 <= code < 500 for code in codes.values()), codes
         chunked = _exchange(
             port, _post(path, _chunked(one_click), "Transfer-Encoding: chunked\r\n")
@@ -134,7 +137,7 @@ def test_sizes_and_numbers_get_4xx_and_chunked_one_click_works(
     assert "Traceback" not in (tmp_path / "server.log").read_text()
 
 
-@pytest.mark.parametrize("server", ["dispatcher serve", "gunicorn"])
+@pytest.mark.parametrize("server", ["dispatcher serve", "dispatcher web"])
 def test_redirects_use_the_configured_base_url_not_the_host_header(
     server: str, settings: Settings, tmp_path: Path
 ) -> None:
@@ -197,8 +200,8 @@ def test_slow_clients_do_not_stop_one_click_under_the_production_recipe(
 ) -> None:
     ann, token = ann_token
     port = free_port()
-    with running(_command("gunicorn", port), settings, tmp_path / "server.log", port):
-        # Twice as many trickling clients as the old recipe had workers.
+    with running(_command("dispatcher web", port), settings, tmp_path / "server.log", port):
+        # Four times as many trickling clients as the process has request threads.
         with slow_clients(port, 8) as clients:
             wait_until(
                 lambda: all(c.sent >= 5 for c in clients),

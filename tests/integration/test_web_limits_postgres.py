@@ -1,5 +1,5 @@
 """The web edge's shared counts on PostgreSQL, written by several app instances (as
-several gunicorn processes would) at once: the upserts neither lose counts nor fail."""
+several web processes would) at once: the upserts neither lose counts nor fail."""
 
 from __future__ import annotations
 

@@ -34,7 +34,9 @@ def app(settings: Settings) -> Flask:
     return create_app(settings)
 
 
-@pytest.mark.parametrize("logger", ["werkzeug", "gunicorn.access", "gunicorn.error"])
+@pytest.mark.parametrize(
+    "logger", ["werkzeug", "granian.access", "_granian", "gunicorn.access", "gunicorn.error"]
+)
 def test_server_loggers_redact_once_the_app_is_built(
     app: Flask, logger: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,5 +1,6 @@
-"""The production recipe (gunicorn with ``dispatcher/web/gunicorn_conf.py``) as a process, for
-tests and benchmarks on 127.0.0.1; and what PostgreSQL says about connections made to it."""
+"""The production recipe (``dispatcher web``: granian, ``dispatcher/web/production.py``) as a
+process, for tests and benchmarks on 127.0.0.1; and what PostgreSQL says about connections
+made to it."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ class Server:
     threads: int
 
     def worker_pids(self) -> list[int]:
+        """The server's worker processes (not multiprocessing's resource tracker)."""
         found: list[int] = []
         for task in Path(f"/proc/{self.pid}/task").glob("*/children"):
             with suppress(OSError):
                 found += [int(p) for p in task.read_text().split()]
-        return found
+        return [pid for pid in found if b"resource_tracker" not in _cmdline(pid)]
 
     def worker_cpu(self) -> float:
         """User + system CPU seconds of the worker processes so far."""
@@ -44,28 +46,42 @@ class Server:
         return total
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def command(port: int, workers: int = 1, threads: int | None = None) -> list[str]:
+    """The README's production command line on 127.0.0.1:``port``."""
+    shape = ["--workers", str(workers)] + (["--threads", str(threads)] if threads else [])
+    return [str(BIN / "dispatcher"), "web", "--bind", f"127.0.0.1:{port}", *shape]
+
+
 @contextmanager
-def gunicorn(
+def production(
     env: dict[str, str],
     port: int,
     *,
-    app: str = "dispatcher.web:create_app()",
+    app: str | None = None,
     workers: int = 1,
-    threads: int = 16,
+    threads: int = 4,
     log: Path | None = None,
     probe: str = "/healthz",
 ) -> Iterator[Server]:
-    """``gunicorn -c python:dispatcher.web.gunicorn_conf APP`` with ``workers`` processes
-    of ``threads`` threads on 127.0.0.1:``port``; ``env`` holds the DISPATCHER_* settings."""
-    env = {
-        **env,
-        "DISPATCHER_WEB_BIND": f"127.0.0.1:{port}",
-        "DISPATCHER_WEB_WORKERS": str(workers),
-        "DISPATCHER_WEB_THREADS": str(threads),
-    }
-    command = [str(BIN / "gunicorn"), "-c", "python:dispatcher.web.gunicorn_conf", app]
+    """``dispatcher web`` with ``workers`` processes of ``threads`` threads on
+    127.0.0.1:``port``; ``env`` holds the DISPATCHER_* settings. ``app`` (a factory,
+    ``module:function``) serves another app under the very same server settings."""
+    if app is None:
+        command_line = command(port, workers, threads)
+    else:
+        command_line = [str(BIN / "python"), "-c", _OTHER_APP, app, str(port), str(workers)]
+        env = {**env, "DISPATCHER_WEB_THREADS": str(threads)}
     out = log.open("wb") if log else subprocess.DEVNULL
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command_line, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
     server = Server(base, process.pid, workers, threads)
     try:
@@ -73,7 +89,7 @@ def gunicorn(
             lambda: _answers(base + probe, process) and len(server.worker_pids()) >= workers,
             timeout=60,
             interval=0.1,
-            what=f"gunicorn answering on port {port}",
+            what=f"the production server answering on port {port}",
         )
         yield server
     finally:
@@ -84,12 +100,22 @@ def gunicorn(
 
 
 def _answers(url: str, process: subprocess.Popen[bytes]) -> bool:
-    assert process.poll() is None, "gunicorn exited"
+    assert process.poll() is None, "the server exited"
     try:
         with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
             return True
     except OSError:
         return False
+
+
+_OTHER_APP = """
+import sys
+from dispatcher.settings import load_settings
+from dispatcher.web.production import recipe, serve
+app, port, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+settings = load_settings()
+serve(settings, recipe(settings, bind=f"127.0.0.1:{port}", workers=workers), app)
+"""
 
 
 def sessions_opened(admin_url: str, database: str) -> int:
