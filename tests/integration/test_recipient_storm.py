@@ -8,7 +8,10 @@ Bounded in requests and time; no timing is asserted (speed is bench/recipient_lo
 from __future__ import annotations
 
 import http.client
+import os
+import signal
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,3 +219,43 @@ def test_the_pool_holds_a_load_with_no_new_database_connections(
         opened = sessions_opened(PG_ADMIN_URL, database) - before
     assert sum(results, Counter()) == {200: 3 * len(pages) + len(posts)}
     assert 0 < opened <= workers * (threads + POOL_SPARE), opened
+
+
+def test_a_worker_that_dies_is_replaced_and_the_next_one_click_is_applied(
+    backend: Backend, tmp_path: Path, ids: list[int]
+) -> None:
+    """A worker killed outright (the OOM killer, a segfault in a C library) is started again
+    by the server; the unsubscribe that comes next is answered and applied."""
+    address_id = ids[-2]
+    post = links(backend, LinkPurpose.UNSUBSCRIBE, [address_id])
+    with production(
+        backend.env(), free_port(), workers=1, threads=2, log=tmp_path / "w.log"
+    ) as running:
+        (dead,) = running.worker_pids()
+        os.kill(dead, signal.SIGKILL)
+        wait_until(
+            lambda: len(running.worker_pids()) == 1 and dead not in running.worker_pids(),
+            timeout=60,
+            interval=0.1,
+            what="a new worker in place of the killed one",
+        )
+        wait_until(
+            lambda: _answers(running.base + "/healthz"),
+            timeout=60,
+            interval=0.1,
+            what="the new worker answering",
+        )
+        assert fetch(running, post, method="POST") == {200: 1}
+    with session_scope(sessions_for(backend.settings)) as session:
+        reasons = session.scalars(
+            select(Suppression.reason).where(Suppression.address_id == address_id)
+        ).all()
+    assert reasons == ["unsubscribe"]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
+            return True
+    except OSError:
+        return False
