@@ -38,8 +38,10 @@ DEFAULT_BIND = "127.0.0.1:8025"
 MAX_HEAD_BYTES = 16 * 1024
 # A client that has not sent its whole head within this long is let go.
 HEAD_TIMEOUT_MS = 30_000
-# A worker told to stop finishes its requests within this long, or is killed.
-STOP_SECONDS = 30
+# A worker told to stop finishes its requests (and writes its counted page views) within
+# this long, or is killed: under systemd's TimeoutStopSec (30 s in deploy/), which would
+# kill every process at once.
+STOP_SECONDS = 20
 
 
 @dataclass(frozen=True)
