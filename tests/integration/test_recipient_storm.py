@@ -11,7 +11,6 @@ import http.client
 import os
 import signal
 import threading
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from suppression.tokens import LinkPurpose, TokenSigner
 from tests.factories import make_sending_campaign
 from tests.integration.faults import populate, sessions_for
 from tests.support.backends import PG_ADMIN_URL, Backend, make_backend
-from tests.support.production import Server, production, sessions_opened
+from tests.support.production import Server, answers, production, sessions_opened
 from tests.support.web_server import free_port
 from workers.process import wait_until
 
@@ -240,7 +239,7 @@ def test_a_worker_that_dies_is_replaced_and_the_next_one_click_is_applied(
             what="a new worker in place of the killed one",
         )
         wait_until(
-            lambda: _answers(running.base + "/healthz"),
+            lambda: answers(running.base + "/healthz"),
             timeout=60,
             interval=0.1,
             what="the new worker answering",
@@ -251,11 +250,3 @@ def test_a_worker_that_dies_is_replaced_and_the_next_one_click_is_applied(
             select(Suppression.reason).where(Suppression.address_id == address_id)
         ).all()
     assert reasons == ["unsubscribe"]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
-            return True
-    except OSError:
-        return False

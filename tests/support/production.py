@@ -101,6 +101,11 @@ def production(
 
 def _answers(url: str, process: subprocess.Popen[bytes]) -> bool:
     assert process.poll() is None, "the server exited"
+    return answers(url)
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` (on 127.0.0.1) answers 2xx now."""
     try:
         with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
             return True
