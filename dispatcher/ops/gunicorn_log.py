@@ -5,8 +5,8 @@ worker timeout, an error while loading the app) through its own handlers in its 
 format. :class:`Logger` (``logger_class`` in ``dispatcher/console/gunicorn_conf.py``: the
 console's recipe; the recipient pages run on granian, ``dispatcher/web/production.py``)
 hands them to the handler that :func:`~dispatcher.ops.logs.setup_logging` puts on the root
-logger instead, so with
-``log_format = "json"`` every line on stderr is one JSON object, redacted like the rest.
+logger instead, so with ``log_format = "json"`` every line on stderr is one JSON object,
+redacted like the rest.
 The access log stays off (request paths carry link tokens).
 """
 

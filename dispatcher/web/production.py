@@ -3,12 +3,13 @@ running the Flask app in a few processes of a few threads each::
 
     dispatcher web            # DISPATCHER_WEB_BIND, DISPATCHER_WEB_WORKERS, DISPATCHER_WEB_THREADS
 
-Why not gunicorn (the recipe until issue 18's last round): its threaded worker spent 0.5 ms
-of CPU on each request of a trivial Flask view on this machine, as much as the unsubscribe
-page itself; granian serves the same view for about 0.15 ms. Connections, slow clients and
-keep-alive are held by its event loop, not by a Python thread: a client trickling its headers
-holds no thread, so a thread pool the size of the cores' work (``web_threads``) suffices and
-the app sizes its database pool to it (``dispatcher.web.web_pool``).
+Why not gunicorn (the recipe until issue 18's last round): its threaded worker spent about
+0.5 ms of CPU on each request of a trivial Flask view on our two-core machine, as much as
+the unsubscribe page's own work; granian serves the same view for about 0.2 ms.
+Connections, slow clients and keep-alive are held by its event loop, not by a Python
+thread: a client trickling its headers holds no thread, so a thread pool the size of the
+cores' work (``web_threads``) suffices and the app sizes its database pool to it
+(``dispatcher.web.web_pool``).
 
 Each worker process is started with ``spawn`` (a fresh interpreter that imports the app), not
 ``fork``: a forked granian worker leaves with ``os._exit`` and skips ``atexit``, so the page
@@ -73,7 +74,7 @@ def recipe(
     where = bind or os.environ.get("DISPATCHER_WEB_BIND") or DEFAULT_BIND
     host, sep, port = where.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise RecipeError(f"DISPATCHER_WEB_BIND must be host:port, not {where!r}")
+        raise RecipeError(f"DISPATCHER_WEB_BIND (--bind) must be host:port, not {where!r}")
     if workers is None:
         raw = os.environ.get("DISPATCHER_WEB_WORKERS") or str(os.cpu_count() or 1)
         if not raw.isdigit() or not 1 <= int(raw) <= 256:

@@ -63,5 +63,5 @@ def test_the_command_refuses_a_bad_bind_in_one_line_and_starts_nothing(
     monkeypatch.setenv("DISPATCHER_WEB_BIND", "nowhere")
     done = CliRunner().invoke(main, ["web"])
     assert done.exit_code != 0
-    assert "DISPATCHER_WEB_BIND must be host:port, not 'nowhere'" in done.output
+    assert "DISPATCHER_WEB_BIND (--bind) must be host:port, not 'nowhere'" in done.output
     assert "Traceback" not in done.output
