@@ -96,7 +96,7 @@ def drain(spool: Path, apply: Applier) -> int:
         try:
             apply(payload, body)
         except DATABASE_AWAY:
-            log.warning("spool: database still away; %d entries wait", len(claimed) - done)
+            log.warning("spool: database still away or busy; %d entries wait", len(claimed) - done)
             return done
         path.unlink(missing_ok=True)
         done += 1

@@ -12,6 +12,8 @@ how many proxies append to ``X-Forwarded-For``, so the audit log records the rec
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
 
 from dispatcher.db import make_engine, make_sessionmaker
@@ -24,18 +26,30 @@ from suppression.tokens import TokenSigner
 # Connections beyond the request threads: the page-view writer (dispatcher/web/hits.py), the
 # spool drainer and the readiness check.
 POOL_SPARE = 3
+# How long a web request waits for a row another transaction holds (PostgreSQL's
+# lock_timeout on the app's connections). Our own transactions hold rows for milliseconds;
+# a staff cancel of a large campaign holds all its queued rows for as long as one UPDATE of
+# them takes (minutes at millions). A one-click that would wait longer is spooled and
+# answered 202, and applied once the rows are free: locks held elsewhere never take the
+# few request threads, which every other recipient's click is waiting for.
+LOCK_TIMEOUT_MS = 2000
 
 
-def web_pool(settings: Settings) -> dict[str, int]:
+def web_pool(settings: Settings) -> dict[str, Any]:
     """The database pool of one web process: a connection for each request thread
     (``dispatcher web`` hands its workers the thread count it runs them with as
-    ``web_threads``, see ``dispatcher/web/production.py``) and a few spare, all kept open.
+    ``web_threads``, see ``dispatcher/web/production.py``) and a few spare, all kept open,
+    each waiting at most :data:`LOCK_TIMEOUT_MS` for a lock.
     A pool smaller than the threads opens and closes a connection for every request past
     it (PostgreSQL saw 165 new connections in 15 s under load).
     Overflow connections are closed when returned, so they are for accidents only."""
     if not settings.database_url.startswith("postgresql"):
         return {}
-    return {"pool_size": settings.web_threads + POOL_SPARE, "max_overflow": 4}
+    return {
+        "pool_size": settings.web_threads + POOL_SPARE,
+        "max_overflow": 4,
+        "connect_args": {"options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
+    }
 
 
 def create_app(settings: Settings | None = None, *, trusted_proxies: int | None = None) -> Flask:

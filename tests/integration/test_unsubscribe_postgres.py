@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from threading import Barrier
 
 import pytest
@@ -25,6 +26,7 @@ from dispatcher.db import (
     page_reads,
     session_scope,
 )
+from dispatcher.inbound import spool
 from dispatcher.models import Contact, Delivery, DeliveryStatus
 from dispatcher.web import create_app
 from dispatcher.web.reads import read_link
@@ -60,6 +62,7 @@ from tests.unit.suppression.test_unsubscribe import (  # noqa: F401 - collected 
     test_the_callers_audit_event_follows_the_unsubscribed_event,
     test_unsubscribe_suppresses_opts_out_stops_queued_mail_and_is_idempotent,
 )
+from workers.process import wait_until
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 
@@ -710,3 +713,66 @@ def test_repeated_clicks_hold_the_address_together(pg: Backend, pg_engine: Engin
         assert resolve_unsubscribe_link(second, signer, token)[2] is not None
         second.rollback()
         first.rollback()
+
+
+def test_a_one_click_that_would_wait_on_a_held_row_is_spooled_and_applied_when_it_is_free(
+    pg: Backend, pg_engine: Engine, tmp_path: Path
+) -> None:
+    """A staff cancel of a large campaign holds its queued rows for as long as its one
+    UPDATE takes. A one-click whose stop meets such a row does not hold a request thread for
+    all that time: after the web's lock timeout it is answered 202 and spooled, with nothing
+    of it written (one transaction); once the row is free the app's drainer applies it: the
+    suppression, and the queued mail stopped."""
+    sessions = make_sessionmaker(pg_engine)
+    with session_scope(sessions) as session:
+        contact = make_contact(session, "held.row@example.com")
+        delivery = queue_counted(session, contact)
+        address_id, delivery_id = contact.address_id, delivery.id
+        token = TokenSigner(pg.settings.secret_keys).sign_link(
+            LinkPurpose.UNSUBSCRIBE, address_id, delivery.campaign_id
+        )
+    settings = pg.settings.replace(spool_dir=str(tmp_path / "spool"))
+    app = create_app(settings)
+    client = app.test_client()
+
+    def suppressed() -> list[str]:
+        with session_scope(sessions) as session:
+            return list(
+                session.scalars(
+                    select(Suppression.reason).where(Suppression.address_id == address_id)
+                )
+            )
+
+    with pg_engine.connect() as staff, ThreadPoolExecutor(1) as pool:
+        staff.execute(
+            text("UPDATE deliveries SET skip_reason = 'cancelling' WHERE id = :d"),
+            {"d": delivery_id},
+        )  # the row is held until this transaction ends
+        click = pool.submit(
+            client.post,
+            f"/u/{token}",
+            data=ONE_CLICK,
+            content_type="application/x-www-form-urlencoded",
+        )
+        try:
+            # Bounded, not timed: without the lock timeout the click waits for the staff
+            # transaction, which ends only after this wait has failed.
+            answer = click.result(timeout=60)
+            assert answer.status_code == 202, answer.get_data(as_text=True)
+            assert spool.pending(settings.spool) == 1
+            assert suppressed() == []
+        finally:
+            staff.rollback()
+        click.result(timeout=60)
+    wait_until(
+        lambda: suppressed() == ["unsubscribe"] and spool.pending(settings.spool) == 0,
+        timeout=60,
+        interval=0.2,
+        what="the spooled one-click applied by the app's drainer",
+    )
+    with session_scope(sessions) as session:
+        status = session.scalar(select(Delivery.status).where(Delivery.id == delivery_id))
+    assert status == DeliveryStatus.CANCELLED
+    app.extensions["dispatcher.drainer"].stop()
+    app.extensions["dispatcher.hits"].close()
+    app.extensions["dispatcher.sessions"].kw["bind"].dispose()
