@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.settings import PROJECT_ROOT, Settings
@@ -186,8 +186,13 @@ def page_reads(engine: Engine) -> Iterator[PageReads]:
     PostgreSQL in autocommit (no BEGIN and COMMIT round trips), on SQLite outside a
     transaction (a read does not wait for the write lock). The connection goes back to the
     pool transactional whatever happens, or is discarded when it cannot be; a connection
-    the server ended is discarded, as SQLAlchemy would."""
-    proxy = engine.raw_connection()
+    the server ended is discarded, as SQLAlchemy would. A driver's error is raised as
+    SQLAlchemy raises it (``OperationalError`` …, without parameters), so that a page
+    meets the database away the way every other request does."""
+    try:
+        proxy = engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise _as_sqlalchemy(engine, exc) from exc
     dbapi = proxy.driver_connection
     postgres = engine.dialect.name == "postgresql"
     try:
@@ -199,9 +204,10 @@ def page_reads(engine: Engine) -> Iterator[PageReads]:
         finally:
             cursor.close()
     except engine.dialect.loaded_dbapi.Error as exc:
-        if engine.dialect.is_disconnect(exc, proxy, None):
+        invalidated = engine.dialect.is_disconnect(exc, proxy, None)
+        if invalidated:
             proxy.invalidate(exc)
-        raise
+        raise _as_sqlalchemy(engine, exc, invalidated) from exc
     finally:
         if postgres and proxy.is_valid:
             try:
@@ -209,6 +215,19 @@ def page_reads(engine: Engine) -> Iterator[PageReads]:
             except Exception as exc:  # noqa: BLE001 - a connection that cannot is dropped
                 proxy.invalidate(exc)
         proxy.close()
+
+
+def _as_sqlalchemy(engine: Engine, exc: Exception, invalidated: bool = False) -> Exception:
+    """The driver's ``exc`` as the SQLAlchemy exception ``connection.execute`` would raise."""
+    return DBAPIError.instance(
+        None,
+        None,
+        exc,
+        engine.dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=invalidated,
+        dialect=engine.dialect,
+    )
 
 
 def alembic_config(database_url: str) -> Config:

@@ -21,6 +21,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatcher.db import session_scope
+from dispatcher.inbound.spool import DATABASE_AWAY
 from dispatcher.settings import Settings
 from dispatcher.web.limits import tally_hit
 from suppression.events import Hit, record_event
@@ -109,6 +110,22 @@ def install(app: Flask, settings: Settings, trusted_proxies: int = 0) -> None:
             location = response.headers["Location"]
             response.headers["Location"] = _on_base_url(settings.base_url, location)
         return response
+
+    def _database_unavailable(exc: Exception) -> tuple[str, int, dict[str, str]]:
+        """The database did not answer (away, or a row held past the web's lock timeout):
+        the request's transaction was rolled back whole. 503 and the error page, which says
+        nothing was changed, instead of a 500 (a one-click is spooled before it gets here)."""
+        log.warning(
+            "web: the database did not answer (%s); answered 503",
+            type(getattr(exc, "orig", None) or exc).__name__,
+        )
+        page = render_template(
+            "error.html", code=503, title="Please try again in a few minutes", settings=settings
+        )
+        return page, 503, {"Retry-After": "60"}
+
+    for away in DATABASE_AWAY:
+        app.register_error_handler(away, _database_unavailable)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[str, int]:

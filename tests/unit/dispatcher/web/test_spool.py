@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,3 +47,26 @@ def test_one_click_is_spooled_while_the_database_is_away_and_applied_after(
             select(Suppression.reason).where(Suppression.address_id == contact_id)
         ).all()
     assert reasons == ["unsubscribe"]
+
+
+def test_pages_answer_503_with_nothing_changed_while_the_database_is_away(
+    settings: Settings, contact_id: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What cannot be spooled (a page, a preference save) is answered 503 with Retry-After
+    and the page that says nothing was changed, not a 500 with a traceback in the log."""
+    (tmp_path / "not-a-database").mkdir()
+    away = settings.replace(
+        database_url=f"sqlite:///{tmp_path / 'not-a-database'}", spool_dir=str(tmp_path / "spool")
+    )
+    signer = TokenSigner(settings.secret_keys)
+    unsubscribe = signer.sign_link(LinkPurpose.UNSUBSCRIBE, contact_id, 1)
+    preferences = signer.sign_link(LinkPurpose.PREFERENCES, contact_id, 1)
+    client = create_app(away).test_client()
+    for path in (f"/u/{unsubscribe}", f"/preferences/{preferences}"):
+        answer = client.get(path)
+        assert answer.status_code == 503, path
+        assert answer.headers["Retry-After"] == "60"
+        assert "Nothing was changed" in answer.get_data(as_text=True)
+    assert spool.pending(away.spool) == 0
+    assert "Traceback" not in caplog.text
+    assert "answered 503" in caplog.text
