@@ -5,7 +5,6 @@ one-click POST."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -22,8 +21,8 @@ from suppression.models import Event, Suppression
 from suppression.tokens import LinkPurpose, TokenSigner
 from tests.conftest import TEST_KEYS
 from tests.factories import make_contact
+from tests.support.production import started
 from tests.support.web_server import free_port
-from workers.process import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -42,28 +41,8 @@ def running(
         **more,
     }
     base = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until(
-            lambda: _answers(f"{base}/static/site.css", process, log),
-            timeout=30,
-            interval=0.05,
-            what=f"{command[0]} answering on port {port}",
-        )
+    with started(command, env, f"{base}/static/site.css", log, timeout=30):
         yield base
-    finally:
-        process.terminate()
-        process.wait(15)
-
-
-def _answers(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
-    assert process.poll() is None, f"the server exited:\n{log.read_text()}"
-    try:
-        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
-            return True
-    except OSError:
-        return False
 
 
 def server_command(server: str, port: int, *options: str) -> list[str]:

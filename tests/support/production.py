@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,30 +78,47 @@ def production(
     else:
         command_line = [str(BIN / "python"), "-c", _OTHER_APP, app, str(port), str(workers)]
         env = {**env, "DISPATCHER_WEB_THREADS": str(threads)}
-    out = log.open("wb") if log else subprocess.DEVNULL
-    process = subprocess.Popen(
-        command_line, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-    )
     base = f"http://127.0.0.1:{port}"
-    server = Server(base, process.pid, workers, threads)
+    server: list[Server] = []
+
+    def ready(process: subprocess.Popen[bytes]) -> bool:
+        if not server:
+            server.append(Server(base, process.pid, workers, threads))
+        return len(server[0].worker_pids()) >= workers
+
+    with started(command_line, env, base + probe, log, ready=ready):
+        yield server[0]
+
+
+@contextmanager
+def started(
+    command: list[str],
+    env: dict[str, str],
+    probe: str,
+    log: Path | None = None,
+    *,
+    ready: Callable[[subprocess.Popen[bytes]], bool] = lambda _: True,
+    timeout: float = 60.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process (output to ``log``) until ``probe`` answers and ``ready`` says so;
+    stopped with SIGTERM (and waited for) when the block ends. A server that exits first
+    fails the wait with what it wrote."""
+    out = log.open("wb") if log else subprocess.DEVNULL
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(
-            lambda: _answers(base + probe, process) and len(server.worker_pids()) >= workers,
-            timeout=60,
-            interval=0.1,
-            what=f"the production server answering on port {port}",
-        )
-        yield server
+
+        def up() -> bool:
+            written = log.read_text(errors="replace") if log else ""
+            assert process.poll() is None, f"the server exited:\n{written}"
+            return answers(probe) and ready(process)
+
+        wait_until(up, timeout=timeout, interval=0.05, what=f"{command[0]} answering {probe}")
+        yield process
     finally:
         process.terminate()
         process.wait(30)
         if log:
             out.close()  # type: ignore[union-attr]
-
-
-def _answers(url: str, process: subprocess.Popen[bytes]) -> bool:
-    assert process.poll() is None, "the server exited"
-    return answers(url)
 
 
 def answers(url: str) -> bool:
