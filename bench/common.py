@@ -193,10 +193,15 @@ def settings_from(env: dict[str, str]) -> Settings:
 _DOMAINS = "ARRAY['example.com','example.org','example.net','mail.example','post.example']"
 
 
-def populate(database_url: str, contacts: int, extra_suppressions: int = 0) -> None:
+def populate(
+    database_url: str, contacts: int, extra_suppressions: int = 0, unsubscribed: int = 0
+) -> None:
     """Set-based: ``contacts`` contacts, of whom 10% never opted in (id % 10 = 1) and 10%
     are suppressed (id % 10 = 2, a complaint); plus ``extra_suppressions`` suppressed
-    addresses that are not contacts (the suppression list grows on its own over the years)."""
+    addresses that are not contacts (the suppression list grows on its own over the years)
+    and ``unsubscribed`` past recipients with a marketing unsubscribe (most of a sender's
+    suppressions: without them PostgreSQL's statistics say an unsubscribe is rare, and it
+    plans the unsubscribe's statements for a list that has none)."""
     engine = create_engine(database_url)
     with engine.begin() as conn:
         conn.execute(
@@ -247,6 +252,18 @@ def populate(database_url: str, contacts: int, extra_suppressions: int = 0) -> N
                     SELECT id, 'global', 'hard_bounce', 'bench', now() FROM fresh"""
                 ),
                 {"n": extra_suppressions},
+            )
+        if unsubscribed:
+            conn.execute(
+                text(
+                    """WITH fresh AS (
+                        INSERT INTO addresses (address, created_at)
+                        SELECT 'u' || g || '@unsubscribed.example', now()
+                        FROM generate_series(1, :n) g RETURNING id)
+                    INSERT INTO suppressions (address_id, scope, reason, source, created_at)
+                    SELECT id, 'marketing', 'unsubscribe', 'bench', now() FROM fresh"""
+                ),
+                {"n": unsubscribed},
             )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))

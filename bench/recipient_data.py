@@ -9,8 +9,8 @@ from sqlalchemy import select, text
 
 from bench.common import populate
 from dispatcher.db import make_engine, make_sessionmaker, session_scope, upgrade
+from dispatcher.models import Contact
 from dispatcher.settings import Settings
-from suppression.models import Address
 from suppression.tokens import LinkPurpose, TokenSigner
 from tests.factories import make_sending_campaign
 
@@ -29,12 +29,13 @@ class Population:
 
 def prepare(settings: Settings, contacts: int) -> Population:
     """Migrate, add ``contacts`` contacts (10% never asked, 10% suppressed: as
-    :func:`bench.common.populate`), queue a marketing campaign to them, sign their links."""
+    :func:`bench.common.populate`) and as many past recipients who unsubscribed, queue a
+    marketing campaign to the contacts, sign their links."""
     upgrade(settings)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     if engine.dialect.name == "postgresql":
-        populate(settings.database_url, contacts)
+        populate(settings.database_url, contacts, unsubscribed=contacts)
     else:
         from tests.factories import bulk_contacts
 
@@ -42,7 +43,7 @@ def prepare(settings: Settings, contacts: int) -> Population:
             bulk_contacts(session, contacts, not_opted_in_every=10, suppressed_every=10)
     with session_scope(sessions) as session:
         campaign_id, _ = make_sending_campaign(session)
-        ids = list(session.scalars(select(Address.id).order_by(Address.id)))
+        ids = list(session.scalars(select(Contact.address_id).order_by(Contact.address_id)))
     if engine.dialect.name == "postgresql":
         # The planner's statistics for the rows just written, as a real fan-out has them
         # (``refresh_statistics``) and autovacuum gathers them for the rest within a minute
