@@ -10,12 +10,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.settings import PROJECT_ROOT, Settings
-from suppression.sql import Compiled, compiled
+from suppression.sql import Compiled, compiled, dialect_name
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -215,6 +215,14 @@ def page_reads(engine: Engine) -> Iterator[PageReads]:
             except Exception as exc:  # noqa: BLE001 - a connection that cannot is dropped
                 proxy.invalidate(exc)
         proxy.close()
+
+
+def lift_statement_timeout(session: Session) -> None:
+    """No statement timeout for the rest of ``session``'s transaction (PostgreSQL; nothing
+    to do elsewhere): for a web request that reads a whole list, on connections that bound
+    every statement (``dispatcher.web.STATEMENT_TIMEOUT_MS``)."""
+    if dialect_name(session) == "postgresql":
+        session.execute(text("SET LOCAL statement_timeout = 0"))
 
 
 def _as_sqlalchemy(engine: Engine, exc: Exception, invalidated: bool = False) -> Exception:

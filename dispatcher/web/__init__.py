@@ -33,13 +33,22 @@ POOL_SPARE = 3
 # answered 202, and applied once the rows are free: locks held elsewhere never take the
 # few request threads, which every other recipient's click is waiting for.
 LOCK_TIMEOUT_MS = 2000
+# How long one statement of a web request may run (PostgreSQL's statement_timeout on the
+# app's connections). A recipient page's statements take a millisecond; one that runs for
+# seconds (a server under more load than it can carry, a plan gone wrong) ends with the
+# answer a lost database gets: the page 503, a one-click spooled and answered 202. Without
+# it such statements would hold the request threads, as lock waits did. A request that
+# reads a whole list (the affiliates' feed) lifts it for its own transaction
+# (``dispatcher.db.lift_statement_timeout``).
+STATEMENT_TIMEOUT_MS = 5000
 
 
 def web_pool(settings: Settings) -> dict[str, Any]:
     """The database pool of one web process: a connection for each request thread
     (``dispatcher web`` hands its workers the thread count it runs them with as
     ``web_threads``, see ``dispatcher/web/production.py``) and a few spare, all kept open,
-    each waiting at most :data:`LOCK_TIMEOUT_MS` for a lock.
+    each waiting at most :data:`LOCK_TIMEOUT_MS` for a lock and running a statement for at
+    most :data:`STATEMENT_TIMEOUT_MS`.
     A pool smaller than the threads opens and closes a connection for every request past
     it (PostgreSQL saw 165 new connections in 15 s under load).
     Overflow connections are closed when returned, so they are for accidents only."""
@@ -48,7 +57,10 @@ def web_pool(settings: Settings) -> dict[str, Any]:
     return {
         "pool_size": settings.web_threads + POOL_SPARE,
         "max_overflow": 4,
-        "connect_args": {"options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
+        "connect_args": {
+            "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"
+            f" -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        },
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.db import session_scope
+from dispatcher.db import lift_statement_timeout, session_scope
 from dispatcher.models import Affiliate, AffiliateRelease
 from dispatcher.settings import Settings
 from dispatcher.sharing.affiliates import (
@@ -224,6 +224,9 @@ def suppression_feed() -> Response:
             if since is None or since.tzinfo is None:
                 _audit(session, "affiliate_feed", "bad_since", affiliate_id=affiliate.id)
                 return _refuse(400, "since must be an ISO-8601 time with a zone (…+00:00)")
+        # Every digest the affiliate holds: for a large list, longer than a web request's
+        # statements may run.
+        lift_statement_timeout(session)
         try:
             result = feed(session, affiliate, since=since, actor=affiliate.name, hit=_hit())
         except AffiliateError as exc:
