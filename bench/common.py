@@ -241,29 +241,24 @@ def populate(
                 WHERE id % 10 = 2"""
             )
         )
-        if extra_suppressions:
+        # Suppressed addresses that are not contacts: bounced ones, and past unsubscribes.
+        strangers = (
+            (extra_suppressions, "s", "suppressed", "global", "hard_bounce"),
+            (unsubscribed, "u", "unsubscribed", "marketing", "unsubscribe"),
+        )
+        for n, label, domain, scope, reason in strangers:
+            if not n:
+                continue
             conn.execute(
                 text(
-                    """WITH fresh AS (
+                    f"""WITH fresh AS (
                         INSERT INTO addresses (address, created_at)
-                        SELECT 's' || g || '@suppressed.example', now()
+                        SELECT '{label}' || g || '@{domain}.example', now()
                         FROM generate_series(1, :n) g RETURNING id)
                     INSERT INTO suppressions (address_id, scope, reason, source, created_at)
-                    SELECT id, 'global', 'hard_bounce', 'bench', now() FROM fresh"""
+                    SELECT id, :scope, :reason, 'bench', now() FROM fresh"""
                 ),
-                {"n": extra_suppressions},
-            )
-        if unsubscribed:
-            conn.execute(
-                text(
-                    """WITH fresh AS (
-                        INSERT INTO addresses (address, created_at)
-                        SELECT 'u' || g || '@unsubscribed.example', now()
-                        FROM generate_series(1, :n) g RETURNING id)
-                    INSERT INTO suppressions (address_id, scope, reason, source, created_at)
-                    SELECT id, 'marketing', 'unsubscribe', 'bench', now() FROM fresh"""
-                ),
-                {"n": unsubscribed},
+                {"n": n, "scope": scope, "reason": reason},
             )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
