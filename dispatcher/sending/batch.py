@@ -331,8 +331,12 @@ def _send_each(
     for index, row in enumerate(rows):
         try:
             renew()
+            if row.address is not None:
+                # A sender behind its slots reserves new ones: in the database too.
+                pacer.wait(index)
         except OperationalError as exc:
-            # The database is away: send nothing more until it is back (fail closed).
+            # The database is away: send nothing more until it is back (fail closed); what
+            # has left is recorded (``_record_durably``), the rest goes back to the queue.
             result.problem = exc
             result.released.extend(r.delivery_id for r in rows[index:])
             return
@@ -342,7 +346,6 @@ def _send_each(
             )
             result.reasons[row.delivery_id] = "address_mismatch"
             continue
-        pacer.wait(index)
         try:
             if ahead is not None and ahead[0] is row:
                 taken, ahead = ahead[1], None
@@ -591,8 +594,14 @@ def send_batch(
                     with session_scope(sessions) as session:
                         return throttle.schedule(session, addresses, limits)
 
-                pacer = throttle.Pacer(limits, reserve, [r.address or "" for r in rows])
-                _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
+                try:
+                    pacer = throttle.Pacer(limits, reserve, [r.address or "" for r in rows])
+                except OperationalError as exc:
+                    # No slots: the database went away before anything left. All goes back.
+                    result.problem = exc
+                    result.released = [r.delivery_id for r in rows]
+                else:
+                    _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
         except TransientSendError as exc:
             # Opening or closing the connection failed: what was not sent goes back.
             result.problem = exc

@@ -179,9 +179,20 @@ def test_database_gone_mid_campaign_sends_nothing_until_it_returns(
         with make_backend("postgres-rabbitmq", tmp_path / "var") as backend:
             eligible = populate(backend.settings, 2000)
             via_proxy = backend.settings.database_url.replace(":5432/", f":{proxy.port}/")
-            with worker(backend, smtp_sink, tmp_path / "w.log", database_url=via_proxy):
+            # Paced (200 a second: a batch's 40 messages take 0.2 s) and cut in the middle of
+            # a batch (message 220 of batches of 40), so that an execution holds rows when the
+            # database goes. Unpaced, a batch took a few milliseconds, and a cut at a batch's
+            # last message could come after every execution had recorded its outcomes: with
+            # nothing in flight nothing retries, and the waits below could not end.
+            with worker(
+                backend,
+                smtp_sink,
+                tmp_path / "w.log",
+                database_url=via_proxy,
+                rate_per_second="200",
+            ):
                 campaign_id = start_campaign(backend.settings)
-                smtp_sink.wait_for_count(200, timeout=120)
+                smtp_sink.wait_for_count(220, timeout=120)
                 log = tmp_path / "w.log"
                 proxy.cut()
                 # Sending stops at the next lease renewal: each execution holding rows finds

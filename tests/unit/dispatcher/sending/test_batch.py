@@ -674,6 +674,90 @@ def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
     assert {(after[a][0], after[a][4]) for a in ADDRESSES[1:]} == {("queued", None)}
 
 
+def refusing(engine, table: str):  # type: ignore[no-untyped-def]
+    """While its ``gone`` is set, statements touching ``table`` fail as with the database
+    away (an ``OperationalError``); removed when the block ends."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    gone = {"now": False}
+
+    def refuse(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if gone["now"] and table in statement:
+            raise OperationalError(statement, None, Exception("database went away"))
+
+    @contextlib.contextmanager
+    def listening():  # type: ignore[no-untyped-def]
+        event.listen(engine, "before_cursor_execute", refuse)
+        try:
+            yield gone
+        finally:
+            event.remove(engine, "before_cursor_execute", refuse)
+
+    return listening()
+
+
+def test_losing_the_database_while_pacing_stops_sending_and_records_what_left(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    """A paced sender behind its slots reserves new ones in the database; when that fails
+    (the database away), nothing more is sent, what left is recorded as sent and the rest
+    goes back to the queue, as when the lease's renewal fails."""
+    from sqlalchemy.exc import OperationalError
+
+    from suppression.tokens import TokenSigner
+
+    # At a million a second every slot is behind the sender: each message reserves anew.
+    paced = to_sink.replace(rate_per_second=1_000_000.0)
+    campaign_id, ids = sending_campaign(session_factory)
+    with refusing(session_factory.kw["bind"], "rate_limits") as gone:
+
+        def after_the_first(row) -> None:  # type: ignore[no-untyped-def]
+            gone["now"] = True
+
+        with pytest.raises(RetryLater, match=f"{len(ADDRESSES) - 1} messages put back") as caught:
+            send_batch(
+                paced,
+                session_factory,
+                TokenSigner(paced.secret_keys),
+                campaign_id,
+                ids[0],
+                ids[-1],
+                before_send=after_the_first,
+            )
+    assert isinstance(caught.value.__cause__, OperationalError)
+    assert sent_to(smtp_sink) == [ADDRESSES[0]]
+    after = details(session_factory, campaign_id)
+    assert after[ADDRESSES[0]][0] == "sent"
+    assert {(after[a][0], after[a][4]) for a in ADDRESSES[1:]} == {("queued", None)}
+    assert_counters_match(session_factory)
+
+
+def test_a_paced_batch_that_cannot_reserve_its_slots_sends_nothing_and_puts_all_back(
+    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+) -> None:
+    """The database goes away between the claim and the first reservation of slots: nothing
+    is sent and every claimed row goes back to the queue (not left ``sending``, which the
+    next execution would take for sent and mark ``unknown``)."""
+    from sqlalchemy.exc import OperationalError
+
+    from suppression.tokens import TokenSigner
+
+    paced = to_sink.replace(rate_per_second=600.0)
+    campaign_id, ids = sending_campaign(session_factory)
+    with refusing(session_factory.kw["bind"], "rate_limits") as gone:
+        gone["now"] = True
+        with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back") as caught:
+            send_batch(
+                paced, session_factory, TokenSigner(paced.secret_keys), campaign_id, ids[0], ids[-1]
+            )
+    assert isinstance(caught.value.__cause__, OperationalError)
+    assert sent_to(smtp_sink) == []
+    after = details(session_factory, campaign_id)
+    assert {(after[a][0], after[a][4]) for a in ADDRESSES} == {("queued", None)}
+    assert_counters_match(session_factory)
+
+
 def test_the_task_result_counts_each_outcome_under_its_own_name() -> None:
     result = BatchResult(
         claimed=9, skipped=1, sent=[1, 2], failed={3: "x"}, released=[4, 5, 6], unknown=[7]
