@@ -581,8 +581,9 @@ def send_batch(
         session.expunge(campaign)
         purpose = campaign.purpose
     if rows:
-        factory = MessageFactory(settings, campaign, signer, clock, sessions)
         try:
+            # The campaign's stored render is read here (a process's first batch of it).
+            factory = MessageFactory(settings, campaign, signer, clock, sessions)
             with reused_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
                 batch = and_(
                     Delivery.campaign_id == campaign_id, Delivery.id.between(first_id, last_id)
@@ -594,16 +595,13 @@ def send_batch(
                     with session_scope(sessions) as session:
                         return throttle.schedule(session, addresses, limits)
 
-                try:
-                    pacer = throttle.Pacer(limits, reserve, [r.address or "" for r in rows])
-                except OperationalError as exc:
-                    # No slots: the database went away before anything left. All goes back.
-                    result.problem = exc
-                    result.released = [r.delivery_id for r in rows]
-                else:
-                    _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
-        except TransientSendError as exc:
-            # Opening or closing the connection failed: what was not sent goes back.
+                pacer = throttle.Pacer(limits, reserve, [r.address or "" for r in rows])
+                _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
+        except (TransientSendError, OperationalError) as exc:
+            # Opening or closing the connection failed, or the database went away before the
+            # first message (reading the render, reserving the first slots; once sending,
+            # ``_send_each`` stops at its next look at the database): what was not sent goes
+            # back. Rows left ``sending`` would be marked ``unknown``, never resent.
             result.problem = exc
             done = set(result.sent) | set(result.failed) | set(result.unknown)
             result.released = [r.delivery_id for r in rows if r.delivery_id not in done]

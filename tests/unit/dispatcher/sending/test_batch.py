@@ -758,6 +758,40 @@ def test_a_paced_batch_that_cannot_reserve_its_slots_sends_nothing_and_puts_all_
     assert_counters_match(session_factory)
 
 
+def test_a_batch_that_cannot_read_its_campaigns_render_sends_nothing_and_puts_all_back(
+    to_sink: Settings,
+    session_factory: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process's first batch of a campaign reads the render stored for it; with the
+    database gone between the claim and that read, nothing is sent and every claimed row
+    goes back to the queue."""
+    from sqlalchemy.exc import OperationalError
+
+    from dispatcher.sending import composing
+    from suppression.tokens import TokenSigner
+
+    monkeypatch.setattr(composing, "_prepared", {})  # this process has not prepared it yet
+    campaign_id, ids = sending_campaign(session_factory)
+    with refusing(session_factory.kw["bind"], "campaign_renders") as gone:
+        gone["now"] = True
+        with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back") as caught:
+            send_batch(
+                to_sink,
+                session_factory,
+                TokenSigner(to_sink.secret_keys),
+                campaign_id,
+                ids[0],
+                ids[-1],
+            )
+    assert isinstance(caught.value.__cause__, OperationalError)
+    assert sent_to(smtp_sink) == []
+    after = details(session_factory, campaign_id)
+    assert {(after[a][0], after[a][4]) for a in ADDRESSES} == {("queued", None)}
+    assert_counters_match(session_factory)
+
+
 def test_the_task_result_counts_each_outcome_under_its_own_name() -> None:
     result = BatchResult(
         claimed=9, skipped=1, sent=[1, 2], failed={3: "x"}, released=[4, 5, 6], unknown=[7]
