@@ -674,6 +674,31 @@ def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
     assert {(after[a][0], after[a][4]) for a in ADDRESSES[1:]} == {("queued", None)}
 
 
+def put_back(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    campaign_id: int,
+    ids: list[int],
+    count: int,
+    before_send: Callable[[object], None] | None = None,
+) -> BaseException | None:
+    """``send_batch`` over ``ids``, which must end in ``RetryLater`` for ``count`` rows put
+    back in the queue; returns what caused it."""
+    from suppression.tokens import TokenSigner
+
+    with pytest.raises(RetryLater, match=f"{count} messages put back") as caught:
+        send_batch(
+            settings,
+            sessions,
+            TokenSigner(settings.secret_keys),
+            campaign_id,
+            ids[0],
+            ids[-1],
+            before_send=before_send,
+        )
+    return caught.value.__cause__
+
+
 def refusing(engine, table: str):  # type: ignore[no-untyped-def]
     """While its ``gone`` is set, statements touching ``table`` fail as with the database
     away (an ``OperationalError``); removed when the block ends."""
@@ -705,8 +730,6 @@ def test_losing_the_database_while_pacing_stops_sending_and_records_what_left(
     goes back to the queue, as when the lease's renewal fails."""
     from sqlalchemy.exc import OperationalError
 
-    from suppression.tokens import TokenSigner
-
     # At a million a second every slot is behind the sender: each message reserves anew.
     paced = to_sink.replace(rate_per_second=1_000_000.0)
     campaign_id, ids = sending_campaign(session_factory)
@@ -715,17 +738,10 @@ def test_losing_the_database_while_pacing_stops_sending_and_records_what_left(
         def after_the_first(row) -> None:  # type: ignore[no-untyped-def]
             gone["now"] = True
 
-        with pytest.raises(RetryLater, match=f"{len(ADDRESSES) - 1} messages put back") as caught:
-            send_batch(
-                paced,
-                session_factory,
-                TokenSigner(paced.secret_keys),
-                campaign_id,
-                ids[0],
-                ids[-1],
-                before_send=after_the_first,
-            )
-    assert isinstance(caught.value.__cause__, OperationalError)
+        cause = put_back(
+            paced, session_factory, campaign_id, ids, len(ADDRESSES) - 1, after_the_first
+        )
+    assert isinstance(cause, OperationalError)
     assert sent_to(smtp_sink) == [ADDRESSES[0]]
     after = details(session_factory, campaign_id)
     assert after[ADDRESSES[0]][0] == "sent"
@@ -733,59 +749,35 @@ def test_losing_the_database_while_pacing_stops_sending_and_records_what_left(
     assert_counters_match(session_factory)
 
 
-def test_a_paced_batch_that_cannot_reserve_its_slots_sends_nothing_and_puts_all_back(
-    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
-) -> None:
-    """The database goes away between the claim and the first reservation of slots: nothing
-    is sent and every claimed row goes back to the queue (not left ``sending``, which the
-    next execution would take for sent and mark ``unknown``)."""
-    from sqlalchemy.exc import OperationalError
-
-    from suppression.tokens import TokenSigner
-
-    paced = to_sink.replace(rate_per_second=600.0)
-    campaign_id, ids = sending_campaign(session_factory)
-    with refusing(session_factory.kw["bind"], "rate_limits") as gone:
-        gone["now"] = True
-        with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back") as caught:
-            send_batch(
-                paced, session_factory, TokenSigner(paced.secret_keys), campaign_id, ids[0], ids[-1]
-            )
-    assert isinstance(caught.value.__cause__, OperationalError)
-    assert sent_to(smtp_sink) == []
-    after = details(session_factory, campaign_id)
-    assert {(after[a][0], after[a][4]) for a in ADDRESSES} == {("queued", None)}
-    assert_counters_match(session_factory)
-
-
-def test_a_batch_that_cannot_read_its_campaigns_render_sends_nothing_and_puts_all_back(
+@pytest.mark.parametrize(
+    ("table", "rate"),
+    [("campaign_renders", 0.0), ("rate_limits", 600.0)],
+    ids=["reading the campaign's render", "reserving the first slots"],
+)
+def test_a_database_gone_before_the_first_message_sends_nothing_and_puts_all_back(
+    table: str,
+    rate: float,
     to_sink: Settings,
     session_factory: sessionmaker[Session],
     smtp_sink: SmtpSink,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A process's first batch of a campaign reads the render stored for it; with the
-    database gone between the claim and that read, nothing is sent and every claimed row
-    goes back to the queue."""
+    """Between the claim and its first message a batch reads the database: the render
+    stored for the campaign (a process's first batch of it) and, when paced, its first
+    slots. With the database gone there, nothing is sent and every claimed row goes back to
+    the queue (not left ``sending``, which the next execution would take for sent and mark
+    ``unknown``)."""
     from sqlalchemy.exc import OperationalError
 
     from dispatcher.sending import composing
-    from suppression.tokens import TokenSigner
 
     monkeypatch.setattr(composing, "_prepared", {})  # this process has not prepared it yet
+    settings = to_sink.replace(rate_per_second=rate)
     campaign_id, ids = sending_campaign(session_factory)
-    with refusing(session_factory.kw["bind"], "campaign_renders") as gone:
+    with refusing(session_factory.kw["bind"], table) as gone:
         gone["now"] = True
-        with pytest.raises(RetryLater, match=f"{len(ADDRESSES)} messages put back") as caught:
-            send_batch(
-                to_sink,
-                session_factory,
-                TokenSigner(to_sink.secret_keys),
-                campaign_id,
-                ids[0],
-                ids[-1],
-            )
-    assert isinstance(caught.value.__cause__, OperationalError)
+        cause = put_back(settings, session_factory, campaign_id, ids, len(ADDRESSES))
+    assert isinstance(cause, OperationalError)
     assert sent_to(smtp_sink) == []
     after = details(session_factory, campaign_id)
     assert {(after[a][0], after[a][4]) for a in ADDRESSES} == {("queued", None)}
