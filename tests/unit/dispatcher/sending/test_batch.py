@@ -630,50 +630,6 @@ def test_a_relay_closing_the_connection_puts_the_rest_of_the_batch_back(
     assert_counters_match(session_factory)
 
 
-def test_losing_the_database_mid_batch_stops_sending_at_the_next_renewal(
-    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
-) -> None:
-    """The lease renewal fails (the database answers no more): nothing more is sent; the
-    outcome already known is recorded once the database answers, the rest goes back."""
-    from sqlalchemy import event
-    from sqlalchemy.exc import OperationalError
-
-    from suppression.tokens import TokenSigner
-
-    gone = {"now": False}
-    engine = session_factory.kw["bind"]
-
-    def refuse_renewals(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        if gone["now"] and statement.lstrip().startswith("UPDATE deliveries SET renewed_at"):
-            raise OperationalError(statement, None, Exception("database went away"))
-
-    event.listen(engine, "before_cursor_execute", refuse_renewals)
-    fast_lease = to_sink.replace(claim_lease_seconds=0.004)  # renew before every message
-
-    def after_the_first(row) -> None:  # type: ignore[no-untyped-def]
-        gone["now"] = True
-
-    campaign_id, ids = sending_campaign(session_factory)
-    try:
-        with pytest.raises(RetryLater, match=f"{len(ADDRESSES) - 1} messages put back") as caught:
-            send_batch(
-                fast_lease,
-                session_factory,
-                TokenSigner(fast_lease.secret_keys),
-                campaign_id,
-                ids[0],
-                ids[-1],
-                before_send=after_the_first,
-            )
-    finally:
-        event.remove(engine, "before_cursor_execute", refuse_renewals)
-    assert isinstance(caught.value.__cause__, OperationalError)
-    assert sent_to(smtp_sink) == [ADDRESSES[0]]
-    after = details(session_factory, campaign_id)
-    assert after[ADDRESSES[0]][0] == "sent"
-    assert {(after[a][0], after[a][4]) for a in ADDRESSES[1:]} == {("queued", None)}
-
-
 def put_back(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -699,16 +655,17 @@ def put_back(
     return caught.value.__cause__
 
 
-def refusing(engine, table: str):  # type: ignore[no-untyped-def]
-    """While its ``gone`` is set, statements touching ``table`` fail as with the database
-    away (an ``OperationalError``); removed when the block ends."""
+def refusing(engine, needle: str):  # type: ignore[no-untyped-def]
+    """While its ``gone`` is set, statements containing ``needle`` (a table, the start of a
+    statement) fail as with the database away (an ``OperationalError``); removed when the
+    block ends."""
     from sqlalchemy import event
     from sqlalchemy.exc import OperationalError
 
     gone = {"now": False}
 
     def refuse(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        if gone["now"] and table in statement:
+        if gone["now"] and needle in statement:
             raise OperationalError(statement, None, Exception("database went away"))
 
     @contextlib.contextmanager
@@ -722,24 +679,38 @@ def refusing(engine, table: str):  # type: ignore[no-untyped-def]
     return listening()
 
 
-def test_losing_the_database_while_pacing_stops_sending_and_records_what_left(
-    to_sink: Settings, session_factory: sessionmaker[Session], smtp_sink: SmtpSink
+@pytest.mark.parametrize(
+    ("needle", "change"),
+    [
+        # A lease this short is renewed before every message.
+        ("UPDATE deliveries SET renewed_at", {"claim_lease_seconds": 0.004}),
+        # At a million a second every slot is behind the sender: each message reserves anew.
+        ("rate_limits", {"rate_per_second": 1_000_000.0}),
+    ],
+    ids=["the lease's renewal", "a paced sender's new slots"],
+)
+def test_losing_the_database_mid_batch_stops_sending_and_records_what_left(
+    needle: str,
+    change: dict[str, float],
+    to_sink: Settings,
+    session_factory: sessionmaker[Session],
+    smtp_sink: SmtpSink,
 ) -> None:
-    """A paced sender behind its slots reserves new ones in the database; when that fails
-    (the database away), nothing more is sent, what left is recorded as sent and the rest
-    goes back to the queue, as when the lease's renewal fails."""
+    """Between two messages a batch looks at the database: it renews its lease and, when
+    paced and behind its slots, reserves new ones. When that fails (the database answers no
+    more), nothing more is sent; the outcome already known is recorded once the database
+    answers, the rest goes back to the queue."""
     from sqlalchemy.exc import OperationalError
 
-    # At a million a second every slot is behind the sender: each message reserves anew.
-    paced = to_sink.replace(rate_per_second=1_000_000.0)
+    settings = to_sink.replace(**change)
     campaign_id, ids = sending_campaign(session_factory)
-    with refusing(session_factory.kw["bind"], "rate_limits") as gone:
+    with refusing(session_factory.kw["bind"], needle) as gone:
 
         def after_the_first(row) -> None:  # type: ignore[no-untyped-def]
             gone["now"] = True
 
         cause = put_back(
-            paced, session_factory, campaign_id, ids, len(ADDRESSES) - 1, after_the_first
+            settings, session_factory, campaign_id, ids, len(ADDRESSES) - 1, after_the_first
         )
     assert isinstance(cause, OperationalError)
     assert sent_to(smtp_sink) == [ADDRESSES[0]]
