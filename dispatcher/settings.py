@@ -24,6 +24,14 @@ class SettingsError(Exception):
     """Configuration that cannot work; the message names the setting."""
 
 
+def default_web_threads(cores: int | None = None) -> int:
+    """Request threads per web process when ``DISPATCHER_WEB_THREADS`` is not set: 8, or
+    twice the cores plus one on a machine of fewer than four (``os.cpu_count()``), the most
+    granian runs without warning that the threads are many for the cores. On two cores 5
+    threads served the recipient pages as fast as 8 (``bench/recipient_load.py --threads``)."""
+    return min(8, 2 * (cores or os.cpu_count() or 1) + 1)
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -85,9 +93,9 @@ class Settings:
     # Web: how many reverse proxies in front append to X-Forwarded-For (0: believe none),
     # and the request threads per web process (the database pool is sized to match). Few:
     # connections wait in the server's event loop, not in a thread, and more threads than
-    # the cores can keep busy only contend for the interpreter.
+    # the cores can keep busy only contend for the interpreter (default_web_threads).
     trusted_proxies: int = 0
-    web_threads: int = 8
+    web_threads: int = field(default_factory=default_web_threads)
     # Page views (GETs of the link pages) are counted in memory and written at least this
     # often (dispatcher/web/hits.py): what a crash of a web process can lose.
     web_hit_flush_seconds: float = 1.0

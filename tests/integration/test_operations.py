@@ -209,6 +209,13 @@ def test_production_recipe_answers_health_and_counts_unsubscribes(
         assert [c["name"] for c in ready["checks"]] == ["database", "migrations", "keys"]
         for _ in range(2):  # the second changes nothing and is not counted
             assert one_click(f"{base}/u/{token}", "198.51.100.7") == 200
+        # The first worker answers before the second has started: stop only once both have.
+        wait_until(
+            lambda: (tmp_path / "web.log").read_text().count("Started worker") == 2,
+            30,
+            interval=0.1,
+            what="both workers started",
+        )
     # The server's own lines (main process and workers, up to its shutdown) are JSON too.
     lines = [line for line in (tmp_path / "web.log").read_text().splitlines() if line]
     records = [json.loads(line) for line in lines]
@@ -216,6 +223,9 @@ def test_production_recipe_answers_health_and_counts_unsubscribes(
     assert any(m.startswith("Listening at") for m in own), own
     assert sum(m.startswith("Started worker") for m in own) == 2, own
     assert any(m.startswith("Shutting down") for m in own), own
+    # The default thread count follows the cores: granian has nothing to warn about.
+    warned = [r["message"] for r in records if r["level"] in ("warning", "error", "critical")]
+    assert warned == []
     assert token not in "\n".join(lines)
     monkeypatch.delenv(MULTIPROC_ENV)
     server = subprocess.Popen(

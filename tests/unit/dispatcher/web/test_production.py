@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from dispatcher.cli import main
 from dispatcher.settings import Settings
 from dispatcher.web.production import Recipe, RecipeError, recipe
+from tests.conftest import settings_for
 
 
 def test_defaults_listen_on_loopback_with_a_process_per_core_and_the_settings_threads(
@@ -22,6 +23,16 @@ def test_defaults_listen_on_loopback_with_a_process_per_core_and_the_settings_th
     monkeypatch.setattr("os.cpu_count", lambda: 3)
     threaded = dataclasses.replace(settings, web_threads=5)
     assert recipe(threaded) == Recipe("127.0.0.1", 8025, 3, 5, access_log=False)
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 3), (2, 5), (3, 7), (4, 8), (64, 8)])
+def test_request_threads_default_to_what_the_cores_can_keep_busy(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
+) -> None:
+    """8, or twice the cores plus one below four cores: above that granian warns at start."""
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert settings_for(settings.home).web_threads == threads
+    assert settings_for(settings.home, web_threads="16").web_threads == 16
 
 
 def test_the_environment_sets_the_shape_and_options_win_over_it(
