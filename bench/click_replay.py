@@ -14,7 +14,11 @@ same campaign, three ways, ``--clicks`` each:
 - as one message of SQL with the parameters bound by the client (``psycopg.ClientCursor``):
   one round trip, but nothing prepared;
 - in psycopg's pipeline mode: the same six messages sent together, one sync, prepared
-  statements kept (what a click whose statements do not wait for each other could do).
+  statements kept (what a click whose statements do not wait for each other could do);
+- as one call of a PL/pgSQL function (made in ``pg_temp`` for the run) that holds the four
+  statements with the click's parameters as its arguments: one round trip in autocommit,
+  PostgreSQL keeping each statement's plan (what moving the click into the database would
+  save; the app has no such function).
 
 Prints PostgreSQL's CPU and this process's (the client's: psycopg, not the app) per click
 for each. Talks to 127.0.0.1 only; drops what it creates.
@@ -23,6 +27,8 @@ for each. Talks to 127.0.0.1 only; drops what it creates.
 from __future__ import annotations
 
 import argparse
+import datetime
+import re
 import sys
 import tempfile
 import time
@@ -149,6 +155,48 @@ def pipelined(conn: psycopg.Connection[Any], pid: int, clicks: list[list[Stateme
                 cursor.fetchall()
 
 
+def _pg_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, datetime.datetime):
+        return "timestamptz"
+    if isinstance(value, dict | list) or type(value).__name__ in ("Json", "Jsonb"):
+        return "json"
+    return "text"
+
+
+def in_a_function(
+    conn: psycopg.Connection[Any],
+    pid: int,
+    recorded: list[Statement],
+    clicks: list[list[Statement]],
+) -> None:
+    """The four statements in one PL/pgSQL function, each statement's parameters its
+    arguments (``a<statement>_<name>``), called once a click in autocommit."""
+    arguments: list[tuple[int, str, str]] = []
+    body = []
+    for i, (sql, params) in enumerate(recorded):
+        arguments += [(i, name, _pg_type(value)) for name, value in params.items()]
+        text = re.sub(r"%\((\w+)\)s", lambda m, i=i: f"a{i}_{m.group(1)}", sql)
+        body.append(text.replace("%%", "%") + " INTO r;")
+    signature = ", ".join(f"a{i}_{name} {kind}" for i, name, kind in arguments)
+    conn.execute(
+        f"CREATE FUNCTION pg_temp.click({signature}) RETURNS void LANGUAGE plpgsql AS "
+        f"$click$ DECLARE r record; BEGIN {' '.join(body)} END $click$"
+    )
+    call = "SELECT pg_temp.click(" + ", ".join(f"%s::{k}" for _, _, k in arguments) + ")"
+
+    def value(click: list[Statement], i: int, name: str) -> Any:
+        found = click[i][1][name]
+        return psycopg.types.json.Json(found) if isinstance(found, dict | list) else found
+
+    with measured(pid, "one call of a function of the four", len(clicks)):
+        for click in clicks:
+            conn.execute(call, [value(click, i, name) for i, name, _ in arguments]).fetchall()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clicks", type=int, default=1500)
@@ -156,10 +204,10 @@ def main() -> None:
     n = args.clicks
     home = Path(tempfile.mkdtemp(prefix="dispatcher-click-replay-"))
     with postgres() as url:
-        population = prepare(settings_from(bench_env(home, url, "unused")), 4 * n + 100)
+        population = prepare(settings_from(bench_env(home, url, "unused")), 5 * n + 100)
         statements = recorded_click(url, population.unsubscribe[0])
         ids = population.address_ids[1:]
-        batches = [[for_address(statements, a) for a in ids[i * n : (i + 1) * n]] for i in range(4)]
+        batches = [[for_address(statements, a) for a in ids[i * n : (i + 1) * n]] for i in range(5)]
         with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
             pid = conn.info.backend_pid
             say(f"{n} first one-clicks each way, replayed on one connection (backend {pid})")
@@ -167,6 +215,7 @@ def main() -> None:
             per_statement(conn, pid, batches[1])
             one_message(conn, pid, batches[2])
             pipelined(conn, pid, batches[3])
+            in_a_function(conn, pid, statements, batches[4])
 
 
 if __name__ == "__main__":

@@ -386,9 +386,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.threads is None:
-        from dispatcher.settings import Settings
+        from dispatcher.settings import default_web_threads
 
-        args.threads = Settings.web_threads
+        args.threads = default_web_threads()
     n = 2_000 if args.quick else args.requests
     only = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-recipient-load-"))
