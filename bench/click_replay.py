@@ -6,7 +6,7 @@ would save: its statements replayed on one connection, without the app.
 Makes the recipient benchmarks' population (``bench/recipient_data.py``) in a throw-away
 PostgreSQL database, lets the app answer one first one-click while it records the
 statements the click sent (SQL and parameters), then replays them for new addresses of the
-same campaign, three ways, ``--clicks`` each:
+same campaign, four ways, ``--clicks`` each:
 
 - as the app sends them: BEGIN, each statement, COMMIT, one round trip each; then as many
   clicks again with the backend's CPU read from /proc around each message (a 10 ms clock,
