@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from alembic import command
 from sqlalchemy import text
 
 from dispatcher.db import alembic_config, make_engine
-from tests.support.backends import PG_ADMIN_URL
-from tests.support.pg import temporary_database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'd.db'}"
-        return
-    with temporary_database(PG_ADMIN_URL, "dispatcher_test") as url:
-        yield url
 
 
 def test_existing_campaigns_get_distinct_nonces_and_downgrade_removes_them(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
-    config = alembic_config(database_url)
+    config = alembic_config(empty_database_url)
     command.upgrade(config, "0005")
-    engine = make_engine(database_url)
+    engine = make_engine(empty_database_url)
     with engine.begin() as conn:
         for name in ("a", "b"):
             conn.execute(

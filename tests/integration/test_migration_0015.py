@@ -3,25 +3,10 @@ its downgrade folds them back into ``hard_bounce`` without breaking the one-acti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from alembic import command
 from sqlalchemy import text
 
 from dispatcher.db import alembic_config, make_engine
-from tests.support.backends import PG_ADMIN_URL
-from tests.support.pg import temporary_database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'd.db'}"
-        return
-    with temporary_database(PG_ADMIN_URL, "dispatcher_test") as url:
-        yield url
 
 
 def rows(engine: object) -> list[tuple[str, str, str, bool]]:
@@ -38,11 +23,11 @@ def rows(engine: object) -> list[tuple[str, str, str, bool]]:
 
 
 def test_soft_bounce_suppressions_get_their_reason_and_downgrade_folds_them_back(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
-    config = alembic_config(database_url)
+    config = alembic_config(empty_database_url)
     command.upgrade(config, "0014")
-    engine = make_engine(database_url)
+    engine = make_engine(empty_database_url)
     insert = text(
         "INSERT INTO suppressions (address_id, scope, reason, source, created_at)"
         " VALUES (:a, 'global', :r, :s, CURRENT_TIMESTAMP)"

@@ -3,27 +3,12 @@ address and scope, on a populated database of both backends; the downgrade resto
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from dispatcher.db import alembic_config, make_engine
-from tests.support.backends import PG_ADMIN_URL, require
-from tests.support.pg import temporary_database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'd.db'}"
-        return
-    require("postgresql")
-    with temporary_database(PG_ADMIN_URL, "dispatcher_test") as url:
-        yield url
 
 
 def _word(conn: object, address_id: int, scope: str, status: str) -> int:
@@ -49,10 +34,10 @@ def _state(conn: object, address_id: int, scope: str, consent_id: int) -> None:
     )
 
 
-def test_states_point_at_a_word_of_their_own_address_and_scope(database_url: str) -> None:
-    config = alembic_config(database_url)
+def test_states_point_at_a_word_of_their_own_address_and_scope(empty_database_url: str) -> None:
+    config = alembic_config(empty_database_url)
     command.upgrade(config, "0021")
-    engine = make_engine(database_url)
+    engine = make_engine(empty_database_url)
     with engine.begin() as conn:
         for name in ("ann", "bob"):
             conn.execute(
