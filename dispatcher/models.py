@@ -168,10 +168,10 @@ class Staff(Base):
     password_hash: Mapped[str | None] = mapped_column(String(300))
     # A set-password link names this nonce; using it (or issuing a new one) replaces it.
     password_nonce: Mapped[str | None] = mapped_column(String(64))
-    failed_attempts: Mapped[int] = mapped_column(default=0)
+    failed_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     locked_until: Mapped[datetime | None]
     disabled_at: Mapped[datetime | None]
-    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(200))
     last_sign_in_at: Mapped[datetime | None]
