@@ -167,9 +167,11 @@ def lift_suppressions(
     why: str,
     actor: str,
     reasons: Iterable[Reason] | None = None,
+    scopes: Iterable[str] | None = None,
     hit: Hit | None = None,
 ) -> int:
-    """Lift active suppressions of ``address_id`` (of ``reasons``, or all); returns how many.
+    """Lift active suppressions of ``address_id`` (of ``reasons`` and ``scopes``, or all);
+    returns how many.
 
     Staff must say why; the rows stay, marked lifted, and an event records it.
     """
@@ -186,6 +188,8 @@ def lift_suppressions(
     )
     if reasons is not None:
         stmt = stmt.where(Suppression.reason.in_([str(r) for r in reasons]))
+    if scopes is not None:
+        stmt = stmt.where(Suppression.scope.in_([str(s) for s in scopes]))
     count = session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
     if count:
         record_event(

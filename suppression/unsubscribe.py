@@ -305,7 +305,8 @@ def resubscribe(
     source: str,
     policy_version: str | None = None,
 ) -> None:
-    """The recipient asks for marketing again: lift only their own unsubscribe, opt back in.
+    """The recipient asks for marketing again: lift only their own unsubscribe from
+    marketing (one from affiliates, or from one affiliate, stays), opt back in.
 
     Raises :class:`CannotResubscribe`, changing nothing, while any suppression that only staff
     may lift (bounce, complaint, postal request, legal, manual) is active.
@@ -323,6 +324,7 @@ def resubscribe(
         why="re-subscribed by the recipient",
         actor="recipient",
         reasons=RECIPIENT_LIFTABLE,
+        scopes=(str(Scope.MARKETING),),
         hit=hit,
     )
     record_consent(

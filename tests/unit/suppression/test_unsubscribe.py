@@ -154,6 +154,21 @@ def test_resubscribe_lifts_only_the_recipients_own_unsubscribe(session: Session)
     assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_in"
 
 
+@pytest.mark.parametrize("scope", ["affiliates", "affiliate:7"])
+def test_resubscribing_to_marketing_leaves_an_unsubscribe_from_sharing(
+    session: Session, scope: str
+) -> None:
+    """Staff record "do not share me" as an unsubscribe for the affiliates (or for one);
+    the person re-subscribing to marketing lifts their marketing unsubscribe only, and is
+    still not shared (found by the red-team pass: every scope was lifted)."""
+    contact = make_contact(session, "ann@example.com", affiliates=ConsentStatus.OPTED_IN)
+    add_suppression(session, contact.address_id, scope=scope, reason=Reason.UNSUBSCRIBE, source="t")
+    unsubscribe_link(session, SIGNER.sign_link(LinkPurpose.UNSUBSCRIBE, contact.address_id))
+    resubscribe(session, contact.address_id, hit=HIT, source="preferences")
+    assert [s.scope for s in active_suppressions(session, contact.address_id)] == [scope]
+    assert current_consent(session, contact.address_id, Scope.MARKETING).status == "opted_in"
+
+
 @pytest.mark.parametrize(
     "reason",
     [Reason.HARD_BOUNCE, Reason.COMPLAINT, Reason.POSTAL_REQUEST, Reason.LEGAL, Reason.MANUAL],
