@@ -298,6 +298,19 @@ def preferences_page(token: str) -> Any:
 _CHOICES = {"yes": True, "no": False}
 
 
+def _marketing_changes(session: Session, address_id: int, want: bool, before: Standing) -> bool:
+    """Whether the marketing answer changes anything: a yes from someone not receiving
+    marketing, a no from someone receiving it, and a no from someone who is not receiving it
+    but whose latest word is not an opt-out (never asked, or kept from mail by something
+    else): their "no" is recorded, so a later import saying yes cannot outrank it."""
+    if want:
+        return not before.receives_marketing
+    if before.receives_marketing:
+        return True
+    latest = current_consent(session, address_id, Scope.MARKETING)
+    return latest is None or latest.status != ConsentStatus.OPTED_OUT
+
+
 def _choice(name: str) -> bool | None:
     """A radio answer; ``None`` when the form did not ask (that scope stays as it is)."""
     value = request.form.get(name)
@@ -353,7 +366,9 @@ def preferences(token: str) -> Any:
             if want_affiliates and not before.can_change:
                 # Sharing needs marketing mail, which only staff can restore here.
                 return _refused(session, token, address, subject, "sharing")
-            if want_marketing is not None and want_marketing != before.receives_marketing:
+            if want_marketing is not None and _marketing_changes(
+                session, address.id, want_marketing, before
+            ):
                 if want_marketing:
                     try:
                         with session.begin_nested():
@@ -375,9 +390,9 @@ def preferences(token: str) -> Any:
             if want_affiliates is not None:
                 affiliates = current_consent(session, address.id, Scope.AFFILIATES)
                 wanted = ConsentStatus.OPTED_IN if want_affiliates else ConsentStatus.OPTED_OUT
-                if (affiliates is None and want_affiliates) or (
-                    affiliates is not None and affiliates.status != wanted
-                ):
+                # An explicit "no" is recorded even for someone never asked: a later
+                # import saying yes must not outrank what they chose on our own page.
+                if affiliates is None or affiliates.status != wanted:
                     record_consent(
                         session,
                         address.id,

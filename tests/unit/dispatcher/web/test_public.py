@@ -227,6 +227,46 @@ def test_a_scope_the_form_does_not_mention_stays_as_it_is(
         assert len(consent_history(session, contact_id)) == 3  # import x2, one change
 
 
+def test_no_from_someone_never_asked_is_recorded_and_outranks_a_later_import(
+    client: FlaskClient, settings: Settings, session_factory, tmp_path
+) -> None:
+    """Someone never asked (a contact imported without consent, a reader of a service
+    notice) answers "no" to both questions on the preference page: both are recorded as
+    opt-outs, so an import saying yes, dated an hour before their answer, does not opt them
+    in (found by the red-team pass: the answers equalled what they received, so nothing was
+    written)."""
+    from datetime import UTC, datetime, timedelta
+
+    from dispatcher.contacts.importer import import_contacts
+
+    with session_scope(session_factory) as session:
+        never_asked = make_contact(session, "bo@example.com", marketing=None).address_id
+        other = make_contact(session, "cy@example.com", marketing=None).address_id
+    url = link(settings, LinkPurpose.PREFERENCES, never_asked)
+    page = client.get(url)
+    answer = {"csrf": csrf(page.data), "marketing": "no", "affiliates": "no"}
+    assert client.post(url, data=answer).status_code == 303
+    sups, marketing, affiliates, _ = state(session_factory, never_asked)
+    assert (sups, marketing, affiliates) == (
+        [("unsubscribe", "marketing")],
+        "opted_out",
+        "opted_out",
+    )
+    earlier = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    crm = tmp_path / "crm.csv"
+    crm.write_text(
+        "email,marketing_consent,affiliates_consent,consent_at\n"
+        f"bo@example.com,yes,yes,{earlier}\n"
+        f"cy@example.com,yes,yes,{earlier}\n"
+    )
+    import_contacts(session_factory, crm, source="crm")
+    assert state(session_factory, other)[1:3] == ("opted_in", "opted_in")  # the file applies
+    assert state(session_factory, never_asked)[1:3] == ("opted_out", "opted_out")
+    # Saying no again changes nothing.
+    client.post(url, data={**answer, "csrf": csrf(client.get(url).data)})
+    assert events(session_factory)[-1].detail["action"] == "unchanged"
+
+
 @pytest.mark.parametrize("field", ["marketing", "affiliates"])
 def test_an_answer_other_than_yes_or_no_is_refused(
     client: FlaskClient, settings: Settings, session_factory, contact_id: int, field: str
