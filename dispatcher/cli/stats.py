@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 
@@ -10,7 +9,7 @@ import click
 
 from dispatcher.cli import AppContext, pass_app
 from dispatcher.db import session_scope
-from dispatcher.sharing.cells import safe_row
+from dispatcher.sharing.cells import safe_row, spreadsheet_writer
 from dispatcher.sharing.stats import report
 
 
@@ -46,7 +45,7 @@ def stats(app: AppContext, fmt: str, k: int | None) -> None:
     shown = f"<{k}"
     if fmt == "csv":
         # One table: summary rows first (campaign "*"), then the delivery cells.
-        writer = csv.writer(sys.stdout, lineterminator="\r\n")
+        writer = spreadsheet_writer(sys.stdout)
         writer.writerow(["campaign", "day", "outcome", "count"])
         for key, value in data["summary"].items():
             writer.writerow(safe_row(["*", "", key, shown if value is None else value]))

@@ -9,7 +9,6 @@ the affiliate already holds: it never tells an affiliate who else is on our list
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, AffiliateRelease, AffiliateShare, Contact
 from dispatcher.settings import Settings
 from dispatcher.sharing.affiliates import AffiliateError, get_affiliate
-from dispatcher.sharing.cells import safe_row
+from dispatcher.sharing.cells import safe_row, spreadsheet_writer
 from suppression.address import address_digest, delivery_address
 from suppression.events import Hit, record_event
 from suppression.gate import affiliate_shareable
@@ -212,7 +211,7 @@ def _write_csv(
     progress: Progress | None,
 ) -> tuple[int, str]:
     sink = _HashingText(raw)
-    writer = csv.writer(sink, lineterminator="\r\n")
+    writer = spreadsheet_writer(sink)
     writer.writerow(header)
     count = 0
     for row in rows:
