@@ -82,6 +82,11 @@ class RetryLater(TransientSendError):
     """Some rows of the batch could not be sent now and were put back in the queue."""
 
 
+class LeaseLost(Exception):
+    """This execution's claim ran out: another took its rows for dead (``unknown``), so it
+    may not send them."""
+
+
 @dataclass
 class BatchResult:
     claimed: int = 0
@@ -96,7 +101,10 @@ class BatchResult:
     orphaned: int = 0
     skip_reasons: CountOf[str] = field(default_factory=CountOf)
     # Why rows went back to the queue: the cause of RetryLater, for the campaign's record.
-    problem: Exception | None = None
+    problem: BaseException | None = None
+    # The row handed to the transport and not yet told apart: if anything escapes now, its
+    # message may have left (``unknown``, never resent).
+    in_flight: int | None = None
 
 
 def orphan_stale_claims(
@@ -330,13 +338,16 @@ def _send_each(
     ahead: tuple[ClaimedRow, tuple[str, bytes] | Exception] | None = None
     for index, row in enumerate(rows):
         try:
-            renew()
             if row.address is not None:
-                # A sender behind its slots reserves new ones: in the database too.
+                # A sender behind its slots reserves new ones: in the database too. It may
+                # wait long for a slot; the pacer's sleep renews the claim meanwhile.
                 pacer.wait(index)
-        except OperationalError as exc:
-            # The database is away: send nothing more until it is back (fail closed); what
-            # has left is recorded (``_record_durably``), the rest goes back to the queue.
+            # After any wait, before the message: the rows are still this execution's.
+            renew()
+        except (OperationalError, LeaseLost) as exc:
+            # The database is away, or the claim ran out: send nothing more (fail closed);
+            # what has left is recorded (``_record_durably``), the rest goes back to the
+            # queue (rows another execution marked are not ours to move).
             result.problem = exc
             result.released.extend(r.delivery_id for r in rows[index:])
             return
@@ -371,6 +382,7 @@ def _send_each(
                 then = (sender, following.address, next_message)
         if before_send is not None:
             before_send(row)
+        result.in_flight = row.delivery_id
         handed = time.perf_counter()
         try:
             with factory.clock.stage("send"):
@@ -408,10 +420,13 @@ def _send_each(
             result.released.append(row.delivery_id)
         else:
             result.sent.append(row.delivery_id)
+        result.in_flight = None
 
 
 class _Lease:
-    """Renews this execution's claim while it sends, so nobody takes its rows for dead."""
+    """Renews this execution's claim while it sends, so nobody takes its rows for dead, and
+    tells when somebody did: a batch whose claim ran out (a sender stalled for longer than
+    the lease) must not send the rows another execution has marked ``unknown``."""
 
     def __init__(
         self,
@@ -419,28 +434,54 @@ class _Lease:
         claim_token: str,
         lease_seconds: float,
         batch: ColumnElement[bool],
+        held: int,
+        since: float,
     ) -> None:
+        """``held``: how many rows the claim took (all stay ``sending`` under its token
+        until the batch's outcomes are recorded); ``since``: ``time.monotonic()`` when the
+        claim committed."""
         self.sessions = sessions
         self.claim_token = claim_token
         self.batch = batch  # the batch's rows, so the renewal is an index range scan
-        # Often enough that losing the database stops sending within seconds.
+        self.held = held
+        # Often enough that losing the database stops sending within seconds. A row is
+        # taken for dead only after ``lease_seconds`` without a renewal, four times this.
         self.every = min(lease_seconds / 4, 2.0)
-        self.last = time.monotonic()
+        self.last = since
 
     def renew(self) -> None:
+        """Renew the claim when it is due; :class:`LeaseLost` when some row is no longer
+        this execution's."""
         if time.monotonic() - self.last < self.every:
             return
         with session_scope(self.sessions) as session:
-            session.execute(
-                update(Delivery)
-                .where(
-                    self.batch,
-                    Delivery.claim_token == self.claim_token,
-                    Delivery.status == DeliveryStatus.SENDING,
+            renewed = (
+                session.connection()
+                .execute(
+                    update(Delivery)
+                    .where(
+                        self.batch,
+                        Delivery.claim_token == self.claim_token,
+                        Delivery.status == DeliveryStatus.SENDING,
+                    )
+                    .values(renewed_at=utcnow())
                 )
-                .values(renewed_at=utcnow())
+                .rowcount
+            )
+        if renewed < self.held:
+            raise LeaseLost(
+                f"{self.held - renewed} of the batch's {self.held} rows are no longer this "
+                "execution's: its claim ran out"
             )
         self.last = time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` (waiting for a rate limit's slot), renewing the claim on the
+        way: a slot can be minutes away, behind other workers' reservations."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, self.every))
+            self.renew()
 
 
 def _ids_among(dialect: str) -> ColumnElement[bool]:
@@ -549,6 +590,38 @@ def _record_durably(
             delay = min(delay * 2, 10.0)
 
 
+def _settle(rows: list[ClaimedRow], result: BatchResult) -> None:
+    """After sending stopped early: the message the transport had (if nothing said what
+    became of it) is ``unknown``, and every row not yet decided goes back to the queue."""
+    done = set(result.sent) | set(result.failed) | set(result.unknown) | set(result.released)
+    if result.in_flight is not None and result.in_flight not in done:
+        result.unknown.append(result.in_flight)
+        done.add(result.in_flight)
+    result.released.extend(r.delivery_id for r in rows if r.delivery_id not in done)
+
+
+def _send_claimed(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    rows: list[ClaimedRow],
+    factory: MessageFactory,
+    transport: Transport,
+    result: BatchResult,
+    before_send: Callable[[ClaimedRow], None] | None,
+    lease: _Lease,
+) -> None:
+    """Send the claimed ``rows``, paced by the rate limits, under ``lease``."""
+    limits = throttle.Limits(settings.rate_per_second, settings.domain_rate_per_second)
+
+    def reserve(addresses: Sequence[str]) -> list[float]:
+        with session_scope(sessions) as session:
+            return throttle.schedule(session, addresses, limits)
+
+    addresses = [r.address or "" for r in rows]
+    pacer = throttle.Pacer(limits, reserve, addresses, sleep=lease.sleep)
+    _deliver(rows, factory, transport, result, before_send, lease.renew, pacer)
+
+
 def send_batch(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -570,41 +643,64 @@ def send_batch(
         if campaign is None:
             log.warning("batch for unknown campaign %s dropped", campaign_id)
             return result
-        result.orphaned = orphan_stale_claims(
-            session, campaign_id, first_id, last_id, claim_token, settings.claim_lease_seconds
-        )
-        with clock.stage("claim"):
-            rows, result.skipped = claim_batch(
-                session, campaign, first_id, last_id, claim_token, result.skip_reasons
-            )
-        result.claimed = len(rows)
         session.expunge(campaign)
-        purpose = campaign.purpose
-    if rows:
-        try:
-            # The campaign's stored render is read here (a process's first batch of it).
-            factory = MessageFactory(settings, campaign, signer, clock, sessions)
-            with reused_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
-                batch = and_(
-                    Delivery.campaign_id == campaign_id, Delivery.id.between(first_id, last_id)
+    purpose = campaign.purpose
+    # What the messages need is made before the claim: the campaign's render (read from the
+    # database, or prepared here when this process's templates differ) and the relay's
+    # connection. The claim's lease runs from its commit, so none of it can outlast the
+    # lease; and a campaign that cannot be rendered, or a relay that cannot be reached,
+    # claims nothing (the error goes to the task, which records it and retries).
+    factory = MessageFactory(settings, campaign, signer, clock, sessions)
+    rows: list[ClaimedRow] = []
+    try:
+        with reused_transport(settings.mail_url, timeout=settings.smtp_timeout_seconds) as tr:
+            claiming = time.monotonic()  # the lease runs from no later than the claim
+            with session_scope(sessions) as session:
+                result.orphaned = orphan_stale_claims(
+                    session,
+                    campaign_id,
+                    first_id,
+                    last_id,
+                    claim_token,
+                    settings.claim_lease_seconds,
                 )
-                lease = _Lease(sessions, claim_token, settings.claim_lease_seconds, batch)
-                limits = throttle.Limits(settings.rate_per_second, settings.domain_rate_per_second)
-
-                def reserve(addresses: Sequence[str]) -> list[float]:
-                    with session_scope(sessions) as session:
-                        return throttle.schedule(session, addresses, limits)
-
-                pacer = throttle.Pacer(limits, reserve, [r.address or "" for r in rows])
-                _deliver(rows, factory, tr, result, before_send, lease.renew, pacer)
-        except (TransientSendError, OperationalError) as exc:
-            # Opening or closing the connection failed, or the database went away before the
-            # first message (reading the render, reserving the first slots; once sending,
-            # ``_send_each`` stops at its next look at the database): what was not sent goes
-            # back. Rows left ``sending`` would be marked ``unknown``, never resent.
+                with clock.stage("claim"):
+                    claimed, result.skipped = claim_batch(
+                        session, campaign, first_id, last_id, claim_token, result.skip_reasons
+                    )
+            rows = claimed  # committed
+            result.claimed = len(rows)
+            if rows:
+                batch = Delivery.campaign_id == campaign_id, Delivery.id.between(first_id, last_id)
+                lease = _Lease(
+                    sessions,
+                    claim_token,
+                    settings.claim_lease_seconds,
+                    and_(*batch),
+                    held=len(rows),
+                    since=claiming,
+                )
+                _send_claimed(settings, sessions, rows, factory, tr, result, before_send, lease)
+    except (TransientSendError, OperationalError, LeaseLost) as exc:
+        if not rows:
+            raise  # nothing claimed (the claim or the connection failed): the task retries
+        # Closing the connection failed, or the database went away or the claim ran out
+        # before the first message (reserving the first slots; once sending,
+        # ``_send_each`` stops at its next look at the database): what was not sent goes
+        # back. Rows left ``sending`` would be marked ``unknown``, never resent.
+        result.problem = exc
+        _settle(rows, result)
+    except BaseException as exc:
+        # Anything else (a signing key that is no key, Celery's soft time limit, a defect):
+        # what left is recorded as it is for the errors above, the message in the
+        # transport's hands is ``unknown``, the rest goes back to the queue; then the error
+        # goes on to the task, which records it.
+        if rows:
             result.problem = exc
-            done = set(result.sent) | set(result.failed) | set(result.unknown)
-            result.released = [r.delivery_id for r in rows if r.delivery_id not in done]
+            _settle(rows, result)
+            with clock.stage("record"):
+                _record_durably(sessions, campaign_id, claim_token, result)
+        raise
     with clock.stage("record"):
         _record_durably(sessions, campaign_id, claim_token, result)
     clock.write(len(rows))

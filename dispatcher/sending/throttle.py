@@ -103,9 +103,14 @@ class Pacer:
         limits: Limits,
         reserve: Callable[[Sequence[str]], list[float]],
         addresses: Sequence[str],
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``sleep``: how to wait for a slot. A batch's first slot can be minutes away
+        (behind other workers' reservations); the sender passes a sleep that keeps its
+        claim alive meanwhile (``dispatcher.sending.batch``)."""
         self.limits = limits
         self.reserve = reserve
+        self.sleep = sleep
         self.addresses = list(addresses)
         self.times = reserve(self.addresses) if limits.active else []
         rates = [r for r in (limits.per_second, limits.per_domain_per_second) if r > 0]
@@ -116,4 +121,4 @@ class Pacer:
             return
         if time.time() > self.times[index] + self.slack:
             self.times[index:] = self.reserve(self.addresses[index:])
-        wait_until(self.times[index])
+        wait_until(self.times[index], self.sleep)

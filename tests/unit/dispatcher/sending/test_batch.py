@@ -720,32 +720,53 @@ def test_losing_the_database_mid_batch_stops_sending_and_records_what_left(
     assert_counters_match(session_factory)
 
 
-@pytest.mark.parametrize(
-    ("table", "rate"),
-    [("campaign_renders", 0.0), ("rate_limits", 600.0)],
-    ids=["reading the campaign's render", "reserving the first slots"],
-)
-def test_a_database_gone_before_the_first_message_sends_nothing_and_puts_all_back(
-    table: str,
-    rate: float,
+def test_a_database_gone_while_reading_the_render_claims_nothing(
     to_sink: Settings,
     session_factory: sessionmaker[Session],
     smtp_sink: SmtpSink,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Between the claim and its first message a batch reads the database: the render
-    stored for the campaign (a process's first batch of it) and, when paced, its first
-    slots. With the database gone there, nothing is sent and every claimed row goes back to
-    the queue (not left ``sending``, which the next execution would take for sent and mark
-    ``unknown``)."""
+    """What the messages need (the render stored for the campaign, read by a process's
+    first batch of it) is read before the claim: with the database gone there, nothing is
+    claimed or sent and the error goes to the task, which retries."""
     from sqlalchemy.exc import OperationalError
 
     from dispatcher.sending import composing
+    from suppression.tokens import TokenSigner
 
     monkeypatch.setattr(composing, "_prepared", {})  # this process has not prepared it yet
-    settings = to_sink.replace(rate_per_second=rate)
     campaign_id, ids = sending_campaign(session_factory)
-    with refusing(session_factory.kw["bind"], table) as gone:
+    with refusing(session_factory.kw["bind"], "campaign_renders") as gone:
+        gone["now"] = True
+        with pytest.raises(OperationalError):
+            send_batch(
+                to_sink,
+                session_factory,
+                TokenSigner(to_sink.secret_keys),
+                campaign_id,
+                ids[0],
+                ids[-1],
+            )
+    assert sent_to(smtp_sink) == []
+    after = details(session_factory, campaign_id)
+    assert {(after[a][0], after[a][4]) for a in ADDRESSES} == {("queued", None)}
+    assert_counters_match(session_factory)
+
+
+def test_a_database_gone_before_the_first_message_sends_nothing_and_puts_all_back(
+    to_sink: Settings,
+    session_factory: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    """Between the claim and its first message a paced batch reserves its first slots in
+    the database. With the database gone there, nothing is sent and every claimed row goes
+    back to the queue (not left ``sending``, which the next execution would take for sent
+    and mark ``unknown``)."""
+    from sqlalchemy.exc import OperationalError
+
+    settings = to_sink.replace(rate_per_second=600.0)
+    campaign_id, ids = sending_campaign(session_factory)
+    with refusing(session_factory.kw["bind"], "rate_limits") as gone:
         gone["now"] = True
         cause = put_back(settings, session_factory, campaign_id, ids, len(ADDRESSES))
     assert isinstance(cause, OperationalError)
@@ -836,8 +857,8 @@ def test_the_first_message_goes_without_a_renewal_before_it(
 def test_a_lease_is_renewed_at_a_quarter_of_its_length_and_at_least_every_2_seconds() -> None:
     """Losing the database stops sending within seconds, whatever the lease (README)."""
     batch = Delivery.id.between(1, 10)
-    assert _Lease(None, "t", 4.0, batch).every == 1.0  # type: ignore[arg-type]
-    assert _Lease(None, "t", 120.0, batch).every == 2.0  # type: ignore[arg-type]
+    assert _Lease(None, "t", 4.0, batch, held=1, since=0.0).every == 1.0  # type: ignore[arg-type]
+    assert _Lease(None, "t", 120.0, batch, held=1, since=0.0).every == 2.0  # type: ignore[arg-type]
 
 
 def test_recording_outcomes_retries_with_growing_jittered_waits_then_gives_up(
