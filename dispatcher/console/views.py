@@ -7,6 +7,7 @@ import email
 import email.policy
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import (
@@ -107,6 +108,21 @@ def home() -> BaseResponse:
     return redirect(url_for("console.campaigns"))
 
 
+def _own_page(target: str) -> str:
+    """``target`` if it is a path of this console, else the campaign list: a sign-in link
+    must not send staff on to another site. Browsers drop tabs and line breaks from a URL
+    (``/<tab>/evil.example`` is ``//evil.example`` to them) and read a backslash as a
+    slash, so any of them refuses the target."""
+    if (
+        not target.startswith("/")
+        or any(c.isspace() or not c.isprintable() or c == "\\" for c in target)
+        or target.startswith("//")
+        or urlsplit(target).netloc
+    ):
+        return url_for("console.campaigns")
+    return target
+
+
 @bp.route("/sign-in", methods=["GET", "POST"])
 def sign_in() -> Any:
     error = None
@@ -123,10 +139,7 @@ def sign_in() -> Any:
         if error is None and key is not None:
             session.clear()
             session["sid"] = key
-            target = request.args.get("next", "")
-            if not target.startswith("/") or target.startswith("//") or "\\" in target:
-                target = url_for("console.campaigns")
-            return redirect(target)
+            return redirect(_own_page(request.args.get("next", "")))
         code = 429 if error and error.outcome == "throttled" else 401
         return render_template("sign_in.html", error=str(error)), code
     return render_template("sign_in.html", error=error)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import time
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
+import pytest
 from sqlalchemy import select
 
 from dispatcher.db import session_scope
@@ -172,3 +174,32 @@ def test_a_campaign_whose_recipients_are_still_being_added_says_so(signed_in, se
     page = client.get(f"/campaigns/{ids[0]}").get_data(as_text=True)
     assert 'id="adding-recipients"' in page and "still being added" in page
     assert 'id="adding-recipients"' not in client.get(f"/campaigns/{ids[1]}").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("target", "lands"),
+    [
+        ("/campaigns/3", "/campaigns/3"),
+        ("/\t/evil.example/", "/campaigns"),
+        ("/\t\t/evil.example/", "/campaigns"),
+        ("/\n/evil.example/", "/campaigns"),
+        ("//evil.example/", "/campaigns"),
+        ("/\\evil.example/", "/campaigns"),
+        ("https://evil.example/", "/campaigns"),
+    ],
+)
+def test_after_sign_in_next_leads_only_to_a_page_of_the_console(
+    app, settings, target: str, lands: str
+) -> None:
+    """Browsers drop tabs and line breaks from a URL, so ``/<tab>/evil.example`` is
+    ``//evil.example`` to them: a sign-in link could have sent staff on to another site
+    (found by the red-team pass; a line break answered 500)."""
+    make_staff(settings, app.extensions["dispatcher.sessions"], "ed@staff.example", "editor")
+    client = app.test_client()
+    response = client.post(
+        "/sign-in",
+        query_string={"next": target},
+        data={"email": "ed@staff.example", "password": PASSWORD, "csrf_token": csrf(client)},
+    )
+    assert response.status_code == 302
+    assert urlsplit(response.headers["Location"]).path == lands
