@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -640,19 +641,25 @@ def put_back(
 ) -> BaseException | None:
     """``send_batch`` over ``ids``, which must end in ``RetryLater`` for ``count`` rows put
     back in the queue; returns what caused it."""
+    with pytest.raises(RetryLater, match=f"{count} messages put back") as caught:
+        send_ids(settings, sessions, campaign_id, ids, before_send)
+    return caught.value.__cause__
+
+
+def send_ids(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    campaign_id: int,
+    ids: list[int],
+    before_send: Callable[[Any], None] | None = None,
+) -> BatchResult:
+    """``send_batch`` over the batch from ``ids[0]`` to ``ids[-1]``."""
     from suppression.tokens import TokenSigner
 
-    with pytest.raises(RetryLater, match=f"{count} messages put back") as caught:
-        send_batch(
-            settings,
-            sessions,
-            TokenSigner(settings.secret_keys),
-            campaign_id,
-            ids[0],
-            ids[-1],
-            before_send=before_send,
-        )
-    return caught.value.__cause__
+    signer = TokenSigner(settings.secret_keys)
+    return send_batch(
+        settings, sessions, signer, campaign_id, ids[0], ids[-1], before_send=before_send
+    )
 
 
 def refusing(engine, needle: str):  # type: ignore[no-untyped-def]
@@ -732,21 +739,13 @@ def test_a_database_gone_while_reading_the_render_claims_nothing(
     from sqlalchemy.exc import OperationalError
 
     from dispatcher.sending import composing
-    from suppression.tokens import TokenSigner
 
     monkeypatch.setattr(composing, "_prepared", {})  # this process has not prepared it yet
     campaign_id, ids = sending_campaign(session_factory)
     with refusing(session_factory.kw["bind"], "campaign_renders") as gone:
         gone["now"] = True
         with pytest.raises(OperationalError):
-            send_batch(
-                to_sink,
-                session_factory,
-                TokenSigner(to_sink.secret_keys),
-                campaign_id,
-                ids[0],
-                ids[-1],
-            )
+            send_ids(to_sink, session_factory, campaign_id, ids)
     assert sent_to(smtp_sink) == []
     after = details(session_factory, campaign_id)
     assert {(after[a][0], after[a][4]) for a in ADDRESSES} == {("queued", None)}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,16 @@ from dispatcher.campaigns.recovery import expire_dead_claims
 from dispatcher.db import session_scope
 from dispatcher.models import Delivery, RateLimit
 from dispatcher.sending import batch
-from dispatcher.sending.batch import LeaseLost, RetryLater, send_batch
+from dispatcher.sending.batch import LeaseLost, RetryLater
 from dispatcher.sending.rendering import TemplateProblem
 from dispatcher.settings import Settings
-from suppression.tokens import TokenSigner
 from tests.factories import make_contact, make_sending_campaign
 from tests.support.smtp_sink import SmtpSink
 from tests.unit.dispatcher.sending.test_batch import (
     ADDRESSES,
     assert_counters_match,
     details,
+    send_ids,
     sending_campaign,
     sent_to,
 )
@@ -52,19 +52,6 @@ def to_sink(settings: Settings, smtp_sink: SmtpSink) -> Settings:
 
 def statuses(sessions: sessionmaker[Session], campaign_id: int) -> dict[str, str]:
     return {a: row[0] for a, row in details(sessions, campaign_id).items()}
-
-
-def run(settings: Settings, sessions: sessionmaker[Session], campaign_id: int, ids: list[int],
-        before_send: Callable[[Any], None] | None = None) -> None:  # fmt: skip
-    send_batch(
-        settings,
-        sessions,
-        TokenSigner(settings.secret_keys),
-        campaign_id,
-        ids[0],
-        ids[-1],
-        before_send=before_send,
-    )
 
 
 @contextmanager
@@ -100,7 +87,7 @@ def test_a_paced_batch_keeps_its_claim_while_it_waits_for_its_first_slot(
     paced = to_sink.replace(rate_per_second=100.0)
     started = time.monotonic()
     with beat(session_factory) as touched:
-        run(paced, session_factory, campaign_id, ids)
+        send_ids(paced, session_factory, campaign_id, ids)
     assert time.monotonic() - started >= 1.0  # it did wait behind the others' slots
     assert touched == []
     assert Counter(sent_to(smtp_sink)) == Counter(ADDRESSES)
@@ -127,7 +114,7 @@ def test_a_batch_whose_claim_ran_out_sends_nothing_more(
                 assert expire_dead_claims(session, LEASE) == [campaign_id]
 
     with pytest.raises(RetryLater) as caught:
-        run(to_sink, session_factory, campaign_id, ids, stall_at_the_second)
+        send_ids(to_sink, session_factory, campaign_id, ids, stall_at_the_second)
     assert isinstance(caught.value.__cause__, LeaseLost)
     assert sent_to(smtp_sink) == ADDRESSES[:2]
     # The sweep's verdict stands: nothing of this execution's is written over it.
@@ -150,7 +137,7 @@ def test_an_error_nobody_expected_mid_batch_keeps_what_left_and_puts_back_the_re
             raise SoftTimeLimitExceeded()
 
     with pytest.raises(SoftTimeLimitExceeded):
-        run(to_sink, session_factory, campaign_id, ids, time_is_up_at_the_third)
+        send_ids(to_sink, session_factory, campaign_id, ids, time_is_up_at_the_third)
     assert sent_to(smtp_sink) == ADDRESSES[:2]
     after = statuses(session_factory, campaign_id)
     assert [after[a] for a in ADDRESSES] == ["sent"] * 2 + ["queued"] * 4
@@ -186,7 +173,7 @@ def test_an_error_while_the_relay_has_the_message_leaves_it_unknown(
     monkeypatch.setattr(batch, "reused_transport", interrupted_after_the_third)
     campaign_id, ids = sending_campaign(session_factory)
     with pytest.raises(SoftTimeLimitExceeded):
-        run(to_sink, session_factory, campaign_id, ids)
+        send_ids(to_sink, session_factory, campaign_id, ids)
     assert sent_to(smtp_sink) == ADDRESSES[:3]
     after = statuses(session_factory, campaign_id)
     assert [after[a] for a in ADDRESSES] == ["sent"] * 2 + ["unknown"] + ["queued"] * 3
@@ -216,7 +203,7 @@ def test_a_template_broken_since_scheduling_sends_nothing_and_puts_every_row_bac
     edited = to_sink.replace(templates_dir=templates)
     campaign_id, ids = sending_campaign(session_factory)
     with pytest.raises(TemplateProblem):
-        run(edited, session_factory, campaign_id, ids)
+        send_ids(edited, session_factory, campaign_id, ids)
     assert sent_to(smtp_sink) == []
     assert set(statuses(session_factory, campaign_id).values()) == {"queued"}
     assert_counters_match(session_factory)
@@ -236,7 +223,7 @@ def test_a_signing_key_that_is_no_key_sends_nothing_and_puts_every_row_back(
             make_contact(session, address)
         campaign_id, ids = make_sending_campaign(session)
     with pytest.raises(Exception) as caught:  # noqa: PT011 - the signing library's own error
-        run(signing, session_factory, campaign_id, ids)
+        send_ids(signing, session_factory, campaign_id, ids)
     assert not isinstance(caught.value, RetryLater)
     assert sent_to(smtp_sink) == []
     with session_factory() as session:
