@@ -384,3 +384,27 @@ def record_rejected(
     if created:
         record_event(session, "inbound_rejected", outcome="rejected", source=source, why=why)
     return created
+
+
+def record_failed(
+    session: Session, settings: Settings, raw: bytes, *, source: str, why: str
+) -> None:
+    """Record a message whose processing failed (not for the database being away) as
+    ``unparsed``, keyed by its bytes: the mailbox reader moves it on, and this row, with the
+    message kept, is what staff find of it. Its own key (``failed:``) leaves the message's
+    Message-ID free, so a replay once the cause is fixed applies it."""
+    stmt = (
+        insert_for(session, InboundMessage)
+        .values(
+            key="failed:" + hashlib.sha256(raw).hexdigest(),
+            source=source,
+            received_at=utcnow(),
+            kind=str(Kind.UNPARSED),
+            outcome=Outcome.UNPARSED,
+            detail={"why": storable_text(why)},
+            raw=raw[: settings.inbound_keep_bytes],
+            raw_size=len(raw),
+        )
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+    session.execute(stmt)
