@@ -33,6 +33,7 @@ from dispatcher.campaigns.deliveries import stop_queued
 from dispatcher.inbound import returnpath
 from dispatcher.inbound.classify import Kind, Report, classify
 from dispatcher.inbound.rates import pause_if_over
+from dispatcher.inbound.storable import dedup_key, storable_text
 from dispatcher.models import Contact, Delivery, InboundMessage
 from dispatcher.settings import Settings
 from suppression.address import canonical_address
@@ -82,9 +83,10 @@ class Processed:
 
 
 def message_key(report: Report, raw: bytes) -> str:
-    """The message's Message-ID, or a hash of its bytes when it has none."""
+    """The message's Message-ID (hashed when it is not plain ASCII or too long for the
+    column, see :func:`storable.dedup_key`), or a hash of its bytes when it has none."""
     if report.message_id:
-        return "mid:" + report.message_id.strip()[:290]
+        return dedup_key("mid", report.message_id.strip())
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
@@ -162,8 +164,8 @@ def _record(
             kind=str(report.kind),
             outcome=Outcome.UNPARSED if report.kind is Kind.UNPARSED else Outcome.IGNORED,
             detail={
-                "why": report.why,
-                "recipients": list(report.recipients)[:20],
+                "why": storable_text(report.why),
+                "recipients": [storable_text(r) for r in report.recipients[:20]],
                 "truncated": report.truncated,
             },
             raw=raw[: settings.inbound_keep_bytes],
@@ -209,7 +211,7 @@ def _apply(
         delivery.feedback = str(kind)
         delivery.feedback_at = utcnow()
     origin = f"inbound:{source}"
-    note = f"campaign {delivery.campaign_id}: {done.report.why}"[:500]
+    note = storable_text(f"campaign {delivery.campaign_id}: {done.report.why}"[:500])
     if kind is Kind.HARD_BOUNCE:
         _suppress(session, delivery.address_id, Reason.HARD_BOUNCE, origin, note)
     elif kind is Kind.COMPLAINT:
@@ -382,3 +384,27 @@ def record_rejected(
     if created:
         record_event(session, "inbound_rejected", outcome="rejected", source=source, why=why)
     return created
+
+
+def record_failed(
+    session: Session, settings: Settings, raw: bytes, *, source: str, why: str
+) -> None:
+    """Record a message whose processing failed (not for the database being away) as
+    ``unparsed``, keyed by its bytes: the mailbox reader moves it on, and this row, with the
+    message kept, is what staff find of it. Its own key (``failed:``) leaves the message's
+    Message-ID free, so a replay once the cause is fixed applies it."""
+    stmt = (
+        insert_for(session, InboundMessage)
+        .values(
+            key="failed:" + hashlib.sha256(raw).hexdigest(),
+            source=source,
+            received_at=utcnow(),
+            kind=str(Kind.UNPARSED),
+            outcome=Outcome.UNPARSED,
+            detail={"why": storable_text(why)},
+            raw=raw[: settings.inbound_keep_bytes],
+            raw_size=len(raw),
+        )
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+    session.execute(stmt)

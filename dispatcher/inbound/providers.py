@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import time
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from dispatcher.inbound.classify import Kind, Report
+from dispatcher.inbound.storable import dedup_key
 
 # Certificates are fetched only from SNS's own hosts, over https.
 _SNS_HOST = re.compile(r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]*\.pem$")
@@ -120,7 +122,7 @@ def verify_sns(body: bytes, topics: set[str], fetch: CertFetcher) -> dict[str, A
 
 def ses_report(message: dict[str, Any]) -> tuple[str, Report, bytes]:
     """(event key, report, evidence) of a verified SNS notification carrying an SES event."""
-    key = f"sns:{message.get('MessageId', '')}"
+    key = dedup_key("sns", str(message.get("MessageId", "")))
     text = str(message.get("Message", ""))
     try:
         event = json.loads(text)
@@ -195,8 +197,18 @@ def verify_sendgrid(
 
 
 def sendgrid_report(event: dict[str, Any]) -> tuple[str, Report, bytes]:
+    """(event key, report, evidence) of one verified SendGrid event.
+
+    The key is SendGrid's ``sg_event_id``; an event without one is keyed by a digest of the
+    whole event, so a redelivery is still a duplicate while two different events of one
+    address (a ``delivered`` then an ``unsubscribe``) are two.
+    """
     evidence = json.dumps(event, sort_keys=True).encode()
-    key = f"sendgrid:{event.get('sg_event_id') or evidence.hex()[:64]}"
+    event_id = event.get("sg_event_id")
+    if event_id:
+        key = dedup_key("sendgrid", str(event_id))
+    else:
+        key = "sendgrid-event-sha256:" + hashlib.sha256(evidence).hexdigest()
     name = str(event.get("event", ""))
     recipients = (str(event.get("email", "")).lower(),) if event.get("email") else ()
     if name == "bounce":

@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
-from dispatcher.inbound.apply import Processed, process_message
+from dispatcher.inbound.apply import Processed, process_message, record_failed
+from dispatcher.inbound.spool import DATABASE_AWAY
 from dispatcher.settings import Settings
 from suppression.tokens import TokenSigner
 
@@ -71,12 +72,66 @@ def apply_raw(
         return done
 
 
+def apply_or_set_aside(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    signer: TokenSigner,
+    raw: bytes,
+    *,
+    source: str,
+    name: str,
+) -> Processed | None:
+    """:func:`apply_raw` for a mailbox read in order: a message whose processing fails for
+    any reason but the database being away is recorded as failed (when it can be) and
+    ``None`` is returned, so the caller moves it on and it never blocks the messages behind
+    it. With the database away the error propagates and the message waits for the next run.
+
+    ``name`` (a file name, an IMAP UID) goes into the log line; no address does.
+    """
+    try:
+        return apply_raw(sessions, settings, signer, raw, source=source)
+    except DATABASE_AWAY:
+        raise
+    except Exception as exc:  # one unprocessable message must not stop the mailbox
+        why = f"processing failed: {type(exc).__name__}"
+    log.error("inbound %s: message %s set aside (%s)", source, name, why)
+    _record_failure(sessions, settings, raw, source=source, name=name, why=why)
+    return None
+
+
+def _record_failure(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    raw: bytes,
+    *,
+    source: str,
+    name: str,
+    why: str,
+) -> None:
+    """Record a failed message in its own transaction; if even that fails (but for the
+    database being away), say so and go on: the message itself stays in the mailbox."""
+    try:
+        with session_scope(sessions) as session:
+            record_failed(session, settings, raw, source=source, why=why)
+    except DATABASE_AWAY:
+        raise
+    except Exception as exc:
+        log.error(
+            "inbound %s: message %s could not be recorded either (%s)",
+            source,
+            name,
+            type(exc).__name__,
+        )
+
+
 @dataclass
 class Tally:
     counts: dict[str, int] = field(default_factory=dict)
 
-    def add(self, done: Processed) -> None:
-        key = "duplicate" if done.duplicate else done.outcome
+    def add(self, done: Processed | None) -> None:
+        """Count one message by its outcome (``failed``: set aside, see
+        :func:`apply_or_set_aside`)."""
+        key = "failed" if done is None else "duplicate" if done.duplicate else done.outcome
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
@@ -86,7 +141,9 @@ def poll_maildir(
     """Apply every message in ``root``'s new/, then move it to cur/ marked seen (``:2,S``).
 
     A message is moved only after its transaction committed; a crash in between leaves it
-    to be read again, which its unique key turns into a duplicate.
+    to be read again, which its unique key turns into a duplicate. One whose processing
+    failed (:func:`apply_or_set_aside`) goes to cur/ too, flagged and unseen (``:2,F``), so
+    a person opening the mailbox sees it and new/ still holds only what is left to do.
     """
     tally = Tally()
     for sub in ("new", "cur", "tmp"):
@@ -96,8 +153,10 @@ def poll_maildir(
             continue
         with path.open("rb") as handle:
             raw = handle.read(settings.inbound_max_bytes + 1)
-        tally.add(apply_raw(sessions, settings, signer, raw, source="maildir"))
-        path.rename(root / "cur" / (path.name.split(":")[0] + ":2,S"))
+        done = apply_or_set_aside(sessions, settings, signer, raw, source="maildir", name=path.name)
+        tally.add(done)
+        flags = "S" if done is not None else "F"
+        path.rename(root / "cur" / (path.name.split(":")[0] + ":2," + flags))
     return tally
 
 
@@ -116,8 +175,10 @@ def poll_imap(
     Everything still in the mailbox is unprocessed, so a person reading it (which marks
     messages seen) loses nothing, and the mailbox does not grow with what was done. A
     message is moved only after its transaction committed; a crash in between leaves it to
-    be read again, which its unique key turns into a duplicate. A connection, TLS, login or
-    folder problem raises :class:`InboundError` before anything is applied.
+    be read again, which its unique key turns into a duplicate. A message whose processing
+    failed (:func:`apply_or_set_aside`) is flagged (``\\Flagged``) and moved there too: the
+    mailbox keeps holding only what is left to do, and a person sees it. A connection, TLS,
+    login or folder problem raises :class:`InboundError` before anything is applied.
     """
     from imapclient import IMAPClient
     from imapclient.exceptions import IMAPClientError, LoginError
@@ -152,7 +213,12 @@ def poll_imap(
                     raw = client.fetch([uid], ["BODY.PEEK[HEADER]"])[uid][b"BODY[HEADER]"]
                 else:
                     raw = client.fetch([uid], ["BODY.PEEK[]"])[uid][b"BODY[]"]
-                tally.add(apply_raw(sessions, settings, signer, bytes(raw), source="imap"))
+                done = apply_or_set_aside(
+                    sessions, settings, signer, bytes(raw), source="imap", name=f"UID {uid}"
+                )
+                tally.add(done)
+                if done is None:
+                    client.add_flags([uid], [b"\\Flagged"], silent=True)
                 _move(client, uid, target)
     except LoginError:
         raise InboundError(

@@ -66,7 +66,12 @@ Applier = Callable[[dict[str, Any], bytes], None]
 
 def drain(spool: Path, apply: Applier) -> int:
     """Apply every spooled request in order; stop at the first database error (the rest
-    wait for the next call). Returns how many were applied."""
+    wait for the next call). Returns how many were applied.
+
+    An entry that cannot be read, or whose applying fails for any other reason, is set
+    aside (``<spool>/<name>.bad``, kept for a person to look at) and draining goes on: one
+    such entry must not hold back every unsubscribe spooled after it.
+    """
     if not (spool / "new").is_dir():
         return 0
     work = spool / "work"
@@ -90,17 +95,26 @@ def drain(spool: Path, apply: Applier) -> int:
         try:
             payload = json.loads(head)
         except ValueError:
-            log.error("spool: unreadable entry %s kept aside", path.name)
-            path.rename(spool / (path.name + ".bad"))
+            _set_aside(spool, path, "unreadable")
             continue
         try:
             apply(payload, body)
         except DATABASE_AWAY:
             log.warning("spool: database still away or busy; %d entries wait", len(claimed) - done)
             return done
+        except Exception as exc:  # this entry's own fault: the others must still be applied
+            _set_aside(spool, path, f"failed: {type(exc).__name__}")
+            continue
         path.unlink(missing_ok=True)
         done += 1
     return done
+
+
+def _set_aside(spool: Path, path: Path, why: str) -> None:
+    """Move an entry out of the queue, kept whole for a person (the log names the file and
+    why, never what it holds)."""
+    log.error("spool: entry %s kept aside as %s.bad (%s)", path.name, path.name, why)
+    path.rename(spool / (path.name + ".bad"))
 
 
 class Drainer:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
@@ -23,6 +24,7 @@ from suppression.tokens import LinkPurpose, TokenSigner
 from tests.support.imap_server import ImapServer
 from tests.support.smtp_sink import self_signed_certificate
 from tests.unit.dispatcher.inbound.test_apply import delivery_of, dsn, sent_campaign
+from tests.unit.dispatcher.inbound.test_sources import BROKEN, failing_on
 from workers import runtime as runtime_module
 from workers.tasks import read_inbound_mailboxes
 
@@ -366,3 +368,48 @@ def test_a_mailbox_that_does_not_exist_is_named(
 ) -> None:
     with pytest.raises(InboundError, match="NONEXISTENT"):
         read(monkeypatch, settings, imap.url("Bounces"), certificate[0])
+
+
+def test_a_message_that_fails_is_flagged_and_moved_on_and_the_rest_are_applied(
+    imap: ImapServer,
+    certificate: tuple[Path, Path],
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    mail: Mail,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It had the lowest UID: were it left in the mailbox, every run would stop at it."""
+    first = imap.deliver("INBOX", BROKEN)
+    put(imap, mail)
+    failing_on(monkeypatch, b"X-Break", ValueError("cannot store mallory@example.net"))
+
+    tally = read(monkeypatch, settings, imap.url(), certificate[0])
+
+    assert tally == {"failed": 1, "applied": 4, "unmatched": 1}
+    assert state(session_factory, mail.queued_id).suppressions == EXPECTED_SUPPRESSIONS
+    assert imap.folder("INBOX").uids() == []
+    done = imap.folder("Processed").messages
+    assert [m.data for m in done] == [imap_form(BROKEN)] + [imap_form(r) for r in mail.all()]
+    assert [m.flags for m in done] == [{"\\Flagged"}, set(), set(), set(), set(), {"\\Seen"}]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dispatcher.inbound.sources"]
+    assert lines == [f"inbound imap: message UID {first} set aside (processing failed: ValueError)"]
+
+
+def test_with_the_database_away_every_message_stays_in_the_mailbox(
+    imap: ImapServer,
+    certificate: tuple[Path, Path],
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    mail: Mail,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uids = put(imap, mail)
+    failing_on(monkeypatch, b"", OperationalError("SELECT 1", {}, Exception("refused")))
+
+    with pytest.raises(OperationalError):
+        read(monkeypatch, settings, imap.url(), certificate[0])
+
+    assert imap.folder("INBOX").uids() == uids
+    assert imap.folder("Processed").messages == []
+    assert state(session_factory, mail.queued_id).inbound == {}

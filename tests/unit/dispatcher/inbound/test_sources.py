@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
+from unittest.mock import Mock
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import session_scope
-from dispatcher.inbound import returnpath
+from dispatcher.inbound import returnpath, sources
+from dispatcher.inbound.apply import Processed
 from dispatcher.inbound.sources import poll_maildir
 from dispatcher.models import InboundMessage
 from dispatcher.settings import Settings
@@ -117,3 +122,102 @@ def test_the_maildir_poll_moves_each_applied_message_to_cur(
     assert tally.counts == {"applied": 1}
     assert [p.name for p in (box / "cur").iterdir()] == ["a:2,S"]
     assert poll_maildir(session_factory, settings, signer, box).counts == {}
+
+
+BROKEN = (
+    b"From: mallory@example.net\r\nTo: bounces@killertracks.com\r\nSubject: hi\r\n"
+    b"Message-ID: <broken@example.net>\r\nX-Break: here\r\n\r\nhi\r\n"
+)
+
+
+def failing_on(monkeypatch: pytest.MonkeyPatch, marker: bytes, error: Exception) -> None:
+    """Processing raises ``error`` for every message holding ``marker`` (a fault of that
+    message's own, or the database going away while it is applied)."""
+    real = sources.process_message
+
+    def process(
+        session: Session, settings: Settings, signer: TokenSigner, raw: bytes, **kw: Any
+    ) -> Processed:
+        if marker in raw:
+            raise error
+        return real(session, settings, signer, raw, **kw)
+
+    monkeypatch.setattr(sources, "process_message", process)
+
+
+def maildir(tmp_path: Path, **messages: bytes) -> Path:
+    box = tmp_path / "inbox"
+    for sub in ("new", "cur", "tmp"):
+        (box / sub).mkdir(parents=True)
+    for name, raw in messages.items():
+        (box / "new" / name).write_bytes(raw)
+    return box
+
+
+def test_a_message_that_fails_is_recorded_flagged_and_does_not_stop_the_ones_after_it(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    box = maildir(tmp_path, m1=BROKEN, m2=bounce_for(settings, session_factory, "gone@example.org"))
+    failing_on(monkeypatch, b"X-Break", ValueError("cannot store mallory@example.net"))
+    signer = TokenSigner(settings.secret_keys)
+
+    tally = poll_maildir(session_factory, settings, signer, box)
+
+    assert tally.counts == {"failed": 1, "applied": 1}
+    assert sorted(p.name for p in (box / "cur").iterdir()) == ["m1:2,F", "m2:2,S"]
+    assert list((box / "new").iterdir()) == []
+    with session_scope(session_factory) as session:
+        failed = session.scalars(
+            select(InboundMessage).where(InboundMessage.key.startswith("failed:"))
+        ).one()
+        assert (failed.kind, failed.outcome, failed.source) == ("unparsed", "unparsed", "maildir")
+        assert failed.detail == {"why": "processing failed: ValueError"}
+        assert failed.raw == BROKEN
+    lines = [r.getMessage() for r in caplog.records if r.name == "dispatcher.inbound.sources"]
+    assert lines == ["inbound maildir: message m1 set aside (processing failed: ValueError)"]
+    # Nothing is left to do: the next run finds an empty new/.
+    assert poll_maildir(session_factory, settings, signer, box).counts == {}
+
+
+def test_a_failure_that_cannot_be_recorded_still_moves_the_message_on(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    box = maildir(tmp_path, m1=BROKEN)
+    failing_on(monkeypatch, b"X-Break", ValueError("one"))
+    monkeypatch.setattr(sources, "record_failed", Mock(side_effect=ValueError("two")))
+
+    tally = poll_maildir(session_factory, settings, TokenSigner(settings.secret_keys), box)
+
+    assert tally.counts == {"failed": 1}
+    assert [p.name for p in (box / "cur").iterdir()] == ["m1:2,F"]
+    assert "message m1 could not be recorded either (ValueError)" in caplog.text
+
+
+def test_with_the_database_away_a_message_waits_in_new_for_the_next_run(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    raw = bounce_for(settings, session_factory, "gone@example.org")
+    box = maildir(tmp_path, m1=raw)
+    signer = TokenSigner(settings.secret_keys)
+    away = OperationalError("SELECT 1", {}, Exception("connection refused"))
+    real = sources.process_message
+    failing_on(monkeypatch, b"", away)
+
+    with pytest.raises(OperationalError):
+        poll_maildir(session_factory, settings, signer, box)
+
+    assert [p.name for p in (box / "new").iterdir()] == ["m1"]
+    assert counts(session_factory) == (0, 0)  # nothing recorded as failed
+    monkeypatch.setattr(sources, "process_message", real)  # the database is back
+    assert poll_maildir(session_factory, settings, signer, box).counts == {"applied": 1}
