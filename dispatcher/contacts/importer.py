@@ -24,7 +24,7 @@ from typing import IO
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.contacts.csvread import BadField, Record, check_field, records
+from dispatcher.contacts.csvread import BadField, Record, UnreadableCsv, check_field, records
 from dispatcher.contacts.mapping import Layout, layout_for
 from dispatcher.contacts.staging import Stage, StagedRow, merge
 from dispatcher.db import session_scope
@@ -275,7 +275,10 @@ def import_contacts(
     with _open_bytes(path) as raw, session_scope(sessions) as session:
         failed: list[tuple[int, str]] = []
         rows = records(raw, failed)
-        header = next(rows, None)
+        try:
+            header = next(rows, None)
+        except UnreadableCsv as exc:
+            raise ImportFileError(str(exc)) from None
         if header is None:
             raise ImportFileError("the file is empty (no header row)")
         if header.suspect:
@@ -310,6 +313,8 @@ def import_contacts(
                 row, row_tags = parsed
                 staged.append(row)
                 tags.extend((row[1], tag) for tag in row_tags)
+            elif record.end > record.line:
+                report.errors.append(_spanned(record))
             if len(staged) >= chunk_size:
                 flush()
         flush()
@@ -364,10 +369,25 @@ def _refuse_erased(
     tags[:] = [tag for tag in tags if tag[0] not in erased]
 
 
+def _spanned(record: Record) -> RowError:
+    """An invalid row over several lines: which lines it took, so that rows swallowed by a
+    quote opened by mistake (and closed by another, far below) are not lost unseen."""
+    return RowError(
+        record.line,
+        "(row)",
+        f"this row runs over lines {record.line}–{record.end} (a quoted field holds line "
+        "breaks; if a quote was left open by mistake, those lines are rows not imported)",
+    )
+
+
 def _counted(rows: Iterator[Record], report: ImportReport) -> Iterator[Record]:
-    for record in rows:
-        report.read += 1
-        yield record
+    """The records, counted as read; a file the csv module cannot read on is refused whole."""
+    try:
+        for record in rows:
+            report.read += 1
+            yield record
+    except UnreadableCsv as exc:
+        raise ImportFileError(str(exc)) from None
 
 
 @contextmanager
