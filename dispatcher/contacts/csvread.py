@@ -135,20 +135,25 @@ def records(raw: IO[bytes], failed: list[tuple[int, str]]) -> Iterator[Record]:
                 failed.append((start, "the row holds a carriage return (CR) outside quotes"))
                 continue
             raise UnreadableCsv(_unreadable(start, min(reader.line_num, count), exc)) from None
-        if fields == [_END_MARK]:
+        end = reader.line_num
+        if end > count:  # the end mark was read: alone on its row, or inside an open quote
+            if fields != [_END_MARK]:
+                raise UnreadableCsv(_never_closed(start, count))
             return
-        end = min(reader.line_num, count)
-        if fields and _END_MARK in fields[-1]:
-            span = f"lines {start}–{end}" if end > start else f"line {start}"
-            raise UnreadableCsv(
-                f"line {start}: a quoted field opens on this row and is never closed, so "
-                f"{span} (to the end of the file) cannot be read as rows; nothing was "
-                "imported: close the quote (or double it) and import again"
-            )
-        if fields and (end > start or long_line) and _over_long(fields):
-            suspect = True  # check_field names the field
+        if long_line or end > start:  # rare: look for an over-long field
+            suspect = suspect or _over_long(fields)  # check_field names the field
         if fields:
             yield Record(start, fields, suspect, end)
+
+
+def _never_closed(start: int, last: int) -> str:
+    """The message for a quoted field that runs from the row at ``start`` to the file's end."""
+    span = f"lines {start}–{last}" if last > start else f"line {start}"
+    return (
+        f"line {start}: a quoted field opens on this row and is never closed, so {span} (to "
+        "the end of the file) cannot be read as rows; nothing was imported: close the quote "
+        "(or double it) and import again"
+    )
 
 
 def _over_long(fields: list[str]) -> bool:
