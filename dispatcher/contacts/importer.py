@@ -24,7 +24,7 @@ from typing import IO
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.contacts.csvread import BadField, Record, check_field, records
+from dispatcher.contacts.csvread import BadField, Record, UnreadableCsv, check_field, records
 from dispatcher.contacts.mapping import Layout, layout_for
 from dispatcher.contacts.staging import Stage, StagedRow, merge
 from dispatcher.db import session_scope
@@ -39,6 +39,12 @@ _YES = {"yes", "y", "true", "1", "opted_in", "opt_in", "in"}
 _NO = {"no", "n", "false", "0", "opted_out", "opt_out", "out"}
 MAX_FIELD = 200
 MAX_TAG = 100  # ContactTag.tag's column length
+# A consent time before this is refused (row error). The latest word wins, so a wrong date
+# decides: the stand-ins systems write for "no date" (0001-01-01 of Go and .NET, 1753-01-01 of
+# SQL Server, 1899/1900 of spreadsheets, 1970-01-01 of Unix, in any time zone) and typos (0999
+# for 1999) would date an opt-out before every opt-in. No e-mail consent is that old (SMTP is
+# of 1982), and an opt-out without a date, which is what these mean, counts as of the import.
+EARLIEST_CONSENT = datetime(1980, 1, 1, tzinfo=UTC)
 _JSON = json.JSONEncoder(ensure_ascii=False).encode
 
 
@@ -117,6 +123,22 @@ def _timestamp(text: str, now: datetime) -> datetime | None:
 
 @lru_cache(maxsize=1 << 16)  # exports repeat their times (a day, a campaign's send)
 def _parse_time(text: str) -> datetime | None:
+    """The UTC time ``text`` names, or None when empty; ValueError when it is no time or one
+    before EARLIEST_CONSENT."""
+    try:
+        parsed = _iso_time(text)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the calendar's first day in UTC
+        raise ValueError(f"{text!r} is outside the calendar") from None
+    if parsed is not None and parsed < EARLIEST_CONSENT:
+        raise ValueError(
+            f"{text!r} is before {EARLIEST_CONSENT.year}, older than any consent record: a "
+            "placeholder or a typo? Leave it empty if the date is unknown"
+        )
+    return parsed
+
+
+def _iso_time(text: str) -> datetime | None:
+    """``text`` as an ISO-8601 date or time in UTC (naive ones taken as UTC)."""
     value = text.strip()
     if not value:
         return None
@@ -275,7 +297,10 @@ def import_contacts(
     with _open_bytes(path) as raw, session_scope(sessions) as session:
         failed: list[tuple[int, str]] = []
         rows = records(raw, failed)
-        header = next(rows, None)
+        try:
+            header = next(rows, None)
+        except UnreadableCsv as exc:
+            raise ImportFileError(str(exc)) from None
         if header is None:
             raise ImportFileError("the file is empty (no header row)")
         if header.suspect:
@@ -310,6 +335,8 @@ def import_contacts(
                 row, row_tags = parsed
                 staged.append(row)
                 tags.extend((row[1], tag) for tag in row_tags)
+            elif record.end > record.line:
+                report.errors.append(_spanned(record))
             if len(staged) >= chunk_size:
                 flush()
         flush()
@@ -364,10 +391,25 @@ def _refuse_erased(
     tags[:] = [tag for tag in tags if tag[0] not in erased]
 
 
+def _spanned(record: Record) -> RowError:
+    """An invalid row over several lines: which lines it took, so that rows swallowed by a
+    quote opened by mistake (and closed by another, far below) are not lost unseen."""
+    return RowError(
+        record.line,
+        "(row)",
+        f"this row runs over lines {record.line}–{record.end} (a quoted field holds line "
+        "breaks; if a quote was left open by mistake, those lines are rows not imported)",
+    )
+
+
 def _counted(rows: Iterator[Record], report: ImportReport) -> Iterator[Record]:
-    for record in rows:
-        report.read += 1
-        yield record
+    """The records, counted as read; a file the csv module cannot read on is refused whole."""
+    try:
+        for record in rows:
+            report.read += 1
+            yield record
+    except UnreadableCsv as exc:
+        raise ImportFileError(str(exc)) from None
 
 
 @contextmanager

@@ -228,15 +228,37 @@ def _listmonk(values: Values, raw: dict[str, str]) -> Values:
             if attr is None or value is None:
                 continue
             values.attributes[attr] = value if isinstance(value, str) else json.dumps(value)
-    status = (raw.get("status") or "").strip().lower()
-    if status == "blocklisted":
+    if (raw.get("status") or "").strip().lower() == "blocklisted":  # out of every list
         values.marketing_consent = "no"
         values.consent_at = go_time(raw.get("updated_at") or "")
-    elif status == "enabled":
-        values.marketing_consent = "yes"
-        values.consent_at = go_time(raw.get("created_at") or "")
+    else:
+        _listmonk_subscription(values, raw)
     values.consent_source = "listmonk"
     return values
+
+
+def _listmonk_subscription(values: Values, raw: dict[str, str]) -> None:
+    """Consent from a per-list ``subscription_status`` column, when the file has one.
+
+    ``enabled`` alone says nothing: a subscriber who unsubscribed from a list stays enabled,
+    and listmonk's export does not show the list's status (knadh/listmonk#1609), so reading
+    it as an opt-in would turn that unsubscribe into one. ``unconfirmed`` is the state of
+    everyone on a single opt-in list and of whoever never confirmed on a double opt-in one,
+    which the file does not tell apart: no consent either. Times err towards the opt-out:
+    an unsubscribe counts as of the import (listmonk does not always move the subscription's
+    ``updated_at`` when a list is left, so that time may be older than the unsubscribe); a
+    confirmed subscription is dated when it was made (``subscription_created_at``, before its
+    confirmation), or undated, and then loses to every opt-out."""
+    status = (raw.get("subscription_status") or "").strip().lower()
+    if status == "unsubscribed":
+        values.marketing_consent, values.consent_at = "no", ""
+    elif status == "confirmed":
+        values.marketing_consent = "yes"
+        values.consent_at = go_time(raw.get("subscription_created_at") or "")
+    elif status not in ("", "unconfirmed"):
+        raise ValueError(
+            "subscription_status: is not one of listmonk's (confirmed, unconfirmed, unsubscribed)"
+        )
 
 
 _MAILCHIMP_TRACKING = [
@@ -280,7 +302,8 @@ PRESETS: dict[str, Preset] = {
         tag_separator=",",
         transform=_mailchimp,
     ),
-    # listmonk subscribers export: uuid,email,name,attributes,status,created_at,updated_at.
+    # listmonk subscribers export: uuid,email,name,attributes,status,created_at,updated_at;
+    # a list's status (subscription_status and its times) only where a file carries it.
     "listmonk": Preset(
         columns={
             "uuid": IGNORE,
@@ -290,6 +313,9 @@ PRESETS: dict[str, Preset] = {
             "status": IGNORE,
             "created_at": IGNORE,
             "updated_at": IGNORE,
+            "subscription_status": IGNORE,
+            "subscription_created_at": IGNORE,
+            "subscription_updated_at": IGNORE,
         },
         transform=_listmonk,
     ),

@@ -111,10 +111,13 @@ _ROW_COLUMNS = [c.name for c in ROWS.c]
 
 @lru_cache(maxsize=1 << 16)
 def _sqlite_time(value: datetime | None) -> str | None:
-    # The text form SQLAlchemy's SQLite DateTime stores, so the rule compares like with like.
+    """The text form SQLAlchemy's SQLite DateTime stores ("0999-06-01 00:00:00.000000"), so
+    the consent rule, which compares the stored text, compares like with like. The year is
+    always four digits: strftime's %Y leaves years before 1000 unpadded on Linux, and
+    "999-…" sorts after "2025-…", which would make the oldest opt-in the latest word."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 class Stage:

@@ -168,6 +168,41 @@ def test_future_consent_time_is_refused(
     assert "future" in report.errors[0].reason
 
 
+def test_a_time_at_the_edge_of_the_calendar_is_a_row_error_not_a_crash(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Red team: 0001-01-01T00:00+01:00 is before the calendar's first day in UTC, and the
+    OverflowError of converting it stopped the import with a traceback."""
+    path = write(
+        tmp_path,
+        "bob@example.com,,,no,,,2024-01-01,,\n"
+        "ann@example.com,,,yes,,,0001-01-01T00:00:00+01:00,,\n"
+        "cat@example.com,,,yes,,,9999-12-31T23:00:00-05:00,,\n",
+    )
+    report = run(session_factory, path)
+    assert [(e.line, e.field) for e in report.errors] == [(3, "consent_at"), (4, "consent_at")]
+    assert "outside the calendar" in report.errors[0].reason
+    assert states(session_factory) == {("bob@example.com", "marketing"): "opted_out"}
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    ["0001-01-01", "0999-06-01", "1753-01-01", "1899-12-30", "1970-01-01T00:00:00Z", "1979-12-31"],
+)
+def test_a_consent_time_before_1980_is_a_row_error(
+    tmp_path: Path, session_factory: sessionmaker[Session], placeholder: str
+) -> None:
+    """What systems write for "no date" (and year typos) would rank an opt-out before every
+    opt-in: refused, with a hint to leave the time empty (an undated opt-out wins)."""
+    path = write(
+        tmp_path, f"a@example.com,,,no,,,{placeholder},,\nb@example.com,,,no,,,1980-01-01,,\n"
+    )
+    report = run(session_factory, path)
+    assert [(e.line, e.field) for e in report.errors] == [(2, "consent_at")]
+    assert "before 1980" in report.errors[0].reason and "empty" in report.errors[0].reason
+    assert states(session_factory) == {("b@example.com", "marketing"): "opted_out"}
+
+
 def test_byte_order_mark_and_naive_times(
     tmp_path: Path, session_factory: sessionmaker[Session]
 ) -> None:

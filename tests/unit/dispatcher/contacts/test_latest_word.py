@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.contacts import importer
 from dispatcher.contacts.importer import import_contacts
 from dispatcher.db import session_scope
 from suppression.models import Address, Consent, ConsentState, Event
@@ -307,3 +310,43 @@ def test_an_undated_opt_in_learned_long_ago_is_not_the_word_before_a_dated_opt_i
     assert import_contacts(session_factory, older, source="test").consent == {
         "marketing:refused": 1
     }
+
+
+def test_a_later_opt_out_beats_an_opt_in_dated_before_the_year_1000(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Red team: on SQLite the import wrote times with strftime('%Y'), which does not pad
+    years before 1000, and the rule compares the stored text: '999-…' > '2025-…', so a typo'd
+    year (0999 for 1999) outranked every real date. Such a time is now a row error."""
+    first = import_contacts(
+        session_factory, write(tmp_path, "ann@example.com,yes,,0999-06-01\n"), source="t"
+    )
+    assert [(e.line, e.field) for e in first.errors] == [(2, "consent_at")]
+    report = import_contacts(
+        session_factory, write(tmp_path, "ann@example.com,no,,2025-01-01\n", "b.csv"), source="t"
+    )
+    assert report.consent == {"marketing:changed": 1}, report.consent
+    assert states(session_factory)[("ann@example.com", "marketing")] == "opted_out"
+
+
+def test_times_before_the_year_1000_are_stored_so_that_they_sort_first(
+    tmp_path: Path, session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should such a time come in (the importer refuses it today), it is stored with a
+    four-digit year, so the stored text sorts as the time does and the later opt-out wins."""
+    monkeypatch.setattr(importer, "EARLIEST_CONSENT", datetime(1, 1, 1, tzinfo=UTC))
+    importer._parse_time.cache_clear()
+    try:
+        import_contacts(
+            session_factory, write(tmp_path, "ann@example.com,yes,,0999-06-01\n"), source="t"
+        )
+        assert states(session_factory)[("ann@example.com", "marketing")] == "opted_in"
+        report = import_contacts(
+            session_factory,
+            write(tmp_path, "ann@example.com,no,,2025-01-01\n", "b.csv"),
+            source="t",
+        )
+    finally:
+        importer._parse_time.cache_clear()
+    assert report.consent == {"marketing:changed": 1}, report.consent
+    assert states(session_factory)[("ann@example.com", "marketing")] == "opted_out"

@@ -149,8 +149,47 @@ def test_listmonk_export_with_json_attributes(
     ann, states = contact(session_factory, "ann@example.com")
     assert (ann.first_name, ann.last_name) == ("Ann", "Marie Lee")
     assert ann.attributes == {"city": "Oslo", "plan": '{"tier": 2}'}
-    assert states == {"marketing": "opted_in"}
+    assert states == {}  # enabled says nothing of her lists: never asked
     assert contact(session_factory, "bob@example.com")[1] == {"marketing": "opted_out"}
+
+
+def test_listmonk_enabled_is_no_opt_in_and_a_list_status_column_is_read(
+    tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """A subscriber who left a list stays ``enabled`` in listmonk and its export does not show
+    the list's status (knadh/listmonk#1609): ``enabled`` is not an opt-in, or that unsubscribe
+    would become one. A per-list ``subscription_status`` column is read where a file has it:
+    unsubscribed from any list is an opt-out as of the import, confirmed an opt-in dated when
+    the subscription was made, unconfirmed (single or unconfirmed double opt-in) nothing."""
+    header = (
+        "uuid,email,name,attributes,status,created_at,updated_at,"
+        "subscription_status,subscription_created_at,subscription_updated_at\n"
+    )
+    t = "2021-05-01 10:00:00 +0000 UTC"
+    path = write(
+        tmp_path,
+        header + f"u1,ann@example.com,Ann,{{}},enabled,{t},{t},confirmed,{t},{t}\n"
+        f"u1,ann@example.com,Ann,{{}},enabled,{t},{t},unsubscribed,{t},{t}\n"
+        f"u2,bob@example.com,Bob,{{}},enabled,{t},{t},confirmed,{t},{t}\n"
+        f"u3,cat@example.com,Cat,{{}},enabled,{t},{t},unconfirmed,{t},{t}\n"
+        f"u4,dan@example.com,Dan,{{}},blocklisted,{t},{t},confirmed,{t},{t}\n"
+        f"u5,eve@example.com,Eve,{{}},enabled,{t},{t},subscribed,{t},{t}\n",
+    )
+    report = import_contacts(session_factory, path, source="lm", preset="listmonk")
+    assert [(e.line, e.field) for e in report.errors] == [(7, "subscription_status")]
+    assert contact(session_factory, "ann@example.com")[1] == {"marketing": "opted_out"}
+    assert contact(session_factory, "bob@example.com")[1] == {"marketing": "opted_in"}
+    assert contact(session_factory, "cat@example.com")[1] == {}
+    assert contact(session_factory, "dan@example.com")[1] == {"marketing": "opted_out"}
+    with session_scope(session_factory) as session:
+        ledger = session.execute(
+            select(Address.address, Consent.status, Consent.dated, Consent.occurred_at)
+            .join(Address, Address.id == Consent.address_id)
+            .where(Address.address.in_(["ann@example.com", "bob@example.com"]))
+        ).all()
+    dated = {(a, status): (d, at.year) for a, status, d, at in ledger}
+    assert dated[("bob@example.com", "opted_in")] == (True, 2021)
+    assert dated[("ann@example.com", "opted_out")][0] is False  # as of the import
 
 
 def test_mautic_export(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
