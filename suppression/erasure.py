@@ -42,6 +42,13 @@ def erased_among(session: Session, signer: TokenSigner, canonicals: Iterable[str
     return {forms[f] for f in found}
 
 
+def erased_address_id(session: Session, signer: TokenSigner, canonical: str) -> int | None:
+    """The id of the row that holds ``canonical`` as an erased hash, or None."""
+    return session.scalar(
+        select(Address.id).where(Address.address.in_(erased_forms(signer, canonical))).limit(1)
+    )
+
+
 def any_erased(session: Session) -> bool:
     """Whether any address was ever erased (then imports must check against the hashes)."""
     return (
