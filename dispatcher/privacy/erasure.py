@@ -180,12 +180,14 @@ def _scrub_inbound(
 
 def _inbound_naming(session: Session, canonical: str) -> set[int]:
     """Inbound rows whose recipients or explanation name ``canonical`` (any spelling of it)."""
-    domain = canonical.rpartition("@")[2]
-    # JSON text holds non-ASCII as \uXXXX escapes; the domain is ASCII (IDNA) in the key.
+    # SQL narrows by the domain (ASCII in the key; JSON text escapes what is not), since
+    # another spelling of the local part can fold to the key (Straße@ to strasse@); each
+    # candidate is then checked here.
+    domain = "@" + canonical.rpartition("@")[2]
     candidates = session.execute(
-        select(InboundMessage.id, InboundMessage.detail).where(
-            func.lower(cast(InboundMessage.detail, Text)).contains(domain, autoescape=True)
-        )
+        select(InboundMessage.id, InboundMessage.detail)
+        .where(func.lower(cast(InboundMessage.detail, Text)).contains(domain, autoescape=True))
+        .execution_options(yield_per=1000)
     )
     return {row_id for row_id, detail in candidates if _names(detail, canonical)}
 

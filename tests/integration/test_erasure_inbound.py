@@ -36,12 +36,17 @@ def test_raw_reports_naming_the_person_lose_their_raw_only(empty_database_url: s
                     _report("c", b"Final-Recipient: rfc822; jorg.strasse@example.org\\"),
                 ]
             )
+            unmatched = _report("d", b"")
+            unmatched.detail = {"why": "5.1.1", "recipients": ["J\u00f6rg.STRASSE@example.org"]}
+            session.add(unmatched)
         with session_scope(sessions) as session:
             signer = TokenSigner(TEST_KEYS.split(","))
             erase_person(session, signer, "jörg.strasse@example.org", reason="r", actor="dpo")
         with session_scope(sessions) as session:
             kept = dict(session.execute(select(InboundMessage.key, InboundMessage.raw)).all())
+            detail = session.scalar(select(InboundMessage.detail).where(InboundMessage.key == "d"))
         assert kept["a"] is None and kept["b"] is None
         assert kept["c"] is not None  # another person (no ö)
+        assert detail is not None and detail["recipients"] == [] and detail["erased"]
     finally:
         engine.dispose()
