@@ -446,6 +446,9 @@ class SignupRequest(Base):
     request_ip: Mapped[str | None] = mapped_column(String(64))
     request_user_agent: Mapped[str | None] = mapped_column(String(512))
     message_id: Mapped[str] = mapped_column(String(200))
+    # Random, carried in the confirmation link: an id alone can name another person's signup
+    # once a row is deleted (SQLite hands the highest id out again).
+    link_nonce: Mapped[str] = mapped_column(String(32))
     # queued → sent | failed (the mail leaves after the page is answered).
     mail_status: Mapped[str] = mapped_column(String(16), default="queued")
     mailed_at: Mapped[datetime | None]

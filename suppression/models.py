@@ -110,6 +110,22 @@ class Address(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ErasureSecret(Base):
+    """The one key of the erased-address hashes, stored only wrapped under the signing keys.
+
+    Signing keys are retired after a year; the hashes must be recognised for ever. So they
+    are made with this secret, which every signing key in the rotation list wraps (by key
+    id: ``{kid: [wrapped, check]}``); a new key adds its wrap while an old one still opens
+    it. One row (id 1): the first process to write it decides the secret.
+    """
+
+    __tablename__ = "erasure_secret"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    wraps: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Consent(Base):
     """The consent ledger: every change is a row; nothing here is updated or deleted."""
 

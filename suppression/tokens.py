@@ -195,6 +195,60 @@ class TokenSigner:
             for k in self._keys
         ]
 
+    # The erasure secret: one key for the erased-address hashes that outlives every signing
+    # key, stored wrapped under each signing key (see suppression.erasure).
+    def erasure_seed(self) -> bytes:
+        """The erasure secret to start with: the newest key's own erasure HMAC key, so that
+        hashes made before the secret existed (under that key) are the secret's too."""
+        return f"dispatcher.erasure:{self._keys[0]}".encode()
+
+    def wrap_secret(self, secret: bytes) -> dict[str, list[str]]:
+        """``secret`` wrapped under each key, by key id: [wrapped, check], both hex."""
+        return {key_id(k): self._wrap(k, secret) for k in self._keys}
+
+    def unwrap_secret(self, wraps: dict[str, Any]) -> bytes | None:
+        """The secret of :meth:`wrap_secret`'s output under any key we hold, or None."""
+        for key in self._keys:
+            wrapped = wraps.get(key_id(key))
+            if not (isinstance(wrapped, list) and len(wrapped) == 2):
+                continue
+            try:
+                secret = bytes(
+                    a ^ b
+                    for a, b in zip(
+                        bytes.fromhex(wrapped[0]), self._pad(key, len(wrapped[0]) // 2), strict=True
+                    )
+                )
+            except (TypeError, ValueError):
+                continue
+            if hmac.compare_digest(self._wrap(key, secret)[1], str(wrapped[1])):
+                return secret
+        return None
+
+    @staticmethod
+    def secret_digest(secret: bytes, text: str) -> str:
+        """HMAC-SHA256 of ``text`` under ``secret`` (an erased address's hash)."""
+        return hmac.new(secret, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def _wrap(self, key: str, secret: bytes) -> list[str]:
+        # A keyed pad (HMAC in counter mode) XOR the secret, and a MAC that tells a right
+        # unwrap from a wrong one. Each key wraps only this one secret, so no pad is reused
+        # for two different secrets.
+        wrapped = bytes(a ^ b for a, b in zip(secret, self._pad(key, len(secret)), strict=True))
+        check = hmac.new(
+            f"dispatcher.erasure-check:{key}".encode(), secret, hashlib.sha256
+        ).hexdigest()
+        return [wrapped.hex(), check]
+
+    @staticmethod
+    def _pad(key: str, length: int) -> bytes:
+        blocks = (length + 31) // 32
+        mac = f"dispatcher.erasure-wrap:{key}".encode()
+        pad = b"".join(
+            hmac.new(mac, i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(blocks)
+        )
+        return pad[:length]
+
     # Expiring tokens (affiliate downloads, signup confirmations, form tokens).
     def sign_timed(self, purpose: LinkPurpose, payload: dict[str, Any]) -> str:
         return str(self._timed(purpose).dumps({"kid": self._newest_kid, **payload}))

@@ -62,7 +62,9 @@ def demo(app: AppContext, timeout: float) -> None:
     click.echo(f"2. contacts: {report.created} imported, {report.invalid} invalid rows refused:")
     for error in report.errors:
         click.echo(f"     line {error.line}: {error.field}: {error.reason}")
-    suppressed = import_suppressions(app.sessions, DEMO_DATA / "suppressions.csv", actor="demo")
+    suppressed = import_suppressions(
+        app.sessions, DEMO_DATA / "suppressions.csv", actor="demo", signer=app.signer
+    )
     click.echo(f"   suppressions: {suppressed.created} added (one of every reason)")
 
     with session_scope(app.sessions) as session:

@@ -9,7 +9,12 @@ import click
 
 from dispatcher.cli import AppContext, actor_option, pass_app
 from dispatcher.contacts.importer import ImportFileError
-from dispatcher.contacts.suppress import import_suppressions, lift_address, suppress_address
+from dispatcher.contacts.suppress import (
+    ERASED_ANSWER,
+    import_suppressions,
+    lift_address,
+    suppress_address,
+)
 from dispatcher.db import session_scope
 from suppression.address import InvalidAddress
 from suppression.models import Reason
@@ -46,11 +51,20 @@ def add(
     try:
         with session_scope(app.sessions) as session:
             added = suppress_address(
-                session, address, reason=reason, scope=scope, note=note, actor=actor
+                session,
+                address,
+                reason=reason,
+                scope=scope,
+                note=note,
+                actor=actor,
+                signer=app.signer,
             )
     except (InvalidAddress, SuppressionError) as exc:
         raise click.ClickException(f"{address!r}: {exc}") from None
-    click.echo("suppressed" if added.created else "already suppressed for that reason")
+    if added.erased:
+        click.echo(ERASED_ANSWER)
+    else:
+        click.echo("suppressed" if added.created else "already suppressed for that reason")
     if added.stopped:
         click.echo(f"{added.stopped} queued deliveries stopped")
 
@@ -115,12 +129,14 @@ def remove(app: AppContext, address: str, why: str, only: str | None, actor: str
 def import_(app: AppContext, file: Path, actor: str) -> None:
     """Bulk suppressions from FILE.csv: email, reason, and optionally scope, note."""
     try:
-        report = import_suppressions(app.sessions, file, actor=actor)
+        report = import_suppressions(app.sessions, file, actor=actor, signer=app.signer)
     except ImportFileError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
     click.echo(
         f"{report.created} added, {report.existing} already there, {len(report.errors)} invalid"
     )
+    for line in report.erased:
+        click.echo(f"line {line}: {ERASED_ANSWER}", err=True)
     for error in report.errors:
         click.echo(f"line {error.line}: {error.field}: {error.reason}", err=True)
     if report.errors:

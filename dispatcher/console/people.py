@@ -16,7 +16,7 @@ from dispatcher.console.imports import read_job, start_import
 from dispatcher.console.security import actor, audit, hit, requires, sessions, settings, staff
 from dispatcher.console.staff import has_role, list_staff
 from dispatcher.console.views import bp
-from dispatcher.contacts.suppress import lift_address, suppress_address
+from dispatcher.contacts.suppress import ERASED_ANSWER, lift_address, suppress_address
 from dispatcher.db import session_scope
 from dispatcher.models import Affiliate, Campaign, Contact, Delivery, StaffRole
 from dispatcher.privacy.access import PersonNotFound, person_record
@@ -27,6 +27,7 @@ from suppression.address import InvalidAddress, canonical_address
 from suppression.consent import consent_history
 from suppression.models import STAFF_EVENTS, Address, Event, Reason, Suppression
 from suppression.suppressions import SuppressionError, page_suppressions
+from suppression.tokens import TokenSigner
 
 PAGE = 100  # rows per page of the suppressions and audit lists
 
@@ -130,20 +131,25 @@ def suppressions() -> Any:
         form = request.form
         try:
             with session_scope(sessions()) as db:
-                suppress_address(
+                added = suppress_address(
                     db,
                     form.get("address", ""),
                     reason=form.get("reason", ""),
                     scope=form.get("scope") or None,
                     note=form.get("note") or None,
                     actor=actor(),
+                    signer=TokenSigner(settings().secret_keys),
                 )
         except (SuppressionError, InvalidAddress) as exc:
             audit("console_suppression_add", outcome="refused", why=str(exc)[:300])
             flash(str(exc), "error")
         else:
-            audit("console_suppression_add", reason=form.get("reason"))
-            flash("Suppressed.")
+            if added.erased:
+                audit("console_suppression_add", outcome="erased", reason=form.get("reason"))
+                flash(ERASED_ANSWER[0].upper() + ERASED_ANSWER[1:] + ".")
+            else:
+                audit("console_suppression_add", reason=form.get("reason"))
+                flash("Suppressed.")
         return redirect(url_for("console.suppressions"))
     reason = request.args.get("reason") or None
     scope = (request.args.get("scope") or "").strip() or None

@@ -16,7 +16,9 @@ The rules, in order, for a signup:
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,7 +31,12 @@ from dispatcher.models import Contact, SignupRequest
 from dispatcher.settings import Settings
 from dispatcher.signup import limits
 from dispatcher.signup.mail import MailKind, OutgoingMail, new_message_id, send
-from suppression.address import address_digest, canonical_address
+from suppression.address import (
+    InvalidAddress,
+    address_digest,
+    canonical_address,
+    delivery_address,
+)
 from suppression.consent import record_consent
 from suppression.erasure import erased_among
 from suppression.events import Hit, record_event
@@ -51,6 +58,11 @@ class SignupError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class OtherMailbox(CannotResubscribe):
+    """The signup's address shares its matching key with a contact we mail at another
+    spelling (``Straße@`` and ``strasse@``): the link proved only the signup's mailbox."""
 
 
 @dataclass(frozen=True)
@@ -150,11 +162,12 @@ def request_signup(
         request_ip=hit.ip,
         request_user_agent=(hit.user_agent or "")[:512] or None,
         message_id=new_message_id(settings, MailKind.CONFIRM),
+        link_nonce=secrets.token_hex(16),
         mail_status="queued",
     )
     session.add(row)
     session.flush()
-    token = signer.sign_timed(LinkPurpose.SIGNUP_CONFIRM, {"s": row.id})
+    token = signer.sign_timed(LinkPurpose.SIGNUP_CONFIRM, {"s": row.id, "n": row.link_nonce})
     _audit(session, hit, "mail_queued", known, signup_id=row.id)
     return "mail_queued", OutgoingMail(
         kind=MailKind.CONFIRM,
@@ -249,15 +262,24 @@ def pending_signup(
     session: Session, settings: Settings, signer: TokenSigner, token: str
 ) -> SignupRequest:
     """The signup a confirmation link names; :class:`BadToken` when it does not verify,
-    has expired, or names no signup."""
+    has expired, or names no signup.
+
+    The link names its row by id *and* the row's random nonce: an id is handed out again
+    once the newest row is deleted (SQLite), and the link must not then name the new row,
+    someone else's signup. A link without a nonce (mailed before the nonce existed) names
+    nothing.
+    """
     payload = signer.read_timed(
         LinkPurpose.SIGNUP_CONFIRM, token, max_age_seconds=int(settings.signup_link_seconds)
     )
     signup_id = payload.get("s")
+    nonce = payload.get("n")
     if not isinstance(signup_id, int) or isinstance(signup_id, bool):
         raise BadToken(TokenOutcome.MALFORMED)
+    if not isinstance(nonce, str):
+        raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
     row = session.get(SignupRequest, signup_id)
-    if row is None:
+    if row is None or not hmac.compare_digest(row.link_nonce.encode(), nonce.encode()):
         raise BadToken(TokenOutcome.UNKNOWN_SUBJECT)
     return row
 
@@ -266,8 +288,16 @@ def confirm_signup(session: Session, row: SignupRequest, hit: Hit) -> tuple[bool
     """Record the consent a pending signup asked for, with its proof: (newly confirmed, id).
 
     Confirming twice records nothing more. Raises :class:`CannotResubscribe`, changing
-    nothing, when the address is now suppressed for a reason only staff may lift.
+    nothing, when the address is now suppressed for a reason only staff may lift, and its
+    child :class:`OtherMailbox` when a contact with the same matching key is mailed at
+    another spelling: the consent and any unsubscribe it would lift are that contact's, and
+    whoever followed the link proved only that they read the mailbox the link was sent to.
     """
+    if _mailed_elsewhere(session, row):
+        raise OtherMailbox(
+            "we cannot subscribe this address as written: we already write to it spelled "
+            "another way, which may be another mailbox. Nothing was changed; please contact us"
+        )
     now = utcnow()
     claimed = session.execute(
         update(SignupRequest)
@@ -320,6 +350,23 @@ def confirm_signup(session: Session, row: SignupRequest, hit: Hit) -> tuple[bool
     )
     session.refresh(row)
     return True, address_id
+
+
+def _mailed_elsewhere(session: Session, row: SignupRequest) -> bool:
+    """Whether a contact with ``row``'s matching key is mailed at another address than the
+    one the confirmation went to (README, "Addresses": the local part is the server's to
+    interpret, so ``Straße@`` and ``strasse@`` may be two people)."""
+    held = session.scalar(
+        select(Contact.submitted_address)
+        .join(Address, Address.id == Contact.address_id)
+        .where(Address.address == row.address)
+    )
+    if held is None:
+        return False
+    try:
+        return delivery_address(held) != delivery_address(row.submitted_address)
+    except InvalidAddress:
+        return True
 
 
 def _ensure_contact(session: Session, row: SignupRequest, address_id: int) -> None:

@@ -262,3 +262,19 @@ def test_tags_are_hmac_sha256_under_the_newest_key() -> None:
     expected = hmac.new(NEW.encode(), b"dispatcher.message-id:7.42", hashlib.sha256).hexdigest()
     assert signer.tag(LinkPurpose.MESSAGE_ID, 7, 42) == expected[:20]
     assert signer.tag(LinkPurpose.MESSAGE_ID, 7, 42) == signer.tag(LinkPurpose.MESSAGE_ID, 7, 42)
+
+
+def test_a_wrapped_secret_opens_only_under_a_key_that_wrapped_it() -> None:
+    old = TokenSigner(["old-key-0000000000000001"])
+    wraps = old.wrap_secret(b"s" * 40)
+    assert b"s" * 40 not in bytes.fromhex(next(iter(wraps.values()))[0])
+    assert (
+        TokenSigner(["new-key-0000000000000002", "old-key-0000000000000001"]).unwrap_secret(wraps)
+        == b"s" * 40
+    )
+    assert TokenSigner(["new-key-0000000000000002"]).unwrap_secret(wraps) is None
+    kid, (wrapped, check) = next(iter(wraps.items()))
+    flipped = bytes.fromhex(wrapped)
+    flipped = bytes([flipped[0] ^ 1]) + flipped[1:]
+    assert old.unwrap_secret({kid: [flipped.hex(), check]}) is None
+    assert old.unwrap_secret({kid: ["zz", check]}) is None

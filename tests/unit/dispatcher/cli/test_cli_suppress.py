@@ -301,3 +301,23 @@ def test_demo_suppressions_cover_every_reason(
         "postal_request",
         "legal",
     }
+
+
+def test_an_erased_address_is_answered_as_already_suppressed_and_not_stored(
+    settings: Settings, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The CLI passes the signer, so an erased person given again is recognised."""
+    erased = cli(settings, "person", "erase", "gone@example.org", "--reason", "ticket 9")
+    assert erased.exit_code == 0, erased.output
+    added = cli(settings, "suppress", "add", "gone@example.org", "--reason", "legal")
+    assert added.exit_code == 0, added.output
+    assert "erased at its owner's request" in added.output
+    path = tmp_path / "s.csv"
+    path.write_text("email,reason\ngone@example.org,postal_request\n", encoding="utf-8")
+    imported = cli(settings, "suppress", "import", str(path))
+    assert imported.exit_code == 0, imported.output
+    assert "0 added, 1 already there" in imported.output
+    assert "line 2: already suppressed: erased" in imported.output
+    with session_scope(session_factory) as session:
+        held = session.scalars(select(Address.address)).all()
+        assert [a.startswith("erased:") for a in held] == [True]

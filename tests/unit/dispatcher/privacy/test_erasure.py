@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.campaigns.fanout import create_deliveries
 from dispatcher.db import session_scope
-from dispatcher.models import AffiliateShare, Campaign, Contact, Delivery
+from dispatcher.inbound import returnpath
+from dispatcher.inbound.apply import process_message
+from dispatcher.models import AffiliateShare, Campaign, Contact, Delivery, InboundMessage
 from dispatcher.privacy.erasure import ErasureError, erase_person
 from dispatcher.settings import Settings
 from dispatcher.sharing.affiliates import add_affiliate
@@ -29,6 +31,7 @@ from suppression.registry import ensure_address
 from suppression.suppressions import SuppressionError, lift_suppressions
 from suppression.tokens import TokenSigner
 from tests.factories import T0, make_contact
+from tests.unit.dispatcher.inbound.test_apply import delivery_of, dsn, sent_campaign
 
 
 def _signer(settings: Settings) -> TokenSigner:
@@ -268,3 +271,34 @@ def test_an_import_refuses_an_erased_address_by_line(
     with session_scope(session_factory) as session:
         text = every_text(session).lower()
         assert "ok@example.org" in text and "gone@example.org" not in text and "zed" not in text
+
+
+def test_erasure_leaves_the_address_in_the_bounces_it_matched(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    """Red team (h/redteam-input): a bounce matched to the person kept their address in clear
+    in ``detail["recipients"]`` (forever: retention drops only ``raw``) and in ``raw``."""
+    signer = _signer(settings)
+    with session_scope(session_factory) as session:
+        campaign = sent_campaign(session, "zed.gone@example.org", "ann@example.org")
+        for who, mid in (("zed.gone@example.org", "<r1@mx>"), ("ann@example.org", "<r2@mx>")):
+            delivery = delivery_of(session, campaign, who)
+            verp = returnpath.verp_address(signer, settings.return_path, delivery.id)
+            bounce = dsn(verp, who.replace("zed", "Zed"), mid=mid)
+            done = process_message(session, settings, signer, bounce, source="file")
+            assert done.outcome == "applied"
+        # A bounce we could not match still names them.
+        unmatched = dsn("bounces@elsewhere.example", "ZED.gone@Example.org", mid="<r3@mx>")
+        assert process_message(session, settings, signer, unmatched, source="file").outcome == (
+            "unmatched"
+        )
+    with session_scope(session_factory) as session:
+        erase_person(session, signer, "zed.gone@example.org", reason="ticket 9", actor="dpo")
+    with session_scope(session_factory) as session:
+        raws = b"".join(r or b"" for r in session.scalars(select(InboundMessage.raw)))
+        assert "zed.gone" not in every_text(session).lower()
+        assert b"zed.gone" not in raws.lower()
+        # Ann's bounce is not hers: it keeps its report; every row keeps kind and outcome.
+        assert b"ann@example.org" in raws
+        rows = session.execute(select(InboundMessage.kind, InboundMessage.outcome)).all()
+        assert sorted(o for _, o in rows) == ["applied", "applied", "unmatched"]

@@ -6,12 +6,16 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.contacts.suppress import suppress_address
+from dispatcher.db import session_scope
 from dispatcher.models import Contact, SignupRequest
+from dispatcher.privacy.erasure import erase_person
 from dispatcher.settings import Settings
 from dispatcher.signup.mail import MailKind
 from dispatcher.signup.services import (
+    OtherMailbox,
     SignupError,
     SignupForm,
     confirm_signup,
@@ -25,10 +29,11 @@ from suppression.events import Hit
 from suppression.models import Consent, ConsentStatus, Reason, Scope, utcnow
 from suppression.registry import find_address
 from suppression.suppressions import active_suppressions
-from suppression.tokens import BadToken, LinkPurpose, TokenSigner
+from suppression.tokens import BadToken, LinkPurpose, TokenOutcome, TokenSigner
 from suppression.unsubscribe import CannotResubscribe
 from tests.factories import make_contact
 from tests.support.clock import signed_ago
+from tests.unit.dispatcher.contacts.test_contacts import states
 
 ASKER = Hit(ip="203.0.113.7", user_agent="Firefox/128")
 CONFIRMER = Hit(ip="198.51.100.9", user_agent="Chromium/130")
@@ -208,3 +213,81 @@ def test_prune_forgets_expired_unconfirmed_signups_and_keeps_proof(
     assert prune(session, settings)[0] == 1
     left = session.scalars(select(SignupRequest.address)).all()
     assert left == ["kept@example.com"]
+
+
+def test_a_confirmation_link_confirms_only_the_signup_it_was_mailed_for(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    """Red team (h/redteam-input). SQLite hands the id of a deleted newest row to the next
+    one, and erasure deletes a person's signups: Mallory's old link, naming only an id, would
+    confirm the victim's signup made after her erasure. The link carries the row's nonce."""
+    signer = TokenSigner(settings.secret_keys)
+    with session_scope(session_factory) as session:
+        _, mail = request_signup(
+            session, settings, signer, SignupForm("mallory@example.net", True, False), ASKER
+        )
+        assert mail is not None
+        mallorys_token = token_of(mail)
+    with session_scope(session_factory) as session:  # Mallory asks to be erased
+        erase_person(session, signer, "mallory@example.net", reason="request", actor="dpo")
+    with session_scope(session_factory) as session:  # Mallory types the victim's address
+        request_signup(
+            session, settings, signer, SignupForm("victim@example.org", True, False), ASKER
+        )
+    with session_scope(session_factory) as session, pytest.raises(BadToken) as refused:
+        pending_signup(session, settings, signer, mallorys_token)
+    assert refused.value.outcome is TokenOutcome.UNKNOWN_SUBJECT
+
+
+def test_a_link_without_the_rows_nonce_names_no_signup(
+    session: Session, settings: Settings
+) -> None:
+    """A link signed before links carried a nonce (or with another row's) names nothing."""
+    signer = TokenSigner(settings.secret_keys)
+    _, mail = signup(session, settings, "ann@example.com")
+    row = pending_signup(session, settings, signer, token_of(mail))
+    for payload in ({"s": row.id}, {"s": row.id, "n": "0" * 32}, {"s": row.id, "n": 7}):
+        token = signer.sign_timed(LinkPurpose.SIGNUP_CONFIRM, payload)
+        with pytest.raises(BadToken) as refused:
+            pending_signup(session, settings, signer, token)
+        assert refused.value.outcome is TokenOutcome.UNKNOWN_SUBJECT
+
+
+def test_a_confirmation_mailed_to_another_mailbox_does_not_re_subscribe_the_contact(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    """Red team (h/redteam-input). ``Straße@`` and ``strasse@`` share a matching key but may
+    be two mailboxes (README, "Addresses"): confirming the mail sent to ``Straße@`` proves
+    nothing about ``strasse@``, so it neither lifts that contact's unsubscribe nor opts them
+    in; the confirmation is refused, changing nothing, and its page says so."""
+    signer = TokenSigner(settings.secret_keys)
+    with session_scope(session_factory) as session:
+        make_contact(session, "strasse@example.org")
+        suppress_address(session, "strasse@example.org", reason="unsubscribe")
+    with session_scope(session_factory) as session:
+        _, mail = request_signup(
+            session, settings, signer, SignupForm("Straße@example.org", True, True), ASKER
+        )
+        assert mail is not None and mail.to_address == "Straße@example.org"
+        token = token_of(mail)
+    with session_scope(session_factory) as session, pytest.raises(OtherMailbox):
+        confirm_signup(session, pending_signup(session, settings, signer, token), CONFIRMER)
+    assert states(session_factory)[("strasse@example.org", "marketing")] == "opted_out"
+    assert ("strasse@example.org", "affiliates") not in states(session_factory)
+    with session_scope(session_factory) as session:
+        row = pending_signup(session, settings, signer, token)
+        assert row.confirmed_at is None  # left to expire and be pruned: it is no proof
+        contact = session.scalar(select(Contact))
+        assert contact is not None and contact.submitted_address == "strasse@example.org"
+
+
+def test_a_confirmation_from_the_contacts_own_mailbox_still_re_subscribes(
+    session: Session, settings: Settings
+) -> None:
+    """The same spelling (domain case aside) is the same mailbox: the usual re-subscribe."""
+    make_contact(session, "Jörg.Straße@example.org")
+    suppress_address(session, "jörg.strasse@example.org", reason="unsubscribe")
+    _, mail = signup(session, settings, "Jörg.Straße@EXAMPLE.org")
+    row = pending_signup(session, settings, TokenSigner(settings.secret_keys), token_of(mail))
+    newly, address_id = confirm_signup(session, row, CONFIRMER)
+    assert newly and not active_suppressions(session, address_id)

@@ -243,6 +243,20 @@ def test_confirmation_refused_when_suppressed_meanwhile(
     assert consents(session_factory) == 0
 
 
+def test_a_confirmation_for_another_spelling_of_a_contact_is_refused_with_a_page(
+    client: FlaskClient, settings: Settings, session_factory
+) -> None:
+    """``Straße@`` confirmed; the contact ``strasse@`` is another mailbox: nothing recorded."""
+    with session_scope(session_factory) as session:
+        make_contact(session, "strasse@example.com", marketing=None)
+    before = consents(session_factory)
+    post(client, "/subscribe", form_data(client, email="Straße@example.com", marketing="yes"))
+    link = confirm_link(outbox(settings)[0])
+    response = client.post(link, data={"csrf": csrf(client.get(link).data)})
+    assert response.status_code == 409 and b"spelled another way" in response.data
+    assert consents(session_factory) == before
+
+
 def test_preferences_link_request(client: FlaskClient, settings: Settings, session_factory) -> None:
     with session_scope(session_factory) as session:
         make_contact(session, "Ann@Example.com", first_name="Ann")
