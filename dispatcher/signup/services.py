@@ -296,7 +296,7 @@ def confirm_signup(session: Session, row: SignupRequest, hit: Hit) -> tuple[bool
     if _mailed_elsewhere(session, row):
         raise OtherMailbox(
             "we cannot subscribe this address as written: we already write to it spelled "
-            "another way, which may be another mailbox. Nothing was changed; please contact us"
+            "another way, which may be another mailbox. Nothing was changed; please contact us."
         )
     now = utcnow()
     claimed = session.execute(
