@@ -59,7 +59,7 @@ META = "template.toml"
 MAX_SUBJECT = 250
 # Part of every stored render's fingerprint: change it when rendering itself changes (the
 # placeholders, the inliner's options), so renders stored before are not reused.
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 RECIPIENT_FIELDS = tuple(RECIPIENT_NAMES)
 __all__ = [
     "CampaignView",
@@ -217,9 +217,13 @@ class _Renderer:
         names = {**self.context, **values}
         if file == "subject":
             return staff_text.render_staff_text(template, names, html=False, part="the subject")
+        # The HTML render hands the layout the subject already escaped; staff text escapes
+        # its values itself, so it gets the subject as typed (escaped once, not twice).
+        subject = values.get("subject", "")
+        plain_subject = subject.unescape() if isinstance(subject, Markup) else str(subject)
         body_html = staff_text.render_staff_text(
             staff_text.body_html_source(content.body_format, content.body),
-            {**names, "subject": str(values.get("subject", ""))},
+            {**names, "subject": plain_subject},
             html=True,
             part="the body",
         )
@@ -235,7 +239,7 @@ class _Renderer:
             staff = {
                 "staff_body": staff_text.render_staff_text(
                     content.body_text,
-                    {**names, "subject": str(values.get("subject", ""))},
+                    {**names, "subject": plain_subject},
                     html=False,
                     part="the text part",
                 )

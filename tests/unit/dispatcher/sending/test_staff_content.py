@@ -88,3 +88,15 @@ def test_staff_text_outside_the_sandbox_is_refused_naming_the_version(
 def test_an_unknown_layout_is_refused_with_the_known_ones(settings: Settings) -> None:
     with pytest.raises(TemplateProblem, match="no layout named 'nope' .*_layout"):
         prepare_campaign(settings, staff_view(layout="nope"))
+
+
+UNSUB = "https://kt.example/u/TOKEN"
+ANN = Recipient("Ann", None, UNSUB, "https://kt.example/preferences/TOKEN")
+
+
+def test_the_subject_in_a_staff_body_is_escaped_once(settings: Settings) -> None:
+    campaign = staff_view(subject="Rock & Roll", body="<h1>{{ subject }}</h1>")
+    message = prepare_campaign(settings, campaign).render(ANN)
+    assert "Rock &amp;amp; Roll" not in message.html
+    assert "Rock &amp; Roll</h1>" in message.html
+    assert "Rock & Roll" in message.text
