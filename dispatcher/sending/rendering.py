@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from jinja2 import (
 from jinja2.sandbox import SecurityError
 from markupsafe import Markup
 
-from dispatcher.sending import staff_text
+from dispatcher.sending import markup, staff_text
 from dispatcher.sending.placeholders import ESCAPE_ATTR, ESCAPE_TEXT, Placeholders, Segments, proven
 from dispatcher.sending.quoted_printable import EncodedPart
 from dispatcher.sending.sandbox import (
@@ -528,4 +528,34 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampai
                     f"template {name!r}: {part} lacks the postal address "
                     "({{ postal_address }}), which marketing mail must carry"
                 )
+        _check_footer_shows(settings, campaign, sample, message.html)
     return prepared
+
+
+def _check_footer_shows(
+    settings: Settings, campaign: CampaignView, sample: Recipient, html: str
+) -> None:
+    """Refuse a message whose footer is there as text but not as a reader sees it: the
+    unsubscribe link not a link, hidden, or (staff content) moved out of the layout's footer.
+    The final HTML is read with lxml, as premailer and mail clients build it."""
+    content = campaign.content
+    reference = None
+    if content is not None:
+        # The same layout around an empty body says where the footer belongs.
+        empty = replace(content, body="", body_format="html", body_text=None, preheader="")
+        view = replace(campaign, content=empty)
+        paths, subject_source = _staff_sources(settings, view, empty)
+        reference = _render_full(
+            _Renderer(settings, view), paths, subject_source, recipient_values(sample)
+        ).html
+    why = markup.footer_problem(html, sample.unsubscribe_url, settings.postal_address, reference)
+    if why:
+        where = (
+            f"campaign {campaign.id} content version {content.version}"
+            if content is not None
+            else f"template {campaign.template!r}"
+        )
+        raise TemplateProblem(
+            f"{where}: body.html: {why}; marketing mail must show the unsubscribe link and"
+            " the postal address"
+        )
