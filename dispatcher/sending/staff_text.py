@@ -23,7 +23,7 @@ from typing import Any
 from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from dispatcher.sending import markup, sandbox
+from dispatcher.sending import limits, markup, sandbox
 
 # What staff may use in a subject or body, and what each means (shown in the editor).
 STAFF_VARIABLES = {
@@ -66,7 +66,7 @@ def check_staff_text(source: str, *, part: str, names: frozenset[str]) -> None:
     """Read (not run) staff-written ``source`` with the sandbox's check: a name outside
     ``names`` or a reach for a ``_`` attribute is refused, naming ``part`` and the line."""
     try:
-        if sandbox.check_source(_sandbox(False), source, where=part, allowed=names):
+        if sandbox.check_source(_sandbox(False), source, where=part, allowed=names, staff=True):
             raise StaffTextProblem(f"{part}: staff content cannot extend or include a file")
     except sandbox.TemplateProblem as exc:
         raise StaffTextProblem(f"{exc} (refused by the sandbox)") from None
@@ -98,7 +98,8 @@ def render_staff_text(source: str, values: dict[str, Any], *, html: bool, part: 
     check_staff_text(source, part=part, names=frozenset(allowed))
     try:
         template = _sandbox(html).from_string(source)
-        return template.render(allowed)
+        # Written out piece by piece and refused past the cap, so a loop cannot make more.
+        return limits.render_capped(template.generate(allowed))
     except SecurityError as exc:
         raise StaffTextProblem(
             f"{part}: refused by the sandbox ({exc}); staff content may use only {_names()}"
