@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING
 
@@ -249,7 +250,7 @@ def hidden_by(element: HtmlElement) -> str | None:
     return None
 
 
-def _path(element: HtmlElement) -> tuple[tuple[str, str], ...]:
+def _path(element: HtmlElement) -> tuple[tuple[str, str], ...]:  # a _Place
     """Where ``element`` sits: tag and class of it and each ancestor, from the root."""
     steps = [(str(e.tag), e.get("class") or "") for e in element.iterancestors()]
     return (*reversed(steps), (str(element.tag), element.get("class") or ""))
@@ -269,32 +270,55 @@ def _holders(tree: HtmlElement, text: str) -> Iterator[HtmlElement]:
             yield element
 
 
+_Place = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class FooterPlaces:
+    """Where a layout puts the unsubscribe link and the postal address (see :func:`_path`)."""
+
+    link: frozenset[_Place]
+    postal: frozenset[_Place]
+
+
+def footer_places(reference: str, unsubscribe_url: str, postal_address: str) -> FooterPlaces:
+    """Where the footer sits in ``reference``: the layout rendered around an empty body."""
+    from lxml import html as lxml_html
+
+    tree = lxml_html.document_fromstring(reference)
+    return FooterPlaces(
+        link=frozenset(_path(e) for e in _links(tree, unsubscribe_url)),
+        postal=frozenset(_path(e) for e in _holders(tree, postal_address)),
+    )
+
+
 def footer_problem(
-    document: str, unsubscribe_url: str, postal_address: str, reference: str | None = None
+    document: str,
+    unsubscribe_url: str,
+    postal_address: str,
+    places: FooterPlaces | None = None,
 ) -> str | None:
     """Why the rendered message ``document`` fails to show its footer (None when it shows).
 
     Read with lxml as premailer and mail clients build it: an ``<a>`` whose ``href`` is the
     unsubscribe link, and an element carrying the postal address, neither under a hidden
-    ancestor. With ``reference`` (the same layout rendered around an empty body) both must
-    also sit exactly where the layout puts them, so a body cannot move them into itself."""
+    ancestor. With ``places`` (:func:`footer_places` of the same layout) both must also sit
+    exactly where the layout puts them, so a body cannot move them into itself."""
     from lxml import html as lxml_html
 
     tree = lxml_html.document_fromstring(document)
-    expected = lxml_html.document_fromstring(reference) if reference is not None else None
-    for what, found, wanted in (
-        ("the unsubscribe link", list(_links(tree, unsubscribe_url)), _links),
-        ("the postal address", list(_holders(tree, postal_address)), _holders),
+    for what, found, where in (
+        ("the unsubscribe link", _links(tree, unsubscribe_url), places and places.link),
+        ("the postal address", _holders(tree, postal_address), places and places.postal),
     ):
-        key = unsubscribe_url if what == "the unsubscribe link" else postal_address
-        places = {_path(e) for e in wanted(expected, key)} if expected is not None else None
+        candidates = list(found)
         if places is not None:
-            found = [e for e in found if _path(e) in places]
-            if not found:
+            candidates = [e for e in candidates if _path(e) in (where or ())]
+            if not candidates:
                 return f"{what} is not in the layout's footer any more (the body moved it)"
-        if not found:
+        if not candidates:
             return f"{what} is not an element of the message"
-        reasons = [hidden_by(e) for e in found]
+        reasons = [hidden_by(e) for e in candidates]
         if all(reasons):
             return f"{what} is hidden: {reasons[0]}"
     return None

@@ -497,6 +497,7 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampai
             f"template {name!r} is for {declared} mail, but the campaign is {campaign.purpose}"
         )
     prepared = prepare_campaign(settings, campaign)
+    places: markup.FooterPlaces | None = None
     for sample in SAMPLE_RECIPIENTS:
         message = prepared.render_full(sample)
         if not message.subject:
@@ -528,28 +529,38 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampai
                     f"template {name!r}: {part} lacks the postal address "
                     "({{ postal_address }}), which marketing mail must carry"
                 )
-        _check_footer_shows(settings, campaign, sample, message.html)
+        if places is None and campaign.content is not None:
+            places = _footer_places(settings, campaign, campaign.content, sample)
+        _check_footer_shows(settings, campaign, sample, message.html, places)
     return prepared
 
 
+def _footer_places(
+    settings: Settings, campaign: CampaignView, content: staff_text.StaffContent, sample: Recipient
+) -> markup.FooterPlaces:
+    """Where the layout puts the footer: the same layout rendered around an empty body."""
+    empty = replace(content, body="", body_format="html", body_text=None, preheader="")
+    view = replace(campaign, content=empty)
+    paths, subject_source = _staff_sources(settings, view, empty)
+    values = recipient_values(sample)
+    reference = _render_full(_Renderer(settings, view), paths, subject_source, values).html
+    return markup.footer_places(reference, sample.unsubscribe_url, settings.postal_address)
+
+
 def _check_footer_shows(
-    settings: Settings, campaign: CampaignView, sample: Recipient, html: str
+    settings: Settings,
+    campaign: CampaignView,
+    sample: Recipient,
+    html: str,
+    places: markup.FooterPlaces | None,
 ) -> None:
     """Refuse a message whose footer is there as text but not as a reader sees it: the
-    unsubscribe link not a link, hidden, or (staff content) moved out of the layout's footer.
-    The final HTML is read with lxml, as premailer and mail clients build it."""
-    content = campaign.content
-    reference = None
-    if content is not None:
-        # The same layout around an empty body says where the footer belongs.
-        empty = replace(content, body="", body_format="html", body_text=None, preheader="")
-        view = replace(campaign, content=empty)
-        paths, subject_source = _staff_sources(settings, view, empty)
-        reference = _render_full(
-            _Renderer(settings, view), paths, subject_source, recipient_values(sample)
-        ).html
-    why = markup.footer_problem(html, sample.unsubscribe_url, settings.postal_address, reference)
+    unsubscribe link not a link, hidden, or (staff content, ``places`` given) moved out of
+    the layout's footer. The final HTML is read with lxml, as premailer and mail clients
+    build it."""
+    why = markup.footer_problem(html, sample.unsubscribe_url, settings.postal_address, places)
     if why:
+        content = campaign.content
         where = (
             f"campaign {campaign.id} content version {content.version}"
             if content is not None
