@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from jinja2 import (
 from jinja2.sandbox import SecurityError
 from markupsafe import Markup
 
-from dispatcher.sending import staff_text
+from dispatcher.sending import markup, staff_text
 from dispatcher.sending.placeholders import ESCAPE_ATTR, ESCAPE_TEXT, Placeholders, Segments, proven
 from dispatcher.sending.quoted_printable import EncodedPart
 from dispatcher.sending.sandbox import (
@@ -59,7 +59,7 @@ META = "template.toml"
 MAX_SUBJECT = 250
 # Part of every stored render's fingerprint: change it when rendering itself changes (the
 # placeholders, the inliner's options), so renders stored before are not reused.
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 RECIPIENT_FIELDS = tuple(RECIPIENT_NAMES)
 __all__ = [
     "CampaignView",
@@ -217,9 +217,13 @@ class _Renderer:
         names = {**self.context, **values}
         if file == "subject":
             return staff_text.render_staff_text(template, names, html=False, part="the subject")
+        # The HTML render hands the layout the subject already escaped; staff text escapes
+        # its values itself, so it gets the subject as typed (escaped once, not twice).
+        subject = values.get("subject", "")
+        plain_subject = subject.unescape() if isinstance(subject, Markup) else str(subject)
         body_html = staff_text.render_staff_text(
             staff_text.body_html_source(content.body_format, content.body),
-            {**names, "subject": str(values.get("subject", ""))},
+            {**names, "subject": plain_subject},
             html=True,
             part="the body",
         )
@@ -235,7 +239,7 @@ class _Renderer:
             staff = {
                 "staff_body": staff_text.render_staff_text(
                     content.body_text,
-                    {**names, "subject": str(values.get("subject", ""))},
+                    {**names, "subject": plain_subject},
                     html=False,
                     part="the text part",
                 )
@@ -493,6 +497,7 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampai
             f"template {name!r} is for {declared} mail, but the campaign is {campaign.purpose}"
         )
     prepared = prepare_campaign(settings, campaign)
+    places: markup.FooterPlaces | None = None
     for sample in SAMPLE_RECIPIENTS:
         message = prepared.render_full(sample)
         if not message.subject:
@@ -524,4 +529,44 @@ def check_campaign(settings: Settings, campaign: CampaignView) -> PreparedCampai
                     f"template {name!r}: {part} lacks the postal address "
                     "({{ postal_address }}), which marketing mail must carry"
                 )
+        if places is None and campaign.content is not None:
+            places = _footer_places(settings, campaign, campaign.content, sample)
+        _check_footer_shows(settings, campaign, sample, message.html, places)
     return prepared
+
+
+def _footer_places(
+    settings: Settings, campaign: CampaignView, content: staff_text.StaffContent, sample: Recipient
+) -> markup.FooterPlaces:
+    """Where the layout puts the footer: the same layout rendered around an empty body."""
+    empty = replace(content, body="", body_format="html", body_text=None, preheader="")
+    view = replace(campaign, content=empty)
+    paths, subject_source = _staff_sources(settings, view, empty)
+    values = recipient_values(sample)
+    reference = _render_full(_Renderer(settings, view), paths, subject_source, values).html
+    return markup.footer_places(reference, sample.unsubscribe_url, settings.postal_address)
+
+
+def _check_footer_shows(
+    settings: Settings,
+    campaign: CampaignView,
+    sample: Recipient,
+    html: str,
+    places: markup.FooterPlaces | None,
+) -> None:
+    """Refuse a message whose footer is there as text but not as a reader sees it: the
+    unsubscribe link not a link, hidden, or (staff content, ``places`` given) moved out of
+    the layout's footer. The final HTML is read with lxml, as premailer and mail clients
+    build it."""
+    why = markup.footer_problem(html, sample.unsubscribe_url, settings.postal_address, places)
+    if why:
+        content = campaign.content
+        where = (
+            f"campaign {campaign.id} content version {content.version}"
+            if content is not None
+            else f"template {campaign.template!r}"
+        )
+        raise TemplateProblem(
+            f"{where}: body.html: {why}; marketing mail must show the unsubscribe link and"
+            " the postal address"
+        )

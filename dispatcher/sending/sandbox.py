@@ -8,8 +8,9 @@ in :data:`TEMPLATE_NAMES`. Before a template is used it is read, not run
 with ``_`` (the way out of every sandbox escape: ``__class__``, ``__globals__``, ``__init__``),
 is refused with the field and line at fault, even inside a branch that would not be taken.
 At render time the sandbox refuses what the reading missed (an unsafe attribute reached
-indirectly), and caps string repetition and powers so that a template cannot make a
-gigabyte.
+indirectly), and caps the size of everything a template makes (repetition, joins,
+padding, formatting, filters, loop steps and the output itself:
+:mod:`dispatcher.sending.limits`) so that a template cannot make a gigabyte.
 
 The staff console renders what staff type in a browser through :func:`check_template` and
 :func:`render_staff_text`; campaign templates go through :mod:`dispatcher.sending.rendering`.
@@ -42,6 +43,8 @@ from jinja2 import (
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from dispatcher.sending import limits
+from dispatcher.sending.limits import MAX_OUTPUT as MAX_OUTPUT  # where it was
 from dispatcher.settings import Settings
 
 if TYPE_CHECKING:  # staff_text uses this module's sandbox, so it is imported for types only
@@ -73,8 +76,6 @@ BODY_TEMPLATE_NAMES = frozenset(TEMPLATE_NAMES)
 # Names Jinja itself gives a template: loop variables, macros' callers, ``self`` for blocks.
 _JINJA_NAMES = frozenset({"loop", "self", "super", "caller", "varargs", "kwargs"})
 
-# Generous for any mail, small enough that no template can exhaust a worker's memory.
-MAX_OUTPUT = 1_000_000
 _MAX_EXPONENT = 64
 
 
@@ -131,31 +132,53 @@ def recipient_values(recipient: Recipient) -> dict[str, str]:
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """No globals, nothing mutable, no ``_`` attributes, no giant strings."""
+    """No globals, nothing mutable, no ``_`` attributes, nothing bigger than the caps of
+    :mod:`dispatcher.sending.limits`."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: Context, op: str, left: Any, right: Any) -> Any:
         if op == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
             raise SecurityError(f"a power above {_MAX_EXPONENT} is not allowed in a template")
-        if op == "*":
-            for seq, times in ((left, right), (right, left)):
-                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
-                if sized and len(seq) * times > MAX_OUTPUT:
-                    raise SecurityError("a repetition that large is not allowed in a template")
-            return operator.mul(left, right)
+        limits.check_binop(op, left, right)
+        if op in _BINOPS:
+            return limits.check_weight(_BINOPS[op](left, right), "the result")
         return super().call_binop(context, op, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        """A call from a template: a string method's result checked before it is made."""
+        args = limits.check_method_call(__obj, args, kwargs)
+        result = super().call(__context, __obj, *args, **kwargs)
+        return limits.capped_result(result, "the result of a call")
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Parsed, then rewritten so that ``~`` and loops are counted (limits.Bounded)."""
+        tree = limits.Bounded().visit(super()._parse(source, name, filename))
+        tree.set_environment(self)
+        return tree
+
+
+_BINOPS = {"*": operator.mul, "+": operator.add, "%": operator.mod}
+
+
+def _finalize(value: Any) -> Any:
+    return limits.check_weight(value, "a value written out")
 
 
 def make_environment(loader: BaseLoader | None = None) -> ImmutableSandboxedEnvironment:
-    """The sandbox, with no global names; HTML files autoescaped, strings not."""
+    """The sandbox, with no global names; HTML files autoescaped, strings not; every filter
+    capped, and what a template writes out weighed before it is turned into text."""
     env = _Sandbox(
         loader=loader,
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=StrictUndefined,
         keep_trailing_newline=False,
+        finalize=_finalize,
     )
     env.globals.clear()
+    env.filters = {name: limits.capped_filter(name, f) for name, f in env.filters.items()}
+    env.filters[limits.CONCAT_FILTER] = limits.capped_concat
+    env.filters[limits.STEPS_FILTER] = limits.counted_steps
     return env
 
 
@@ -205,14 +228,18 @@ def check_source(
     where: str,
     allowed: Iterable[str],
     filename: str | None = None,
+    staff: bool = False,
 ) -> list[str]:
     """Read ``source`` without running it; refuse a name outside ``allowed`` or a reach for
-    a ``_`` attribute, naming ``where`` (a field or file) and the line. Returns the
+    a ``_`` attribute, naming ``where`` (a field or file) and the line. ``staff=True`` for
+    text typed in the console, which may not use :data:`STAFF_REFUSED` either. Returns the
     templates it extends or includes, for the caller to read in turn."""
     try:
         ast = env.parse(source, filename=filename)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"{where} line {exc.lineno}: {exc.message}") from None
+    if staff:
+        _refuse_staff_statements(ast, where)
     for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
         if isinstance(node, nodes.Getattr):
             key: object = node.attr
@@ -239,6 +266,32 @@ def check_source(
     return [name for name in meta.find_referenced_templates(ast) if name is not None]
 
 
+# What text typed in the console has no use for. Macros and call, filter and set blocks
+# gather their output in memory before anything counts it (the running cap of
+# limits.render_capped sees only what is written out); autoescape blocks and ``|safe`` would
+# let a value's own markup (a recipient's name) into the message, around the footer too.
+STAFF_REFUSED: dict[type[nodes.Node], str] = {
+    nodes.Macro: "{% macro %}",
+    nodes.CallBlock: "{% call %}",
+    nodes.FilterBlock: "{% filter %}",
+    nodes.AssignBlock: "{% set %}…{% endset %}",
+    nodes.ScopedEvalContextModifier: "{% autoescape %}",
+    nodes.EvalContextModifier: "{% autoescape %}",
+}
+
+
+def _refuse_staff_statements(ast: nodes.Template, where: str) -> None:
+    kinds: tuple[type[nodes.Node], ...] = (*STAFF_REFUSED, nodes.Filter)
+    for node in ast.find_all(kinds):
+        if isinstance(node, nodes.Filter):
+            if node.name != "safe":
+                continue
+            what = "|safe"
+        else:
+            what = STAFF_REFUSED[type(node)]
+        raise TemplateProblem(f"{where} line {node.lineno}: {what} is not allowed in staff text")
+
+
 def _const(node: nodes.Node) -> object:
     return node.value if isinstance(node, nodes.Const) else None
 
@@ -263,7 +316,7 @@ def check_template(source: str, *, field: str, subject: bool = False) -> None:
     ``subject=True`` for a subject line (which cannot use ``subject``). Nothing is run."""
     env = make_environment()
     allowed = SUBJECT_NAMES if subject else BODY_TEMPLATE_NAMES
-    if check_source(env, source, where=field, allowed=allowed):
+    if check_source(env, source, where=field, allowed=allowed, staff=True):
         raise TemplateProblem(f"{field}: a template typed here cannot extend or include a file")
 
 
@@ -284,7 +337,7 @@ def render_staff_text(
     env.autoescape = html
     context = {**sample_context(settings), **(values or {})}
     try:
-        return env.from_string(source).render(context)
+        return limits.render_capped(env.from_string(source).generate(context))
     except (SecurityError, UndefinedError) as exc:
         raise TemplateProblem(f"{field}: {exc}") from None
     except TemplateError as exc:

@@ -23,7 +23,7 @@ from typing import Any
 from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from dispatcher.sending import sandbox
+from dispatcher.sending import limits, markup, sandbox
 
 # What staff may use in a subject or body, and what each means (shown in the editor).
 STAFF_VARIABLES = {
@@ -66,7 +66,7 @@ def check_staff_text(source: str, *, part: str, names: frozenset[str]) -> None:
     """Read (not run) staff-written ``source`` with the sandbox's check: a name outside
     ``names`` or a reach for a ``_`` attribute is refused, naming ``part`` and the line."""
     try:
-        if sandbox.check_source(_sandbox(False), source, where=part, allowed=names):
+        if sandbox.check_source(_sandbox(False), source, where=part, allowed=names, staff=True):
             raise StaffTextProblem(f"{part}: staff content cannot extend or include a file")
     except sandbox.TemplateProblem as exc:
         raise StaffTextProblem(f"{exc} (refused by the sandbox)") from None
@@ -98,7 +98,8 @@ def render_staff_text(source: str, values: dict[str, Any], *, html: bool, part: 
     check_staff_text(source, part=part, names=frozenset(allowed))
     try:
         template = _sandbox(html).from_string(source)
-        return template.render(allowed)
+        # Written out piece by piece and refused past the cap, so a loop cannot make more.
+        return limits.render_capped(template.generate(allowed))
     except SecurityError as exc:
         raise StaffTextProblem(
             f"{part}: refused by the sandbox ({exc}); staff content may use only {_names()}"
@@ -141,77 +142,14 @@ def body_html_source(body_format: str, body: str) -> str:
     raise StaffTextProblem(f"unknown body format {body_format!r}: use html or markdown")
 
 
-_VOID = {
-    "area",
-    "base",
-    "br",
-    "col",
-    "embed",
-    "hr",
-    "img",
-    "input",
-    "link",
-    "meta",
-    "source",
-    "track",
-    "wbr",
-}
-# Elements a body has no business carrying: they could hide or replace the layout's footer
-# (the unsubscribe link and postal address) or load something.
-_REFUSED = {
-    "html",
-    "head",
-    "body",
-    "style",
-    "script",
-    "base",
-    "meta",
-    "link",
-    "form",
-    "iframe",
-    "object",
-    "embed",
-    "title",
-}
-
-
-class _Balance(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.open: list[str] = []
-        self.problem: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _REFUSED:
-            self.problem = self.problem or f"a <{tag}> element is not allowed in a body"
-        elif tag not in _VOID:
-            self.open.append(tag)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _REFUSED:
-            self.problem = self.problem or f"a <{tag}> element is not allowed in a body"
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.open:
-            while self.open and self.open.pop() != tag:
-                pass
-        elif tag not in _VOID:
-            self.problem = self.problem or f"</{tag}> closes an element the body did not open"
-
-
 def check_body_markup(rendered_html: str) -> None:
     """Refuse a body that would leave an element or comment open around the layout's footer
-    (which would let it hide the unsubscribe link), or that carries page-level elements."""
-    if rendered_html.count("<!--") != rendered_html.count("-->"):
-        raise StaffTextProblem("the body: an HTML comment is left open")
-    parser = _Balance()
-    parser.feed(rendered_html)
-    parser.close()
-    if parser.problem:
-        raise StaffTextProblem(f"the body: {parser.problem}")
-    unclosed = [t for t in parser.open if t not in ("p", "li", "td", "tr", "th", "dt", "dd")]
-    if unclosed:
-        raise StaffTextProblem(f"the body: <{unclosed[-1]}> is never closed")
+    (which would let it hide the unsubscribe link), carries page-level, raw-text or embedding
+    elements, or styles something out of sight (:mod:`dispatcher.sending.markup`)."""
+    try:
+        markup.check_body_markup(rendered_html)
+    except markup.BodyMarkupProblem as exc:
+        raise StaffTextProblem(f"the body: {exc}") from None
 
 
 _BLOCK = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "tr", "blockquote"}

@@ -162,6 +162,21 @@ def test_sandbox_escape_is_refused_and_saves_nothing(signed_in, session_factory)
     assert (count(session_factory, Campaign), count(session_factory, CampaignContent)) == before
 
 
+def test_the_console_refuses_a_body_that_hides_the_footer(signed_in, session_factory) -> None:
+    """The red-team body (a raw-text element ending inside an attribute, then a hidden div
+    around the layout's footer) as an editor types it: refused on save, nothing kept."""
+    client = signed_in("editor")
+    before = (count(session_factory, Campaign), count(session_factory, CampaignContent))
+    body = (
+        "<h1>New releases</h1><p>Fresh tracks this week.</p>"
+        '<noembed><p title=\'</noembed><div style="display:none" x="\'></p></noembed>'
+    )
+    response = new_campaign(client, body=body)
+    assert response.status_code == 400
+    assert "a &lt;noembed&gt; element is not allowed in a body" in response.get_data(as_text=True)
+    assert (count(session_factory, Campaign), count(session_factory, CampaignContent)) == before
+
+
 def test_every_save_is_a_version_and_the_scheduled_one_is_frozen(
     signed_in, session_factory
 ) -> None:

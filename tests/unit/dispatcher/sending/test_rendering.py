@@ -500,3 +500,35 @@ def test_a_template_rendered_in_full_per_recipient_stores_nothing(
     html = GOOD_HTML.replace("{{ greeting_name }}", "{{ first_name | upper }}")
     write_template(root, "clever", html=html, text=GOOD_TEXT)
     assert prepare_campaign(local, view("clever")).stored() is None
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "fragment"),
+    [
+        # The URL is in the HTML, but as text or an attribute of something else.
+        (
+            '<a href="{{ unsubscribe_url }}">Unsubscribe</a>',
+            '<span title="{{ unsubscribe_url }}">Unsubscribe</span>',
+            "the unsubscribe link is not an element of the message",
+        ),
+        (
+            '<p><a href="{{ unsubscribe_url }}">',
+            '<p style="display:none"><a href="{{ unsubscribe_url }}">',
+            'the unsubscribe link is hidden: a <p> around it has "display: none"',
+        ),
+        (
+            "{{ postal_address }}</p>",
+            "<span hidden>{{ postal_address }}</span></p>",
+            "the postal address is hidden: a <span> around it has the hidden attribute",
+        ),
+    ],
+)
+def test_a_template_whose_footer_is_there_but_not_shown_is_refused(
+    custom: tuple[Path, Settings], before: str, after: str, fragment: str
+) -> None:
+    """The final HTML (CSS inlined) read with lxml: text in the HTML is not enough."""
+    root, local = custom
+    write_template(root, "unseen", html=GOOD_HTML.replace(before, after), text=GOOD_TEXT)
+    with pytest.raises(TemplateProblem) as caught:
+        check_campaign(local, view("unseen"))
+    assert f"template 'unseen': body.html: {fragment}" in str(caught.value)
