@@ -592,12 +592,14 @@ def _record_durably(
 
 def _settle(rows: list[ClaimedRow], result: BatchResult) -> None:
     """After sending stopped early: the message the transport had (if nothing said what
-    became of it) is ``unknown``, and every row not yet decided goes back to the queue."""
+    became of it) is ``unknown``, and every row not yet decided goes back to the queue.
+    Only a claimed row not yet decided can be the one in flight."""
     done = set(result.sent) | set(result.failed) | set(result.unknown) | set(result.released)
-    if result.in_flight is not None and result.in_flight not in done:
+    undecided = [r.delivery_id for r in rows if r.delivery_id not in done]
+    if result.in_flight in undecided:
+        undecided.remove(result.in_flight)
         result.unknown.append(result.in_flight)
-        done.add(result.in_flight)
-    result.released.extend(r.delivery_id for r in rows if r.delivery_id not in done)
+    result.released.extend(undecided)
 
 
 def _send_claimed(
