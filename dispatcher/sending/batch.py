@@ -470,8 +470,8 @@ class _Lease:
             )
         if renewed < self.held:
             raise LeaseLost(
-                f"{self.held - renewed} of the batch's {self.held} rows are no longer this "
-                "execution's: its claim ran out"
+                f"only {renewed} of the batch's {self.held} rows are still this execution's: "
+                "its claim ran out"
             )
         self.last = time.monotonic()
 

@@ -117,7 +117,7 @@ def test_a_batch_whose_claim_ran_out_sends_nothing_more(
         send_ids(to_sink, session_factory, campaign_id, ids, stall_at_the_second)
     assert isinstance(caught.value.__cause__, LeaseLost)
     assert str(caught.value.__cause__) == (
-        "6 of the batch's 6 rows are no longer this execution's: its claim ran out"
+        "only 0 of the batch's 6 rows are still this execution's: its claim ran out"
     )
     assert sent_to(smtp_sink) == ADDRESSES[:2]
     # The sweep's verdict stands: nothing of this execution's is written over it.
