@@ -115,8 +115,8 @@ class ErasureSecret(Base):
 
     Signing keys are retired after a year; the hashes must be recognised for ever. So they
     are made with this secret, which every signing key in the rotation list wraps (by key
-    id: ``{kid: [wrapped, check]}``); a new key adds its wrap while an old one still opens
-    it. One row (id 1): the first process to write it decides the secret.
+    id: ``{kid: [nonce, sealed]}``, AES-256-GCM); a new key adds its wrap while an old one
+    still opens it. One row (id 1): the first process to write it decides the secret.
     """
 
     __tablename__ = "erasure_secret"

@@ -12,6 +12,7 @@ import base64
 import enum
 import hashlib
 import hmac
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +73,11 @@ class LinkSubject:
 def _b64(data: bytes) -> bytes:
     """itsdangerous's base64: URL-safe alphabet, no padding."""
     return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _wrapping_key(key: str) -> bytes:
+    """The AES-256 key that seals the erasure secret under signing key ``key``."""
+    return hmac.new(key.encode(), b"dispatcher.erasure-wrap", hashlib.sha256).digest()
 
 
 def key_id(key: str) -> str:
@@ -203,26 +209,26 @@ class TokenSigner:
         return f"dispatcher.erasure:{self._keys[0]}".encode()
 
     def wrap_secret(self, secret: bytes) -> dict[str, list[str]]:
-        """``secret`` wrapped under each key, by key id: [wrapped, check], both hex."""
-        return {key_id(k): self._wrap(k, secret) for k in self._keys}
+        """``secret`` sealed under each key, by key id: [nonce, sealed], both hex. AES-256-GCM
+        (``cryptography``) under a key derived from the signing key, the key's id as
+        associated data: a wrong key or a changed byte opens nothing."""
+        return {key_id(k): self._seal(k, secret) for k in self._keys}
 
     def unwrap_secret(self, wraps: dict[str, Any]) -> bytes | None:
         """The secret of :meth:`wrap_secret`'s output under any key we hold, or None."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         for key in self._keys:
-            wrapped = wraps.get(key_id(key))
-            if not (isinstance(wrapped, list) and len(wrapped) == 2):
+            kid = key_id(key)
+            sealed = wraps.get(kid)
+            if not (isinstance(sealed, list) and len(sealed) == 2):
                 continue
             try:
-                secret = bytes(
-                    a ^ b
-                    for a, b in zip(
-                        bytes.fromhex(wrapped[0]), self._pad(key, len(wrapped[0]) // 2), strict=True
-                    )
-                )
-            except (TypeError, ValueError):
+                nonce, data = bytes.fromhex(sealed[0]), bytes.fromhex(sealed[1])
+                return AESGCM(_wrapping_key(key)).decrypt(nonce, data, kid.encode())
+            except (InvalidTag, TypeError, ValueError):
                 continue
-            if hmac.compare_digest(self._wrap(key, secret)[1], str(wrapped[1])):
-                return secret
         return None
 
     @staticmethod
@@ -230,24 +236,13 @@ class TokenSigner:
         """HMAC-SHA256 of ``text`` under ``secret`` (an erased address's hash)."""
         return hmac.new(secret, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
-    def _wrap(self, key: str, secret: bytes) -> list[str]:
-        # A keyed pad (HMAC in counter mode) XOR the secret, and a MAC that tells a right
-        # unwrap from a wrong one. Each key wraps only this one secret, so no pad is reused
-        # for two different secrets.
-        wrapped = bytes(a ^ b for a, b in zip(secret, self._pad(key, len(secret)), strict=True))
-        check = hmac.new(
-            f"dispatcher.erasure-check:{key}".encode(), secret, hashlib.sha256
-        ).hexdigest()
-        return [wrapped.hex(), check]
-
     @staticmethod
-    def _pad(key: str, length: int) -> bytes:
-        blocks = (length + 31) // 32
-        mac = f"dispatcher.erasure-wrap:{key}".encode()
-        pad = b"".join(
-            hmac.new(mac, i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(blocks)
-        )
-        return pad[:length]
+    def _seal(key: str, secret: bytes) -> list[str]:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = os.urandom(12)
+        sealed = AESGCM(_wrapping_key(key)).encrypt(nonce, secret, key_id(key).encode())
+        return [nonce.hex(), sealed.hex()]
 
     # Expiring tokens (affiliate downloads, signup confirmations, form tokens).
     def sign_timed(self, purpose: LinkPurpose, payload: dict[str, Any]) -> str:

@@ -267,14 +267,30 @@ def test_tags_are_hmac_sha256_under_the_newest_key() -> None:
 def test_a_wrapped_secret_opens_only_under_a_key_that_wrapped_it() -> None:
     old = TokenSigner(["old-key-0000000000000001"])
     wraps = old.wrap_secret(b"s" * 40)
-    assert b"s" * 40 not in bytes.fromhex(next(iter(wraps.values()))[0])
+    assert b"s" * 40 not in bytes.fromhex(next(iter(wraps.values()))[1])
     assert (
         TokenSigner(["new-key-0000000000000002", "old-key-0000000000000001"]).unwrap_secret(wraps)
         == b"s" * 40
     )
     assert TokenSigner(["new-key-0000000000000002"]).unwrap_secret(wraps) is None
-    kid, (wrapped, check) = next(iter(wraps.items()))
-    flipped = bytes.fromhex(wrapped)
+    kid, (nonce, sealed) = next(iter(wraps.items()))
+    flipped = bytes.fromhex(sealed)
     flipped = bytes([flipped[0] ^ 1]) + flipped[1:]
-    assert old.unwrap_secret({kid: [flipped.hex(), check]}) is None
-    assert old.unwrap_secret({kid: ["zz", check]}) is None
+    assert old.unwrap_secret({kid: [nonce, flipped.hex()]}) is None
+    assert old.unwrap_secret({kid: ["zz", sealed]}) is None
+    assert old.unwrap_secret({kid: [nonce]}) is None
+    # Sealed under one key id, presented under another: the id is bound to the seal.
+    other = TokenSigner(["other-key-000000000000003", "old-key-0000000000000001"])
+    assert other.unwrap_secret({key_id("other-key-000000000000003"): [nonce, sealed]}) is None
+
+
+def test_a_wrap_stored_by_this_version_still_opens() -> None:
+    """A wrap as stored in ``erasure_secret`` (made once, kept): the format is for ever."""
+    stored = {
+        key_id("old-key-0000000000000001"): [
+            "00112233445566778899aabb",
+            "f6b5a09f6b299fb88016a4ec1fc86ddb58c9e9f19c5f8e971c7f891574b70a76"
+            "f7b2ee38e1df40a9f7a01abe308f9ad7d18d2de171e06205",
+        ]
+    }
+    assert TokenSigner(["old-key-0000000000000001"]).unwrap_secret(stored) == b"s" * 40
