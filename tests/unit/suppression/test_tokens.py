@@ -279,6 +279,11 @@ def test_a_wrapped_secret_opens_only_under_a_key_that_wrapped_it() -> None:
     assert old.unwrap_secret({kid: [nonce, flipped.hex()]}) is None
     assert old.unwrap_secret({kid: ["zz", sealed]}) is None
     assert old.unwrap_secret({kid: [nonce]}) is None
+    assert len(bytes.fromhex(nonce)) == 12  # GCM's own nonce size
+    # A wrap that does not open under the newer key still leaves the older key to try.
+    both = TokenSigner(["new-key-0000000000000002", "old-key-0000000000000001"])
+    damaged = {key_id("new-key-0000000000000002"): [nonce, flipped.hex()], **wraps}
+    assert both.unwrap_secret(damaged) == b"s" * 40
     # Sealed under one key id, presented under another: the id is bound to the seal.
     other = TokenSigner(["other-key-000000000000003", "old-key-0000000000000001"])
     assert other.unwrap_secret({key_id("other-key-000000000000003"): [nonce, sealed]}) is None
